@@ -1,0 +1,10 @@
+"""mmtl_jax: Meta Multi-task Learning (Cai et al., Interspeech 2020) for speech emotion
+recognition, in JAX/Flax.
+
+Subpackages:
+  data:    corpora (IEMOCAP layout, CSV manifests, synthetic), features, folds, task batches.
+  models:  Flax modules of Table 1 (meta learner, transfer learner).
+  meta:    the reusable, SER-independent meta-update (exact / first-order MAML, Reptile).
+"""
+
+__version__ = "0.1.0"

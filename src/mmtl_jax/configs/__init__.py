@@ -1,0 +1,13 @@
+"""Experiment configs: Python files with `get_config()` returning a `ConfigDict`."""
+
+import os
+
+CONFIG_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def config_path(name: str) -> str:
+  """Path of the config file `<name>.py` shipped with the package."""
+  path = os.path.join(CONFIG_DIR, f'{name}.py')
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'no config named {name!r} in {CONFIG_DIR}')
+  return path
