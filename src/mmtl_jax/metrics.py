@@ -154,12 +154,21 @@ def confusion_matrix(y_true: ArrayLike, y_pred: ArrayLike, num_classes: int) -> 
                      minlength=num_classes * num_classes).reshape(num_classes, num_classes)
 
 
+def per_class_recall_from_counts(counts: ArrayLike) -> np.ndarray:
+  """Recall of each class from confusion counts [C, C] (rows true), float64 [C]; NaN where a
+  class has no true example."""
+  cm = np.asarray(counts, dtype=np.float64)
+  if cm.ndim != 2 or cm.shape[0] != cm.shape[1]:
+    raise ValueError(f'counts must be square [C, C], got shape {cm.shape}.')
+  support = cm.sum(axis=1)
+  recall = np.full(cm.shape[0], np.nan)
+  np.divide(np.diag(cm), support, out=recall, where=support > 0)
+  return recall
+
+
 def per_class_recall(y_true: ArrayLike, y_pred: ArrayLike, num_classes: int) -> np.ndarray:
   """Recall of each class, float64 [C]; NaN for classes absent from `y_true`."""
-  cm = confusion_matrix(y_true, y_pred, num_classes)
-  support = cm.sum(axis=1)
-  with np.errstate(invalid='ignore', divide='ignore'):
-    return np.where(support > 0, np.diag(cm) / support, np.nan)
+  return per_class_recall_from_counts(confusion_matrix(y_true, y_pred, num_classes))
 
 
 def unweighted_accuracy(y_true: ArrayLike, y_pred: ArrayLike, num_classes: int) -> float:

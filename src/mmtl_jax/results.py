@@ -1,0 +1,473 @@
+"""Result files of an experiment: results.json, results.md, confusion matrices, and gathering.
+
+The training loop produces one *fold record* per (model, protocol, fold, seed): the utterance
+level true and predicted labels of that fold's test speaker, plus optional dev metrics. This
+module turns records into *runs* (one per model x protocol) and writes them.
+
+results.json (the contract other tools read; all metrics are fractions in [0, 1])::
+
+  {"config": {...the experiment config as plain JSON...},
+   "runs": [
+     {"model": str, "protocol": str, "classes": [C names],
+      "seeds": [ints], "n_folds": int (distinct folds),
+      "pooled": {"UA": float, "WA": float, "n": int},
+      "pooled_by_seed": [{"seed": int, "UA": float, "WA": float, "n": int}, ...],
+      "folds": [{"fold": int | str, "seed": int, "UA": float, "WA": float, "n": int,
+                 "dev_UA": float | null, "dev_WA": float | null,
+                 "confusion": [[C ints] x C], ...extra JSON-able fields}, ...],
+      "mean": {"UA": float, "WA": float, "dev_UA": float | null, "dev_WA": float | null},
+      "std": {"UA": float, "WA": float, "dev_UA": float | null, "dev_WA": float | null},
+      "confusion": {"counts": [[C ints] x C], "normalised": [[C floats] x C],
+                    "classes": [C names]},
+      "per_class_recall": {name: float | null}}, ...]}
+
+Definitions:
+  * UA / WA: see mmtl_jax.metrics (UA averages recall over the classes present).
+  * pooled: UA / WA over the union of all folds' test utterances of one seed (each utterance
+    is scored exactly once); with several seeds, the mean of the per-seed pooled values.
+  * mean / std: over all (fold, seed) records; std is the sample standard deviation (ddof=1),
+    0 for a single record. dev_* are null unless every record carries them.
+  * confusion: counts summed over all records (an utterance counts once per seed); normalised
+    = counts divided by their row sums (rows are true classes).
+
+Every file is written atomically (temporary file in the same directory, then os.replace), so a
+crash never leaves a truncated results.json.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import tempfile
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from mmtl_jax import metrics
+
+RESULTS_JSON = 'results.json'
+RESULTS_MD = 'results.md'
+CONFUSION_DIR = 'confusion'
+
+_RECORD_KEYS = ('model', 'protocol', 'fold', 'seed', 'y_true', 'y_pred', 'dev_UA', 'dev_WA',
+                'utt_ids')
+_AUX_ABBREV = {'valence': 'V', 'activation': 'A', 'arousal': 'A', 'dominance': 'D'}
+
+
+# ---- JSON helpers ------------------------------------------------------------------------
+
+
+def to_jsonable(obj: Any, strict: bool = False) -> Any:
+  """Converts configs, numpy/jax values and tuples into plain JSON values.
+
+  ConfigDicts become dicts, tuples become lists, numpy/jax scalars and arrays become Python
+  numbers and nested lists, and non-finite floats become None (strict JSON has no NaN).
+
+  Args:
+    obj: the value to convert.
+    strict: if True, raise TypeError on a value with no JSON form; otherwise use its str().
+  """
+  if hasattr(obj, 'to_dict') and callable(obj.to_dict):  # ml_collections.ConfigDict & co.
+    return to_jsonable(obj.to_dict(), strict)
+  if isinstance(obj, Mapping):
+    out = {}
+    for k, v in obj.items():
+      if strict and not isinstance(k, (str, int, float, bool, np.integer)):
+        raise TypeError(f'JSON keys must be str/int/float/bool, got {type(k).__name__}.')
+      out[k if isinstance(k, str) else str(k)] = to_jsonable(v, strict)
+    return out
+  if isinstance(obj, (list, tuple)):
+    return [to_jsonable(v, strict) for v in obj]
+  if obj is None or isinstance(obj, (bool, str)):
+    return obj
+  if isinstance(obj, (int, np.integer)):
+    return int(obj)
+  if isinstance(obj, (float, np.floating)):
+    return float(obj) if math.isfinite(obj) else None
+  if isinstance(obj, np.bool_):
+    return bool(obj)
+  if hasattr(obj, '__array__'):  # numpy / jax arrays
+    arr = np.asarray(obj)
+    return to_jsonable(arr.item() if arr.ndim == 0 else arr.tolist(), strict)
+  if strict:
+    raise TypeError(f'{type(obj).__name__} has no JSON form: {obj!r:.80}')
+  return str(obj)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+  """Writes `text` to `path` via a temporary file in the same directory and os.replace."""
+  _atomic_write(path, lambda f: f.write(text.encode('utf-8')))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+  """Writes `obj` (already JSON-able, see to_jsonable) as indented strict JSON, atomically."""
+  text = json.dumps(obj, indent=2, allow_nan=False) + '\n'
+  atomic_write_text(path, text)
+
+
+def _atomic_write(path, write_fn) -> None:
+  path = os.fspath(path)
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  suffix = os.path.splitext(path)[1]  # keeps the extension for tools that sniff it
+  fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix=suffix + '.tmp',
+                             dir=directory)
+  try:
+    with os.fdopen(fd, 'wb') as f:
+      write_fn(f)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    raise
+
+
+# ---- Records and runs --------------------------------------------------------------------
+
+
+def fold_record(model: str, protocol: str, fold: int | str, y_true: Any, y_pred: Any, *,
+                seed: int = 0, dev_ua: float | None = None, dev_wa: float | None = None,
+                utt_ids: Any = None, **extra: Any) -> dict[str, Any]:
+  """Builds the record of one test fold, the input of `aggregate_runs`.
+
+  Args:
+    model: model name, e.g. 'mmtl' or 'cnn_lstm'.
+    protocol: meta-test protocol, e.g. 'paper' or 'strict'.
+    fold: fold index or name (e.g. 3, or '3-swap' when dev and test are swapped).
+    y_true: [U] int utterance-level true classes of the fold's test speaker.
+    y_pred: [U] int utterance-level predictions (argmax of averaged segment posteriors).
+    seed: the run's seed; records of several seeds are aggregated together.
+    dev_ua: UA on the dev speaker at the selected checkpoint (optional).
+    dev_wa: WA on the dev speaker at the selected checkpoint (optional).
+    utt_ids: [U] utterance ids (optional); when given, aggregate_runs checks that no
+      utterance is tested twice within one seed.
+    **extra: JSON-able scalars copied into the fold's entry (e.g. step, test_speaker).
+  """
+  y_true = np.asarray(y_true)
+  y_pred = np.asarray(y_pred)
+  if y_true.shape != y_pred.shape or y_true.ndim != 1:
+    raise ValueError(f'y_true and y_pred must be 1-D of equal length, got {y_true.shape} and '
+                     f'{y_pred.shape} (model={model}, protocol={protocol}, fold={fold}).')
+  if utt_ids is not None and np.asarray(utt_ids).shape != y_true.shape:
+    raise ValueError(f'utt_ids shape {np.asarray(utt_ids).shape} != y_true shape '
+                     f'{y_true.shape}.')
+  clash = set(extra) & set(_RECORD_KEYS + ('UA', 'WA', 'n', 'confusion'))
+  if clash:
+    raise ValueError(f'extra fields clash with reserved keys: {sorted(clash)}.')
+  return {'model': str(model), 'protocol': str(protocol), 'fold': fold, 'seed': int(seed),
+          'y_true': y_true, 'y_pred': y_pred, 'dev_UA': dev_ua, 'dev_WA': dev_wa,
+          'utt_ids': None if utt_ids is None else np.asarray(utt_ids), **extra}
+
+
+def _mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None]:
+  if not values or any(v is None for v in values):
+    return None, None
+  arr = np.asarray(values, dtype=np.float64)
+  std = float(np.std(arr, ddof=1)) if arr.size > 1 else 0.0
+  return float(arr.mean()), std
+
+
+def _fold_sort_key(value: Any) -> tuple[int, Any]:
+  return (0, value) if isinstance(value, (int, np.integer)) else (1, str(value))
+
+
+def aggregate_runs(fold_records: Iterable[Mapping[str, Any]],
+                   class_names: Sequence[str]) -> list[dict[str, Any]]:
+  """Groups fold records by (model, protocol) and computes the run entries of results.json.
+
+  Args:
+    fold_records: records as built by `fold_record` (mappings with at least model, protocol,
+      fold, y_true, y_pred; seed defaults to 0).
+    class_names: C class names in class index order.
+
+  Returns:
+    One run dict per (model, protocol), in order of first appearance, with the schema given
+    in the module docstring.
+
+  Raises:
+    ValueError: duplicated (model, protocol, fold, seed), an utterance tested twice within a
+      seed, labels out of range, or no records.
+  """
+  names = [str(c) for c in class_names]
+  num_classes = len(names)
+  groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
+  for rec in fold_records:
+    missing = [k for k in ('model', 'protocol', 'fold', 'y_true', 'y_pred') if k not in rec]
+    if missing:
+      raise ValueError(f'fold record lacks {missing}: {sorted(rec)}')
+    groups.setdefault((str(rec['model']), str(rec['protocol'])), []).append(rec)
+  if not groups:
+    raise ValueError('aggregate_runs got no fold records.')
+
+  runs = []
+  for (model, protocol), recs in groups.items():
+    where = f'model={model}, protocol={protocol}'
+    seen = set()
+    folds = []
+    by_seed: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
+    utts_by_seed: dict[int, set] = {}
+    counts = np.zeros((num_classes, num_classes), dtype=np.int64)
+    for rec in recs:
+      seed = int(rec.get('seed', 0))
+      key = (to_jsonable(rec['fold']), seed)
+      if key in seen:
+        raise ValueError(f'Duplicate fold record fold={key[0]!r} seed={seed} ({where}).')
+      seen.add(key)
+      y_true, y_pred = np.asarray(rec['y_true']), np.asarray(rec['y_pred'])
+      try:
+        summary = metrics.summarise(y_true, y_pred, names)
+      except (ValueError, TypeError) as e:
+        raise type(e)(f'{where}, fold={key[0]!r}, seed={seed}: {e}') from e
+      if rec.get('utt_ids') is not None:
+        ids = set(np.asarray(rec['utt_ids']).tolist())
+        if len(ids) != len(y_true):
+          raise ValueError(f'Repeated utterance ids within fold {key[0]!r} ({where}).')
+        overlap = utts_by_seed.setdefault(seed, set()) & ids
+        if overlap:
+          raise ValueError(f'Utterances tested in more than one fold of seed {seed} ({where}):'
+                           f' e.g. {sorted(map(str, overlap))[:3]}.')
+        utts_by_seed[seed] |= ids
+      by_seed.setdefault(seed, []).append((y_true, y_pred))
+      counts += np.asarray(summary['confusion'], dtype=np.int64)
+      entry = {'fold': key[0], 'seed': seed, 'UA': summary['UA'], 'WA': summary['WA'],
+               'n': summary['n'], 'dev_UA': to_jsonable(rec.get('dev_UA')),
+               'dev_WA': to_jsonable(rec.get('dev_WA')), 'confusion': summary['confusion']}
+      for k, v in rec.items():
+        if k not in _RECORD_KEYS:
+          entry[k] = to_jsonable(v)
+      folds.append(entry)
+
+    pooled_by_seed = []
+    for seed, pairs in sorted(by_seed.items()):
+      yt = np.concatenate([p[0] for p in pairs])
+      yp = np.concatenate([p[1] for p in pairs])
+      s = metrics.summarise(yt, yp, names)
+      pooled_by_seed.append({'seed': seed, 'UA': s['UA'], 'WA': s['WA'], 'n': s['n']})
+    recall = metrics.per_class_recall_from_counts(counts)
+    mean, std = {}, {}
+    for m in ('UA', 'WA', 'dev_UA', 'dev_WA'):
+      mean[m], std[m] = _mean_std([f[m] for f in folds])
+    runs.append({
+        'model': model,
+        'protocol': protocol,
+        'classes': names,
+        'seeds': sorted(by_seed),
+        'n_folds': len({f['fold'] for f in folds}),
+        'pooled': {
+            'UA': float(np.mean([p['UA'] for p in pooled_by_seed])),
+            'WA': float(np.mean([p['WA'] for p in pooled_by_seed])),
+            # Seeds normally share the test sets; if they do not, the mean size is reported.
+            'n': int(round(np.mean([p['n'] for p in pooled_by_seed]))),
+        },
+        'pooled_by_seed': pooled_by_seed,
+        'folds': folds,
+        'mean': mean,
+        'std': std,
+        'confusion': {'counts': counts.tolist(),
+                      'normalised': metrics.row_normalise(counts).tolist(),
+                      'classes': names},
+        'per_class_recall': {n: to_jsonable(r) for n, r in zip(names, recall)},
+    })
+  return runs
+
+
+# ---- Writing -----------------------------------------------------------------------------
+
+
+def _pct(x: float | None) -> str:
+  return '–' if x is None else f'{100.0 * x:.2f}'
+
+
+def _pm(mean: float | None, std: float | None) -> str:
+  return '–' if mean is None else f'{_pct(mean)} ± {_pct(std)}'
+
+
+def _md_cell(value: Any) -> str:
+  return str(value).replace('|', r'\|').replace('\n', ' ')
+
+
+def _slug(text: str) -> str:
+  return re.sub(r'[^A-Za-z0-9._+-]+', '_', str(text)).strip('_') or 'x'
+
+
+def confusion_basename(model: str, protocol: str) -> str:
+  """File stem of a run's confusion PNG/JSON under <workdir>/confusion/."""
+  return f'{_slug(model)}__{_slug(protocol)}'
+
+
+def _get(cfg: Mapping[str, Any] | None, dotted: str, default: Any = None) -> Any:
+  node: Any = cfg
+  for part in dotted.split('.'):
+    if not isinstance(node, Mapping) or part not in node:
+      return default
+    node = node[part]
+  return node
+
+
+def aux_label(config: Mapping[str, Any] | None) -> str:
+  """'V+A+D'-style label of config.data.aux_tasks (unknown names are kept as they are)."""
+  tasks = _get(config, 'data.aux_tasks')
+  if tasks is None:
+    return '?'
+  if isinstance(tasks, str):
+    tasks = [tasks]
+  if not tasks:
+    return 'none'
+  return '+'.join(_AUX_ABBREV.get(str(t).lower(), str(t)) for t in tasks)
+
+
+_DEFINITIONS = (
+    'UA = mean per-class recall over the classes present in the test set; WA = accuracy. '
+    '**Pooled** = metrics over the union of all folds\' test utterances (each utterance scored '
+    'once; with several seeds, the mean over seeds of the pooled values). '
+    '**mean ± std** = over folds (× seeds), sample std (ddof=1). All values in %.')
+
+_SUMMARY_HEADER = ('| Model | Protocol | UA (pooled) | WA (pooled) | UA mean ± std | '
+                   'WA mean ± std | Folds × seeds |\n'
+                   '|---|---|---:|---:|---:|---:|---:|')
+
+
+def _summary_row(run: Mapping[str, Any], prefix: Sequence[str] = ()) -> str:
+  cells = [*prefix, run['model'], run['protocol'], _pct(run['pooled']['UA']),
+           _pct(run['pooled']['WA']), _pm(run['mean']['UA'], run['std']['UA']),
+           _pm(run['mean']['WA'], run['std']['WA']),
+           f"{run['n_folds']} × {len(run['seeds'])}"]
+  return '| ' + ' | '.join(_md_cell(c) for c in cells) + ' |'
+
+
+def results_markdown(config: Mapping[str, Any] | None, runs: Sequence[Mapping[str, Any]],
+                     notes: str | None = None) -> str:
+  """The text of results.md: a Table 2/3-style summary, then per-fold tables per run."""
+  lines = ['# Results', '']
+  if config:
+    lines += [f"Auxiliary tasks: {aux_label(config)}; meta mode: "
+              f"{_get(config, 'meta.mode', '?')}; seed: {_get(config, 'seed', '?')}.", '']
+  if notes:
+    lines += [notes, '']
+  lines += [_SUMMARY_HEADER, *(_summary_row(r) for r in runs), '', _DEFINITIONS, '']
+  for run in runs:
+    lines += [f"## {_md_cell(run['model'])} / {_md_cell(run['protocol'])}", '',
+              '| Fold | Seed | UA | WA | dev UA | dev WA | n |',
+              '|---|---:|---:|---:|---:|---:|---:|']
+    for f in run['folds']:
+      cells = [f['fold'], f['seed'], _pct(f['UA']), _pct(f['WA']), _pct(f.get('dev_UA')),
+               _pct(f.get('dev_WA')), f['n']]
+      lines.append('| ' + ' | '.join(_md_cell(c) for c in cells) + ' |')
+    recall = ', '.join(f'{k} {_pct(v)}' for k, v in run['per_class_recall'].items())
+    stem = confusion_basename(run['model'], run['protocol'])
+    lines += ['', f'Per-class recall (pooled confusion): {recall}.', '',
+              f'![confusion {stem}]({CONFUSION_DIR}/{stem}.png)', '']
+  return '\n'.join(lines)
+
+
+def plot_confusion(path: str | os.PathLike, counts: Any, classes: Sequence[str],
+                   title: str = '') -> None:
+  """Writes a confusion-matrix PNG: colour = row-normalised rate, text = count and rate.
+
+  Uses matplotlib's object API with the Agg canvas, so no global backend is changed.
+  """
+  from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=g-import-not-at-top
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+
+  cm = np.asarray(counts, dtype=np.int64)
+  norm = metrics.row_normalise(cm)
+  n = len(classes)
+  fig = Figure(figsize=(1.2 * n + 2.0, 1.1 * n + 1.4))
+  FigureCanvasAgg(fig)
+  ax = fig.subplots()
+  im = ax.imshow(norm, vmin=0.0, vmax=1.0, cmap='Blues')
+  fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label='row-normalised rate')
+  ax.set_xticks(range(n), labels=list(classes))
+  ax.set_yticks(range(n), labels=list(classes))
+  ax.set_xlabel('Predicted')
+  ax.set_ylabel('True')
+  if title:
+    ax.set_title(title, fontsize=9)
+  for i in range(n):
+    for j in range(n):
+      ax.text(j, i, f'{cm[i, j]}\n{100 * norm[i, j]:.1f}%', ha='center', va='center',
+              fontsize=8, color='white' if norm[i, j] > 0.5 else 'black')
+  fig.tight_layout()
+  _atomic_write(path, lambda f: fig.savefig(f, format='png', dpi=120))
+
+
+def write_results(workdir: str | os.PathLike, config: Any,
+                  runs: Sequence[Mapping[str, Any]], notes: str | None = None) -> dict[str, str]:
+  """Writes results.json, results.md and confusion/<model>__<protocol>.{png,json}.
+
+  Args:
+    workdir: the experiment directory (created if missing).
+    config: the experiment config (ConfigDict or mapping); stored as plain JSON.
+    runs: as returned by `aggregate_runs`.
+    notes: optional markdown paragraph put at the top of results.md (e.g. protocol notes).
+
+  Returns:
+    {'json': path, 'markdown': path, '<model>__<protocol>.png': path, ...}.
+  """
+  workdir = os.fspath(workdir)
+  cfg = to_jsonable(config) if config is not None else {}
+  runs = to_jsonable(list(runs), strict=True)
+  paths = {'json': os.path.join(workdir, RESULTS_JSON),
+           'markdown': os.path.join(workdir, RESULTS_MD)}
+  for run in runs:
+    stem = confusion_basename(run['model'], run['protocol'])
+    conf = {'model': run['model'], 'protocol': run['protocol'], **run['confusion']}
+    json_path = os.path.join(workdir, CONFUSION_DIR, stem + '.json')
+    png_path = os.path.join(workdir, CONFUSION_DIR, stem + '.png')
+    atomic_write_json(json_path, conf)
+    title = (f"{run['model']} / {run['protocol']}: UA {_pct(run['pooled']['UA'])}%, "
+             f"WA {_pct(run['pooled']['WA'])}% (pooled)")
+    plot_confusion(png_path, run['confusion']['counts'], run['confusion']['classes'], title)
+    paths[stem + '.json'] = json_path
+    paths[stem + '.png'] = png_path
+  atomic_write_text(paths['markdown'], results_markdown(cfg, runs, notes))
+  # results.json last: its presence tells gather() that the rest is complete.
+  atomic_write_json(paths['json'], {'config': cfg, 'runs': runs})
+  return paths
+
+
+def load_results(workdir: str | os.PathLike) -> dict[str, Any]:
+  """Reads <workdir>/results.json, checking the top-level schema."""
+  path = os.path.join(os.fspath(workdir), RESULTS_JSON)
+  with open(path, encoding='utf-8') as f:
+    data = json.load(f)
+  if not isinstance(data, dict) or not isinstance(data.get('runs'), list):
+    raise ValueError(f'{path} is not a results.json (no "runs" list).')
+  return data
+
+
+def gather(workdirs: Sequence[str | os.PathLike], skip_missing: bool = False) -> str:
+  """Markdown table comparing the runs of several workdirs.
+
+  One row per workdir x model x protocol, labelled by the workdir's name and the auxiliary
+  tasks and meta mode found in its config.
+
+  Args:
+    workdirs: experiment directories containing results.json.
+    skip_missing: if True, list workdirs without results.json under the table instead of
+      raising FileNotFoundError.
+  """
+  header = ('| Workdir | Aux tasks | Meta mode | Model | Protocol | UA (pooled) | WA (pooled) | '
+            'UA mean ± std | WA mean ± std | Folds × seeds |\n'
+            '|---|---|---|---|---|---:|---:|---:|---:|---:|')
+  rows, missing = [], []
+  for wd in workdirs:
+    wd = os.fspath(wd)
+    name = os.path.basename(os.path.normpath(wd)) or wd
+    if not os.path.exists(os.path.join(wd, RESULTS_JSON)):
+      if skip_missing:
+        missing.append(name)
+        continue
+      raise FileNotFoundError(f'No {RESULTS_JSON} in {wd}.')
+    data = load_results(wd)
+    cfg = data.get('config') or {}
+    prefix = (name, aux_label(cfg), _get(cfg, 'meta.mode', '?'))
+    rows += [_summary_row(run, prefix) for run in data['runs']]
+  lines = [header, *rows, '', _DEFINITIONS]
+  if missing:
+    lines += ['', 'No results yet: ' + ', '.join(missing) + '.']
+  return '\n'.join(lines) + '\n'
