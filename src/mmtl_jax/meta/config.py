@@ -1,0 +1,72 @@
+"""`MetaConfig`: the static settings of the meta-update, built from `config.meta`."""
+
+import dataclasses
+from typing import Any
+
+MODES = ('exact', 'first_order', 'reptile')
+STRATEGIES = ('auto', 'vmap', 'map', 'sharded')
+TASK_REDUCES = ('mean', 'sum')
+
+
+@dataclasses.dataclass(frozen=True)
+class MetaConfig:
+  """Hashable (usable as a static jit argument) settings of eqs. 4-7.
+
+  Attributes:
+    mode: 'exact' (differentiate through eqs. 4-5), 'first_order' (FOMAML: inner gradients
+      treated as constants) or 'reptile' (outer direction = params - adapted params).
+    strategy: how the task axis is computed: 'vmap', 'map' (sequential, inside jit),
+      'sharded' (tasks split over the local devices) or 'auto' (CPU: map, else vmap).
+    inner_steps: gradient steps of eq. 4 and, after them, of eq. 5 (>= 1).
+    alpha: inner learning rate of eq. 4 (theta).
+    beta: inner learning rate of eq. 5 (phi).
+    gamma: outer (Adam) learning rate of eqs. 6-7.
+    remat: rematerialise each inner step in the backward pass (exact mode memory).
+    task_chunk: process this many tasks at a time and accumulate (0 = all at once).
+    task_reduce: 'mean' (default) or 'sum' (what eqs. 6-7 write) over tasks. With Adam the
+      two differ only by a constant gradient scale, which Adam is invariant to (up to eps).
+    log_inner_after: also report the auxiliary loss at the adapted theta (one extra forward
+      pass per task; metrics only).
+  """
+
+  mode: str = 'reptile'
+  strategy: str = 'auto'
+  inner_steps: int = 1
+  alpha: float = 0.01
+  beta: float = 0.01
+  gamma: float = 0.001
+  remat: bool = False
+  task_chunk: int = 0
+  task_reduce: str = 'mean'
+  log_inner_after: bool = True
+
+  def __post_init__(self):
+    if self.mode not in MODES:
+      raise ValueError(f'meta mode {self.mode!r} not in {MODES}')
+    if self.strategy not in STRATEGIES:
+      raise ValueError(f'meta strategy {self.strategy!r} not in {STRATEGIES}')
+    if self.task_reduce not in TASK_REDUCES:
+      raise ValueError(f'task_reduce {self.task_reduce!r} not in {TASK_REDUCES}')
+    if self.inner_steps < 1:
+      raise ValueError(f'inner_steps must be >= 1, got {self.inner_steps}')
+    if self.task_chunk < 0:
+      raise ValueError(f'task_chunk must be >= 0, got {self.task_chunk}')
+
+  @classmethod
+  def from_config(cls, meta_config: Any) -> 'MetaConfig':
+    """From a `MetaConfig`, a `ConfigDict` (config.meta) or a plain dict; unknown keys ignored."""
+    if isinstance(meta_config, cls):
+      return meta_config
+    get = meta_config.get if hasattr(meta_config, 'get') else (
+        lambda k, d: getattr(meta_config, k, d))
+    kwargs = {}
+    for field in dataclasses.fields(cls):
+      value = get(field.name, None)
+      if value is not None:
+        kwargs[field.name] = _CASTS[field.name](value)
+    return cls(**kwargs)
+
+
+_CASTS = {'mode': str, 'strategy': str, 'inner_steps': int, 'alpha': float, 'beta': float,
+          'gamma': float, 'remat': bool, 'task_chunk': int, 'task_reduce': str,
+          'log_inner_after': bool}

@@ -1,0 +1,140 @@
+"""The meta learner of Table 1: CNN blocks, a BiLSTM over time, two FC layers.
+
+Pure Flax (linen) modules: parameters in, logits out. Dropout, when enabled, draws from an
+explicit 'dropout' rng passed to `apply`; nothing else is stateful (no batch norm).
+"""
+
+from typing import Any, Sequence, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+
+_DTYPES = {
+    'float32': jnp.float32,
+    'bfloat16': jnp.bfloat16,
+    'float16': jnp.float16,
+    'float64': jnp.float64,
+}
+
+
+def compute_dtype(name: Any) -> Dtype:
+  """Maps a config string ('float32', 'bfloat16', ...) or a dtype to a jnp dtype."""
+  if isinstance(name, str):
+    if name not in _DTYPES:
+      raise ValueError(f'unknown compute dtype {name!r}; expected one of {sorted(_DTYPES)}')
+    return _DTYPES[name]
+  return jnp.dtype(name).type
+
+
+class BiLSTM(nn.Module):
+  """One bidirectional LSTM layer returning [final forward h, final backward h].
+
+  Input [B, T, D] -> output [B, 2 * hidden]. We summarise the sequence by the final hidden
+  state of each direction (what PyTorch's `h_n` holds) rather than a mean over time: the
+  inputs are zero-padded to a fixed length, and a time mean would average the padding in.
+
+  Efficiency: the input projections of both directions and all timesteps are ONE matmul
+  [B*T, D] x [D, 8H] before the scan; the scan body only does the recurrent matmul, with
+  both directions batched as one einsum over a leading direction axis of size 2.
+  Gate order i, f, g, o (PyTorch's). The cell state is carried in float32 whatever the
+  compute dtype, since it accumulates over time.
+  """
+
+  hidden: int
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    batch, _, features = x.shape
+    h = self.hidden
+    init = nn.initializers.uniform(scale=1.0)  # rescaled below to PyTorch's U(-1/sqrt(H), .)
+    bound = 1.0 / jnp.sqrt(h)
+
+    def uniform_init(key, shape, dtype):
+      return (init(key, shape, dtype) * 2.0 - 1.0) * bound
+
+    w_in = self.param('input_kernel', uniform_init, (features, 2, 4 * h), self.param_dtype)
+    bias = self.param('bias', nn.initializers.zeros, (2, 4 * h), self.param_dtype)
+    w_rec = self.param('recurrent_kernel', uniform_init, (2, h, 4 * h), self.param_dtype)
+    w_in, bias, w_rec = (a.astype(self.dtype) for a in (w_in, bias, w_rec))
+
+    proj = jnp.einsum('btd,dkg->tkbg', x.astype(self.dtype), w_in) + bias[:, None, :]
+    # The backward direction reads time reversed: flip its projections once, up front.
+    proj = jnp.stack([proj[:, 0], proj[::-1, 1]], axis=1)  # [T, 2, B, 4H]
+
+    def cell(carry, p_t):
+      h_t, c_t = carry  # [2, B, H] each; h in compute dtype, c in float32
+      gates = p_t + jnp.einsum('kbh,khg->kbg', h_t, w_rec)
+      i, f, g, o = jnp.split(gates.astype(jnp.float32), 4, axis=-1)
+      c_t = jax.nn.sigmoid(f) * c_t + jax.nn.sigmoid(i) * jnp.tanh(g)
+      h_t = (jax.nn.sigmoid(o) * jnp.tanh(c_t)).astype(self.dtype)
+      return (h_t, c_t), None
+
+    carry0 = (jnp.zeros((2, batch, h), self.dtype), jnp.zeros((2, batch, h), jnp.float32))
+    (h_final, _), _ = jax.lax.scan(cell, carry0, proj)
+    return jnp.concatenate([h_final[0], h_final[1]], axis=-1)
+
+
+class MetaLearner(nn.Module):
+  """Table 1 meta learner: [B, T, F] spectrogram -> [B, num_outputs] logits.
+
+  Conv blocks: `Conv(features, kernel=(time, freq), stride 1, SAME) -> ReLU -> max-pool 2x2
+  stride 2` for each entry of `conv_features`; the time axis then becomes the sequence
+  (frequency x channels flattened per frame), a BiLSTM, FC `fc_hidden` + ReLU, and FC
+  `num_outputs`: the ONE head shared by all auxiliary tasks (paper section 2.2).
+  Odd sizes are floored by each pool, so T and F shrink to T // 2**n and F // 2**n; both
+  must stay >= 1.
+  """
+
+  conv_features: Sequence[int] = (16, 24, 32)
+  conv_kernels: Sequence[Tuple[int, int]] = ((12, 16), (8, 12), (5, 7))
+  lstm_hidden: int = 128
+  fc_hidden: int = 64
+  num_outputs: int = 4
+  dropout: float = 0.0
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    if x.ndim != 3:
+      raise ValueError(f'MetaLearner expects [batch, time, freq], got shape {x.shape}')
+    if len(self.conv_features) != len(self.conv_kernels):
+      raise ValueError('conv_features and conv_kernels must have the same length')
+    y = x[..., None].astype(self.dtype)  # NHWC with H = time, W = frequency
+    for i, (feat, kernel) in enumerate(zip(self.conv_features, self.conv_kernels)):
+      y = nn.Conv(feat, tuple(kernel), strides=1, padding='SAME', dtype=self.dtype,
+                  param_dtype=self.param_dtype, name=f'conv_{i}')(y)
+      y = nn.max_pool(nn.relu(y), window_shape=(2, 2), strides=(2, 2))
+    batch, frames, bins, channels = y.shape
+    if frames == 0 or bins == 0:
+      raise ValueError(f'input {x.shape} too small for {len(self.conv_features)} 2x2 pools')
+    y = y.reshape(batch, frames, bins * channels)
+    y = BiLSTM(self.lstm_hidden, dtype=self.dtype, param_dtype=self.param_dtype,
+               name='bilstm')(y)
+    y = nn.Dropout(self.dropout, deterministic=not train)(y)
+    y = nn.Dense(self.fc_hidden, dtype=self.dtype, param_dtype=self.param_dtype,
+                 name='fc_hidden')(y)
+    y = nn.Dropout(self.dropout, deterministic=not train)(nn.relu(y))
+    y = nn.Dense(self.num_outputs, dtype=self.dtype, param_dtype=self.param_dtype,
+                 name='head')(y)
+    return y.astype(jnp.float32)
+
+  @classmethod
+  def from_config(cls, model_config: Any, **overrides: Any) -> 'MetaLearner':
+    """Builds the module from `config.model` (see configs/base.py)."""
+    kwargs = dict(
+        conv_features=tuple(int(f) for f in model_config.conv_features),
+        conv_kernels=tuple(tuple(int(k) for k in ks) for ks in model_config.conv_kernels),
+        lstm_hidden=int(model_config.lstm_hidden),
+        fc_hidden=int(model_config.fc_hidden),
+        num_outputs=int(model_config.num_outputs),
+        dropout=float(model_config.get('dropout', 0.0)),
+        dtype=compute_dtype(model_config.get('dtype', 'float32')),
+    )
+    kwargs.update(overrides)
+    return cls(**kwargs)

@@ -1,0 +1,138 @@
+"""SER glue: the MMTL losses of the meta learner and transfer learner over the batch dict.
+
+Batch contract (produced by `mmtl_jax.data`, host numpy, leading task axis = speaker task):
+  'x'             float32 [tasks, B, T, F]   log spectrogram segments
+  'target'        int32   [tasks, B]         emotion class (Y^Q)
+  'aux'           int32   [tasks, B, k]      auxiliary labels (Y^{S,j}, e.g. V/A/D bins)
+  'target_weight' float32 [tasks, C]         per-speaker class weights of the emotion task
+  'aux_weight'    float32 [tasks, k, C]      per-speaker class weights of each auxiliary task
+The loss functions below take ONE task (no task axis); the meta package maps over tasks.
+Class weights (w'_{i,c} = (N_i / N_{i,c}) / max_c, section 3.1.3) come from the pipeline.
+"""
+
+from typing import Any, Optional, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from mmtl_jax import meta
+import mmtl_jax.meta.inner  # noqa: F401  (type aliases)
+import mmtl_jax.meta.step  # noqa: F401
+from mmtl_jax.models import MetaLearner, TransferLearner
+
+Batch = Any
+
+
+def weighted_cross_entropy(logits: jax.Array, labels: jax.Array,
+                           class_weights: jax.Array) -> jax.Array:
+  """Class-weighted mean cross-entropy from LOGITS (softmax applied once, here).
+
+  PyTorch's `CrossEntropyLoss(weight=w)` convention: sum_n w[y_n] CE_n / sum_n w[y_n], so the
+  loss stays a per-sample average whatever the weights' scale.
+
+  Args:
+    logits: [N, C] (any float dtype; computed in float32).
+    labels: [N] int in [0, C).
+    class_weights: [C] non-negative.
+  Returns:
+    Scalar; 0 when every sample has weight 0.
+  """
+  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  ce = -jnp.take_along_axis(logp, labels[:, None].astype(jnp.int32), axis=-1)[:, 0]
+  w = class_weights.astype(jnp.float32)[labels]
+  return jnp.sum(w * ce) / jnp.maximum(jnp.sum(w), jnp.finfo(jnp.float32).tiny)
+
+
+def _apply(module, params, x, rng, train):
+  if train and rng is not None:
+    return module.apply({'params': params}, x, train=True, rngs={'dropout': rng})
+  return module.apply({'params': params}, x)
+
+
+def make_losses(model_config: Any) -> Tuple[meta.inner.InnerLoss, meta.inner.TransferLoss]:
+  """The MMTL per-task losses (one speaker task, no task axis).
+
+  inner_loss(theta, batch, rng): mean over the k auxiliary tasks of the weighted CE of the
+    meta learner's logits (the ONE shared head) vs aux[:, j] with aux_weight[j] (eq. 4).
+  transfer_loss(theta, phi, batch, rng): weighted CE of transfer(meta(x)) vs target with
+    target_weight (eq. 5 and the outer loss of eqs. 6-7).
+  Dropout (model.dropout > 0) is active in both, drawing from `rng`.
+  """
+  meta_learner = MetaLearner.from_config(model_config)
+  transfer = TransferLearner.from_config(model_config)
+  train = meta_learner.dropout > 0
+
+  def inner_loss(theta, batch, rng):
+    logits = _apply(meta_learner, theta, batch['x'], rng, train)
+    losses = jax.vmap(weighted_cross_entropy, in_axes=(None, 1, 0))(
+        logits, batch['aux'], batch['aux_weight'])
+    return losses.mean()
+
+  def transfer_loss(theta, phi, batch, rng):
+    logits = _apply(meta_learner, theta, batch['x'], rng, train)
+    logits = transfer.apply({'params': phi}, logits)
+    return weighted_cross_entropy(logits, batch['target'], batch['target_weight'])
+
+  return inner_loss, transfer_loss
+
+
+def init_params(model_config: Any, rng: jax.Array,
+                input_shape: Sequence[int]) -> meta.inner.Params:
+  """Initial {'theta': meta learner params, 'phi': transfer learner params} (float32).
+
+  input_shape: one segment batch [B, T, F] (B may be 1).
+  """
+  theta_rng, phi_rng = jax.random.split(rng)
+  meta_learner = MetaLearner.from_config(model_config)
+  transfer = TransferLearner.from_config(model_config)
+  x = jnp.zeros(tuple(input_shape), jnp.float32)
+  theta = meta_learner.init(theta_rng, x)['params']
+  phi = transfer.init(phi_rng, jnp.zeros((1, meta_learner.num_outputs), jnp.float32))['params']
+  return {'theta': theta, 'phi': phi}
+
+
+def model_config_from_params(theta: Any, dtype: str = 'float32') -> ml_collections.ConfigDict:
+  """Recovers the architecture fields of `config.model` from meta learner params' shapes."""
+  c = ml_collections.ConfigDict()
+  convs = sorted((k for k in theta if k.startswith('conv_')), key=lambda k: int(k[5:]))
+  c.conv_features = tuple(int(theta[k]['kernel'].shape[3]) for k in convs)
+  c.conv_kernels = tuple(tuple(int(s) for s in theta[k]['kernel'].shape[:2]) for k in convs)
+  c.lstm_hidden = int(theta['bilstm']['recurrent_kernel'].shape[1])
+  c.fc_hidden = int(theta['fc_hidden']['kernel'].shape[1])
+  c.num_outputs = int(theta['head']['kernel'].shape[1])
+  c.dropout = 0.0
+  c.dtype = dtype
+  return c
+
+
+def predict_logits(params: meta.inner.Params, x: jax.Array,
+                   model_config: Optional[Any] = None) -> jax.Array:
+  """Emotion logits transfer(meta(x)) for segments x [N, T, F] -> [N, C] (no dropout).
+
+  Without model_config, the architecture is read off the parameter shapes (float32 compute).
+  Softmax these logits once for posteriors (utterance score = mean of segment posteriors).
+  """
+  model_config = model_config or model_config_from_params(params['theta'])
+  meta_learner = MetaLearner.from_config(model_config, dropout=0.0)
+  transfer = TransferLearner.from_config(model_config)
+  logits = meta_learner.apply({'params': params['theta']}, x)
+  return transfer.apply({'params': params['phi']}, logits)
+
+
+def make_mmtl_step(config: ml_collections.ConfigDict, optimizer=None,
+                   mesh: Optional[jax.sharding.Mesh] = None
+                   ) -> Tuple[meta.step.InitFn, meta.step.StepFn]:
+  """(init_fn, step_fn) of MMTL from a full config (uses config.model and config.meta).
+
+  step_fn(params, opt_state, batch, rng) -> (params, opt_state, metrics) is pure; jit it with
+  `jax.jit(step_fn, donate_argnums=(0, 1))`. `batch` follows the module's batch contract.
+  """
+  inner_loss, transfer_loss = make_losses(config.model)
+  return meta.make_meta_step(inner_loss, transfer_loss, config.meta, optimizer=optimizer,
+                             mesh=mesh)
+
+
+__all__ = ['init_params', 'make_losses', 'make_mmtl_step', 'model_config_from_params',
+           'predict_logits', 'weighted_cross_entropy']
+
