@@ -16,9 +16,13 @@ def get_config() -> ml_collections.ConfigDict:
 
   # ---- corpus ----------------------------------------------------------------------------
   c.data = ml_collections.ConfigDict()
-  # 'iemocap' (also the synthetic corpus, written in the IEMOCAP layout) or 'manifest' (CSV).
+  # 'iemocap', 'synthetic' (the embedded corpus, written in the IEMOCAP layout and read by the
+  # same reader) or 'manifest' (CSV).
   c.data.kind = 'iemocap'
-  c.data.root = ''  # IEMOCAP_full_release directory (kind='iemocap').
+  # IEMOCAP_full_release directory or its parent. kind='synthetic': where the corpus is (or is
+  # written); '' = <workdir>/synthetic_corpus.
+  c.data.root = ''
+  c.data.synthetic_seed = 0  # kind='synthetic': the corpus is a deterministic function of it
   c.data.sessions = (1, 2, 3, 4, 5)
   c.data.selection = 'improvised'  # 'improvised' | 'scripted' | 'all'
   c.data.classes = ('neu', 'ang', 'hap', 'sad')  # order = class index

@@ -1,0 +1,287 @@
+"""The feature store: every segment's spectrogram and labels, computed once and cached.
+
+On disk, under `<workdir>/features/<config_hash>/`::
+
+  features.npy    [N_seg, n_frames, n_bins] in config.features.dtype (opened with mmap)
+  utt_index.npy   [N_seg] int32, row of the segment's utterance in utterances.json
+  speaker.npy     [N_seg] int32, index into manifest['speakers'] (sorted names)
+  label.npy       [N_seg] int32, index into manifest['classes']
+  aux.npy         [N_seg, k] int32, auxiliary bin indices in the order of manifest['aux_tasks']
+  utterances.json one row per utterance with features: utt_id, speaker, label, path, ...
+  manifest.json   config_hash, the data/features config, classes, aux_tasks, speakers,
+                  counts {'utterances'|'segments': {speaker: {label: count}}}, and
+                  'skipped': [{path, reason}] for every missing or unreadable wav.
+
+The cache key hashes the data and features config (all but `workers`) and the utterance table
+the reader returned, so a change to either is a miss; wav contents are not hashed. The
+directory is written under a temporary name and renamed when complete: a crash leaves no
+half cache. A wav that cannot be read is skipped and listed, never dropped silently.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import hashlib
+import json
+import multiprocessing
+import os
+import shutil
+from typing import Any, Optional, Sequence
+
+import ml_collections
+import numpy as np
+import tqdm
+
+from mmtl_jax.data import corpus as corpus_lib
+from mmtl_jax.data import features as features_lib
+
+_ARRAYS = ('utt_index', 'speaker', 'label', 'aux')
+
+
+@dataclasses.dataclass
+class FeatureStore:
+  """Segments of a corpus (host numpy, features memory-mapped).
+
+  Attributes:
+    features: [N, T, F] spectrogram segments (time, frequency), storage dtype.
+    utt_index: [N] int32 row of each segment's utterance in `utterances`.
+    speaker: [N] int32 index into `speakers`.
+    speakers: sorted speaker names.
+    label: [N] int32 index into `classes`.
+    aux: [N, k] int32 auxiliary bin indices, in the order of `aux_tasks`.
+    utterances: one dict per utterance (utt_id, speaker, label, path, n_segments, ...).
+    classes: class names; aux_tasks: auxiliary task names.
+    manifest: the parsed manifest.json; manifest_path: its path.
+    cache_hit: whether this store was loaded from an existing cache.
+  """
+  features: np.ndarray
+  utt_index: np.ndarray
+  speaker: np.ndarray
+  speakers: list[str]
+  label: np.ndarray
+  aux: np.ndarray
+  utterances: list[dict]
+  classes: tuple[str, ...]
+  aux_tasks: tuple[str, ...]
+  manifest: dict
+  manifest_path: str
+  cache_hit: bool = False
+
+  def __len__(self) -> int:
+    return len(self.label)
+
+  @property
+  def directory(self) -> str:
+    return os.path.dirname(self.manifest_path)
+
+  def speaker_index(self, name: str) -> int:
+    """Index of speaker `name` in `speakers`; KeyError listing the known ones if absent."""
+    try:
+      return self.speakers.index(name)
+    except ValueError:
+      raise KeyError(f'speaker {name!r} not in the store; speakers: {self.speakers}') from None
+
+  def rows(self, speakers: Sequence[str] | str) -> np.ndarray:
+    """Sorted int64 segment rows of one speaker name or a sequence of names."""
+    names = [speakers] if isinstance(speakers, str) else list(speakers)
+    wanted = np.array([self.speaker_index(n) for n in names], np.int32)
+    return np.flatnonzero(np.isin(self.speaker, wanted))
+
+  def segments_by_speaker(self) -> dict[str, np.ndarray]:
+    """{speaker name: segment rows}."""
+    return {name: np.flatnonzero(self.speaker == i) for i, name in enumerate(self.speakers)}
+
+
+def config_hash(config: ml_collections.ConfigDict,
+                utterances: Sequence[corpus_lib.Utterance]) -> str:
+  """16 hex digits of sha256 over the data/features config and the utterance table."""
+  features = config.features.to_dict()
+  features.pop('workers', None)  # does not change the result
+  table = [dataclasses.astuple(u) for u in utterances]
+  blob = json.dumps({'data': config.data.to_dict(), 'features': features, 'table': table},
+                    sort_keys=True, default=str)
+  return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _features_or_reason(job: tuple[str, dict]) -> tuple[Optional[np.ndarray], str]:
+  """(segments in storage dtype, '') or (None, why it could not be read). Worker entry."""
+  path, features = job
+  features = ml_collections.ConfigDict(features)
+  if not os.path.exists(path):
+    return None, 'missing wav'
+  try:
+    return features_lib.file_features(path, features).astype(features.dtype), ''
+  except Exception as e:  # pylint: disable=broad-except
+    # Any decoding failure (truncated header, garbage, empty audio) skips this one file.
+    return None, f'unreadable: {type(e).__name__}: {e}'
+
+
+def _compute(paths: list[str], features: dict, workers: int, desc: str) -> list:
+  jobs = [(p, features) for p in paths]
+  workers = workers or os.cpu_count() or 1
+  if workers == 1 or len(jobs) < 2:
+    return [_features_or_reason(j) for j in tqdm.tqdm(jobs, desc=desc, unit='utt')]
+  # 'spawn': the caller may have started JAX (threads), which a fork would copy unsafely.
+  context = multiprocessing.get_context('spawn')
+  with concurrent.futures.ProcessPoolExecutor(min(workers, len(jobs)), context) as pool:
+    chunk = max(1, min(16, len(jobs) // (4 * workers)))
+    return list(tqdm.tqdm(pool.map(_features_or_reason, jobs, chunksize=chunk),
+                          total=len(jobs), desc=desc, unit='utt'))
+
+
+def _counts(speakers: Sequence[str], labels: Sequence[str]) -> dict[str, dict[str, int]]:
+  counts: dict[str, dict[str, int]] = {}
+  for s, l in zip(speakers, labels):
+    counts.setdefault(s, {}).setdefault(l, 0)
+    counts[s][l] += 1
+  return {s: dict(sorted(c.items())) for s, c in sorted(counts.items())}
+
+
+def _write(directory: str, config: ml_collections.ConfigDict, key: str,
+           utterances: Sequence[corpus_lib.Utterance], problems: list) -> None:
+  """Computes every utterance's segments and writes the store into `directory`."""
+  fcfg = config.features.to_dict()
+  results = _compute([u.path for u in utterances], fcfg, config.features.workers,
+                     desc=f'features {key}')
+  classes, aux_tasks = tuple(config.data.classes), tuple(config.data.aux_tasks)
+  kept, skipped = [], []
+  for u, (feats, reason) in zip(utterances, results):
+    if feats is None:
+      skipped.append({'path': u.path, 'utt_id': u.utt_id, 'reason': reason})
+    else:
+      kept.append((u, feats))
+  if not kept:
+    raise RuntimeError(f'no utterance could be read ({len(skipped)} skipped, e.g. '
+                       f'{skipped[:3]})')
+  speakers = sorted({u.speaker for u, _ in kept})
+  n_seg = sum(len(f) for _, f in kept)
+  shape = (n_seg,) + kept[0][1].shape[1:]
+  out = np.lib.format.open_memmap(os.path.join(directory, 'features.npy'), 'w+',
+                                  np.dtype(config.features.dtype), shape)
+  arrays = {name: [] for name in _ARRAYS}
+  table, row = [], 0
+  for i, (u, feats) in enumerate(kept):
+    out[row:row + len(feats)] = feats
+    row += len(feats)
+    arrays['utt_index'] += [i] * len(feats)
+    arrays['speaker'] += [speakers.index(u.speaker)] * len(feats)
+    arrays['label'] += [classes.index(u.label)] * len(feats)
+    arrays['aux'] += [u.aux] * len(feats)
+    table.append({'utt_id': u.utt_id, 'speaker': u.speaker, 'label': u.label, 'path': u.path,
+                  'session': u.session, 'dialog': u.dialog, 'aux': list(u.aux),
+                  'aux_raw': None if u.aux_raw is None else list(u.aux_raw),
+                  'n_segments': len(feats)})
+  out.flush()
+  del out
+  for name, values in arrays.items():
+    value = np.asarray(values, np.int32)
+    if name == 'aux':
+      value = value.reshape(n_seg, len(aux_tasks))
+    np.save(os.path.join(directory, f'{name}.npy'), value)
+  with open(os.path.join(directory, 'utterances.json'), 'w') as f:
+    json.dump(table, f, indent=0)
+  seg_speakers = [u.speaker for u, feats in kept for _ in range(len(feats))]
+  seg_labels = [u.label for u, feats in kept for _ in range(len(feats))]
+  manifest = {
+      'config_hash': key,
+      'data': config.data.to_dict(),
+      'features': fcfg,
+      'classes': list(classes),
+      'aux_tasks': list(aux_tasks),
+      'speakers': speakers,
+      'shape': list(shape),
+      'dtype': str(np.dtype(config.features.dtype)),
+      'counts': {'utterances': _counts([u.speaker for u, _ in kept], [u.label for u, _ in kept]),
+                 'segments': _counts(seg_speakers, seg_labels)},
+      'totals': {'utterances': len(kept), 'segments': n_seg, 'skipped': len(skipped)},
+      'skipped': skipped,
+      'problems': problems,
+  }
+  with open(os.path.join(directory, 'manifest.json'), 'w') as f:
+    json.dump(manifest, f, indent=1, default=str)
+
+
+def load_store(directory: str, cache_hit: bool = True) -> FeatureStore:
+  """Opens a complete store directory (features memory-mapped read-only)."""
+  manifest_path = os.path.join(directory, 'manifest.json')
+  with open(manifest_path) as f:
+    manifest = json.load(f)
+  with open(os.path.join(directory, 'utterances.json')) as f:
+    table = json.load(f)
+  arrays = {name: np.load(os.path.join(directory, f'{name}.npy')) for name in _ARRAYS}
+  return FeatureStore(
+      features=np.load(os.path.join(directory, 'features.npy'), mmap_mode='r'),
+      speakers=list(manifest['speakers']), utterances=table,
+      classes=tuple(manifest['classes']), aux_tasks=tuple(manifest['aux_tasks']),
+      manifest=manifest, manifest_path=manifest_path, cache_hit=cache_hit, **arrays)
+
+
+def build_feature_store(config: ml_collections.ConfigDict, workdir: str,
+                        utterances: Optional[Sequence[corpus_lib.Utterance]] = None
+                        ) -> FeatureStore:
+  """The store of `config`'s corpus under `workdir`/features/<hash>/, built if absent.
+
+  Args:
+    config: the full config (data, features).
+    workdir: experiment directory; the synthetic corpus (kind='synthetic', no data.root) is
+      written to `workdir`/synthetic_corpus.
+    utterances: use these instead of reading the corpus (their problems list is then empty).
+
+  Returns:
+    The FeatureStore; `cache_hit` says whether it was reused.
+  """
+  problems: list[Any] = []
+  if utterances is None:
+    utterances, problems = corpus_lib.read_corpus(
+        config, synthetic_dir=os.path.join(workdir, 'synthetic_corpus'))
+  if not utterances:
+    raise ValueError('the corpus selection is empty: check config.data (classes, selection, '
+                     'sessions, label_map)')
+  key = config_hash(config, utterances)
+  root = os.path.join(os.path.abspath(workdir), 'features')
+  final = os.path.join(root, key)
+  if os.path.exists(os.path.join(final, 'manifest.json')):
+    return load_store(final, cache_hit=True)
+  tmp = os.path.join(root, f'.tmp-{key}-{os.getpid()}')
+  shutil.rmtree(tmp, ignore_errors=True)
+  os.makedirs(tmp)
+  try:
+    _write(tmp, config, key, utterances, problems)
+    try:
+      os.rename(tmp, final)
+    except OSError:  # another process finished the same store first: theirs is as good
+      if not os.path.exists(os.path.join(final, 'manifest.json')):
+        raise
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+  return load_store(final, cache_hit=False)
+
+
+def format_summary(store: FeatureStore) -> str:
+  """Table of utterances/segments per speaker and class, totals and skipped files."""
+  counts = store.manifest['counts']
+  classes = list(store.classes)
+  width = max(8, max(len(s) for s in store.speakers) + 1)
+  head = f'{"speaker":<{width}}' + ''.join(f'{c:>11}' for c in classes) + f'{"total":>11}'
+  lines = [f'corpus: {len(store.utterances)} utterances, {len(store)} segments of shape '
+           f'{tuple(store.features.shape[1:])}, {len(store.speakers)} speakers; '
+           'cells: utterances/segments', head, '-' * len(head)]
+  totals = {c: [0, 0] for c in classes}
+  for s in store.speakers:
+    u, g = counts['utterances'].get(s, {}), counts['segments'].get(s, {})
+    cells = []
+    for c in classes:
+      totals[c][0] += u.get(c, 0)
+      totals[c][1] += g.get(c, 0)
+      cells.append(f'{u.get(c, 0)}/{g.get(c, 0)}')
+    row_total = f'{sum(u.values())}/{sum(g.values())}'
+    lines.append(f'{s:<{width}}' + ''.join(f'{x:>11}' for x in cells) + f'{row_total:>11}')
+  lines.append('-' * len(head))
+  lines.append(f'{"total":<{width}}' + ''.join(f'{f"{a}/{b}":>11}' for a, b in totals.values())
+               + f'{f"{len(store.utterances)}/{len(store)}":>11}')
+  skipped = store.manifest['skipped']
+  lines.append(f'skipped: {len(skipped)}')
+  lines += [f'  {s["path"]}: {s["reason"]}' for s in skipped]
+  lines.append(f'cache: {"hit" if store.cache_hit else "built"} {store.directory}')
+  return '\n'.join(lines)
