@@ -1,0 +1,285 @@
+"""Checkpoints for resumable training, and self-contained inference bundles.
+
+A thin wrapper over orbax-checkpoint's `CheckpointManager`. Each step directory holds two
+items written together:
+  * ``state``: any pytree of jax/numpy arrays and Python scalars (params, optax states, ...),
+    saved with `StandardSave`;
+  * ``extra``: a small JSON dict (sampler position, fold, rng seeds as ints, ...), saved with
+    `JsonSave`.
+
+Crash safety comes from orbax: a step is written into ``<step>.orbax-checkpoint-tmp-*`` and
+renamed to ``<step>`` only once complete, so a killed process leaves the previous steps
+restorable; leftover temporary directories are ignored and deleted on the next start.
+
+An inference bundle (`save_inference_bundle`) is a directory with the trained params and the
+config as JSON, enough for a prediction script to rebuild the model from that directory alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from typing import Any, Mapping
+
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+
+from mmtl_jax import results
+
+PyTree = Any
+
+_STATE = 'state'
+_EXTRA = 'extra'
+_BUNDLE_FORMAT = 'mmtl_jax.inference_bundle'
+_BUNDLE_VERSION = 1
+
+
+def _retention_options(max_to_keep: int | None) -> dict[str, Any]:
+  # orbax >= 0.11 deprecates `max_to_keep` in favour of preservation policies; older
+  # releases (pyproject allows >= 0.5.20) only know `max_to_keep`.
+  policies = getattr(ocp, 'checkpoint_managers', None)
+  if policies is not None and hasattr(policies, 'LatestN'):
+    return {'preservation_policy': policies.LatestN(n=max_to_keep)}
+  return {'max_to_keep': max_to_keep}
+
+
+def _abstract(leaf: Any) -> Any:
+  """jax.Array -> ShapeDtypeStruct (keeping its sharding); anything else unchanged."""
+  if isinstance(leaf, jax.Array):
+    return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=leaf.sharding)
+  return leaf
+
+
+def _host_copy(leaf: Any) -> Any:
+  # Saves are asynchronous: copy numpy leaves so that a caller mutating its arrays in place
+  # after save() returns cannot change what is written. jax arrays are immutable.
+  return np.array(leaf, copy=True) if isinstance(leaf, np.ndarray) else leaf
+
+
+class Checkpointer:
+  """Saves and restores (state pytree, extra JSON dict) per training step.
+
+  Example::
+
+    ckpt = Checkpointer(workdir / 'checkpoints', max_to_keep=3, save_interval_steps=200)
+    restored = ckpt.restore(target=initial_state)  # None on a fresh start
+    if restored is not None:
+      state, extra = restored
+      start = extra['step'] + 1
+    ...
+    ckpt.save(step, state, {'step': step, 'fold': fold, 'sampler_position': pos})
+    ckpt.close()  # waits for the last asynchronous save
+
+  Args:
+    directory: root directory of the step directories (created if missing).
+    max_to_keep: number of most recent steps kept; None keeps all.
+    save_interval_steps: `save` writes only steps that are multiples of this (and, as orbax
+      decides, the very first save of an empty directory), unless force=True.
+    async_save: write in a background thread after a blocking device-to-host copy.
+  """
+
+  def __init__(self, directory: str | os.PathLike, max_to_keep: int | None = 3,
+               save_interval_steps: int = 1, async_save: bool = True):
+    if max_to_keep is not None and max_to_keep < 1:
+      raise ValueError(f'max_to_keep must be >= 1 or None, got {max_to_keep}.')
+    if save_interval_steps < 1:
+      raise ValueError(f'save_interval_steps must be >= 1, got {save_interval_steps}.')
+    # orbax wants absolute paths; a relative one would also depend on the cwd at restore.
+    self._directory = os.path.abspath(os.fspath(directory))
+    options = ocp.CheckpointManagerOptions(
+        save_interval_steps=save_interval_steps,
+        create=True,
+        cleanup_tmp_directories=True,
+        enable_async_checkpointing=async_save,
+        **_retention_options(max_to_keep),
+    )
+    self._manager = ocp.CheckpointManager(self._directory, item_names=(_STATE, _EXTRA),
+                                          options=options)
+
+  @property
+  def directory(self) -> str:
+    return self._directory
+
+  def all_steps(self) -> list[int]:
+    """Steps with a complete checkpoint, ascending."""
+    return sorted(self._manager.all_steps())
+
+  def latest_step(self) -> int | None:
+    """The newest complete step, or None when there is none."""
+    return self._manager.latest_step()
+
+  def save(self, step: int, state: PyTree, extra: Mapping[str, Any] | None = None,
+           force: bool = False) -> bool:
+    """Saves `state` and `extra` as `step` (asynchronously unless async_save=False).
+
+    Args:
+      step: the training step, >= 0.
+      state: pytree of jax/numpy arrays and Python scalars.
+      extra: JSON-able dict (numpy scalars are converted). Restored as plain JSON: tuples
+        come back as lists and non-string keys as strings.
+      force: save even if the step is off the save interval.
+
+    Returns:
+      True if a save was started; False if skipped (off-interval, or `step` not newer than
+      the latest saved step, which includes an already saved step).
+
+    Raises:
+      TypeError: `extra` is not JSON-able (checked before anything is written).
+    """
+    if int(step) != step or step < 0:
+      raise ValueError(f'step must be a non-negative integer, got {step!r}.')
+    step = int(step)
+    extra = {} if extra is None else extra
+    if not isinstance(extra, Mapping):
+      raise TypeError(f'extra must be a dict, got {type(extra).__name__}.')
+    extra = results.to_jsonable(dict(extra), strict=True)
+    json.dumps(extra, allow_nan=False)  # fail here, not in the background thread
+    latest = self.latest_step()
+    # orbax raises StepAlreadyExistsError for an existing step even with force=True; a
+    # resumed run re-reaching a saved step has nothing new to write.
+    if latest is not None and step <= latest and (not force or step in self.all_steps()):
+      return False
+    state = jax.tree.map(_host_copy, state)
+    return self._manager.save(
+        step,
+        args=ocp.args.Composite(**{_STATE: ocp.args.StandardSave(state),
+                                   _EXTRA: ocp.args.JsonSave(extra)}),
+        force=force)
+
+  def restore(self, step: int | None = None,
+              target: PyTree | None = None) -> tuple[PyTree, dict[str, Any]] | None:
+    """Restores (state, extra) of `step` (default: the latest step).
+
+    Args:
+      step: the step to restore; None for the latest.
+      target: a pytree with the structure of the saved state whose leaves are arrays or
+        jax.ShapeDtypeStruct (e.g. the freshly initialised state, or jax.eval_shape of its
+        init function). Restored leaves take the target's dtypes (casting if they differ)
+        and shardings; numpy leaves come back as numpy. Without a target the state comes
+        back as saved on disk, with containers such as optax's namedtuples turned into
+        dicts/lists, so pass a target to resume training.
+
+    Returns:
+      (state, extra), or None when step is None and no checkpoint exists.
+
+    Raises:
+      FileNotFoundError: an explicit `step` that has no complete checkpoint.
+      ValueError: `target`'s tree structure or shapes do not match the checkpoint.
+    """
+    if step is None:
+      step = self.latest_step()
+      if step is None:
+        return None
+    elif step not in self.all_steps():
+      raise FileNotFoundError(
+          f'No checkpoint for step {step} in {self._directory}; have {self.all_steps()}.')
+    abstract = None if target is None else jax.tree.map(_abstract, target)
+    restored = self._manager.restore(
+        step,
+        args=ocp.args.Composite(**{_STATE: ocp.args.StandardRestore(abstract),
+                                   _EXTRA: ocp.args.JsonRestore()}))
+    return restored[_STATE], dict(restored[_EXTRA] or {})
+
+  def wait(self) -> None:
+    """Blocks until the pending asynchronous save, if any, is on disk."""
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    """Waits for pending saves and releases the manager's resources."""
+    self._manager.wait_until_finished()
+    self._manager.close()
+
+  def __enter__(self) -> 'Checkpointer':
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    self.close()
+
+
+# ---- Inference bundle --------------------------------------------------------------------
+
+
+def _lists_to_tuples(obj: Any) -> Any:
+  # The configs of this project hold sequences as tuples; JSON turns them into lists.
+  if isinstance(obj, dict):
+    return {k: _lists_to_tuples(v) for k, v in obj.items()}
+  if isinstance(obj, list):
+    return tuple(_lists_to_tuples(v) for v in obj)
+  return obj
+
+
+def save_inference_bundle(directory: str | os.PathLike, params: PyTree, config: Any,
+                          overwrite: bool = True) -> str:
+  """Writes a directory from which a prediction script can rebuild and run the model.
+
+  Layout: ``params/`` (orbax StandardSave of `params`), ``config.json`` (the config as plain
+  JSON) and ``bundle.json`` (format marker and version). The bundle is assembled in a
+  temporary sibling directory and renamed into place, so readers never see half a bundle.
+
+  Args:
+    directory: the bundle directory.
+    params: the trained parameter pytree (e.g. {'meta': ..., 'transfer': ...}).
+    config: ml_collections.ConfigDict (or mapping) of the run.
+    overwrite: replace an existing bundle; if False, an existing directory is an error.
+
+  Returns:
+    The absolute bundle directory.
+  """
+  directory = os.path.abspath(os.fspath(directory))
+  if os.path.exists(directory) and not overwrite:
+    raise FileExistsError(f'{directory} exists and overwrite=False.')
+  parent = os.path.dirname(directory)
+  os.makedirs(parent, exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix='.' + os.path.basename(directory) + '.tmp-', dir=parent)
+  try:
+    with ocp.StandardCheckpointer() as ckptr:
+      ckptr.save(os.path.join(tmp, 'params'), jax.tree.map(_host_copy, params))
+      ckptr.wait_until_finished()
+    results.atomic_write_json(os.path.join(tmp, 'config.json'), results.to_jsonable(config))
+    from mmtl_jax import __version__  # pylint: disable=g-import-not-at-top
+    results.atomic_write_json(os.path.join(tmp, 'bundle.json'), {
+        'format': _BUNDLE_FORMAT, 'version': _BUNDLE_VERSION, 'mmtl_jax': __version__})
+    if os.path.exists(directory):
+      old = tempfile.mkdtemp(prefix='.' + os.path.basename(directory) + '.old-', dir=parent)
+      os.replace(directory, os.path.join(old, 'bundle'))
+      os.replace(tmp, directory)
+      shutil.rmtree(old, ignore_errors=True)
+    else:
+      os.replace(tmp, directory)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  return directory
+
+
+def load_inference_bundle(directory: str | os.PathLike,
+                          target: PyTree | None = None
+                          ) -> tuple[PyTree, ml_collections.ConfigDict]:
+  """Reads a bundle written by `save_inference_bundle`.
+
+  Args:
+    directory: the bundle directory.
+    target: optional params pytree (arrays or ShapeDtypeStruct) giving structure, dtypes and
+      shardings; without it the params come back as saved (nested dicts of jax arrays).
+
+  Returns:
+    (params, config): config is a ConfigDict in which JSON lists are turned back into tuples.
+  """
+  directory = os.path.abspath(os.fspath(directory))
+  marker = os.path.join(directory, 'bundle.json')
+  if not os.path.exists(marker):
+    raise FileNotFoundError(f'{directory} is not an inference bundle (no bundle.json).')
+  with open(marker, encoding='utf-8') as f:
+    info = json.load(f)
+  if info.get('format') != _BUNDLE_FORMAT or info.get('version', 0) > _BUNDLE_VERSION:
+    raise ValueError(f'{marker}: unsupported bundle {info}.')
+  with open(os.path.join(directory, 'config.json'), encoding='utf-8') as f:
+    config = ml_collections.ConfigDict(_lists_to_tuples(json.load(f)))
+  abstract = None if target is None else jax.tree.map(_abstract, target)
+  with ocp.StandardCheckpointer() as ckptr:
+    params = ckptr.restore(os.path.join(directory, 'params'), abstract)
+  return params, config
