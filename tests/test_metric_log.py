@@ -1,0 +1,82 @@
+"""Tests of mmtl_jax.metric_log: JSON lines and TensorBoard event files."""
+
+import glob
+import json
+import math
+import os
+import struct
+
+import numpy as np
+import pytest
+
+from mmtl_jax import metric_log
+
+
+def _read_events(path):
+  """Parses a TFRecord event file -> [(step, tag, value)] (tensorboardX's own protos)."""
+  from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
+  out = []
+  with open(path, 'rb') as f:
+    data = f.read()
+  pos = 0
+  while pos < len(data):
+    (length,) = struct.unpack('<Q', data[pos:pos + 8])
+    event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
+    pos += 12 + length + 4
+    for v in event.summary.value:
+      out.append((event.step, v.tag, v.simple_value))
+  return out
+
+
+def test_jsonl_and_event_file(tmp_path):
+  with metric_log.MetricWriter(tmp_path / 'logs', fold=2, enabled=True) as writer:
+    writer.write_scalars(1, {'loss': np.float32(0.5), 'dev_UA': 0.25})
+    # Flushed per line: readable before close.
+    rows = metric_log.read_jsonl(writer.jsonl_path)
+    assert rows[0]['step'] == 1 and rows[0]['fold'] == 2
+    writer.write_scalars(2, {'loss': float('nan')}, fold='2-swap')
+
+  rows = metric_log.read_jsonl(tmp_path / 'logs' / 'metrics.jsonl')
+  assert [(r['step'], r['fold']) for r in rows] == [(1, 2), (2, '2-swap')]
+  assert rows[0]['loss'] == 0.5 and rows[0]['dev_UA'] == 0.25
+  assert rows[1]['loss'] is None  # NaN -> null: strict JSON
+  assert all('wall_time' in r for r in rows)
+  for line in (tmp_path / 'logs' / 'metrics.jsonl').read_text().splitlines():
+    json.loads(line)  # every line is valid JSON on its own
+
+  (event_file,) = glob.glob(str(tmp_path / 'logs' / 'events.out.tfevents.*'))
+  events = _read_events(event_file)
+  assert (1, 'fold_2/loss', 0.5) in events
+  assert (1, 'fold_2/dev_UA', 0.25) in events
+  assert any(s == 2 and t == 'fold_2-swap/loss' and math.isnan(v) for s, t, v in events)
+
+
+def test_append_on_resume_and_truncated_last_line(tmp_path):
+  with metric_log.MetricWriter(tmp_path, tensorboard=False, enabled=True) as w:
+    w.write_scalars(1, {'a': 1})
+  with metric_log.MetricWriter(tmp_path, tensorboard=False, enabled=True) as w:
+    w.write_scalars(2, {'a': 2})
+  path = tmp_path / 'metrics.jsonl'
+  with open(path, 'a') as f:
+    f.write('{"step": 3, "a"')  # a crash mid-write
+  assert [r['step'] for r in metric_log.read_jsonl(path)] == [1, 2]
+  assert not glob.glob(str(tmp_path / 'events.out.tfevents.*'))
+
+
+def test_bad_metrics_rejected(tmp_path):
+  with metric_log.MetricWriter(tmp_path, tensorboard=False, enabled=True) as w:
+    with pytest.raises(ValueError, match='numeric scalar'):
+      w.write_scalars(1, {'v': np.ones(3)})
+    with pytest.raises(ValueError, match='numeric scalar'):
+      w.write_scalars(1, {'v': 'high'})
+    with pytest.raises(ValueError, match='reserved'):
+      w.write_scalars(1, {'step': 1})
+  with pytest.raises(ValueError, match='closed'):
+    w.write_scalars(1, {'v': 1})
+  assert os.path.getsize(tmp_path / 'metrics.jsonl') == 0
+
+
+def test_disabled_writer_writes_nothing(tmp_path):
+  with metric_log.MetricWriter(tmp_path / 'off', enabled=False) as w:
+    w.write_scalars(1, {'a': 1.0})
+  assert not (tmp_path / 'off').exists()
