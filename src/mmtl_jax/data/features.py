@@ -17,6 +17,10 @@ import math
 import librosa
 import ml_collections
 import numpy as np
+import soundfile as sf
+
+# Bump when the computation changes: it is part of the feature store's cache key.
+VERSION = 1
 
 
 def n_bins(features: ml_collections.ConfigDict) -> int:
@@ -26,8 +30,16 @@ def n_bins(features: ml_collections.ConfigDict) -> int:
 
 
 def load_audio(path: str, sample_rate: int) -> np.ndarray:
-  """Mono float32 waveform [n_samples] of any wav, resampled to `sample_rate`."""
-  wave, _ = librosa.load(path, sr=sample_rate, mono=True)
+  """Mono float32 waveform [n_samples] of any audio file libsndfile reads, resampled.
+
+  Channels are averaged; resampling is librosa's default (soxr, high quality). Decoding goes
+  through soundfile directly, so an unreadable file raises soundfile's clear error rather
+  than falling back to audioread.
+  """
+  wave, rate = sf.read(path, dtype='float32', always_2d=True)  # [n, channels]
+  wave = wave.mean(axis=1)
+  if rate != sample_rate:
+    wave = librosa.resample(wave, orig_sr=rate, target_sr=sample_rate)
   return np.asarray(wave, np.float32)
 
 

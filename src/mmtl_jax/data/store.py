@@ -12,8 +12,9 @@ On disk, under `<workdir>/features/<config_hash>/`::
                   counts {'utterances'|'segments': {speaker: {label: count}}}, and
                   'skipped': [{path, reason}] for every missing or unreadable wav.
 
-The cache key hashes the data and features config (all but `workers`) and the utterance table
-the reader returned, so a change to either is a miss; wav contents are not hashed. The
+The cache key hashes the data and features config (all but `workers`), the utterance table
+the reader returned and features.VERSION, so a change to any is a miss; wav contents are not
+hashed. The
 directory is written under a temporary name and renamed when complete: a crash leaves no
 half cache. A wav that cannot be read is skipped and listed, never dropped silently.
 """
@@ -99,7 +100,8 @@ def config_hash(config: ml_collections.ConfigDict,
   features = config.features.to_dict()
   features.pop('workers', None)  # does not change the result
   table = [dataclasses.astuple(u) for u in utterances]
-  blob = json.dumps({'data': config.data.to_dict(), 'features': features, 'table': table},
+  blob = json.dumps({'data': config.data.to_dict(), 'features': features, 'table': table,
+                     'version': features_lib.VERSION},
                     sort_keys=True, default=str)
   return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
