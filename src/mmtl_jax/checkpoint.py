@@ -9,7 +9,8 @@ items written together:
 
 Crash safety comes from orbax: a step is written into ``<step>.orbax-checkpoint-tmp-*`` and
 renamed to ``<step>`` only once complete, so a killed process leaves the previous steps
-restorable; leftover temporary directories are ignored and deleted on the next start.
+restorable. Leftover temporary directories are ignored, and a new Checkpointer deletes them in
+the background (orbax finishes that before its first save).
 
 An inference bundle (`save_inference_bundle`) is a directory with the trained params and the
 config as JSON, enough for a prediction script to rebuild the model from that directory alone.
