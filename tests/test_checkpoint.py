@@ -160,3 +160,11 @@ def test_inference_bundle_round_trip(tmp_path):
   assert sorted(os.listdir(tmp_path)) == ['bundle']  # no temporary leftovers
   with pytest.raises(FileNotFoundError, match='not an inference bundle'):
     checkpoint.load_inference_bundle(tmp_path)
+
+
+def test_inference_bundle_restores_the_base_config_exactly(tmp_path):
+  from mmtl_jax.configs import base  # pylint: disable=g-import-not-at-top
+  config = base.get_config()
+  bundle = checkpoint.save_inference_bundle(tmp_path / 'b', {'w': jnp.ones(2)}, config)
+  _, restored = checkpoint.load_inference_bundle(bundle)
+  assert restored.to_dict() == config.to_dict()

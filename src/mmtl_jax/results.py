@@ -171,10 +171,6 @@ def _mean_std(values: Sequence[float | None]) -> tuple[float | None, float | Non
   return float(arr.mean()), std
 
 
-def _fold_sort_key(value: Any) -> tuple[int, Any]:
-  return (0, value) if isinstance(value, (int, np.integer)) else (1, str(value))
-
-
 def aggregate_runs(fold_records: Iterable[Mapping[str, Any]],
                    class_names: Sequence[str]) -> list[dict[str, Any]]:
   """Groups fold records by (model, protocol) and computes the run entries of results.json.
