@@ -98,6 +98,9 @@ class MetaLearner(nn.Module):
   dropout: float = 0.0
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  # True: stop after the BiLSTM and return [B, 2 * lstm_hidden] (the shared extractor of the
+  # CNN-LSTM+MTL baseline, which puts its own FC layers per task on top).
+  features_only: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -116,13 +119,15 @@ class MetaLearner(nn.Module):
     y = y.reshape(batch, frames, bins * channels)
     y = BiLSTM(self.lstm_hidden, dtype=self.dtype, param_dtype=self.param_dtype,
                name='bilstm')(y)
+    if self.features_only:
+      return y
     y = nn.Dropout(self.dropout, deterministic=not train)(y)
     y = nn.Dense(self.fc_hidden, dtype=self.dtype, param_dtype=self.param_dtype,
                  name='fc_hidden')(y)
     y = nn.Dropout(self.dropout, deterministic=not train)(nn.relu(y))
     y = nn.Dense(self.num_outputs, dtype=self.dtype, param_dtype=self.param_dtype,
                  name='head')(y)
-    return y.astype(jnp.float32)
+    return y.astype(jnp.promote_types(self.dtype, jnp.float32))  # f32, or f64 in x64 tests
 
   @classmethod
   def from_config(cls, model_config: Any, **overrides: Any) -> 'MetaLearner':
