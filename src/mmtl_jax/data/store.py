@@ -28,6 +28,7 @@ import json
 import multiprocessing
 import os
 import shutil
+import sys
 from typing import Any, Optional, Sequence
 
 import ml_collections
@@ -124,8 +125,10 @@ def _compute(paths: list[str], features: dict, workers: int, desc: str) -> list:
   workers = workers or os.cpu_count() or 1
   if workers == 1 or len(jobs) < 2:
     return [_features_or_reason(j) for j in tqdm.tqdm(jobs, desc=desc, unit='utt')]
-  # 'spawn': the caller may have started JAX (threads), which a fork would copy unsafely.
-  context = multiprocessing.get_context('spawn')
+  # Fork is fast and works from any __main__ (stdin, notebooks), but copying a process that
+  # runs JAX's threads is unsafe: once JAX is imported, spawn fresh interpreters instead.
+  method = 'spawn' if ('jax' in sys.modules or os.name != 'posix') else 'fork'
+  context = multiprocessing.get_context(method)
   with concurrent.futures.ProcessPoolExecutor(min(workers, len(jobs)), context) as pool:
     chunk = max(1, min(16, len(jobs) // (4 * workers)))
     return list(tqdm.tqdm(pool.map(_features_or_reason, jobs, chunksize=chunk),
