@@ -25,6 +25,7 @@ import concurrent.futures
 import dataclasses
 import hashlib
 import json
+import logging
 import multiprocessing
 import os
 import shutil
@@ -129,10 +130,18 @@ def _compute(paths: list[str], features: dict, workers: int, desc: str) -> list:
   # runs JAX's threads is unsafe: once JAX is imported, spawn fresh interpreters instead.
   method = 'spawn' if ('jax' in sys.modules or os.name != 'posix') else 'fork'
   context = multiprocessing.get_context(method)
-  with concurrent.futures.ProcessPoolExecutor(min(workers, len(jobs)), context) as pool:
-    chunk = max(1, min(16, len(jobs) // (4 * workers)))
-    return list(tqdm.tqdm(pool.map(_features_or_reason, jobs, chunksize=chunk),
-                          total=len(jobs), desc=desc, unit='utt'))
+  try:
+    with concurrent.futures.ProcessPoolExecutor(min(workers, len(jobs)), context) as pool:
+      chunk = max(1, min(16, len(jobs) // (4 * workers)))
+      return list(tqdm.tqdm(pool.map(_features_or_reason, jobs, chunksize=chunk),
+                            total=len(jobs), desc=desc, unit='utt'))
+  except concurrent.futures.process.BrokenProcessPool:
+    # Typically a spawned worker re-ran a __main__ script that lacks the
+    # `if __name__ == '__main__':` guard. The result does not depend on the workers.
+    logging.warning('feature workers (%s) failed; computing in this process instead. Guard the '
+                    "script's entry point with `if __name__ == '__main__':` to use %d workers.",
+                    method, workers)
+    return [_features_or_reason(j) for j in tqdm.tqdm(jobs, desc=desc, unit='utt')]
 
 
 def _counts(speakers: Sequence[str], labels: Sequence[str]) -> dict[str, dict[str, int]]:
