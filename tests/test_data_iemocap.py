@@ -112,7 +112,8 @@ def test_malformed_summary_line_names_file_and_line(tmp_path, line):
 
 
 def test_bad_utterance_id_names_file_and_line(tmp_path):
-  path = write_eval(tmp_path, 1, 'Ses01F_impro02', [block('Ses01F_impro02_X000', 'neu', (2, 2, 2))])
+  path = write_eval(tmp_path, 1, 'Ses01F_impro02',
+                    [block('Ses01F_impro02_X000', 'neu', (2, 2, 2))])
   with pytest.raises(ValueError, match=rf'{re.escape(path)}:3: utterance id'):
     iemocap.read_iemocap(data_config(tmp_path))
 
