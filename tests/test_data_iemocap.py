@@ -107,7 +107,7 @@ def test_out_of_range_value_names_file_and_line(tmp_path, value):
 def test_malformed_summary_line_names_file_and_line(tmp_path, line):
   path = write_eval(tmp_path, 1, 'Ses01F_impro02', [block('Ses01F_impro02_F001', 'neu', (2, 2, 2)),
                                                      line])
-  with pytest.raises(ValueError, match=rf'{re.escape(path)}:8: malformed EmoEvaluation summary line'):
+  with pytest.raises(ValueError, match=rf'{re.escape(path)}:8: malformed EmoEvaluation summary'):
     iemocap.read_iemocap(data_config(tmp_path))
 
 
