@@ -15,6 +15,7 @@ from typing import Any, Optional, Sequence, Tuple
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from mmtl_jax import meta
 import mmtl_jax.meta.inner  # noqa: F401  (type aliases)
@@ -32,16 +33,17 @@ def weighted_cross_entropy(logits: jax.Array, labels: jax.Array,
   loss stays a per-sample average whatever the weights' scale.
 
   Args:
-    logits: [N, C] (any float dtype; computed in float32).
+    logits: [N, C] (any float dtype; computed in at least float32).
     labels: [N] int in [0, C).
     class_weights: [C] non-negative.
   Returns:
     Scalar; 0 when every sample has weight 0.
   """
-  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  dtype = jnp.promote_types(logits.dtype, jnp.float32)
+  logp = jax.nn.log_softmax(logits.astype(dtype), axis=-1)
   ce = -jnp.take_along_axis(logp, labels[:, None].astype(jnp.int32), axis=-1)[:, 0]
-  w = class_weights.astype(jnp.float32)[labels]
-  return jnp.sum(w * ce) / jnp.maximum(jnp.sum(w), jnp.finfo(jnp.float32).tiny)
+  w = class_weights.astype(dtype)[labels]
+  return jnp.sum(w * ce) / jnp.maximum(jnp.sum(w), jnp.finfo(dtype).tiny)
 
 
 def _apply(module, params, x, rng, train):
@@ -133,6 +135,19 @@ def make_mmtl_step(config: ml_collections.ConfigDict, optimizer=None,
                              mesh=mesh)
 
 
+def random_batch(num_tasks: int, batch_size: int, frames: int, bins: int, num_aux: int = 3,
+                 num_classes: int = 4, seed: int = 0) -> dict:
+  """A synthetic batch following the contract above (host numpy; for tests and benchmarks)."""
+  rng = np.random.default_rng(seed)
+  return {
+      'x': rng.normal(size=(num_tasks, batch_size, frames, bins)).astype(np.float32),
+      'target': rng.integers(0, num_classes, (num_tasks, batch_size)).astype(np.int32),
+      'aux': rng.integers(0, num_classes, (num_tasks, batch_size, num_aux)).astype(np.int32),
+      'target_weight': rng.uniform(0.2, 1.0, (num_tasks, num_classes)).astype(np.float32),
+      'aux_weight': rng.uniform(0.2, 1.0, (num_tasks, num_aux, num_classes)).astype(np.float32),
+  }
+
+
 __all__ = ['init_params', 'make_losses', 'make_mmtl_step', 'model_config_from_params',
-           'predict_logits', 'weighted_cross_entropy']
+           'predict_logits', 'random_batch', 'weighted_cross_entropy']
 

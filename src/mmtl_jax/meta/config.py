@@ -4,7 +4,7 @@ import dataclasses
 from typing import Any
 
 MODES = ('exact', 'first_order', 'reptile')
-STRATEGIES = ('auto', 'vmap', 'map', 'sharded')
+STRATEGIES = ('auto', 'vmap', 'map', 'loop', 'sharded')
 TASK_REDUCES = ('mean', 'sum')
 
 
@@ -15,8 +15,9 @@ class MetaConfig:
   Attributes:
     mode: 'exact' (differentiate through eqs. 4-5), 'first_order' (FOMAML: inner gradients
       treated as constants) or 'reptile' (outer direction = params - adapted params).
-    strategy: how the task axis is computed: 'vmap', 'map' (sequential, inside jit),
-      'sharded' (tasks split over the local devices) or 'auto' (CPU: map, else vmap).
+    strategy: how the task axis is computed: 'vmap', 'map' (sequential lax.scan inside the
+      jit), 'loop' (sequential, Python loop traced into the jit), 'sharded' (tasks split over
+      the local devices) or 'auto' (CPU: loop, else vmap). See `mmtl_jax.meta.strategy`.
     inner_steps: gradient steps of eq. 4 and, after them, of eq. 5 (>= 1).
     alpha: inner learning rate of eq. 4 (theta).
     beta: inner learning rate of eq. 5 (phi).

@@ -4,10 +4,14 @@
            per-task adapted weights turns convolutions into grouped convolutions, which run
            several times slower (DESIGN.md, "Measured so far").
   map:     one task at a time under lax.scan inside the jit, accumulating the sum, so only
-           one task's activations are alive at once. Best on CPU.
+           one task's activations are alive at once; compile time independent of the number
+           of tasks. But XLA:CPU runs convolution gradients inside a while-loop body 10-40x
+           slower than outside one (measured, jax 0.10.2), so on CPU prefer 'loop'.
+  loop:    one task at a time, as a Python loop traced into the jit (no while loop): the
+           fastest on XLA:CPU; compile time grows linearly with the number of tasks.
   sharded: tasks split over a 1-D device mesh with shard_map (params replicated, task batch
            sharded on its leading axis); each device vmaps over its local tasks, then a psum.
-  auto:    'map' on CPU, 'vmap' elsewhere.
+  auto:    'loop' on CPU, 'vmap' elsewhere.
 `task_chunk` > 0 (vmap / sharded) processes that many tasks at a time, accumulating the sum.
 All strategies give the same sums up to float reassociation.
 """
@@ -28,7 +32,7 @@ TASK_AXIS = 'tasks'
 def resolve(strategy: str) -> str:
   """Replaces 'auto' by the strategy measured fastest on the default backend."""
   if strategy == 'auto':
-    return 'map' if jax.default_backend() == 'cpu' else 'vmap'
+    return 'loop' if jax.default_backend() == 'cpu' else 'vmap'
   return strategy
 
 
@@ -61,10 +65,21 @@ def _scan_sum(fn: TaskFn, batch: PyTree, ids: jax.Array) -> PyTree:
   return jax.lax.scan(body, zeros, (batch, ids))[0]
 
 
-def _local_sum(fn: TaskFn, batch: PyTree, ids: jax.Array, sequential: bool, chunk: int) -> PyTree:
+def _loop_sum(fn: TaskFn, batch: PyTree, ids: jax.Array) -> PyTree:
+  """Sum over the leading axis of fn(batch[i], ids[i]), traced task by task."""
+  total = None
+  for i in range(ids.shape[0]):
+    out = fn(jax.tree.map(lambda x, i=i: x[i], batch), ids[i])
+    total = out if total is None else jax.tree.map(jnp.add, total, out)
+  return total
+
+
+def _local_sum(fn: TaskFn, batch: PyTree, ids: jax.Array, strategy: str, chunk: int) -> PyTree:
   n = ids.shape[0]
-  if sequential:
+  if strategy == 'map':
     return _scan_sum(fn, batch, ids)
+  if strategy == 'loop':
+    return _loop_sum(fn, batch, ids)
   if chunk <= 0 or chunk >= n:
     return _tree_sum0(jax.vmap(fn)(batch, ids))
   if n % chunk:
@@ -82,15 +97,15 @@ def sum_over_tasks(fn: TaskFn, task_batch: PyTree, strategy: str = 'auto', task_
     fn: pure function of (one task's batch without the task axis, int32 task index); its
       outputs must be summable pytrees of arrays (e.g. (grads, metrics)).
     task_batch: pytree with a leading task axis of size n on every leaf.
-    strategy: 'auto' | 'vmap' | 'map' | 'sharded'.
+    strategy: 'auto' | 'vmap' | 'map' | 'loop' | 'sharded'.
     task_chunk: tasks per chunk for 'vmap' and 'sharded' (per device); 0 = all at once.
     mesh: 1-D mesh for 'sharded' (default: all local devices).
   """
   strategy = resolve(strategy)
   n = num_tasks(task_batch)
   ids = jnp.arange(n, dtype=jnp.int32)
-  if strategy in ('vmap', 'map'):
-    return _local_sum(fn, task_batch, ids, strategy == 'map', task_chunk)
+  if strategy in ('vmap', 'map', 'loop'):
+    return _local_sum(fn, task_batch, ids, strategy, task_chunk)
   if strategy != 'sharded':
     raise ValueError(f'unknown task strategy {strategy!r}')
   mesh = mesh or default_mesh()
@@ -102,7 +117,7 @@ def sum_over_tasks(fn: TaskFn, task_batch: PyTree, strategy: str = 'auto', task_
     raise ValueError(f'{n} tasks cannot be split evenly over {devices} devices')
 
   def local(batch, local_ids):
-    return jax.lax.psum(_local_sum(fn, batch, local_ids, False, task_chunk), axis)
+    return jax.lax.psum(_local_sum(fn, batch, local_ids, 'vmap', task_chunk), axis)
 
   sharded = jax.shard_map(local, mesh=mesh, in_specs=(P(axis), P(axis)), out_specs=P(),
                           check_vma=False)

@@ -20,7 +20,7 @@ class TransferLearner(nn.Module):
   def __call__(self, meta_logits: jax.Array) -> jax.Array:
     y = nn.Dense(self.num_outputs, dtype=self.dtype, param_dtype=self.param_dtype,
                  name='fc')(meta_logits)
-    return y.astype(jnp.float32)
+    return y.astype(jnp.promote_types(self.dtype, jnp.float32))
 
   @classmethod
   def from_config(cls, model_config: Any, **overrides: Any) -> 'TransferLearner':
