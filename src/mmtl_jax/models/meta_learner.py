@@ -39,8 +39,8 @@ class BiLSTM(nn.Module):
   Efficiency: the input projections of both directions and all timesteps are ONE matmul
   [B*T, D] x [D, 8H] before the scan; the scan body only does the recurrent matmul, with
   both directions batched as one einsum over a leading direction axis of size 2.
-  Gate order i, f, g, o (PyTorch's). The cell state is carried in float32 whatever the
-  compute dtype, since it accumulates over time.
+  Gate order i, f, g, o (PyTorch's). The cell state is carried in at least float32 whatever
+  the compute dtype, since it accumulates over time.
   """
 
   hidden: int
@@ -66,15 +66,17 @@ class BiLSTM(nn.Module):
     # The backward direction reads time reversed: flip its projections once, up front.
     proj = jnp.stack([proj[:, 0], proj[::-1, 1]], axis=1)  # [T, 2, B, 4H]
 
+    cell_dtype = jnp.promote_types(self.dtype, jnp.float32)
+
     def cell(carry, p_t):
-      h_t, c_t = carry  # [2, B, H] each; h in compute dtype, c in float32
+      h_t, c_t = carry  # [2, B, H] each; h in compute dtype, c in at least float32
       gates = p_t + jnp.einsum('kbh,khg->kbg', h_t, w_rec)
-      i, f, g, o = jnp.split(gates.astype(jnp.float32), 4, axis=-1)
+      i, f, g, o = jnp.split(gates.astype(cell_dtype), 4, axis=-1)
       c_t = jax.nn.sigmoid(f) * c_t + jax.nn.sigmoid(i) * jnp.tanh(g)
       h_t = (jax.nn.sigmoid(o) * jnp.tanh(c_t)).astype(self.dtype)
       return (h_t, c_t), None
 
-    carry0 = (jnp.zeros((2, batch, h), self.dtype), jnp.zeros((2, batch, h), jnp.float32))
+    carry0 = (jnp.zeros((2, batch, h), self.dtype), jnp.zeros((2, batch, h), cell_dtype))
     (h_final, _), _ = jax.lax.scan(cell, carry0, proj)
     return jnp.concatenate([h_final[0], h_final[1]], axis=-1)
 

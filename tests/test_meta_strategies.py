@@ -1,0 +1,172 @@
+"""Task-axis strategies agree; Reptile matches its closed form; the step is traced once."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from mmtl_jax import meta, ser
+
+
+def tiny_model():
+  c = ml_collections.ConfigDict()
+  c.conv_features = (2, 3)
+  c.conv_kernels = ((3, 3), (2, 3))
+  c.lstm_hidden = 4
+  c.fc_hidden = 5
+  c.num_outputs = 4
+  c.dropout = 0.2  # so per-task rngs must match across strategies too
+  c.dtype = 'float32'
+  return c
+
+
+@pytest.fixture(scope='module')
+def problem():
+  model = tiny_model()
+  params = ser.init_params(model, jax.random.PRNGKey(0), (1, 8, 8))
+  batch = ser.random_batch(num_tasks=4, batch_size=3, frames=8, bins=8, seed=1)
+  return params, batch, *ser.make_losses(model)
+
+
+def _grads(problem, **cfg):
+  params, batch, inner_loss, transfer_loss = problem
+  c = meta.MetaConfig(alpha=0.3, beta=0.2, **cfg)
+  return jax.jit(lambda p: meta.meta_gradient(p, batch, jax.random.PRNGKey(7), inner_loss,
+                                              transfer_loss, c))(params)
+
+
+def _assert_trees_close(a, b, rtol=2e-5, atol=1e-7):
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_allclose(x, y, rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize('mode', ['exact', 'reptile'])
+def test_vmap_map_loop_and_chunks_agree(problem, mode):
+  reference = _grads(problem, mode=mode, strategy='vmap')
+  for kwargs in (dict(strategy='map'), dict(strategy='loop'),
+                 dict(strategy='vmap', task_chunk=2)):
+    _assert_trees_close(_grads(problem, mode=mode, **kwargs), reference)
+
+
+def test_auto_strategy_is_loop_on_cpu():
+  assert meta.resolve_strategy('auto') == ('loop' if jax.default_backend() == 'cpu' else 'vmap')
+
+
+def test_chunk_must_divide_the_tasks(problem):
+  with pytest.raises(ValueError, match='task_chunk'):
+    _grads(problem, mode='reptile', strategy='vmap', task_chunk=3)
+
+
+_SHARDED_SCRIPT = textwrap.dedent('''
+    import json, jax, numpy as np, ml_collections
+    from mmtl_jax import meta, ser
+    assert jax.device_count() == 4, jax.devices()
+    c = ml_collections.ConfigDict(dict(conv_features=(2, 3), conv_kernels=((3, 3), (2, 3)),
+        lstm_hidden=4, fc_hidden=5, num_outputs=4, dropout=0.2, dtype='float32'))
+    params = ser.init_params(c, jax.random.PRNGKey(0), (1, 8, 8))
+    batch = ser.random_batch(num_tasks=8, batch_size=3, frames=8, bins=8, seed=1)
+    losses = ser.make_losses(c)
+    def run(**kw):
+      cfg = meta.MetaConfig(mode='exact', alpha=0.3, beta=0.2, **kw)
+      return jax.jit(lambda p: meta.meta_gradient(p, batch, jax.random.PRNGKey(7), *losses,
+                                                  cfg))(params)
+    def diff(a, b):
+      return max(float(np.max(np.abs(x - y)) / (np.max(np.abs(y)) + 1e-12))
+                 for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+    ref = run(strategy='vmap')
+    out = {'sharded': diff(run(strategy='sharded'), ref),
+           'sharded_chunk': diff(run(strategy='sharded', task_chunk=1), ref),
+           'loop': diff(run(strategy='loop'), ref)}
+    print('RESULT ' + json.dumps(out))
+''')
+
+
+def test_sharded_over_four_fake_devices_agrees_with_vmap_and_loop():
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4',
+             JAX_PLATFORMS='cpu')
+  out = subprocess.run([sys.executable, '-c', _SHARDED_SCRIPT], env=env, capture_output=True,
+                       text=True, timeout=300)
+  lines = [l for l in out.stdout.splitlines() if l.startswith('RESULT ')]
+  assert lines, out.stderr[-3000:]
+  diffs = json.loads(lines[0][len('RESULT '):])
+  assert all(d < 1e-5 for d in diffs.values()), diffs
+
+
+def test_reptile_direction_matches_closed_form_on_a_quadratic():
+  """inner_loss = |theta - a_i|^2 / 2, transfer_loss = |phi - b_i * theta|^2 / 2, 2 inner steps.
+
+  By hand: theta'_i = a_i + (1 - alpha)^2 (theta - a_i);
+           phi'_i = b_i theta'_i + (1 - beta)^2 (phi - b_i theta'_i);
+           direction = mean_i (params - params'_i).
+  """
+  alpha, beta = 0.1, 0.3
+  theta, phi = jnp.array([1.0, -2.0, 0.5]), jnp.array([0.3, 0.7, -1.0])
+  a = jnp.array([[0.0, 1.0, 2.0], [3.0, -1.0, 0.5], [-2.0, 0.0, 1.0]])
+  b = jnp.array([[1.0, 2.0, 0.5], [0.0, -1.0, 3.0], [2.0, 2.0, 2.0]])
+  inner_loss = lambda t, batch, rng: 0.5 * jnp.sum((t - batch['a']) ** 2)
+  transfer_loss = lambda t, p, batch, rng: 0.5 * jnp.sum((p - batch['b'] * t) ** 2)
+  cfg = meta.MetaConfig(mode='reptile', strategy='vmap', inner_steps=2, alpha=alpha, beta=beta)
+  direction, _ = meta.meta_gradient({'theta': theta, 'phi': phi}, {'a': a, 'b': b},
+                                    jax.random.PRNGKey(0), inner_loss, transfer_loss, cfg)
+  theta_i = a + (1 - alpha) ** 2 * (theta - a)
+  phi_i = b * theta_i + (1 - beta) ** 2 * (phi - b * theta_i)
+  np.testing.assert_allclose(direction['theta'], (theta - theta_i).mean(0), rtol=1e-6)
+  np.testing.assert_allclose(direction['phi'], (phi - phi_i).mean(0), rtol=1e-6)
+
+  # task_reduce='sum' is what eqs. 6-7 write: n times the mean.
+  summed, _ = meta.meta_gradient({'theta': theta, 'phi': phi}, {'a': a, 'b': b},
+                                 jax.random.PRNGKey(0), inner_loss, transfer_loss,
+                                 meta.MetaConfig(mode='reptile', strategy='map', inner_steps=2,
+                                                 alpha=alpha, beta=beta, task_reduce='sum'))
+  np.testing.assert_allclose(summed['theta'], 3 * direction['theta'], rtol=1e-6)
+
+
+def test_step_applies_adam_by_name_and_is_traced_once(problem):
+  params, batch, inner_loss, transfer_loss = problem
+  traces = []
+
+  def counting_inner_loss(theta, b, rng):
+    traces.append(1)  # a Python side effect: runs only while tracing
+    return inner_loss(theta, b, rng)
+
+  cfg = meta.MetaConfig(mode='first_order', strategy='vmap', alpha=0.3, beta=0.2, gamma=1e-2)
+  # phi frozen through its own learning rate: proves the partition is by name.
+  init_fn, step_fn = meta.make_meta_step(counting_inner_loss, transfer_loss, cfg,
+                                         optimizer=meta.outer_optimizer(1e-2, gamma_phi=0.0))
+  step = jax.jit(step_fn, donate_argnums=(0, 1))
+  p = jax.tree.map(jnp.copy, params)
+  opt_state = init_fn(p)
+  expected_grads, _ = meta.meta_gradient(params, batch, jax.random.PRNGKey(0),
+                                         inner_loss, transfer_loss, cfg)
+  p, opt_state, metrics = step(p, opt_state, batch, jax.random.PRNGKey(0))
+  n_traces = len(traces)
+  assert n_traces > 0
+  for i in range(1, 3):
+    p, opt_state, metrics = step(p, opt_state, batch, jax.random.fold_in(jax.random.PRNGKey(0), i))
+  assert len(traces) == n_traces  # no retracing from one step to the next
+  assert step._cache_size() == 1  # pylint: disable=protected-access
+  assert set(metrics) == {'inner_loss_before', 'inner_loss_after', 'transfer_loss',
+                          'outer_loss', 'grad_norm'}
+  assert all(np.isfinite(v) for v in jax.tree.leaves(metrics))
+  _assert_trees_close(p['phi'], params['phi'], rtol=0, atol=0)
+  # First Adam step moves each theta entry by gamma * sign(grad) (up to eps).
+  first = jax.tree.map(lambda t, g: t - 1e-2 * jnp.sign(g), params['theta'],
+                       expected_grads['theta'])
+  assert not np.allclose(jax.tree.leaves(p['theta'])[0], jax.tree.leaves(first)[0])  # 3 steps
+  init_fn, step_fn = meta.make_meta_step(inner_loss, transfer_loss, cfg)
+  one, _, _ = jax.jit(step_fn)(params, init_fn(params), batch, jax.random.PRNGKey(0))
+  _assert_trees_close(one['theta'], first, rtol=1e-5, atol=1e-6)
+
+
+def test_params_must_be_named_theta_and_phi():
+  with pytest.raises(ValueError, match="'theta' and 'phi'"):
+    meta.meta_gradient({'w': jnp.zeros(2)}, {'a': jnp.zeros((1, 2))}, jax.random.PRNGKey(0),
+                       lambda t, b, r: 0.0, lambda t, p, b, r: 0.0, meta.MetaConfig())
