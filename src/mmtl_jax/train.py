@@ -1,0 +1,195 @@
+"""The experiment loop: every model x fold, trained, selected on dev, tested, tabulated.
+
+Workdir layout::
+
+  <workdir>/features/<hash>/        feature store (shared by every model and fold)
+  <workdir>/synthetic_corpus/       the embedded corpus, when config.data.kind='synthetic'
+  <workdir>/<model>/<fold>/checkpoints/   orbax: params, optimiser state, best-on-dev params;
+                                          JSON extra: step, rng seed, sampler position
+  <workdir>/<model>/<fold>/logs/    TensorBoard events + metrics.jsonl
+  <workdir>/<model>/<fold>/bundle/  inference bundle of the dev-selected ('strict') params
+  <workdir>/<model>/<fold>/result.json   the fold's test results (its presence = fold done)
+  <workdir>/results.json, results.md, confusion/   the tables (paper Tables 2/3 layout)
+
+Resuming: start the same command again. Finished folds are read back; an unfinished fold
+restores its latest checkpoint. Batches and dropout derive from (seed, step, task) only, so
+a killed and resumed run ends with the same results as an uninterrupted one.
+"""
+
+import json
+import logging
+import os
+import time
+from typing import Any, Dict, List
+
+import jax
+import ml_collections
+import numpy as np
+from tqdm.auto import tqdm
+
+from mmtl_jax import checkpoint as ckpt_lib
+from mmtl_jax import evaluate as eval_lib
+from mmtl_jax import metric_log
+from mmtl_jax import results as results_lib
+from mmtl_jax import systems as systems_lib
+from mmtl_jax.data import folds as folds_lib
+from mmtl_jax.data import sampler as sampler_lib
+from mmtl_jax.data import store as store_lib
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(FloatingPointError):
+  """Raised when a training loss becomes NaN or Inf; the last good checkpoint is kept."""
+
+
+def _fold_name(fold: Any) -> str:
+  return f'fold{fold.index}' if not getattr(fold, 'name', None) else str(fold.name)
+
+
+def enable_compilation_cache(config: ml_collections.ConfigDict) -> None:
+  """Turns on JAX's persistent compilation cache (config.compilation_cache_dir; '' = off)."""
+  path = config.get('compilation_cache_dir', '')
+  if path:
+    jax.config.update('jax_compilation_cache_dir', os.path.expanduser(path))
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
+
+
+def train_fold(system: systems_lib.System, evaluator: eval_lib.Evaluator, step_fn: Any,
+               store: Any, fold: Any, config: ml_collections.ConfigDict, fold_dir: str,
+               position: str = '') -> Dict[str, Any]:
+  """Trains one system on one fold with dev-based model selection; returns test records.
+
+  Args:
+    system: the System to train.
+    evaluator: its Evaluator (jitted prediction and fine-tuning, built once per system).
+    step_fn: jax.jit(system.train_step) (built once per system, so folds share compilations).
+    store: the FeatureStore; fold: a `folds.Fold`; config: the full config.
+    fold_dir: <workdir>/<model>/<fold>.
+    position: text for the progress bar, e.g. 'mmtl 2/5'.
+
+  Returns:
+    The fold result: {'fold', 'dev_speaker', 'test_speaker', 'records': {protocol: {...}}}.
+  """
+  seed = int(config.seed)
+  steps = int(config.train.steps)
+  protocols = tuple(config.eval.protocols)
+  sampler = sampler_lib.TaskSampler(store, fold.train_speakers, config, seed)
+  key = jax.random.key(seed)
+  params = system.init(jax.random.fold_in(key, 0), (1,) + store.features.shape[1:])
+  opt_state = system.init_opt(params)
+  # Copies: `params` is donated to the first step, the best-on-dev trees must survive it.
+  state = {'params': params, 'opt_state': opt_state,
+           'best': {p: eval_lib.tree_copy(params) for p in protocols}}
+  extra = {'step': 0, 'seed': seed, 'sampler_position': 0,
+           'best_dev': {p: {'UA': -1.0, 'WA': -1.0, 'step': 0} for p in protocols}}
+
+  every = int(config.train.checkpoint_every)
+  checkpointer = ckpt_lib.Checkpointer(os.path.join(fold_dir, 'checkpoints'), max_to_keep=2,
+                                       save_interval_steps=1)
+  try:
+    restored = checkpointer.restore(target=state)
+    if restored is not None:
+      state, extra = restored
+      log.info('%s: resumed from step %d', fold_dir, extra['step'])
+    start = int(extra['step'])
+    params, opt_state = state['params'], state['opt_state']
+    best = dict(state['best'])
+    eval_every = int(config.train.eval_every)
+    with metric_log.MetricWriter(os.path.join(fold_dir, 'logs'), fold=_fold_name(fold)) as mw:
+      bar = tqdm(range(start + 1, steps + 1), initial=start, total=steps, desc=position,
+                 leave=False, dynamic_ncols=True, disable=None)
+      for step in bar:
+        batch = sampler.batch(step)
+        rng = jax.random.fold_in(key, step)
+        params, opt_state, metrics = step_fn(params, opt_state, batch, rng)
+        loss = float(metrics['loss'])
+        if not np.isfinite(loss):
+          raise NonFiniteLossError(
+              f'{position or fold_dir}: non-finite loss {loss} at step {step}; stopped. The '
+              f'last good checkpoint (step {checkpointer.latest_step()}) is kept in '
+              f'{checkpointer.directory}; lower the learning rates or check the features.')
+        if step % int(config.train.log_every) == 0 or step == steps:
+          mw.write_scalars(step, {k: float(v) for k, v in metrics.items()})
+          bar.set_postfix(loss=f'{loss:.3f}')
+        if step % eval_every == 0 or step == steps:
+          scores = eval_lib.dev_scores(evaluator, params, fold.dev_speaker, protocols, seed)
+          for p, s in scores.items():
+            # Strictly better only: ties keep the earlier (less trained) parameters.
+            if s['UA'] > extra['best_dev'][p]['UA']:
+              best[p] = eval_lib.tree_copy(params)
+              extra['best_dev'][p] = {'UA': s['UA'], 'WA': s['WA'], 'step': step}
+          mw.write_scalars(step, {f'dev_{k}_{p}': v for p, s in scores.items()
+                                  for k, v in s.items()})
+        if step % every == 0 or step == steps:
+          extra.update(step=step, sampler_position=step)
+          checkpointer.save(step, {'params': params, 'opt_state': opt_state, 'best': best},
+                            extra, force=True)
+      bar.close()
+  finally:
+    checkpointer.close()
+
+  records = {}
+  for p in protocols:
+    r = evaluator.evaluate(best[p], fold.test_speaker, p, seed)
+    records[p] = {'UA': r['UA'], 'WA': r['WA'], 'y_true': r['y_true'].tolist(),
+                  'y_pred': r['y_pred'].tolist(), 'utt_ids': r['utt_ids'].tolist(),
+                  'dev_UA': extra['best_dev'][p]['UA'], 'dev_WA': extra['best_dev'][p]['WA'],
+                  'selected_step': extra['best_dev'][p]['step']}
+  bundle_params = best['strict'] if 'strict' in best else best[protocols[0]]
+  bundle_config = ml_collections.ConfigDict(config.to_dict())
+  bundle_config.bundle_model = system.name
+  bundle_config.classes = tuple(store.classes)
+  ckpt_lib.save_inference_bundle(os.path.join(fold_dir, 'bundle'), bundle_params, bundle_config)
+  return {'fold': fold.index, 'name': _fold_name(fold), 'dev_speaker': fold.dev_speaker,
+          'test_speaker': fold.test_speaker, 'records': records}
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
+  """Features, then every model in config.train.models over every fold, then the tables.
+
+  Returns the content of <workdir>/results.json.
+  """
+  t0 = time.time()
+  os.makedirs(workdir, exist_ok=True)
+  enable_compilation_cache(config)
+  store = store_lib.build_feature_store(config, workdir)
+  print(store_lib.format_summary(store), flush=True)
+  folds = folds_lib.make_folds(store, config)
+  fold_records: List[Dict[str, Any]] = []
+  for model_name in config.train.models:
+    system = systems_lib.make_system(model_name, config)
+    evaluator = eval_lib.Evaluator(system, store, config)
+    step_fn = jax.jit(system.train_step, donate_argnums=(0, 1))
+    for i, fold in enumerate(folds):
+      fold_dir = os.path.join(workdir, model_name, _fold_name(fold))
+      result_path = os.path.join(fold_dir, 'result.json')
+      if os.path.exists(result_path):
+        with open(result_path, encoding='utf-8') as f:
+          result = json.load(f)
+      else:
+        t_fold = time.time()
+        result = train_fold(system, evaluator, step_fn, store, fold, config, fold_dir,
+                            position=f'{model_name} {i + 1}/{len(folds)}')
+        result['seconds'] = time.time() - t_fold
+        results_lib.atomic_write_json(result_path, results_lib.to_jsonable(result))
+      line = ', '.join(f"{p} UA {r['UA']:.3f} WA {r['WA']:.3f}"
+                       for p, r in result['records'].items())
+      print(f"{model_name} {result['name']} (test {result['test_speaker']}, dev "
+            f"{result['dev_speaker']}): {line}", flush=True)
+      for p, r in result['records'].items():
+        fold_records.append(results_lib.fold_record(
+            model_name, p, result['name'], r['y_true'], r['y_pred'], seed=int(config.seed),
+            dev_ua=r['dev_UA'], dev_wa=r['dev_WA'], utt_ids=r['utt_ids'],
+            test_speaker=result['test_speaker'], dev_speaker=result['dev_speaker'],
+            selected_step=r['selected_step']))
+  runs = results_lib.aggregate_runs(fold_records, list(store.classes))
+  notes = ("Protocol 'paper': fine-tune on the test speaker's auxiliary labels before "
+           "predicting (section 2.4). 'strict': no label of the test speaker is used. "
+           "Model selection on the dev speaker only. CNN-LSTM has no auxiliary task, so its "
+           "two protocols coincide.")
+  paths = results_lib.write_results(workdir, config, runs, notes=notes)
+  with open(paths['markdown'], encoding='utf-8') as f:
+    print(f.read(), flush=True)
+  print(f'total {time.time() - t0:.1f} s; results: {paths["json"]}', flush=True)
+  return results_lib.load_results(workdir)

@@ -1,0 +1,130 @@
+"""End-to-end experiment loop on a tiny config: results schema, kill-and-resume, NaN guard,
+prediction on wav files."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+import soundfile as sf
+
+from mmtl_jax import predict
+from mmtl_jax import train
+from mmtl_jax.configs import demo
+from mmtl_jax.data import sampler as sampler_lib
+from mmtl_jax.data import synthetic
+
+
+@pytest.fixture(scope='module')
+def corpus_root(tmp_path_factory):
+  return synthetic.ensure_corpus(str(tmp_path_factory.mktemp('corpus')), seed=0)
+
+
+def tiny_config(corpus_root, models=('mmtl', 'cnn_lstm', 'cnn_lstm_mtl'), steps=4):
+  c = demo.get_config()
+  c.data.root = corpus_root
+  c.features.n_fft = 128
+  c.features.win_ms = 8.0
+  c.features.hop_ms = 32.0
+  c.features.n_frames = 16
+  c.features.workers = 1
+  c.model.conv_features = (2, 3, 4)
+  c.model.conv_kernels = ((3, 3), (3, 3), (3, 3))
+  c.model.lstm_hidden = 4
+  c.model.fc_hidden = 4
+  c.meta.mode = 'first_order'
+  c.train.models = models
+  c.train.steps = steps
+  c.train.segments_per_speaker = 4
+  c.train.eval_every = 2
+  c.train.checkpoint_every = 2
+  c.train.log_every = 1
+  c.folds.which = (0,)
+  c.eval.finetune_steps = 1
+  c.eval.batch_size = 32
+  return c
+
+
+def test_end_to_end_results_and_predict(corpus_root, tmp_path):
+  workdir = str(tmp_path / 'run')
+  out = train.train_and_evaluate(tiny_config(corpus_root), workdir)
+  runs = {(r['model'], r['protocol']): r for r in out['runs']}
+  assert set(runs) == {(m, p) for m in ('mmtl', 'cnn_lstm', 'cnn_lstm_mtl')
+                       for p in ('paper', 'strict')}
+  for run in runs.values():
+    assert 0.0 <= run['pooled']['UA'] <= 1.0 and 0.0 <= run['pooled']['WA'] <= 1.0
+    assert [f['fold'] for f in run['folds']] == ['Ses01-testSes01M']
+    assert np.asarray(run['confusion']['counts']).sum() == run['pooled']['n']
+  # No label of the test speaker is used by CNN-LSTM under either protocol.
+  assert runs[('cnn_lstm', 'paper')]['pooled'] == runs[('cnn_lstm', 'strict')]['pooled']
+  assert os.path.exists(os.path.join(workdir, 'results.md'))
+  assert os.path.exists(os.path.join(workdir, 'confusion', 'mmtl__strict.png'))
+  log = os.path.join(workdir, 'mmtl', 'Ses01-testSes01M', 'logs', 'metrics.jsonl')
+  steps = [json.loads(line)['step'] for line in open(log, encoding='utf-8')]
+  assert max(steps) == 4
+
+  # Prediction from the workdir's bundle: a corpus wav, a 44.1 kHz stereo file, a corrupt one.
+  wav = os.path.join(corpus_root, 'Session1', 'sentences', 'wav', 'Ses01F_impro01',
+                     'Ses01F_impro01_F001.wav')
+  wave, rate = sf.read(wav, dtype='float32')
+  stereo = str(tmp_path / 'stereo44k.wav')
+  t = np.arange(int(1.2 * 44100)) / 44100
+  sf.write(stereo, np.stack([np.sin(2 * np.pi * 220 * t)] * 2, axis=1) * 0.1, 44100)
+  corrupt = str(tmp_path / 'corrupt.wav')
+  with open(corrupt, 'wb') as f:
+    f.write(b'RIFF\x00\x00\x00\x00WAVEjunk')
+  predictor = predict.Predictor(workdir)
+  results = predictor.predict_files([wav, corrupt, stereo])
+  assert 'error' in results[1] and 'corrupt.wav' in results[1]['path']
+  for r in (results[0], results[2]):
+    assert r['emotion'] in ('neu', 'ang', 'hap', 'sad')
+    assert abs(sum(r['posteriors'].values()) - 1.0) < 1e-5
+  assert rate == 16000 and results[0]['segments'] == int(np.ceil(len(wave) / rate / 1.0))
+
+
+def test_killed_run_resumes_to_the_same_result(corpus_root, tmp_path, monkeypatch):
+  config = tiny_config(corpus_root, models=('mmtl',), steps=6)
+  uninterrupted = train.train_and_evaluate(config, str(tmp_path / 'a'))
+
+  original = sampler_lib.TaskSampler.batch
+
+  def dies_at_step_5(self, step):
+    if step == 5:
+      raise KeyboardInterrupt('simulated kill')
+    return original(self, step)
+
+  monkeypatch.setattr(sampler_lib.TaskSampler, 'batch', dies_at_step_5)
+  with pytest.raises(KeyboardInterrupt):
+    train.train_and_evaluate(config, str(tmp_path / 'b'))
+  ckpt_dir = tmp_path / 'b' / 'mmtl' / 'Ses01-testSes01M' / 'checkpoints'
+  assert sorted(int(p.name) for p in ckpt_dir.iterdir() if p.name.isdigit())[-1] == 4
+  monkeypatch.setattr(sampler_lib.TaskSampler, 'batch', original)
+  resumed = train.train_and_evaluate(config, str(tmp_path / 'b'))
+
+  for a, b in zip(uninterrupted['runs'], resumed['runs']):
+    assert a['pooled'] == b['pooled'] and a['folds'] == b['folds']
+  params_a = predict.Predictor(str(tmp_path / 'a')).params
+  params_b = predict.Predictor(str(tmp_path / 'b')).params
+  for x, y in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_nan_loss_stops_with_clear_error_and_keeps_checkpoint(corpus_root, tmp_path,
+                                                              monkeypatch):
+  config = tiny_config(corpus_root, models=('cnn_lstm',), steps=6)
+  original = sampler_lib.TaskSampler.batch
+
+  def nan_at_step_3(self, step):
+    batch = original(self, step)
+    if step == 3:
+      batch['x'][:] = np.nan
+    return batch
+
+  monkeypatch.setattr(sampler_lib.TaskSampler, 'batch', nan_at_step_3)
+  with pytest.raises(train.NonFiniteLossError, match='step 3') as err:
+    train.train_and_evaluate(config, str(tmp_path / 'nan'))
+  assert 'last good checkpoint (step 2)' in str(err.value)
+  fold_dir = tmp_path / 'nan' / 'cnn_lstm' / 'Ses01-testSes01M'
+  assert not (fold_dir / 'result.json').exists()
+  assert (fold_dir / 'checkpoints' / '2').exists()
