@@ -45,7 +45,7 @@ def test_weighted_cross_entropy_equals_the_paper_formula():
   labels = np.array([0, 0, 0, 0, 1, 1, 2, 3, 3, 0])
   logits = rng.normal(size=(10, 4)).astype(np.float32) * 3
   w = paper_class_weights(labels, 4)
-  np.testing.assert_allclose(w, [4 / 10, 1.0, 1.0, 1 / 2 * 1.0])  # N_c = 5, 2, 1, 2
+  np.testing.assert_allclose(w, [0.2, 0.5, 1.0, 0.5])  # N_c = 5, 2, 1, 2: w = 2, 5, 10, 5
   got = ser.weighted_cross_entropy(jnp.asarray(logits), jnp.asarray(labels),
                                    jnp.asarray(w, jnp.float32))
   np.testing.assert_allclose(got, hand_weighted_ce(logits, labels, w), rtol=1e-5)

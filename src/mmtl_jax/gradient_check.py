@@ -54,39 +54,50 @@ def compare(config: Any, params: Optional[Dict[str, Any]] = None,
     rng = jax.random.PRNGKey(config.seed)
     cfgs = {mode: meta.MetaConfig.from_config(dict(config.meta.to_dict(), mode=mode))
             for mode in meta.MODES}
-    grad_fns = {mode: jax.jit(lambda p, c=c: meta.meta_gradient(
-        p, batch, rng, inner_loss, transfer_loss, c)[0]) for mode, c in cfgs.items()}
-    objective = jax.jit(lambda p: meta.meta_objective(p, batch, rng, inner_loss, transfer_loss,
-                                                      cfgs['exact']))
     steps = cfgs['exact'].inner_steps
+    to64 = lambda p: jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), p)
 
-    def analyse(p):
-      p = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), p)
-      grads = {mode: fn(p) for mode, fn in grad_fns.items()}
+    @jax.jit
+    def gradients(p):
+      p = to64(p)
+      grads = {mode: meta.meta_gradient(p, batch, rng, inner_loss, transfer_loss, c)[0]
+               for mode, c in cfgs.items()}
       # Reptile's direction is lr * steps * (a gradient): rescale so norms are comparable.
-      reptile = {'theta': jax.tree.map(lambda g: g / (cfgs['exact'].alpha * steps),
-                                       grads['reptile']['theta']),
-                 'phi': jax.tree.map(lambda g: g / (cfgs['exact'].beta * steps),
-                                     grads['reptile']['phi'])}
+      grads['reptile'] = {
+          'theta': jax.tree.map(lambda g: g / (cfgs['exact'].alpha * steps),
+                                grads['reptile']['theta']),
+          'phi': jax.tree.map(lambda g: g / (cfgs['exact'].beta * steps),
+                              grads['reptile']['phi'])}
+      return grads
+
+    @jax.jit
+    def finite_difference(p, grads):
+      """Central FD of the meta objective along a random unit direction, and <grad, d>."""
+      p = to64(p)
       leaves, treedef = jax.tree.flatten(p)
       keys = jax.random.split(jax.random.PRNGKey(cc.direction_seed), len(leaves))
       direction = [jax.random.normal(k, l.shape, jnp.float64) for k, l in zip(keys, leaves)]
       norm = jnp.sqrt(sum(jnp.sum(d ** 2) for d in direction))
-      direction = treedef.unflatten([d / norm for d in direction])  # unit global norm
-      eps = cc.fd_eps
-      shift = lambda s: jax.tree.map(lambda x, d: x + s * eps * d, p, direction)
-      fd = float((objective(shift(1.0)) - objective(shift(-1.0))) / (2 * eps))
-      dot = lambda g: float(sum(jnp.vdot(a, b) for a, b in zip(jax.tree.leaves(g),
-                                                                  jax.tree.leaves(direction))))
-      analytic = dot(grads['exact'])
+      direction = treedef.unflatten([d / norm for d in direction])
+      objective = lambda q: meta.meta_objective(q, batch, rng, inner_loss, transfer_loss,
+                                                cfgs['exact'])
+      shift = lambda s: jax.tree.map(lambda x, d: x + s * cc.fd_eps * d, p, direction)
+      fd = (objective(shift(1.0)) - objective(shift(-1.0))) / (2 * cc.fd_eps)
+      dot = lambda g: sum(jnp.vdot(a, b) for a, b in zip(jax.tree.leaves(g),
+                                                          jax.tree.leaves(direction)))
+      return fd, dot(grads['exact']), dot(grads['first_order'])
+
+    def analyse(p):
+      grads = gradients(p)
+      fd, analytic, first_order = map(float, finite_difference(p, grads))
       flat = lambda g: np.concatenate([v for _, v in _leaves_with_names(g)])
       return {
           'finite_difference': {
-              'eps': eps, 'fd': fd, 'exact': analytic, 'first_order': dot(grads['first_order']),
+              'eps': cc.fd_eps, 'fd': fd, 'exact': analytic, 'first_order': first_order,
               'relative_error': abs(fd - analytic) / max(abs(fd), 1e-300)},
-          'layers': layer_table(grads['exact'], grads['first_order'], reptile),
+          'layers': layer_table(grads['exact'], grads['first_order'], grads['reptile']),
           'global': {'first_order': _stats(flat(grads['first_order']), flat(grads['exact'])),
-                     'reptile': _stats(flat(reptile), flat(grads['exact']))},
+                     'reptile': _stats(flat(grads['reptile']), flat(grads['exact']))},
       }
 
     if params is None:

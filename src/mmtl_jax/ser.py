@@ -85,13 +85,18 @@ def init_params(model_config: Any, rng: jax.Array,
 
   input_shape: one segment batch [B, T, F] (B may be 1).
   """
-  theta_rng, phi_rng = jax.random.split(rng)
   meta_learner = MetaLearner.from_config(model_config)
   transfer = TransferLearner.from_config(model_config)
-  x = jnp.zeros(tuple(input_shape), jnp.float32)
-  theta = meta_learner.init(theta_rng, x)['params']
-  phi = transfer.init(phi_rng, jnp.zeros((1, meta_learner.num_outputs), jnp.float32))['params']
-  return {'theta': theta, 'phi': phi}
+
+  @jax.jit  # one compilation instead of one per initialiser op
+  def init(rng):
+    theta_rng, phi_rng = jax.random.split(rng)
+    x = jnp.zeros(tuple(input_shape), jnp.float32)
+    theta = meta_learner.init(theta_rng, x)['params']
+    z = jnp.zeros((1, meta_learner.num_outputs), jnp.float32)
+    return {'theta': theta, 'phi': transfer.init(phi_rng, z)['params']}
+
+  return init(rng)
 
 
 def model_config_from_params(theta: Any, dtype: str = 'float32') -> ml_collections.ConfigDict:

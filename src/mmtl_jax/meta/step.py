@@ -63,7 +63,7 @@ def make_meta_step(inner_loss: InnerLoss, transfer_loss: TransferLoss, meta_conf
                                    outer_loss, mesh)
     updates, opt_state = optimizer.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
-    metrics = dict(metrics, grad_norm=optax.global_norm(grads))
+    metrics = dict(metrics, grad_norm=optax.tree.norm(grads))
     return params, opt_state, metrics
 
   return init_fn, step_fn
