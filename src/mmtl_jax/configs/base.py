@@ -77,13 +77,17 @@ def get_config() -> ml_collections.ConfigDict:
   # ---- meta-learning (section 2, eqs. 4-7) -------------------------------------------------
   c.meta = ml_collections.ConfigDict()
   c.meta.mode = 'reptile'  # 'exact' | 'first_order' | 'reptile'
-  c.meta.strategy = 'auto'  # 'auto' | 'vmap' | 'map' | 'sharded'
+  # 'auto' (CPU: loop, else vmap) | 'vmap' | 'map' | 'loop' | 'sharded'; see meta/strategy.py
+  c.meta.strategy = 'auto'
   c.meta.inner_steps = 1
   c.meta.alpha = 0.01  # eq. 4
   c.meta.beta = 0.01  # eq. 5
   c.meta.gamma = 0.001  # eqs. 6-7, Adam
   c.meta.remat = False  # rematerialise the inner loop (exact mode memory)
   c.meta.task_chunk = 0  # 0 = all tasks at once
+  # Eqs. 6-7 sum over tasks; with Adam a mean differs only by a scale Adam is invariant to.
+  c.meta.task_reduce = 'mean'  # 'mean' | 'sum'
+  c.meta.log_inner_after = True  # metrics: aux loss at theta' (one extra forward per task)
 
   # ---- training ----------------------------------------------------------------------------
   c.train = ml_collections.ConfigDict()
@@ -98,5 +102,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval = ml_collections.ConfigDict()
   c.eval.protocols = ('paper', 'strict')
   c.eval.finetune_steps = 5
+  # 'paper' protocol fine-tuning: section 2.4 says "the small learning rate gamma". Plain SGD
+  # is the update rule theta was meta-trained for (eq. 4); 'adam' moves every weight by ~lr per
+  # step, which on the demo collapsed the shared head that phi reads.
+  c.eval.finetune_optimizer = 'sgd'  # 'sgd' | 'adam'
+  c.eval.finetune_lr = 0.001  # gamma
   c.eval.batch_size = 256
   return c
