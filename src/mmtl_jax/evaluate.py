@@ -1,7 +1,8 @@
 """Meta-test (paper section 2.4) and the two evaluation protocols.
 
 'paper':  before predicting a speaker, fine-tune on that speaker's AUXILIARY labels (for MMTL
-          the meta learner theta, with Adam at lr gamma; phi stays), as section 2.4 does. This
+          the meta learner theta; phi stays) with eval.finetune_optimizer at eval.finetune_lr
+          (default SGD at gamma), as section 2.4 does. This
           uses the test speaker's V/A/D labels, which correlate with the emotion labels.
 'strict': no label of the evaluated speaker is used at all; predict with the trained params.
 
@@ -30,8 +31,8 @@ class Evaluator:
   Args:
     system: the System.
     store: the FeatureStore.
-    config: the full config (eval.finetune_steps, eval.batch_size, meta.gamma,
-      train.segments_per_speaker, model.num_outputs).
+    config: the full config (eval.finetune_steps, eval.finetune_optimizer, eval.finetune_lr,
+      eval.batch_size, train.segments_per_speaker, model.num_outputs).
   """
 
   def __init__(self, system: System, store: Any, config: ml_collections.ConfigDict):
@@ -44,14 +45,20 @@ class Evaluator:
     self._predict = jax.jit(lambda p, x: jax.nn.softmax(system.predict_logits(p, x), axis=-1))
     self._finetune_step = None
     if system.finetune_loss is not None and self.finetune_steps > 0:
-      self._finetune_step = jax.jit(self._make_finetune_step(float(config.meta.gamma)))
+      self._finetune_step = jax.jit(self._make_finetune_step(
+          str(config.eval.get('finetune_optimizer', 'sgd')),
+          float(config.eval.get('finetune_lr', config.meta.gamma))))
 
-  def _make_finetune_step(self, lr: float):
+  def _make_finetune_step(self, name: str, lr: float):
     system = self.system
+    optimizers = {'sgd': optax.sgd, 'adam': optax.adam}
+    if name not in optimizers:
+      raise ValueError(f"eval.finetune_optimizer {name!r}: 'sgd' | 'adam'")
 
     def optimizer(params):
-      return optax.multi_transform({'tune': optax.adam(lr), 'freeze': optax.set_to_zero()},
-                                   system.finetune_labels(params))
+      return optax.multi_transform(
+          {'tune': optimizers[name](lr), 'freeze': optax.set_to_zero()},
+          system.finetune_labels(params))
 
     def step(params, opt_state, batch, rng):
       loss, grads = jax.value_and_grad(system.finetune_loss)(params, batch, rng)
@@ -90,8 +97,8 @@ class Evaluator:
     return np.concatenate(out) if out else np.zeros((0, self.config.model.num_outputs))
 
   def finetune(self, params: Any, speaker: str, seed: int) -> Any:
-    """The 'paper' protocol's adaptation: `finetune_steps` Adam steps (lr gamma) on minibatches
-    of the speaker's auxiliary labels; returns new params (the input is not modified)."""
+    """The 'paper' protocol's adaptation: `finetune_steps` optimiser steps on minibatches of
+    the speaker's auxiliary labels; returns new params (the input is not modified)."""
     if self._finetune_step is None:
       return params
     data = self.speaker_data(speaker)

@@ -1,0 +1,74 @@
+"""Meta-test protocols: what the 'paper' fine-tuning may touch and read; config variants."""
+
+import jax
+import numpy as np
+import pytest
+
+from mmtl_jax import evaluate
+from mmtl_jax import systems
+from mmtl_jax.configs import aux_tasks as aux_tasks_config
+from mmtl_jax.data import store as store_lib
+from mmtl_jax.data import synthetic
+from test_train import tiny_config  # tests/ is on sys.path (rootdir-less test modules)
+
+
+@pytest.fixture(scope='module')
+def setup(tmp_path_factory):
+  root = synthetic.ensure_corpus(str(tmp_path_factory.mktemp('corpus')), seed=0)
+  config = tiny_config(root)
+  store = store_lib.build_feature_store(config, str(tmp_path_factory.mktemp('work')))
+  return config, store
+
+
+def _leaves(tree):
+  return [np.asarray(x) for x in jax.tree.leaves(tree)]
+
+
+@pytest.mark.parametrize('name', ['mmtl', 'cnn_lstm_mtl'])
+@pytest.mark.parametrize('optimizer', ['sgd', 'adam'])
+def test_paper_finetune_moves_only_the_tuned_part(setup, name, optimizer):
+  config, store = setup
+  config = config.copy_and_resolve_references()
+  config.eval.finetune_optimizer = optimizer
+  config.eval.finetune_lr = 0.05
+  system = systems.make_system(name, config)
+  params = system.init(jax.random.key(0), (1,) + store.features.shape[1:])
+  tuned = evaluate.Evaluator(system, store, config).finetune(params, 'Ses01M', seed=0)
+  labels = system.finetune_labels(params)
+  for label, before, after in zip(jax.tree.leaves(labels), _leaves(params), _leaves(tuned)):
+    if label == 'freeze':
+      np.testing.assert_array_equal(before, after)
+  moved = [not np.array_equal(b, a) for b, a in zip(_leaves(params), _leaves(tuned))]
+  assert any(moved)
+
+
+def test_paper_finetune_never_reads_emotion_labels(setup):
+  config, store = setup
+  system = systems.make_system('mmtl', config)
+  params = system.init(jax.random.key(0), (1,) + store.features.shape[1:])
+  ev = evaluate.Evaluator(system, store, config)
+  a = ev.finetune(params, 'Ses01M', seed=0)
+  ev.speaker_data('Ses01M')['target'][:] = (ev.speaker_data('Ses01M')['target'] + 1) % 4
+  b = ev.finetune(params, 'Ses01M', seed=0)
+  for x, y in zip(_leaves(a), _leaves(b)):
+    np.testing.assert_array_equal(x, y)
+
+
+def test_strict_and_cnn_lstm_use_no_test_labels(setup):
+  config, store = setup
+  system = systems.make_system('cnn_lstm', config)
+  params = system.init(jax.random.key(0), (1,) + store.features.shape[1:])
+  ev = evaluate.Evaluator(system, store, config)
+  paper = ev.evaluate(params, 'Ses01M', 'paper')
+  strict = ev.evaluate(params, 'Ses01M', 'strict')
+  np.testing.assert_array_equal(paper['y_pred'], strict['y_pred'])
+  with pytest.raises(ValueError, match='protocol'):
+    ev.evaluate(params, 'Ses01M', 'oracle')
+
+
+def test_aux_task_subsets_config():
+  assert aux_tasks_config.get_config('VA').data.aux_tasks == ('valence', 'activation')
+  assert aux_tasks_config.get_config('dv,demo').data.aux_tasks == ('valence', 'dominance')
+  assert aux_tasks_config.get_config('D,demo').train.models == ('mmtl',)
+  with pytest.raises(ValueError, match='V, A, D'):
+    aux_tasks_config.get_config('VX')
