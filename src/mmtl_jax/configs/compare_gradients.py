@@ -20,7 +20,7 @@ def get_config():
   c.model.dtype = 'float64'  # the whole comparison and the finite differences run in float64
   c.meta.strategy = 'loop'
   c.compare = ml_collections.ConfigDict()
-  c.compare.tasks = 4
+  c.compare.tasks = 2
   c.compare.segments = 4
   c.compare.frames = 48
   c.compare.bins = 32
