@@ -128,3 +128,14 @@ def test_nan_loss_stops_with_clear_error_and_keeps_checkpoint(corpus_root, tmp_p
   fold_dir = tmp_path / 'nan' / 'cnn_lstm' / 'Ses01-testSes01M'
   assert not (fold_dir / 'result.json').exists()
   assert (fold_dir / 'checkpoints' / '2').exists()
+
+
+def test_several_seeds_give_mean_and_std_over_folds_and_seeds(corpus_root, tmp_path):
+  config = tiny_config(corpus_root, models=('cnn_lstm',), steps=2)
+  config.train.seeds = (0, 1)
+  out = train.train_and_evaluate(config, str(tmp_path / 'seeds'))
+  run = out['runs'][0]
+  assert sorted((f['fold'], f['seed']) for f in run['folds']) == [
+      ('Ses01-testSes01M', 0), ('Ses01-testSes01M', 1)]
+  assert run['std']['UA'] is not None
+  assert (tmp_path / 'seeds' / 'cnn_lstm' / 'seed1' / 'Ses01-testSes01M' / 'bundle').exists()

@@ -21,8 +21,8 @@ def find_bundle(path: str) -> str:
   a workdir (then the first MMTL fold's bundle, else the first of any model)."""
   path = os.path.abspath(path)
   candidates = [path, os.path.join(path, 'bundle')]
-  candidates += sorted(glob.glob(os.path.join(path, 'mmtl', '*', 'bundle')))
-  candidates += sorted(glob.glob(os.path.join(path, '*', '*', 'bundle')))
+  for pattern in (('mmtl', '*'), ('mmtl', '*', '*'), ('*', '*'), ('*', '*', '*')):
+    candidates += sorted(glob.glob(os.path.join(path, *pattern, 'bundle')))
   for c in candidates:
     if os.path.exists(os.path.join(c, 'bundle.json')):
       return c

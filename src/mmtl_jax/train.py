@@ -145,8 +145,22 @@ def train_fold(system: systems_lib.System, evaluator: eval_lib.Evaluator, step_f
           'test_speaker': fold.test_speaker, 'records': records}
 
 
+def _fold_result(system, evaluator, step_fn, store, fold, config, fold_dir, position):
+  """The fold's result.json if it is finished, else trains it (resuming) and writes it."""
+  result_path = os.path.join(fold_dir, 'result.json')
+  if os.path.exists(result_path):
+    with open(result_path, encoding='utf-8') as f:
+      return json.load(f)
+  t_fold = time.time()
+  result = train_fold(system, evaluator, step_fn, store, fold, config, fold_dir, position)
+  result['seconds'] = time.time() - t_fold
+  results_lib.atomic_write_json(result_path, results_lib.to_jsonable(result))
+  return result
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
-  """Features, then every model in config.train.models over every fold, then the tables.
+  """Features, then every model in config.train.models over every fold (and every seed of
+  config.train.seeds; default: config.seed alone), then the tables.
 
   Returns the content of <workdir>/results.json.
   """
@@ -157,32 +171,31 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   print(store_lib.format_summary(store), flush=True)
   folds = folds_lib.make_folds(store, config)
   fold_records: List[Dict[str, Any]] = []
+  seeds = tuple(int(x) for x in config.train.get('seeds', ())) or (int(config.seed),)
   for model_name in config.train.models:
     system = systems_lib.make_system(model_name, config)
     evaluator = eval_lib.Evaluator(system, store, config)
     step_fn = jax.jit(system.train_step, donate_argnums=(0, 1))
-    for i, fold in enumerate(folds):
-      fold_dir = os.path.join(workdir, model_name, _fold_name(fold))
-      result_path = os.path.join(fold_dir, 'result.json')
-      if os.path.exists(result_path):
-        with open(result_path, encoding='utf-8') as f:
-          result = json.load(f)
-      else:
-        t_fold = time.time()
-        result = train_fold(system, evaluator, step_fn, store, fold, config, fold_dir,
-                            position=f'{model_name} {i + 1}/{len(folds)}')
-        result['seconds'] = time.time() - t_fold
-        results_lib.atomic_write_json(result_path, results_lib.to_jsonable(result))
-      line = ', '.join(f"{p} UA {r['UA']:.3f} WA {r['WA']:.3f}"
-                       for p, r in result['records'].items())
-      print(f"{model_name} {result['name']} (test {result['test_speaker']}, dev "
-            f"{result['dev_speaker']}): {line}", flush=True)
-      for p, r in result['records'].items():
-        fold_records.append(results_lib.fold_record(
-            model_name, p, result['name'], r['y_true'], r['y_pred'], seed=int(config.seed),
-            dev_ua=r['dev_UA'], dev_wa=r['dev_WA'], utt_ids=r['utt_ids'],
-            test_speaker=result['test_speaker'], dev_speaker=result['dev_speaker'],
-            selected_step=r['selected_step']))
+    for seed in seeds:
+      seed_config = config.copy_and_resolve_references()
+      seed_config.seed = seed
+      model_dir = os.path.join(workdir, model_name)
+      if len(seeds) > 1:
+        model_dir = os.path.join(model_dir, f'seed{seed}')
+      for i, fold in enumerate(folds):
+        fold_dir = os.path.join(model_dir, _fold_name(fold))
+        result = _fold_result(system, evaluator, step_fn, store, fold, seed_config, fold_dir,
+                              f'{model_name} seed {seed} fold {i + 1}/{len(folds)}')
+        line = ', '.join(f"{p} UA {r['UA']:.3f} WA {r['WA']:.3f}"
+                         for p, r in result['records'].items())
+        print(f"{model_name} seed {seed} {result['name']} (test {result['test_speaker']}, dev "
+              f"{result['dev_speaker']}): {line}", flush=True)
+        for p, r in result['records'].items():
+          fold_records.append(results_lib.fold_record(
+              model_name, p, result['name'], r['y_true'], r['y_pred'], seed=seed,
+              dev_ua=r['dev_UA'], dev_wa=r['dev_WA'], utt_ids=r['utt_ids'],
+              test_speaker=result['test_speaker'], dev_speaker=result['dev_speaker'],
+              selected_step=r['selected_step']))
   runs = results_lib.aggregate_runs(fold_records, list(store.classes))
   notes = ("Protocol 'paper': fine-tune on the test speaker's auxiliary labels before "
            "predicting (section 2.4). 'strict': no label of the test speaker is used. "

@@ -97,6 +97,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.checkpoint_every = 200
   c.train.log_every = 20
   c.train.models = ('mmtl', 'cnn_lstm', 'cnn_lstm_mtl')
+  c.train.seeds = ()  # several seeds: mean and std over folds x seeds; () = (seed,)
 
   # ---- meta-test (section 2.4) -------------------------------------------------------------
   c.eval = ml_collections.ConfigDict()
