@@ -2,23 +2,11 @@
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from mmtl_jax import ser
 from mmtl_jax.models import MetaLearner, TransferLearner
-
-
-def tiny_model():
-  c = ml_collections.ConfigDict()
-  c.conv_features = (2, 3)
-  c.conv_kernels = ((3, 3), (2, 3))
-  c.lstm_hidden = 4
-  c.fc_hidden = 5
-  c.num_outputs = 4
-  c.dropout = 0.0
-  c.dtype = 'float32'
-  return c
+from test_meta_gradients import tiny_model  # tests/ is on sys.path (rootdir-less modules)
 
 
 def paper_class_weights(labels, num_classes):

@@ -43,6 +43,7 @@ def tiny_config(corpus_root, models=('mmtl', 'cnn_lstm', 'cnn_lstm_mtl'), steps=
   c.folds.which = (0,)
   c.eval.finetune_steps = 1
   c.eval.batch_size = 32
+  c.compilation_cache_dir = ''  # hermetic: no cache shared across tests or in $HOME
   return c
 
 

@@ -13,6 +13,8 @@ import ml_collections
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
+  # JAX persistent compilation cache: later runs skip recompiling the steps. '' = off.
+  c.compilation_cache_dir = '~/.cache/mmtl_jax/jax'
 
   # ---- corpus ----------------------------------------------------------------------------
   c.data = ml_collections.ConfigDict()
