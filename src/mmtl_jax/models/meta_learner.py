@@ -10,6 +10,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mmtl_jax.models.conv import Conv
+
 Dtype = Any
 
 _DTYPES = {
@@ -27,6 +29,21 @@ def compute_dtype(name: Any) -> Dtype:
       raise ValueError(f'unknown compute dtype {name!r}; expected one of {sorted(_DTYPES)}')
     return _DTYPES[name]
   return jnp.dtype(name).type
+
+
+def max_pool_2x2(y: jax.Array) -> jax.Array:
+  """2x2 max pool, stride 2, floor on odd sizes: [B, H, W, C] -> [B, H // 2, W // 2, C].
+
+  A reshape and a max instead of `nn.max_pool`: same values and, away from ties, the same
+  gradients, but XLA:CPU runs its backward pass about 2.4x faster (44 vs 107 ms on
+  [128, 96, 64, 8]), and its second-order derivatives are elementwise selects instead of
+  select-and-scatter.
+  """
+  b, h, w, c = y.shape
+  if h < 2 or w < 2:
+    raise ValueError(f'input too small for another 2x2 max pool: {y.shape}')
+  y = y[:, :h - h % 2, :w - w % 2, :].reshape(b, h // 2, 2, w // 2, 2, c)
+  return y.max(axis=(2, 4))
 
 
 class BiLSTM(nn.Module):
@@ -103,6 +120,9 @@ class MetaLearner(nn.Module):
   # True: stop after the BiLSTM and return [B, 2 * lstm_hidden] (the shared extractor of the
   # CNN-LSTM+MTL baseline, which puts its own FC layers per task on top).
   features_only: bool = False
+  # True: convolutions with hand-written VJPs (models/conv.py), several times faster under
+  # exact MAML on XLA:CPU; False: lax's own rules, needed for forward-mode autodiff (jvp).
+  conv_vjp: bool = True
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -112,12 +132,10 @@ class MetaLearner(nn.Module):
       raise ValueError('conv_features and conv_kernels must have the same length')
     y = x[..., None].astype(self.dtype)  # NHWC with H = time, W = frequency
     for i, (feat, kernel) in enumerate(zip(self.conv_features, self.conv_kernels)):
-      y = nn.Conv(feat, tuple(kernel), strides=1, padding='SAME', dtype=self.dtype,
-                  param_dtype=self.param_dtype, name=f'conv_{i}')(y)
-      y = nn.max_pool(nn.relu(y), window_shape=(2, 2), strides=(2, 2))
+      y = Conv(feat, tuple(kernel), custom_vjp=self.conv_vjp, dtype=self.dtype,
+               param_dtype=self.param_dtype, name=f'conv_{i}')(y)
+      y = max_pool_2x2(nn.relu(y))
     batch, frames, bins, channels = y.shape
-    if frames == 0 or bins == 0:
-      raise ValueError(f'input {x.shape} too small for {len(self.conv_features)} 2x2 pools')
     y = y.reshape(batch, frames, bins * channels)
     y = BiLSTM(self.lstm_hidden, dtype=self.dtype, param_dtype=self.param_dtype,
                name='bilstm')(y)
@@ -142,6 +160,7 @@ class MetaLearner(nn.Module):
         num_outputs=int(model_config.num_outputs),
         dropout=float(model_config.get('dropout', 0.0)),
         dtype=compute_dtype(model_config.get('dtype', 'float32')),
+        conv_vjp=bool(model_config.get('conv_vjp', True)),
     )
     kwargs.update(overrides)
     return cls(**kwargs)

@@ -1,0 +1,112 @@
+"""Stride-1 SAME 2-D convolution whose derivatives, to second order, are plain NHWC convolutions.
+
+Why: exact MAML differentiates through the inner gradient, i.e. it transposes the convolution
+gradients JAX's own rules emit. Those second-order transposes come out with layouts such as
+`01fb_o01i->f01b` plus a window reversal, which XLA:CPU cannot hand to its fast convolution
+kernels: on the bench shape two such ops took 449 of the 652 ms of one task's exact
+meta-gradient (jax 0.10, `experiments/benchmark.py`, docs/PERFORMANCE.md). Here every
+derivative is written by hand as a forward NHWC/HWIO convolution (plus cheap flips and
+transposes of the small kernel), so each order of differentiation stays on the fast path.
+
+`conv2d_same(x, w)` equals `lax.conv_general_dilated(x, w, (1, 1), 'SAME', NHWC/HWIO/NHWC)`;
+it supports reverse mode to any order and vmap, not forward mode (jvp): use `Conv(...,
+custom_vjp=False)` (config `model.conv_vjp = False`) for forward-over-reverse work.
+"""
+
+from typing import Any, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+_DN = ('NHWC', 'HWIO', 'NHWC')
+
+
+def _same_pads(kernel: Tuple[int, int]) -> Tuple[Tuple[int, int], ...]:
+  """SAME padding of a stride-1 convolution: (k - 1) // 2 before, the rest after."""
+  return tuple(((k - 1) // 2, k - 1 - (k - 1) // 2) for k in kernel)
+
+
+def _conv(x, w, pads):
+  return lax.conv_general_dilated(x, w, (1, 1), pads, dimension_numbers=_DN)
+
+
+def _input_grad(dy: jax.Array, w: jax.Array) -> jax.Array:
+  """d(conv2d_same(x, w))/dx applied to dy [N, H, W, O]: a SAME convolution with the kernel
+  flipped in space and its in/out axes swapped; the padding swaps ends."""
+  pads = tuple((hi, lo) for lo, hi in _same_pads(w.shape[:2]))
+  return _conv(dy, jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2), pads)
+
+
+def _make_filter_grad(kernel: Tuple[int, int]):
+  """The filter gradient for one kernel size, with a hand-written VJP (two NHWC convs)."""
+  pads = _same_pads(kernel)
+
+  @jax.custom_vjp
+  def filter_grad(x, dy):
+    # Batch becomes the contraction axis: lhs [I, H, W, N], rhs [H, W, N, O] -> [I, kh, kw, O].
+    out = lax.conv_general_dilated(x.transpose(3, 1, 2, 0), dy.transpose(1, 2, 0, 3), (1, 1),
+                                   pads, dimension_numbers=_DN)
+    return out.transpose(1, 2, 0, 3)
+
+  def fwd(x, dy):
+    return filter_grad(x, dy), (x, dy)
+
+  def bwd(res, g):  # g: cotangent of dW, [kh, kw, I, O]
+    x, dy = res
+    return _input_grad(dy, g), _conv(x, g, pads)
+
+  filter_grad.defvjp(fwd, bwd)
+  return filter_grad
+
+
+_FILTER_GRADS = {}
+
+
+def _filter_grad_for(kernel: Tuple[int, int]):
+  if kernel not in _FILTER_GRADS:
+    _FILTER_GRADS[kernel] = _make_filter_grad(kernel)
+  return _FILTER_GRADS[kernel]
+
+
+@jax.custom_vjp
+def conv2d_same(x: jax.Array, w: jax.Array) -> jax.Array:
+  """Stride-1 SAME convolution, x [N, H, W, I], w [kh, kw, I, O] -> [N, H, W, O]."""
+  return _conv(x, w, _same_pads(w.shape[:2]))
+
+
+def _conv_fwd(x, w):
+  return conv2d_same(x, w), (x, w)
+
+
+def _conv_bwd(res, dy):
+  x, w = res
+  return _input_grad(dy, w), _filter_grad_for(tuple(w.shape[:2]))(x, dy).astype(w.dtype)
+
+
+conv2d_same.defvjp(_conv_fwd, _conv_bwd)
+
+
+class Conv(nn.Module):
+  """`nn.Conv(features, kernel_size, strides=1, padding='SAME')` with the same parameters
+  ('kernel' [kh, kw, I, O], lecun-normal; 'bias' [O], zeros), computed by `conv2d_same` when
+  `custom_vjp` (else by lax's own rules, which allow jvp)."""
+
+  features: int
+  kernel_size: Tuple[int, int]
+  custom_vjp: bool = True
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kernel = self.param('kernel', nn.initializers.lecun_normal(),
+                        tuple(self.kernel_size) + (x.shape[-1], self.features), self.param_dtype)
+    bias = self.param('bias', nn.initializers.zeros, (self.features,), self.param_dtype)
+    x, kernel, bias = (a.astype(self.dtype) for a in (x, kernel, bias))
+    if self.custom_vjp:
+      y = conv2d_same(x, kernel)
+    else:
+      y = _conv(x, kernel, _same_pads(self.kernel_size))
+    return y + bias

@@ -1,0 +1,104 @@
+"""models/conv.py and max_pool_2x2 against lax / flax references, to second order."""
+
+import re
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mmtl_jax.models.conv import Conv, conv2d_same
+from mmtl_jax.models.meta_learner import MetaLearner, max_pool_2x2
+
+
+def _lax_conv(x, w):
+  return jax.lax.conv_general_dilated(x, w, (1, 1), 'SAME',
+                                      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+
+def _loss(conv):
+  return lambda x, w: jnp.sum(jnp.sin(conv(x, w)) ** 2)
+
+
+def _second_order(conv):
+  """A scalar of both first derivatives, like exact MAML's outer loss of the inner gradient."""
+  f = _loss(conv)
+  return lambda x, w: (jnp.sum(jnp.cos(jax.grad(f, 1)(x, w)))
+                       + jnp.sum(jax.grad(f, 0)(x, w) ** 3))
+
+
+def _max_diff(a, b):
+  return max(float(jnp.max(jnp.abs(p - q))) for p, q in zip(jax.tree.leaves(a),
+                                                           jax.tree.leaves(b)))
+
+
+@pytest.mark.parametrize('kernel', [(3, 3), (2, 3), (4, 5), (1, 1)])
+def test_conv2d_same_matches_lax_to_second_order(kernel):
+  with jax.enable_x64(True):
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(2, 7, 6, 3)))
+    w = jnp.asarray(rng.normal(size=kernel + (3, 4)))
+    assert _max_diff(conv2d_same(x, w), _lax_conv(x, w)) < 1e-12
+    assert _max_diff(jax.grad(_loss(conv2d_same), (0, 1))(x, w),
+                     jax.grad(_loss(_lax_conv), (0, 1))(x, w)) < 1e-10
+    ours = jax.grad(_second_order(conv2d_same), (0, 1))(x, w)
+    ref = jax.grad(_second_order(_lax_conv), (0, 1))(x, w)
+    assert _max_diff(ours, ref) < 1e-9
+    # Per-task weights under vmap (the 'vmap' task strategy).
+    xs, ws = jnp.stack([x, x + 1.0]), jnp.stack([w, 2.0 * w])
+    ours = jax.vmap(jax.grad(_second_order(conv2d_same), (0, 1)))(xs, ws)
+    ref = jax.vmap(jax.grad(_second_order(_lax_conv), (0, 1)))(xs, ws)
+    assert _max_diff(ours, ref) < 1e-9
+
+
+def _optimized_conv_labels(conv):
+  x, w = jnp.ones((4, 16, 16, 3)), jnp.ones((3, 4, 3, 5))
+  hlo = jax.jit(jax.grad(_second_order(conv), (0, 1))).lower(x, w).compile().as_text()
+  return re.findall(r'convolution\(.*?dim_labels=([^,\s]+)', hlo)
+
+
+def test_second_order_convolutions_stay_nhwc():
+  """The point of the module: after exact-MAML-style double differentiation, XLA is left with
+  only NHWC/HWIO convolutions (its fast kernels), where lax's own rules leave a transposed one."""
+  ours = _optimized_conv_labels(conv2d_same)
+  assert ours and set(ours) == {'b01f_01io->b01f'}, ours
+  if jax.default_backend() == 'cpu':  # the reference's layout is XLA:CPU's choice
+    assert set(_optimized_conv_labels(_lax_conv)) != {'b01f_01io->b01f'}
+
+
+def test_conv_module_params_match_flax_conv():
+  x = jnp.ones((2, 6, 5, 3))
+  ours = Conv(4, (3, 2)).init(jax.random.PRNGKey(0), x)['params']
+  ref = nn.Conv(4, (3, 2), padding='SAME').init(jax.random.PRNGKey(0), x)['params']
+  assert jax.tree.map(jnp.shape, ours) == jax.tree.map(jnp.shape, ref)
+  assert _max_diff(ours, ref) == 0.0
+  y = Conv(4, (3, 2)).apply({'params': ours}, x)
+  y_lax = Conv(4, (3, 2), custom_vjp=False).apply({'params': ours}, x)
+  assert _max_diff(y, nn.Conv(4, (3, 2), padding='SAME').apply({'params': ref}, x)) < 1e-5
+  assert _max_diff(y, y_lax) == 0.0
+
+
+def test_forward_mode_needs_conv_vjp_off():
+  model = MetaLearner(conv_features=(2,), conv_kernels=((3, 3),), lstm_hidden=3, fc_hidden=3,
+                      conv_vjp=False)
+  x = jnp.ones((1, 8, 8))
+  params = model.init(jax.random.PRNGKey(0), x)['params']
+  tangent = jax.tree.map(jnp.ones_like, params)
+  _, out = jax.jvp(lambda p: model.apply({'params': p}, x), (params,), (tangent,))
+  assert out.shape == (1, 4)
+
+
+@pytest.mark.parametrize('shape', [(2, 8, 6, 3), (1, 7, 5, 2)])
+def test_max_pool_2x2_matches_flax(shape):
+  x = jnp.asarray(np.random.default_rng(1).normal(size=shape), jnp.float32)
+  ref_fn = lambda v: nn.max_pool(v, (2, 2), strides=(2, 2))
+  assert _max_diff(max_pool_2x2(x), ref_fn(x)) == 0.0
+  g = jax.grad(lambda v: jnp.sum(jnp.sin(max_pool_2x2(v))))(x)
+  g_ref = jax.grad(lambda v: jnp.sum(jnp.sin(ref_fn(v))))(x)
+  assert _max_diff(g, g_ref) < 1e-6
+
+
+def test_max_pool_2x2_rejects_too_small_input():
+  with pytest.raises(ValueError, match='too small'):
+    max_pool_2x2(jnp.ones((1, 1, 4, 2)))
