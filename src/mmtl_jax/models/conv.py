@@ -32,11 +32,25 @@ def _conv(x, w, pads):
   return lax.conv_general_dilated(x, w, (1, 1), pads, dimension_numbers=_DN)
 
 
+@jax.custom_vjp
 def _input_grad(dy: jax.Array, w: jax.Array) -> jax.Array:
   """d(conv2d_same(x, w))/dx applied to dy [N, H, W, O]: a SAME convolution with the kernel
   flipped in space and its in/out axes swapped; the padding swaps ends."""
   pads = tuple((hi, lo) for lo, hi in _same_pads(w.shape[:2]))
   return _conv(dy, jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2), pads)
+
+
+def _input_grad_fwd(dy, w):
+  return _input_grad(dy, w), (dy, w)
+
+
+def _input_grad_bwd(res, g):  # g: cotangent of dx, [N, H, W, I]
+  dy, w = res
+  return (_conv(g, w, _same_pads(w.shape[:2])),
+          _filter_grad_for(tuple(w.shape[:2]))(g, dy).astype(w.dtype))
+
+
+_input_grad.defvjp(_input_grad_fwd, _input_grad_bwd)
 
 
 def _make_filter_grad(kernel: Tuple[int, int]):
