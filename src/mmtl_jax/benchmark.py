@@ -1,0 +1,276 @@
+"""Benchmark of one MMTL meta-iteration per meta mode x task strategy (issue: performance).
+
+Each (mode, strategy) is measured in two fresh subprocesses sharing a new, empty persistent
+compilation-cache directory: the first compiles cold (and fills the cache), then times the
+step; the second only compiles again, now from the warm cache. Subprocesses keep one
+combination's memory, threads and caches out of the next one's figures.
+
+Record fields (one per combination; JSON `records`):
+  mode, strategy, shape   what ran ('auto' is resolved to the backend's default strategy)
+  compile_s               trace + lower + compile, empty persistent cache
+  compile_cached_s        the same in a new process with the warm cache
+  s_per_iter              median of `iters` (>= 5) timed meta-iterations after one warm-up
+  peak_mem_mb             device: peak bytes in use (accelerators); CPU: peak host RSS
+  gflops_per_s            work_gflop / s_per_iter
+  work_gflop              XLA cost-analysis FLOPs of the compiled step with tasks unrolled
+                          ('loop'), so that strategies that loop (map) are not undercounted;
+                          XLA counts a while-loop body once, so the BiLSTM's time scan is
+                          counted for one timestep (under 1% of the work at these shapes)
+  iters_s, backend, device, default_strategy, compile_flops_gflop (this strategy's own count)
+"""
+
+import dataclasses
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any, Dict, List, Optional, Sequence
+
+SHAPES = {
+    # tasks x segments x frames x bins (DESIGN.md's bench shape; the paper's full size)
+    'bench': (8, 8, 100, 64),
+    'paper': (8, 64, 300, 200),
+    'tiny': (2, 2, 16, 16),  # tests only
+}
+MODES = ('first_order', 'exact', 'reptile')
+STRATEGIES = ('loop', 'vmap', 'map', 'sharded')
+
+# DESIGN.md, "Measured so far", bench shape, 2-core AMD EPYC CPU: seconds per meta-iteration.
+REFERENCE_CPU_S = {
+    'pytorch_reference_first_order': 4.3,
+    'torch_func_first_order': 4.9,
+    'torch_func_exact': 9.8,
+    'naive_jax_loop_first_order': 2.0,
+    'naive_jax_loop_exact': 11.7,
+}
+
+
+@dataclasses.dataclass
+class Job:
+  """One combination to measure; `phase` is 'cold' (compile + time) or 'cached' (compile)."""
+  config_json: str
+  mode: str
+  strategy: str
+  shape: str
+  iters: int
+  cache_dir: str
+  phase: str
+
+
+def _peak_rss_mb() -> float:
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+
+
+def _device_peak_mb(device: Any) -> Optional[float]:
+  try:
+    stats = device.memory_stats()
+  except Exception:  # pylint: disable=broad-except  (CPU clients may not implement it)
+    return None
+  if not stats or 'peak_bytes_in_use' not in stats:
+    return None
+  return stats['peak_bytes_in_use'] / 2**20
+
+
+def _flops(cost: Any) -> float:
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float((cost or {}).get('flops', 0.0))
+
+
+def measure(job: Job) -> Dict[str, Any]:
+  """Runs one job in THIS process (call it in a fresh one: the cache settings are global)."""
+  import jax  # pylint: disable=g-import-not-at-top  (after the cache flags are set below)
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from mmtl_jax import ser  # pylint: disable=g-import-not-at-top
+  from mmtl_jax.meta import strategy as strategy_lib  # pylint: disable=g-import-not-at-top
+
+  jax.config.update('jax_compilation_cache_dir', job.cache_dir)
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
+  jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
+
+  config = ml_collections.ConfigDict(json.loads(job.config_json))
+  config.meta.mode = job.mode
+  config.meta.strategy = strategy_lib.resolve(job.strategy)
+  tasks, segments, frames, bins = SHAPES[job.shape]
+  batch = ser.random_batch(tasks, segments, frames, bins, num_aux=3,
+                           num_classes=int(config.model.num_outputs))
+  mesh = strategy_lib.default_mesh() if config.meta.strategy == 'sharded' else None
+  init_fn, step_fn = ser.make_mmtl_step(config, mesh=mesh)
+  params = ser.init_params(config.model, jax.random.PRNGKey(0), (1, frames, bins))
+  opt_state = init_fn(params)
+  if mesh is not None:
+    params, opt_state = strategy_lib.replicate((params, opt_state), mesh)
+    batch = strategy_lib.shard_task_batch(batch, mesh)
+  else:
+    batch = jax.device_put(batch)
+  key = jax.random.PRNGKey(1)
+  step = jax.jit(step_fn, donate_argnums=(0, 1))
+
+  start = time.perf_counter()
+  compiled = step.lower(params, opt_state, batch, key).compile()
+  compile_s = time.perf_counter() - start
+  record = {'mode': job.mode, 'strategy': config.meta.strategy, 'shape': job.shape,
+            'phase': job.phase, 'compile_s': compile_s,
+            'compile_flops_gflop': _flops(compiled.cost_analysis()) / 1e9,
+            'backend': jax.default_backend(), 'device': jax.devices()[0].device_kind,
+            'devices': jax.device_count(), 'default_strategy': strategy_lib.resolve('auto')}
+  if job.phase == 'cached':
+    return record
+
+  times = []
+  for i in range(job.iters + 1):
+    start = time.perf_counter()
+    params, opt_state, metrics = compiled(params, opt_state, batch, jax.random.fold_in(key, i))
+    jax.block_until_ready((params, opt_state, metrics))
+    times.append(time.perf_counter() - start)
+  outer_loss = float(metrics['outer_loss'])
+  if not outer_loss == outer_loss:  # NaN: a broken step must not pass for a fast one
+    raise FloatingPointError(f'{job.mode}/{job.strategy}: outer loss is NaN')
+
+  device_peak = _device_peak_mb(jax.devices()[0])
+  peak_mb = device_peak if device_peak is not None else _peak_rss_mb()
+  # The work of one iteration, counted by XLA after optimisation with tasks unrolled (see
+  # the module docstring); compiled here after the timings, so it costs them nothing.
+  if config.meta.strategy == 'loop':
+    work = _flops(compiled.cost_analysis())
+  else:
+    work_config = ml_collections.ConfigDict(json.loads(job.config_json))
+    work_config.meta.mode, work_config.meta.strategy = job.mode, 'loop'
+    _, work_step = ser.make_mmtl_step(work_config)
+    host_batch = ser.random_batch(tasks, segments, frames, bins, num_aux=3,
+                                  num_classes=int(config.model.num_outputs))
+    work = _flops(jax.jit(work_step).lower(jax.device_get(params), jax.device_get(opt_state),
+                                           host_batch, key).compile().cost_analysis())
+  s_per_iter = statistics.median(times[1:])
+  record.update(s_per_iter=s_per_iter, iters_s=times[1:], warmup_s=times[0],
+                outer_loss=outer_loss, work_gflop=work / 1e9,
+                gflops_per_s=work / 1e9 / s_per_iter,
+                peak_mem_mb=peak_mb,
+                peak_mem_kind='device' if device_peak is not None else 'host_rss')
+  return record
+
+
+def _worker(argv: Sequence[str]) -> None:
+  job = Job(**json.loads(argv[0]))
+  print('RESULT ' + json.dumps(measure(job)), flush=True)
+
+
+def run_isolated(job: Job, timeout_s: float, env: Optional[Dict[str, str]] = None
+                 ) -> Dict[str, Any]:
+  """Runs `measure(job)` in a new Python process; an error or a timeout becomes a record
+  with an 'error' field (the benchmark goes on with the next combination)."""
+  cmd = [sys.executable, '-m', 'mmtl_jax.benchmark', json.dumps(dataclasses.asdict(job))]
+  try:
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s,
+                         env=dict(os.environ, **(env or {})))
+  except subprocess.TimeoutExpired:
+    return {'error': f'timeout after {timeout_s:.0f} s'}
+  for line in out.stdout.splitlines():
+    if line.startswith('RESULT '):
+      return json.loads(line[len('RESULT '):])
+  tail = (out.stderr or out.stdout).strip().splitlines()[-3:]
+  return {'error': f'exit {out.returncode}: ' + ' | '.join(tail)}
+
+
+def run(config: Any, modes: Sequence[str], strategies: Sequence[str], shape: str,
+        iters: int = 5, timeout_s: float = 600, cache_root: Optional[str] = None,
+        progress: Any = print) -> List[Dict[str, Any]]:
+  """Measures every (mode, strategy); returns one record per combination.
+
+  Args:
+    config: a full config (config.model and config.meta are used; mode and strategy are set
+      per combination).
+    modes, strategies: subsets of MODES and STRATEGIES (strategy 'auto' is allowed too).
+    shape: 'bench' or 'paper'.
+    iters: timed iterations (the median is reported), at least 5.
+    timeout_s: per subprocess.
+    cache_root: where the per-combination cache directories go (default: a temp dir).
+    progress: called with one line of text per finished phase.
+  """
+  if shape not in SHAPES:
+    raise ValueError(f'shape {shape!r} not in {sorted(SHAPES)}')
+  if iters < 5:
+    raise ValueError(f'iters must be >= 5 (median of at least 5), got {iters}')
+  for mode in modes:
+    if mode not in MODES:
+      raise ValueError(f'mode {mode!r} not in {MODES}')
+  for strategy in strategies:
+    if strategy not in STRATEGIES + ('auto',):
+      raise ValueError(f'strategy {strategy!r} not in {STRATEGIES + ("auto",)}')
+  cache_root = cache_root or tempfile.mkdtemp(prefix='mmtl_bench_cache_')
+  config_json = config.to_json_best_effort()
+  records = []
+  for mode in modes:
+    for strategy in strategies:
+      cache_dir = tempfile.mkdtemp(prefix=f'{mode}_{strategy}_', dir=cache_root)
+      job = Job(config_json, mode, strategy, shape, iters, cache_dir, 'cold')
+      record = run_isolated(job, timeout_s)
+      if 'error' not in record:
+        cached = run_isolated(dataclasses.replace(job, phase='cached'), timeout_s)
+        record['compile_cached_s'] = cached.get('compile_s', float('nan'))
+        if 'error' in cached:
+          record['cached_error'] = cached['error']
+      record.setdefault('mode', mode)
+      record.setdefault('strategy', strategy)
+      record['shape'] = shape
+      records.append(record)
+      progress(format_row(record))
+  return records
+
+
+_COLUMNS = ('mode', 'strategy', 'compile_s', 'compile_cached_s', 's_per_iter', 'peak_mem_mb',
+            'gflops_per_s')
+
+
+def format_row(r: Dict[str, Any]) -> str:
+  if 'error' in r:
+    return f'{r["mode"]:<12} {r["strategy"]:<8} ERROR {r["error"]}'
+  return (f'{r["mode"]:<12} {r["strategy"]:<8} {r["compile_s"]:>9.1f} '
+          f'{r.get("compile_cached_s", float("nan")):>10.1f} {r["s_per_iter"]:>10.3f} '
+          f'{r["peak_mem_mb"]:>9.0f} {r["gflops_per_s"]:>8.1f}')
+
+
+def format_table(records: Sequence[Dict[str, Any]]) -> str:
+  header = (f'{"mode":<12} {"strategy":<8} {"compile_s":>9} {"cached_s":>10} '
+            f'{"s_per_iter":>10} {"peak_MB":>9} {"GFLOP/s":>8}')
+  return '\n'.join([header] + [format_row(r) for r in records])
+
+
+def summary(records: Sequence[Dict[str, Any]]) -> List[str]:
+  """The issue's targets, as lines of measured ratios (bench shape, CPU references)."""
+  ok = [r for r in records if 'error' not in r]
+  if not ok:
+    return ['no successful record']
+  default = ok[0]['default_strategy']
+  by = {(r['mode'], r['strategy']): r for r in ok}
+  lines = [f'backend {ok[0]["backend"]} ({ok[0]["device"]}, {ok[0]["devices"]} device(s)); '
+           f'default strategy: {default}']
+  for mode in MODES:
+    runs = {s: r for (m, s), r in by.items() if m == mode}
+    if not runs:
+      continue
+    best_s, best = min(runs.items(), key=lambda kv: kv[1]['s_per_iter'])
+    if default in runs:
+      lines.append(f'{mode}: default {default} {runs[default]["s_per_iter"]:.3f} s vs best '
+                   f'{best_s} {best["s_per_iter"]:.3f} s: '
+                   f'{runs[default]["s_per_iter"] / best["s_per_iter"]:.2f}x (target <= 1.10)')
+  fo, ex = by.get(('first_order', default)), by.get(('exact', default))
+  if fo and ok[0]['shape'] == 'bench' and ok[0]['backend'] == 'cpu':
+    for name in ('pytorch_reference_first_order', 'torch_func_first_order'):
+      lines.append(f'first_order speed-up vs {name} ({REFERENCE_CPU_S[name]} s, DESIGN.md): '
+                   f'{REFERENCE_CPU_S[name] / fo["s_per_iter"]:.2f}x (target >= 4)')
+  if fo and ex:
+    lines.append(f'exact / first_order ({default}): time {ex["s_per_iter"] / fo["s_per_iter"]:.2f}'
+                 f' (target <= 2.5; DESIGN.md naive JAX 5.9, torch.func 2.0), FLOPs '
+                 f'{ex["work_gflop"] / fo["work_gflop"]:.2f}')
+  lines.append(f'max cold compile {max(r["compile_s"] for r in ok):.1f} s (target <= 20); '
+               f'max cached compile '
+               f'{max(r.get("compile_cached_s", float("nan")) for r in ok):.1f} s (target <= 3)')
+  return lines
+
+
+if __name__ == '__main__':
+  _worker(sys.argv[1:])
