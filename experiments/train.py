@@ -4,13 +4,21 @@
   python experiments/train.py --config=src/mmtl_jax/configs/iemocap.py \
       --config.data.root=/data/IEMOCAP_full_release --workdir=runs/iemocap
   python experiments/train.py --config.meta.mode=exact --config.train.steps=300
+  python experiments/train.py --distributed --config.meta.strategy=sharded   # on every host
 
 Start the same command again to resume an interrupted run.
+
+--distributed calls jax.distributed.initialize() first; without --coordinator_address,
+--num_processes and --process_id it detects them from the cluster environment (SLURM, Cloud
+TPU, ...). Every process runs the same loop; only process 0 writes results.json/md, each
+fold's result.json and the inference bundles, while the orbax checkpoints are written
+collectively (orbax's multi-host protocol), so the workdir must be on a shared file system.
 """
 
 from absl import app
 from absl import flags
 from absl import logging
+import jax
 from ml_collections import config_flags
 
 from mmtl_jax import configs
@@ -19,6 +27,25 @@ from mmtl_jax import train
 _CONFIG = config_flags.DEFINE_config_file('config', configs.config_path('demo'),
                                           'Experiment config file (get_config()).')
 _WORKDIR = flags.DEFINE_string('workdir', 'runs/demo', 'Experiment directory (resumable).')
+_DISTRIBUTED = flags.DEFINE_bool(
+    'distributed', False, 'Multi-host run: call jax.distributed.initialize() before anything '
+    'else uses JAX (use with --config.meta.strategy=sharded).')
+_COORDINATOR = flags.DEFINE_string(
+    'coordinator_address', None, "With --distributed: 'host:port' of process 0 (default: "
+    'from the cluster environment).')
+_NUM_PROCESSES = flags.DEFINE_integer(
+    'num_processes', None, 'With --distributed: number of processes (default: from the '
+    'cluster environment).')
+_PROCESS_ID = flags.DEFINE_integer(
+    'process_id', None, 'With --distributed: this process\'s index (default: from the cluster '
+    'environment).')
+
+
+def distributed_kwargs() -> dict:
+  """The jax.distributed.initialize() arguments given on the command line (others: auto)."""
+  given = {'coordinator_address': _COORDINATOR.value, 'num_processes': _NUM_PROCESSES.value,
+           'process_id': _PROCESS_ID.value}
+  return {k: v for k, v in given.items() if v is not None}
 
 
 def main(argv):
@@ -26,6 +53,11 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  if distributed_kwargs() and not _DISTRIBUTED.value:
+    raise app.UsageError('--coordinator_address, --num_processes and --process_id need '
+                         '--distributed')
+  if _DISTRIBUTED.value:  # before any other use of JAX (devices, jit, arrays)
+    jax.distributed.initialize(**distributed_kwargs())
   train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 

@@ -213,6 +213,16 @@ def _lists_to_tuples(obj: Any) -> Any:
   return obj
 
 
+def _this_process_only() -> dict[str, Any]:
+  """StandardCheckpointer options for a save by the calling process alone: none on one
+  process; with several JAX processes, orbax's barriers restricted to this one."""
+  if jax.process_count() == 1:
+    return {}
+  me = jax.process_index()
+  return {'multiprocessing_options': ocp.options.MultiprocessingOptions(
+      primary_host=me, active_processes={me})}
+
+
 def save_inference_bundle(directory: str | os.PathLike, params: PyTree, config: Any,
                           overwrite: bool = True) -> str:
   """Writes a directory from which a prediction script can rebuild and run the model.
@@ -220,6 +230,8 @@ def save_inference_bundle(directory: str | os.PathLike, params: PyTree, config: 
   Layout: ``params/`` (orbax StandardSave of `params`), ``config.json`` (the config as plain
   JSON) and ``bundle.json`` (format marker and version). The bundle is assembled in a
   temporary sibling directory and renamed into place, so readers never see half a bundle.
+  With several JAX processes (jax.distributed), the calling process writes it alone: call
+  it from one process, with host (numpy) params.
 
   Args:
     directory: the bundle directory.
@@ -237,7 +249,7 @@ def save_inference_bundle(directory: str | os.PathLike, params: PyTree, config: 
   os.makedirs(parent, exist_ok=True)
   tmp = tempfile.mkdtemp(prefix='.' + os.path.basename(directory) + '.tmp-', dir=parent)
   try:
-    with ocp.StandardCheckpointer() as ckptr:
+    with ocp.StandardCheckpointer(**_this_process_only()) as ckptr:
       ckptr.save(os.path.join(tmp, 'params'), jax.tree.map(_host_copy, params))
       ckptr.wait_until_finished()
     results.atomic_write_json(os.path.join(tmp, 'config.json'), results.to_jsonable(config))

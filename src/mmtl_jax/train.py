@@ -14,15 +14,24 @@ Workdir layout::
 Resuming: start the same command again. Finished folds are read back; an unfinished fold
 restores its latest checkpoint. Batches and dropout derive from (seed, step, task) only, so
 a killed and resumed run ends with the same results as an uninterrupted one.
+
+Several devices / hosts (config.meta.strategy='sharded'): one 1-D mesh over jax.devices()
+(every host's, after jax.distributed.initialize()); params and optimiser state are placed
+replicated and every task batch sharded on its task axis before the jitted step (the
+baselines then train data-parallel over the same split). Every process runs this same loop
+on the same batches. Orbax checkpoints are written collectively by all processes; the JSON
+results, the tables and the inference bundles by process 0 only. The workdir must be on a
+file system shared by all hosts.
 """
 
 import json
 import logging
 import os
 import time
-from typing import Any, Dict, List
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import jax
+from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
@@ -35,6 +44,7 @@ from mmtl_jax import systems as systems_lib
 from mmtl_jax.data import folds as folds_lib
 from mmtl_jax.data import sampler as sampler_lib
 from mmtl_jax.data import store as store_lib
+from mmtl_jax.meta import strategy as strategy_lib
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +57,35 @@ def _fold_name(fold: Any) -> str:
   return f'fold{fold.index}' if not getattr(fold, 'name', None) else str(fold.name)
 
 
+def task_mesh(config: ml_collections.ConfigDict) -> Optional[jax.sharding.Mesh]:
+  """The 1-D mesh of strategy 'sharded' (all devices of all hosts); None otherwise.
+
+  Raises:
+    ValueError: several JAX processes with another strategy (each would train alone).
+  """
+  if str(config.meta.get('strategy', 'auto')) == 'sharded':
+    return strategy_lib.default_mesh()
+  if jax.process_count() > 1:
+    raise ValueError(f"{jax.process_count()} JAX processes need config.meta.strategy='sharded'"
+                     f', got {config.meta.get("strategy", "auto")!r}')
+  return None
+
+
+def placement(mesh: Optional[jax.sharding.Mesh]) -> Tuple[Callable[[Any], Any],
+                                                          Callable[[Any], Any]]:
+  """(place_state, place_batch): replicate / shard on the task axis over `mesh`, or
+  identities without a mesh (every strategy other than 'sharded': nothing is moved)."""
+  if mesh is None:
+    return (lambda tree: tree), (lambda tree: tree)
+  return (lambda tree: strategy_lib.replicate(tree, mesh),
+          lambda batch: strategy_lib.shard_task_batch(batch, mesh))
+
+
+def is_primary() -> bool:
+  """True in the process that writes results and bundles (process 0; always on one host)."""
+  return jax.process_index() == 0
+
+
 def enable_compilation_cache(config: ml_collections.ConfigDict) -> None:
   """Turns on JAX's persistent compilation cache (config.compilation_cache_dir; '' = off)."""
   path = config.get('compilation_cache_dir', '')
@@ -57,7 +96,8 @@ def enable_compilation_cache(config: ml_collections.ConfigDict) -> None:
 
 def train_fold(system: systems_lib.System, evaluator: eval_lib.Evaluator, step_fn: Any,
                store: Any, fold: Any, config: ml_collections.ConfigDict, fold_dir: str,
-               position: str = '') -> Dict[str, Any]:
+               position: str = '', mesh: Optional[jax.sharding.Mesh] = None
+               ) -> Dict[str, Any]:
   """Trains one system on one fold with dev-based model selection; returns test records.
 
   Args:
@@ -67,6 +107,8 @@ def train_fold(system: systems_lib.System, evaluator: eval_lib.Evaluator, step_f
     store: the FeatureStore; fold: a `folds.Fold`; config: the full config.
     fold_dir: <workdir>/<model>/<fold>.
     position: text for the progress bar, e.g. 'mmtl 2/5'.
+    mesh: `task_mesh(config)`: params and optimiser state go replicated on it and each task
+      batch sharded on its task axis; None (default) leaves them where they are.
 
   Returns:
     The fold result: {'fold', 'dev_speaker', 'test_speaker', 'records': {protocol: {...}}}.
@@ -76,8 +118,9 @@ def train_fold(system: systems_lib.System, evaluator: eval_lib.Evaluator, step_f
   protocols = tuple(config.eval.protocols)
   sampler = sampler_lib.TaskSampler(store, fold.train_speakers, config, seed)
   key = jax.random.key(seed)
-  params = system.init(jax.random.fold_in(key, 0), (1,) + store.features.shape[1:])
-  opt_state = system.init_opt(params)
+  place_state, place_batch = placement(mesh)
+  params = place_state(system.init(jax.random.fold_in(key, 0), (1,) + store.features.shape[1:]))
+  opt_state = place_state(system.init_opt(params))
   # Copies: `params` is donated to the first step, the best-on-dev trees must survive it.
   state = {'params': params, 'opt_state': opt_state,
            'best': {p: eval_lib.tree_copy(params) for p in protocols}}
@@ -91,6 +134,7 @@ def train_fold(system: systems_lib.System, evaluator: eval_lib.Evaluator, step_f
     restored = checkpointer.restore(target=state)
     if restored is not None:
       state, extra = restored
+      state = place_state(state)
       log.info('%s: resumed from step %d', fold_dir, extra['step'])
     start = int(extra['step'])
     params, opt_state = state['params'], state['opt_state']
@@ -100,7 +144,7 @@ def train_fold(system: systems_lib.System, evaluator: eval_lib.Evaluator, step_f
       bar = tqdm(range(start + 1, steps + 1), initial=start, total=steps, desc=position,
                  leave=False, dynamic_ncols=True, disable=None)
       for step in bar:
-        batch = sampler.batch(step)
+        batch = place_batch(sampler.batch(step))
         rng = jax.random.fold_in(key, step)
         params, opt_state, metrics = step_fn(params, opt_state, batch, rng)
         loss = float(metrics['loss'])
@@ -140,21 +184,28 @@ def train_fold(system: systems_lib.System, evaluator: eval_lib.Evaluator, step_f
   bundle_config = ml_collections.ConfigDict(config.to_dict())
   bundle_config.bundle_model = system.name
   bundle_config.classes = tuple(store.classes)
-  ckpt_lib.save_inference_bundle(os.path.join(fold_dir, 'bundle'), bundle_params, bundle_config)
+  if mesh is not None:  # host copies: the bundle must not depend on this run's devices
+    bundle_params = jax.device_get(bundle_params)
+  if is_primary():
+    ckpt_lib.save_inference_bundle(os.path.join(fold_dir, 'bundle'), bundle_params,
+                                   bundle_config)
   return {'fold': fold.index, 'name': _fold_name(fold), 'dev_speaker': fold.dev_speaker,
           'test_speaker': fold.test_speaker, 'records': records}
 
 
-def _fold_result(system, evaluator, step_fn, store, fold, config, fold_dir, position):
-  """The fold's result.json if it is finished, else trains it (resuming) and writes it."""
+def _fold_result(system, evaluator, step_fn, store, fold, config, fold_dir, position, mesh):
+  """The fold's result.json if it is finished, else trains it (resuming) and writes it
+  (process 0 writes; every process trains)."""
   result_path = os.path.join(fold_dir, 'result.json')
   if os.path.exists(result_path):
     with open(result_path, encoding='utf-8') as f:
       return json.load(f)
   t_fold = time.time()
-  result = train_fold(system, evaluator, step_fn, store, fold, config, fold_dir, position)
+  result = train_fold(system, evaluator, step_fn, store, fold, config, fold_dir, position,
+                      mesh)
   result['seconds'] = time.time() - t_fold
-  results_lib.atomic_write_json(result_path, results_lib.to_jsonable(result))
+  if is_primary():
+    results_lib.atomic_write_json(result_path, results_lib.to_jsonable(result))
   return result
 
 
@@ -170,6 +221,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   store = store_lib.build_feature_store(config, workdir)
   print(store_lib.format_summary(store), flush=True)
   folds = folds_lib.make_folds(store, config)
+  mesh = task_mesh(config)  # built once: every system and fold shares it (and its compilation)
   fold_records: List[Dict[str, Any]] = []
   seeds = tuple(int(x) for x in config.train.get('seeds', ())) or (int(config.seed),)
   for model_name in config.train.models:
@@ -185,7 +237,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
       for i, fold in enumerate(folds):
         fold_dir = os.path.join(model_dir, _fold_name(fold))
         result = _fold_result(system, evaluator, step_fn, store, fold, seed_config, fold_dir,
-                              f'{model_name} seed {seed} fold {i + 1}/{len(folds)}')
+                              f'{model_name} seed {seed} fold {i + 1}/{len(folds)}', mesh)
         line = ', '.join(f"{p} UA {r['UA']:.3f} WA {r['WA']:.3f}"
                          for p, r in result['records'].items())
         print(f"{model_name} seed {seed} {result['name']} (test {result['test_speaker']}, dev "
@@ -201,8 +253,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
            "predicting (section 2.4). 'strict': no label of the test speaker is used. "
            "Model selection on the dev speaker only. CNN-LSTM has no auxiliary task, so its "
            "two protocols coincide.")
-  paths = results_lib.write_results(workdir, config, runs, notes=notes)
-  with open(paths['markdown'], encoding='utf-8') as f:
-    print(f.read(), flush=True)
-  print(f'total {time.time() - t0:.1f} s; results: {paths["json"]}', flush=True)
+  if is_primary():
+    paths = results_lib.write_results(workdir, config, runs, notes=notes)
+    with open(paths['markdown'], encoding='utf-8') as f:
+      print(f.read(), flush=True)
+    print(f'total {time.time() - t0:.1f} s; results: {paths["json"]}', flush=True)
+  if jax.process_count() > 1:  # the others read the tables once process 0 has written them
+    multihost_utils.sync_global_devices('mmtl_jax.train: results written')
   return results_lib.load_results(workdir)

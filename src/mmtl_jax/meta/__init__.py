@@ -18,11 +18,12 @@ from mmtl_jax.meta.config import MODES, STRATEGIES, MetaConfig
 from mmtl_jax.meta.inner import inner_adapt
 from mmtl_jax.meta.outer import meta_gradient, meta_objective, task_meta_gradient, task_rng
 from mmtl_jax.meta.step import make_meta_step, outer_optimizer, param_labels
-from mmtl_jax.meta.strategy import default_mesh, num_tasks, resolve as resolve_strategy
-from mmtl_jax.meta.strategy import sum_over_tasks
+from mmtl_jax.meta.strategy import default_mesh, num_tasks, replicate, resolve as resolve_strategy
+from mmtl_jax.meta.strategy import shard_task_batch, sum_over_tasks
 
 __all__ = [
     'MODES', 'STRATEGIES', 'MetaConfig', 'default_mesh', 'inner_adapt', 'make_meta_step',
     'meta_gradient', 'meta_objective', 'num_tasks', 'outer_optimizer', 'param_labels',
-    'resolve_strategy', 'sum_over_tasks', 'task_meta_gradient', 'task_rng',
+    'replicate', 'resolve_strategy', 'shard_task_batch', 'sum_over_tasks',
+    'task_meta_gradient', 'task_rng',
 ]

@@ -17,7 +17,7 @@ class MetaConfig:
       treated as constants) or 'reptile' (outer direction = params - adapted params).
     strategy: how the task axis is computed: 'vmap', 'map' (sequential lax.scan inside the
       jit), 'loop' (sequential, Python loop traced into the jit), 'sharded' (tasks split over
-      the local devices) or 'auto' (CPU: loop, else vmap). See `mmtl_jax.meta.strategy`.
+      all devices, every host's) or 'auto' (CPU: loop, else vmap). See `mmtl_jax.meta.strategy`.
     inner_steps: gradient steps of eq. 4 and, after them, of eq. 5 (>= 1).
     alpha: inner learning rate of eq. 4 (theta).
     beta: inner learning rate of eq. 5 (phi).

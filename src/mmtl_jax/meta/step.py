@@ -5,6 +5,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 import jax
 import optax
 
+from mmtl_jax.meta import strategy as strategy_lib
 from mmtl_jax.meta.config import MetaConfig
 from mmtl_jax.meta.inner import InnerLoss, Params, PyTree, TransferLoss, check_params
 from mmtl_jax.meta.outer import meta_gradient
@@ -41,7 +42,7 @@ def make_meta_step(inner_loss: InnerLoss, transfer_loss: TransferLoss, meta_conf
       gamma, remat, task_chunk, task_reduce, log_inner_after).
     optimizer: outer optimiser; default `outer_optimizer(gamma)` (Adam on theta and phi).
     outer_loss: optional separate outer loss with transfer_loss's signature.
-    mesh: for strategy 'sharded' (default: all local devices).
+    mesh: for strategy 'sharded' (default: `strategy.default_mesh()`, all global devices).
 
   Returns:
     init_fn(params) -> opt_state, and
@@ -58,9 +59,15 @@ def make_meta_step(inner_loss: InnerLoss, transfer_loss: TransferLoss, meta_conf
     check_params(params)
     return optimizer.init(params)
 
+  def gradient(params, task_batch, rng):
+    return meta_gradient(params, task_batch, rng, inner_loss, transfer_loss, cfg, outer_loss,
+                         mesh)
+
+  if strategy_lib.resolve(cfg.strategy) == 'sharded':  # params enter the shard_map explicitly
+    gradient = strategy_lib.on_task_shards(gradient, mesh, cfg.task_reduce)
+
   def step_fn(params, opt_state, task_batch, rng):
-    grads, metrics = meta_gradient(params, task_batch, rng, inner_loss, transfer_loss, cfg,
-                                   outer_loss, mesh)
+    grads, metrics = gradient(params, task_batch, rng)
     updates, opt_state = optimizer.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
     metrics = dict(metrics, grad_norm=optax.tree.norm(grads))

@@ -11,6 +11,12 @@
            fastest on XLA:CPU; compile time grows linearly with the number of tasks.
   sharded: tasks split over a 1-D device mesh with shard_map (params replicated, task batch
            sharded on its leading axis); each device vmaps over its local tasks, then a psum.
+           The default mesh spans jax.devices(), i.e. every host's devices after
+           jax.distributed.initialize(); place the inputs with `replicate` and
+           `shard_task_batch` so that the jitted step receives global arrays.
+           `make_meta_step` hands the params to the shard_map explicitly (`on_task_shards`);
+           `meta_gradient` called alone closes over them, which jax 0.10 rejects once they
+           are arrays placed on the mesh.
   auto:    'loop' on CPU, 'vmap' elsewhere.
 `task_chunk` > 0 (vmap / sharded) processes that many tasks at a time, accumulating the sum.
 All strategies give the same sums up to float reassociation.
@@ -21,7 +27,7 @@ from typing import Any, Callable, Optional, Tuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 PyTree = Any
 TaskFn = Callable[[PyTree, jax.Array], PyTree]  # (one task's batch, task index) -> outputs
@@ -45,8 +51,68 @@ def num_tasks(task_batch: PyTree) -> int:
 
 
 def default_mesh() -> Mesh:
-  """A 1-D mesh over all local devices, axis name 'tasks'."""
-  return Mesh(np.array(jax.local_devices()), (TASK_AXIS,))
+  """A 1-D mesh over all (global) devices, axis name 'tasks'.
+
+  On one host these are its local devices; after `jax.distributed.initialize()` they are the
+  devices of every process, in the same order on each.
+  """
+  return Mesh(np.array(jax.devices()), (TASK_AXIS,))
+
+
+def _mesh_axis(mesh: Mesh) -> str:
+  if len(mesh.axis_names) != 1:
+    raise ValueError(f'sharded strategy needs a 1-D mesh, got axes {mesh.axis_names}')
+  return mesh.axis_names[0]
+
+
+def _check_divisible(n: int, mesh: Mesh) -> None:
+  if n % mesh.devices.size:
+    raise ValueError(f'{n} tasks cannot be split evenly over {mesh.devices.size} devices '
+                     f'(the number of tasks must be a multiple of the number of devices)')
+
+
+def _global_array(value: Any, sharding: NamedSharding) -> jax.Array:
+  """A global jax.Array from a value every process holds in full (host or replicated)."""
+  if isinstance(value, jax.Array) and value.sharding == sharding:
+    return value
+  host = np.asarray(value)
+  return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
+def shard_task_batch(task_batch: PyTree, mesh: Mesh) -> PyTree:
+  """Places a task batch on `mesh`, split on its leading task axis (NamedSharding P('tasks')).
+
+  Every process must pass the same full batch (our sampler is deterministic in
+  (seed, step, task)); each process only copies the slices of its own devices, via
+  `jax.make_array_from_callback`, so this works on one host and across hosts alike.
+
+  Args:
+    task_batch: pytree of host arrays (numpy, or fully replicated jax arrays) with a
+      leading task axis of size n on every leaf.
+    mesh: 1-D mesh (e.g. `default_mesh()`).
+
+  Returns:
+    The same pytree of global jax.Arrays; task t lives on mesh device t // (n // devices).
+
+  Raises:
+    ValueError: a mesh that is not 1-D, leaves disagreeing on n, or n not a multiple of the
+      number of devices.
+  """
+  axis = _mesh_axis(mesh)
+  _check_divisible(num_tasks(task_batch), mesh)
+  sharding = NamedSharding(mesh, P(axis))
+  return jax.tree.map(lambda leaf: _global_array(leaf, sharding), task_batch)
+
+
+def replicate(tree: PyTree, mesh: Mesh) -> PyTree:
+  """Places every array leaf of `tree` (params, optimiser state) whole on every device of
+  `mesh` (NamedSharding P()), as global jax.Arrays built with `jax.make_array_from_callback`.
+
+  Every process must pass the same values. Leaves already replicated on `mesh` are returned
+  as they are (no copy).
+  """
+  sharding = NamedSharding(mesh, P())
+  return jax.tree.map(lambda leaf: _global_array(leaf, sharding), tree)
 
 
 def _tree_sum0(tree: PyTree) -> PyTree:
@@ -93,13 +159,18 @@ def sum_over_tasks(fn: TaskFn, task_batch: PyTree, strategy: str = 'auto', task_
                    mesh: Optional[Mesh] = None) -> PyTree:
   """Returns sum_t fn(task_batch[t], t) over the leading task axis, per `strategy`.
 
+  With 'sharded', called inside a shard_map over `mesh` (e.g. from `on_task_shards`),
+  task_batch holds this device's n tasks only: the result is the sum over them, indexed
+  globally (device d's task i is task d * n + i), and the reduction over devices is left to
+  the caller.
+
   Args:
     fn: pure function of (one task's batch without the task axis, int32 task index); its
       outputs must be summable pytrees of arrays (e.g. (grads, metrics)).
     task_batch: pytree with a leading task axis of size n on every leaf.
     strategy: 'auto' | 'vmap' | 'map' | 'loop' | 'sharded'.
     task_chunk: tasks per chunk for 'vmap' and 'sharded' (per device); 0 = all at once.
-    mesh: 1-D mesh for 'sharded' (default: all local devices).
+    mesh: 1-D mesh for 'sharded' (default: `default_mesh()`, all global devices).
   """
   strategy = resolve(strategy)
   n = num_tasks(task_batch)
@@ -109,12 +180,10 @@ def sum_over_tasks(fn: TaskFn, task_batch: PyTree, strategy: str = 'auto', task_
   if strategy != 'sharded':
     raise ValueError(f'unknown task strategy {strategy!r}')
   mesh = mesh or default_mesh()
-  if len(mesh.axis_names) != 1:
-    raise ValueError(f'sharded strategy needs a 1-D mesh, got axes {mesh.axis_names}')
-  axis = mesh.axis_names[0]
-  devices = mesh.devices.size
-  if n % devices:
-    raise ValueError(f'{n} tasks cannot be split evenly over {devices} devices')
+  axis = _mesh_axis(mesh)
+  if axis in jax.sharding.get_abstract_mesh().manual_axes:  # already on one device's shard
+    return _local_sum(fn, task_batch, jax.lax.axis_index(axis) * n + ids, 'vmap', task_chunk)
+  _check_divisible(n, mesh)
 
   def local(batch, local_ids):
     return jax.lax.psum(_local_sum(fn, batch, local_ids, 'vmap', task_chunk), axis)
@@ -122,3 +191,36 @@ def sum_over_tasks(fn: TaskFn, task_batch: PyTree, strategy: str = 'auto', task_
   sharded = jax.shard_map(local, mesh=mesh, in_specs=(P(axis), P(axis)), out_specs=P(),
                           check_vma=False)
   return sharded(task_batch, ids)
+
+
+def on_task_shards(grad_fn: Callable[..., Tuple[PyTree, PyTree]], mesh: Optional[Mesh] = None,
+                   task_reduce: str = 'mean') -> Callable[..., Tuple[PyTree, PyTree]]:
+  """Runs grad_fn(params, task_batch, rng) -> (grads, metrics) once per device of `mesh`.
+
+  params and rng enter the shard_map as replicated inputs, task_batch split on its leading
+  task axis; grad_fn (e.g. `meta_gradient` with strategy 'sharded') sees its device's tasks
+  and reduces over them, then the per-device results are combined: grads by their mean
+  (task_reduce='mean': equal shards, so the mean over all tasks) or sum ('sum'), metrics by
+  their mean. Unlike `sum_over_tasks` alone, nothing is closed over inside the shard_map,
+  which jax 0.10 needs when params are arrays placed on the mesh (e.g. by `replicate`, or
+  the previous jitted step's output): closed over, they break the trace (ValueError:
+  "Context mesh ... Manual should match the mesh of sharding ... Auto").
+
+  Raises:
+    ValueError (at call): the number of tasks is not a multiple of the number of devices.
+  """
+
+  def wrapped(params, task_batch, rng):
+    m = mesh or default_mesh()
+    axis = _mesh_axis(m)
+    _check_divisible(num_tasks(task_batch), m)
+    reduce_grads = jax.lax.psum if task_reduce == 'sum' else jax.lax.pmean
+
+    def local(params, task_batch, rng):
+      grads, metrics = grad_fn(params, task_batch, rng)
+      return reduce_grads(grads, axis), jax.lax.pmean(metrics, axis)
+
+    return jax.shard_map(local, mesh=m, in_specs=(P(), P(axis), P()), out_specs=P(),
+                         check_vma=False)(params, task_batch, rng)
+
+  return wrapped

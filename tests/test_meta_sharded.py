@@ -1,0 +1,202 @@
+"""Strategy 'sharded' over several (fake CPU) devices and processes: whole MMTL steps.
+
+Subprocesses, run concurrently, each take 3 jitted `ser.make_mmtl_step` steps on a tiny SER
+model (one conv block, its BiLSTM, dropout on) from the same params and batches of 8 tasks:
+  devices8:  XLA_FLAGS forces 8 CPU devices (set before JAX starts); strategy 'sharded' on
+             the 8-device mesh (params and optimiser state placed by `meta.replicate`, every
+             batch by `meta.shard_task_batch`), then 'vmap' on its default device alone;
+  devices1:  one device, strategy 'loop';
+  hosts2:    two processes joined by jax.distributed (2 CPU devices each: a 4-device mesh
+             spanning both, 2 tasks per device), 'sharded', mode first_order.
+The final params must agree up to float reassociation.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+import pytest
+
+from mmtl_jax import meta
+
+TOLERANCE = 1e-5  # max relative difference of the final params (float reassociation only)
+
+# argv: strategies (comma-separated), modes (comma-separated), [process_id, port].
+_SCRIPT = textwrap.dedent('''
+    import json, sys
+    import jax
+    if len(sys.argv) > 3:
+      jax.distributed.initialize(f'localhost:{sys.argv[4]}', num_processes=2,
+                                 process_id=int(sys.argv[3]), initialization_timeout=120)
+      assert jax.process_count() == 2 and jax.device_count() == 4, jax.devices()
+    import ml_collections, numpy as np
+    from jax.sharding import PartitionSpec as P
+    sys.path.insert(0, %r)
+    from test_meta_gradients import tiny_model
+    from mmtl_jax import meta, ser
+
+    STRATEGIES, MODES = sys.argv[1].split(','), sys.argv[2].split(',')
+    TASKS, SEGMENTS, FRAMES, BINS, STEPS = 8, 2, 16, 16, 3
+    mesh = meta.default_mesh()
+    out = {'mesh': dict(mesh.shape)}
+    model = tiny_model(dropout=0.2)  # dropout: per-task keys must match across strategies
+    model.conv_features, model.conv_kernels = (2,), ((3, 3),)  # one conv block: compiles faster
+
+    def init_params():
+      return ser.init_params(model, jax.random.PRNGKey(0), (1, FRAMES, BINS))
+
+    def config(mode, strategy):
+      c = ml_collections.ConfigDict()
+      c.model = model
+      c.meta = ml_collections.ConfigDict(dict(mode=mode, strategy=strategy, alpha=0.3,
+                                              beta=0.2, gamma=1e-2))
+      return c
+
+    def train(mode, strategy):
+      init_fn, step_fn = ser.make_mmtl_step(config(mode, strategy))
+      params = init_params()
+      opt_state = init_fn(params)
+      place_state, place_batch = (lambda t: t), (lambda b: b)
+      if strategy == 'sharded':
+        place_state = lambda t: meta.replicate(t, mesh)
+        place_batch = lambda b: meta.shard_task_batch(b, mesh)
+      params, opt_state = place_state(params), place_state(opt_state)
+      step = jax.jit(step_fn, donate_argnums=(0, 1))
+      for i in range(STEPS):
+        batch = place_batch(ser.random_batch(TASKS, SEGMENTS, FRAMES, BINS, seed=i))
+        if strategy == 'sharded':
+          per_device = TASKS // mesh.devices.size
+          assert batch['x'].sharding.spec == P('tasks'), batch['x'].sharding
+          assert [s.data.shape[0] for s in batch['x'].addressable_shards] == (
+              [per_device] * jax.local_device_count())
+        params, opt_state, metrics = step(params, opt_state, batch,
+                                          jax.random.fold_in(jax.random.PRNGKey(1), i))
+      if strategy == 'sharded':
+        specs = {leaf.sharding.spec for leaf in jax.tree.leaves(params)}
+        assert specs == {P()}, specs
+      else:
+        assert {len(leaf.devices()) for leaf in jax.tree.leaves(params)} == {1}
+      assert all(np.isfinite(float(v)) for v in metrics.values()), metrics
+      return [np.asarray(leaf).tolist() for leaf in jax.tree.leaves(params)]
+
+    for mode in MODES:
+      out[mode] = {s: train(mode, s) for s in STRATEGIES}
+    out['init'] = [np.asarray(leaf).tolist() for leaf in jax.tree.leaves(init_params())]
+
+    if 'sharded' in STRATEGIES and jax.process_count() == 1:
+      errors = {}
+      odd = ser.random_batch(6, SEGMENTS, FRAMES, BINS)
+      try:
+        meta.shard_task_batch(odd, mesh)
+      except ValueError as e:
+        errors['shard_task_batch'] = str(e)
+      init_fn, step_fn = ser.make_mmtl_step(config('first_order', 'sharded'))
+      params = init_params()
+      try:
+        jax.jit(step_fn)(params, init_fn(params), odd, jax.random.PRNGKey(1))
+      except ValueError as e:
+        errors['step'] = str(e)
+      out['errors'] = errors
+    print('RESULT ' + json.dumps(out))
+''' % os.path.dirname(os.path.abspath(__file__)))
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    return s.getsockname()[1]
+
+
+def _rel_diff(a, b):
+  """max over the leaves (lists of the same params' leaves) of max|a - b| / max|b|."""
+  assert len(a) == len(b)
+  return max(float(np.max(np.abs(np.subtract(x, y))) / (np.max(np.abs(y)) + 1e-12))
+             for x, y in zip(a, b))
+
+
+@pytest.fixture(scope='module')
+def runs():
+  """{job name: the RESULT dict its (first) process printed}."""
+  base = dict(os.environ, JAX_PLATFORMS='cpu')
+  base.pop('XLA_FLAGS', None)
+  two = dict(base, XLA_FLAGS='--xla_force_host_platform_device_count=2')
+  port = str(_free_port())
+  jobs = {'devices8': (dict(base, XLA_FLAGS='--xla_force_host_platform_device_count=8'),
+                       ['sharded,vmap', 'first_order,exact']),
+          'devices1': (base, ['loop', 'first_order,exact']),
+          'hosts2': (two, ['sharded', 'first_order', '0', port]),
+          'hosts2_process1': (two, ['sharded', 'first_order', '1', port])}
+  procs = {name: subprocess.Popen([sys.executable, '-c', _SCRIPT] + args, env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for name, (env, args) in jobs.items()}
+  results = {}
+  try:
+    for name, proc in procs.items():
+      stdout, stderr = proc.communicate(timeout=600)
+      lines = [line for line in stdout.splitlines() if line.startswith('RESULT ')]
+      assert lines, f'{name}: {stderr[-4000:]}'
+      results[name] = json.loads(lines[0][len('RESULT '):])
+  finally:
+    for proc in procs.values():
+      if proc.poll() is None:
+        proc.kill()
+  return results
+
+
+@pytest.mark.parametrize('mode', ['first_order', 'exact'])
+def test_sharded_steps_match_vmap_and_loop_on_one_device(runs, mode):
+  assert runs['devices8']['mesh'] == {'tasks': 8}
+  assert runs['devices1']['mesh'] == {'tasks': 1}
+  final = dict(runs['devices8'][mode], loop=runs['devices1'][mode]['loop'])
+  diffs = {'sharded_vs_vmap': _rel_diff(final['sharded'], final['vmap']),
+           'sharded_vs_loop': _rel_diff(final['sharded'], final['loop']),
+           'vmap_vs_loop': _rel_diff(final['vmap'], final['loop'])}
+  moved = max(float(np.max(np.abs(np.subtract(x, y))))
+              for x, y in zip(final['vmap'], runs['devices8']['init']))
+  assert moved > 1e-3, moved  # the 3 steps did change the params
+  print(f'{mode}: max relative differences of the final params {diffs}')
+  assert all(v < TOLERANCE for v in diffs.values()), (
+      f'{mode}: max relative differences of the final params {diffs} (tolerance {TOLERANCE})')
+
+
+def test_sharded_over_two_processes_matches_one_device(runs):
+  assert runs['hosts2']['mesh'] == {'tasks': 4}
+  sharded = runs['hosts2']['first_order']['sharded']
+  assert _rel_diff(runs['hosts2_process1']['first_order']['sharded'], sharded) == 0.0
+  diffs = {'hosts2_vs_vmap': _rel_diff(sharded, runs['devices8']['first_order']['vmap']),
+           'hosts2_vs_loop': _rel_diff(sharded, runs['devices1']['first_order']['loop'])}
+  print(f'first_order, 2 processes: max relative differences of the final params {diffs}')
+  assert all(v < TOLERANCE for v in diffs.values()), (
+      f'2 processes: max relative differences of the final params {diffs} '
+      f'(tolerance {TOLERANCE})')
+
+
+def test_tasks_must_be_a_multiple_of_the_devices(runs):
+  errors = runs['devices8']['errors']
+  assert set(errors) == {'shard_task_batch', 'step'}, errors
+  for message in errors.values():
+    assert '6 tasks cannot be split evenly over 8 devices' in message, errors
+
+
+def test_placement_on_a_one_device_mesh_keeps_values():
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ('tasks',))
+  batch = {'x': np.arange(12, dtype=np.float32).reshape(3, 4), 'y': np.arange(3)}
+  placed = meta.shard_task_batch(batch, mesh)
+  np.testing.assert_array_equal(placed['x'], batch['x'])
+  np.testing.assert_array_equal(placed['y'], batch['y'])
+  assert placed['x'].sharding.spec == jax.sharding.PartitionSpec('tasks')
+  tree = {'w': np.ones((2, 3), np.float32), 'count': np.int32(4)}
+  replicated = meta.replicate(tree, mesh)
+  assert replicated['w'].sharding.spec == jax.sharding.PartitionSpec()
+  assert int(replicated['count']) == 4
+  assert meta.replicate(replicated, mesh)['w'] is replicated['w']  # already placed: no copy
+  with pytest.raises(ValueError, match='share one leading task axis'):
+    meta.shard_task_batch({'x': np.zeros((3, 2)), 'y': np.zeros((4,))}, mesh)
+  with pytest.raises(ValueError, match='1-D mesh'):
+    meta.shard_task_batch(batch, jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1),
+                                                   ('a', 'b')))
