@@ -102,6 +102,19 @@ _SCRIPT = textwrap.dedent('''
       except ValueError as e:
         errors['step'] = str(e)
       out['errors'] = errors
+      # meta_gradient called alone (not through make_meta_step) on params placed on the mesh.
+      inner_loss, transfer_loss = ser.make_losses(model)
+      batch = ser.random_batch(TASKS, SEGMENTS, FRAMES, BINS, seed=5)
+      grads = {}
+      for strategy in ('sharded', 'vmap'):
+        p, b = params, batch
+        if strategy == 'sharded':
+          p, b = meta.replicate(params, mesh), meta.shard_task_batch(batch, mesh)
+        cfg = config('exact', strategy).meta
+        g, _ = jax.jit(lambda p, b: meta.meta_gradient(
+            p, b, jax.random.PRNGKey(3), inner_loss, transfer_loss, cfg))(p, b)
+        grads[strategy] = [np.asarray(leaf).tolist() for leaf in jax.tree.leaves(g)]
+      out['direct'] = grads
     print('RESULT ' + json.dumps(out))
 ''' % os.path.dirname(os.path.abspath(__file__)))
 
@@ -174,6 +187,12 @@ def test_sharded_over_two_processes_matches_one_device(runs):
   assert all(v < TOLERANCE for v in diffs.values()), (
       f'2 processes: max relative differences of the final params {diffs} '
       f'(tolerance {TOLERANCE})')
+
+
+def test_meta_gradient_alone_accepts_params_placed_on_the_mesh(runs):
+  direct = runs['devices8']['direct']
+  diff = _rel_diff(direct['sharded'], direct['vmap'])
+  assert diff < TOLERANCE, f'sharded vs vmap meta-gradient: {diff}'
 
 
 def test_tasks_must_be_a_multiple_of_the_devices(runs):

@@ -80,7 +80,7 @@ def meta_gradient(params: Params, task_batch: PyTree, rng: jax.Array, inner_loss
     inner_loss, transfer_loss, outer_loss: see `mmtl_jax.meta.inner`; outer_loss defaults to
       transfer_loss.
     meta_config: a `MetaConfig` or `config.meta`.
-    mesh: for strategy 'sharded': a 1-D mesh (default: all local devices, axis 'tasks').
+    mesh: for strategy 'sharded': a 1-D mesh (default: all devices of all hosts, axis 'tasks').
 
   Returns:
     (grads, metrics): grads shaped like params, reduced over tasks by cfg.task_reduce (the
@@ -88,6 +88,13 @@ def meta_gradient(params: Params, task_batch: PyTree, rng: jax.Array, inner_loss
   """
   cfg = MetaConfig.from_config(meta_config)
   check_params(params)
+  if strategy_lib.resolve(cfg.strategy) == 'sharded' and not strategy_lib.in_task_shard(mesh):
+    # Enter the shard_map with params as explicit inputs (see strategy.on_task_shards); the
+    # call below then sees one device's tasks.
+    sharded = strategy_lib.on_task_shards(
+        lambda p, b, r: meta_gradient(p, b, r, inner_loss, transfer_loss, cfg, outer_loss,
+                                      mesh), mesh, cfg.task_reduce)
+    return sharded(params, task_batch, rng)
 
   def per_task(batch, task_index):
     return task_meta_gradient(params, batch, task_rng(rng, task_index), inner_loss,

@@ -2,21 +2,22 @@
 
   vmap:    all tasks at once under jax.vmap. Best on accelerators. On XLA:CPU, vmapping
            per-task adapted weights turns convolutions into grouped convolutions, which run
-           several times slower (DESIGN.md, "Measured so far").
+           several times slower (docs/PERFORMANCE.md).
   map:     one task at a time under lax.scan inside the jit, accumulating the sum, so only
            one task's activations are alive at once; compile time independent of the number
-           of tasks. But XLA:CPU runs convolution gradients inside a while-loop body 10-40x
-           slower than outside one (measured, jax 0.10.2), so on CPU prefer 'loop'.
-  loop:    one task at a time, as a Python loop traced into the jit (no while loop): the
-           fastest on XLA:CPU; compile time grows linearly with the number of tasks.
+           of tasks. On XLA:CPU within about 15% of 'loop' (docs/PERFORMANCE.md).
+  loop:    one task at a time, as a Python loop over one nested jit of the per-task function
+           (traced once, inlined n times by XLA): the fastest on XLA:CPU; XLA's compile time
+           grows with the number of tasks.
   sharded: tasks split over a 1-D device mesh with shard_map (params replicated, task batch
-           sharded on its leading axis); each device vmaps over its local tasks, then a psum.
+           sharded on its leading axis); each device computes its own tasks as 'auto' would
+           on its backend (or vmap in chunks with task_chunk), then a psum over devices.
            The default mesh spans jax.devices(), i.e. every host's devices after
            jax.distributed.initialize(); place the inputs with `replicate` and
            `shard_task_batch` so that the jitted step receives global arrays.
-           `make_meta_step` hands the params to the shard_map explicitly (`on_task_shards`);
-           `meta_gradient` called alone closes over them, which jax 0.10 rejects once they
-           are arrays placed on the mesh.
+           `make_meta_step` and `meta_gradient` hand the params to the shard_map as explicit
+           inputs (`on_task_shards`): closed over, jax 0.10 rejects them once they are
+           arrays placed on the mesh.
   auto:    'loop' on CPU, 'vmap' elsewhere.
 `task_chunk` > 0 (vmap / sharded) processes that many tasks at a time, accumulating the sum.
 All strategies give the same sums up to float reassociation.
@@ -115,6 +116,18 @@ def replicate(tree: PyTree, mesh: Mesh) -> PyTree:
   return jax.tree.map(lambda leaf: _global_array(leaf, sharding), tree)
 
 
+def _shard_local(task_chunk: int) -> str:
+  """How one device computes its own tasks under 'sharded': as 'auto' would (CPU devices
+  loop: no grouped convolutions), but vmap in chunks when task_chunk is set."""
+  return 'vmap' if task_chunk > 0 else resolve('auto')
+
+
+def in_task_shard(mesh: Optional[Mesh] = None) -> bool:
+  """True when traced inside a shard_map over the task axis of `mesh` (default mesh)."""
+  axis = _mesh_axis(mesh or default_mesh())
+  return axis in jax.sharding.get_abstract_mesh().manual_axes
+
+
 def _tree_sum0(tree: PyTree) -> PyTree:
   return jax.tree.map(lambda x: x.sum(axis=0), tree)
 
@@ -187,12 +200,14 @@ def sum_over_tasks(fn: TaskFn, task_batch: PyTree, strategy: str = 'auto', task_
     raise ValueError(f'unknown task strategy {strategy!r}')
   mesh = mesh or default_mesh()
   axis = _mesh_axis(mesh)
-  if axis in jax.sharding.get_abstract_mesh().manual_axes:  # already on one device's shard
-    return _local_sum(fn, task_batch, jax.lax.axis_index(axis) * n + ids, 'vmap', task_chunk)
+  if in_task_shard(mesh):  # already on one device's shard
+    global_ids = jax.lax.axis_index(axis) * n + ids
+    return _local_sum(fn, task_batch, global_ids, _shard_local(task_chunk), task_chunk)
   _check_divisible(n, mesh)
 
   def local(batch, local_ids):
-    return jax.lax.psum(_local_sum(fn, batch, local_ids, 'vmap', task_chunk), axis)
+    return jax.lax.psum(_local_sum(fn, batch, local_ids, _shard_local(task_chunk), task_chunk),
+                        axis)
 
   sharded = jax.shard_map(local, mesh=mesh, in_specs=(P(axis), P(axis)), out_specs=P(),
                           check_vma=False)
