@@ -5,7 +5,7 @@
            several times slower (docs/PERFORMANCE.md).
   map:     one task at a time under lax.scan inside the jit, accumulating the sum, so only
            one task's activations are alive at once; compile time independent of the number
-           of tasks. On XLA:CPU within about 15% of 'loop' (docs/PERFORMANCE.md).
+           of tasks. On XLA:CPU 17-24% slower than 'loop' (docs/PERFORMANCE.md).
   loop:    one task at a time, as a Python loop over one nested jit of the per-task function
            (traced once, inlined n times by XLA): the fastest on XLA:CPU; XLA's compile time
            grows with the number of tasks.
