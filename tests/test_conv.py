@@ -33,12 +33,14 @@ def _max_diff(a, b):
                                                            jax.tree.leaves(b)))
 
 
-@pytest.mark.parametrize('kernel', [(3, 3), (2, 3), (4, 5), (1, 1)])
-def test_conv2d_same_matches_lax_to_second_order(kernel):
+# One input channel (the spectrogram) takes the frequency-shift path of `_conv`.
+@pytest.mark.parametrize('kernel, channels', [((3, 3), 3), ((2, 3), 3), ((4, 5), 3),
+                                              ((1, 1), 3), ((4, 5), 1), ((3, 2), 1)])
+def test_conv2d_same_matches_lax_to_second_order(kernel, channels):
   with jax.enable_x64(True):
     rng = np.random.default_rng(0)
-    x = jnp.asarray(rng.normal(size=(2, 7, 6, 3)))
-    w = jnp.asarray(rng.normal(size=kernel + (3, 4)))
+    x = jnp.asarray(rng.normal(size=(2, 7, 6, channels)))
+    w = jnp.asarray(rng.normal(size=kernel + (channels, 4)))
     assert _max_diff(conv2d_same(x, w), _lax_conv(x, w)) < 1e-12
     assert _max_diff(jax.grad(_loss(conv2d_same), (0, 1))(x, w),
                      jax.grad(_loss(_lax_conv), (0, 1))(x, w)) < 1e-10
