@@ -2,7 +2,7 @@ r"""An independent PyTorch implementation of one MMTL meta-iteration, timed on t
 
 The baseline of issue 5's CPU targets: the same Table 1 model, the same bench shape (8 speaker
 tasks x 8 segments x 100 frames x 64 bins, 3 auxiliary tasks through the one shared head), the
-same per-task work (eq. 4 at theta, eq. 5 at theta', the outer gradient at (theta', phi')) and
+same per-task steps (eq. 4 at theta, eq. 5 at theta', the outer gradient at (theta', phi')) and
 the same outer Adam step as `mmtl_jax.meta`. PyTorch is NOT a dependency of mmtl_jax; install
 it in a separate environment to run this:
 
@@ -11,8 +11,10 @@ it in a separate environment to run this:
 
 Variants, each the median seconds per meta-iteration of --iters after one warm-up:
   reference_first_order  tasks in a Python loop, a deep copy of the model per task and
-                         `loss.backward()` (the structure of the original code, DESIGN.md);
-  func_first_order       torch.func.grad / functional_call, per-task loop;
+                         `loss.backward()` (the structure of the original code, DESIGN.md),
+                         with its extra no-grad forward pass at theta' for eq. 5;
+  func_first_order       torch.func, per-task loop, one forward pass at theta' shared by eq.
+                         5 and the outer gradient (the work mmtl_jax does after XLA's CSE);
   func_exact             torch.func, second order through eqs. 4-5 (grad of grad).
 Prints one JSON line per variant and, with --jax_json, mmtl_jax's speed-ups from the same
 machine (run both back to back on an otherwise idle machine).
@@ -27,7 +29,7 @@ import time
 
 import torch
 from torch import nn
-from torch.func import functional_call, grad
+from torch.func import functional_call, grad, vjp
 
 TASKS, SEGMENTS, FRAMES, BINS, AUX, CLASSES = 8, 8, 100, 64, 3, 4
 ALPHA = BETA = 0.01
@@ -90,7 +92,6 @@ class Reference:
                                 lr=GAMMA)
 
   def step(self, batch):
-    self.opt.zero_grad()
     owned = list(self.meta.parameters()) + list(self.transfer.parameters())
     for p in owned:
       p.grad = torch.zeros_like(p)
@@ -137,25 +138,27 @@ class Functional:
     logits = functional_call(self.transfer, phi, (functional_call(self.meta, theta, (t['x'],)),))
     return weighted_ce(logits, t['target'], t['target_weight'])
 
-  def _adapted_loss(self, theta, phi, t):
-    g = grad(self._inner)(theta, t)
-    theta_p = {k: theta[k] - ALPHA * g[k] for k in theta}
-    if not self.exact:
-      theta_p = {k: v.detach() for k, v in theta_p.items()}
-    g_phi = grad(self._transfer, argnums=1)(theta_p, phi, t)
-    phi_p = {k: phi[k] - BETA * g_phi[k] for k in phi}
-    if not self.exact:
-      phi_p = {k: v.detach() for k, v in phi_p.items()}
-    return theta_p, phi_p
+  def _head_loss(self, phi, meta_logits, t):
+    logits = functional_call(self.transfer, phi, (meta_logits,))
+    return weighted_ce(logits, t['target'], t['target_weight'])
 
   def _task_grad(self, theta, phi, t):
     if self.exact:
       def outer(theta, phi):
-        theta_p, phi_p = self._adapted_loss(theta, phi, t)
+        g = grad(self._inner)(theta, t)  # eq. 4
+        theta_p = {k: theta[k] - ALPHA * g[k] for k in theta}
+        g_phi = grad(self._transfer, argnums=1)(theta_p, phi, t)  # eq. 5
+        phi_p = {k: phi[k] - BETA * g_phi[k] for k in phi}
         return self._transfer(theta_p, phi_p, t)
       return grad(outer, argnums=(0, 1))(theta, phi)
-    theta_p, phi_p = self._adapted_loss(theta, phi, t)
-    return grad(self._transfer, argnums=(0, 1))(theta_p, phi_p, t)
+    g = grad(self._inner)(theta, t)  # eq. 4
+    theta_p = {k: (theta[k] - ALPHA * g[k]).detach() for k in theta}
+    meta_logits, meta_vjp = vjp(lambda th: functional_call(self.meta, th, (t['x'],)), theta_p)
+    g_phi = grad(self._head_loss)(phi, meta_logits.detach(), t)  # eq. 5
+    phi_p = {k: (phi[k] - BETA * g_phi[k]).detach() for k in phi}
+    g_phi_p, g_logits = grad(self._head_loss, argnums=(0, 1))(phi_p, meta_logits, t)
+    (g_theta_p,) = meta_vjp(g_logits)
+    return g_theta_p, g_phi_p
 
   def step(self, batch):
     theta = {k: v.detach() for k, v in self.theta.items()}
@@ -191,19 +194,29 @@ def main():
   parser.add_argument('--variants', default='reference_first_order,func_first_order,func_exact')
   parser.add_argument('--jax_json', default='', help='benchmark.py --json output to compare')
   args = parser.parse_args()
+  if args.iters < 1:
+    parser.error(f'--iters must be at least 1, got {args.iters}')
+  records = []
+  if args.jax_json:
+    try:
+      with open(args.jax_json) as f:
+        records = json.load(f)['records']
+    except (OSError, ValueError, KeyError) as e:
+      parser.error(f'--jax_json={args.jax_json}: not a benchmark.py JSON with records ({e})')
   torch.manual_seed(0)
   torch.set_num_threads(os.cpu_count())
   makers = {'reference_first_order': Reference,
             'func_first_order': lambda: Functional(exact=False),
             'func_exact': lambda: Functional(exact=True)}
+  names = args.variants.split(',')
+  unknown = [n for n in names if n not in makers]
+  if unknown:
+    parser.error(f'unknown variants {unknown}; expected some of {sorted(makers)}')
   results = {}
-  for name in args.variants.split(','):
-    if name not in makers:
-      parser.error(f'unknown variant {name!r}; expected some of {sorted(makers)}')
+  for name in names:
     results[name] = time_variant(name, makers[name](), args.iters)
     print(json.dumps(results[name]), flush=True)
-  if args.jax_json:
-    records = json.load(open(args.jax_json))['records']
+  if records:
     default = {r['mode']: r for r in records
                if 'error' not in r and r['strategy'] == r.get('default_strategy')}
     pairs = [('first_order', 'reference_first_order'), ('first_order', 'func_first_order'),

@@ -40,8 +40,9 @@ def _conv_one_channel(x, w, pads):
 
   XLA:CPU runs a convolution with one input channel far below its usual rate (20 against 72
   GFLOP/s on the bench shape's first block, Intel Xeon). Stacking the kw frequency shifts of
-  the input as channels turns it into a (kh, 1) convolution over kw channels, the same sums
-  in the same order: 148 -> 67 ms for the first block's forward pass over 64 segments.
+  the input as channels turns it into a (kh, 1) convolution over kw channels with the same
+  products (float32 results matched lax's exactly there): 148 -> 78 ms for the first block's
+  forward pass over 64 segments.
   """
   kh, kw, _, out = w.shape
   (pad_h, (lo, hi)) = pads
