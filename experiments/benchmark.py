@@ -17,7 +17,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-from mmtl_jax import benchmark
+from mmtl_jax.tools import benchmark
 from mmtl_jax import configs
 
 _CONFIG = config_flags.DEFINE_config_file('config', configs.config_path('base'),

@@ -12,7 +12,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-from mmtl_jax import gradient_check
+from mmtl_jax.tools import gradient_check
 from mmtl_jax.configs import config_path
 
 FLAGS = flags.FLAGS

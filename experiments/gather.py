@@ -5,7 +5,7 @@ Usage::
   python experiments/gather.py /tmp/mmtl/vad /tmp/mmtl/va /tmp/mmtl/v --out=table.md
   python experiments/gather.py --workdirs=/tmp/mmtl/vad,/tmp/mmtl/va
 
-Each workdir must hold the results.json written by training (mmtl_jax.results).
+Each workdir must hold the results.json written by training (mmtl_jax.ser.results).
 """
 
 from collections.abc import Sequence
@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from absl import app
 from absl import flags
 
-from mmtl_jax import results
+from mmtl_jax.ser import results
 
 _WORKDIRS = flags.DEFINE_list('workdirs', [], 'Workdirs to compare (also accepted as '
                               'positional arguments).')

@@ -15,7 +15,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from mmtl_jax import predict
+from mmtl_jax.ser import predict
 
 _CHECKPOINT = flags.DEFINE_string('checkpoint', None, 'Bundle, fold directory or workdir.',
                                   required=True)

@@ -13,7 +13,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-from mmtl_jax import sinusoid
+from mmtl_jax.examples import sinusoid
 from mmtl_jax.configs import config_path
 
 FLAGS = flags.FLAGS

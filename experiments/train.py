@@ -22,7 +22,7 @@ import jax
 from ml_collections import config_flags
 
 from mmtl_jax import configs
-from mmtl_jax import train
+from mmtl_jax.ser import train
 
 _CONFIG = config_flags.DEFINE_config_file('config', configs.config_path('demo'),
                                           'Experiment config file (get_config()).')

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from mmtl_jax import benchmark
+from mmtl_jax.tools import benchmark
 from mmtl_jax.configs import base
 
 from test_meta_gradients import tiny_model  # pylint: disable=g-bad-import-order

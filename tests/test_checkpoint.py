@@ -1,4 +1,4 @@
-"""Tests of mmtl_jax.checkpoint: round trips, retention, crash safety, inference bundles."""
+"""Tests of mmtl_jax.run.checkpoint: round trips, retention, crash safety, inference bundles."""
 
 import os
 import subprocess
@@ -12,7 +12,7 @@ import numpy as np
 import optax
 import pytest
 
-from mmtl_jax import checkpoint
+from mmtl_jax.run import checkpoint
 
 
 def _state(scale=1.0):
@@ -104,7 +104,7 @@ def test_structure_mismatch_is_an_error(tmp_path):
 _KILLED_WRITER = textwrap.dedent('''
     import os, signal, sys
     import numpy as np
-    from mmtl_jax import checkpoint
+    from mmtl_jax.run import checkpoint
     ckpt = checkpoint.Checkpointer(sys.argv[1])
     ckpt.save(1, {'w': np.ones((4,), np.float32)}, {'step': 1})
     ckpt.wait()

@@ -4,7 +4,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from mmtl_jax import gradient_check, ser
+from mmtl_jax.ser import losses as ser
+from mmtl_jax.tools import gradient_check
 from mmtl_jax.configs import compare_gradients
 
 

@@ -4,8 +4,8 @@ import jax
 import numpy as np
 import pytest
 
-from mmtl_jax import evaluate
-from mmtl_jax import systems
+from mmtl_jax.ser import evaluate
+from mmtl_jax.ser import systems
 from mmtl_jax.configs import aux_tasks as aux_tasks_config
 from mmtl_jax.data import store as store_lib
 from mmtl_jax.data import synthetic

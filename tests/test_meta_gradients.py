@@ -6,7 +6,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from mmtl_jax import meta, ser
+from mmtl_jax import meta
+from mmtl_jax.ser import losses as ser
 
 ALPHA, BETA = 0.3, 0.2  # large inner steps so second-order terms are not negligible
 

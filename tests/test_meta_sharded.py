@@ -38,7 +38,8 @@ _SCRIPT = textwrap.dedent('''
     from jax.sharding import PartitionSpec as P
     sys.path.insert(0, %r)
     from test_meta_gradients import tiny_model
-    from mmtl_jax import meta, ser
+    from mmtl_jax import meta
+from mmtl_jax.ser import losses as ser
 
     STRATEGIES, MODES = sys.argv[1].split(','), sys.argv[2].split(',')
     TASKS, SEGMENTS, FRAMES, BINS, STEPS = 8, 2, 16, 16, 3

@@ -1,4 +1,4 @@
-"""Tests of mmtl_jax.metric_log: JSON lines and TensorBoard event files."""
+"""Tests of mmtl_jax.run.metric_log: JSON lines and TensorBoard event files."""
 
 import glob
 import json
@@ -9,7 +9,7 @@ import struct
 import numpy as np
 import pytest
 
-from mmtl_jax import metric_log
+from mmtl_jax.run import metric_log
 
 
 def _read_events(path):

@@ -1,9 +1,9 @@
-"""Tests of mmtl_jax.metrics against hand-computed values."""
+"""Tests of mmtl_jax.ser.metrics against hand-computed values."""
 
 import numpy as np
 import pytest
 
-from mmtl_jax import metrics
+from mmtl_jax.ser import metrics
 
 
 def test_ua_wa_balanced_equal():

@@ -1,4 +1,4 @@
-"""Tests of mmtl_jax.results: aggregation, results.json schema, markdown, gather."""
+"""Tests of mmtl_jax.ser.results: aggregation, results.json schema, markdown, gather."""
 
 import json
 import os
@@ -9,7 +9,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from mmtl_jax import results
+from mmtl_jax.ser import results
 
 CLASSES = ('neu', 'ang', 'hap', 'sad')
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mmtl_jax import ser
+from mmtl_jax.ser import losses as ser
 from mmtl_jax.models import MetaLearner, TransferLearner
 from test_meta_gradients import tiny_model  # tests/ is on sys.path (rootdir-less modules)
 

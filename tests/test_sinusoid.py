@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mmtl_jax import sinusoid
+from mmtl_jax.examples import sinusoid
 from mmtl_jax.configs import config_path
 from mmtl_jax.configs import sinusoid as sinusoid_config
 

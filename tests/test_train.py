@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from mmtl_jax import predict
-from mmtl_jax import train
+from mmtl_jax.ser import predict
+from mmtl_jax.ser import train
 from mmtl_jax.configs import demo
 from mmtl_jax.data import sampler as sampler_lib
 from mmtl_jax.data import synthetic

@@ -36,11 +36,11 @@ import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
-from mmtl_jax import checkpoint as ckpt_lib
-from mmtl_jax import evaluate as eval_lib
-from mmtl_jax import metric_log
-from mmtl_jax import results as results_lib
-from mmtl_jax import systems as systems_lib
+from mmtl_jax.run import checkpoint as ckpt_lib
+from mmtl_jax.ser import evaluate as eval_lib
+from mmtl_jax.run import metric_log
+from mmtl_jax.ser import results as results_lib
+from mmtl_jax.ser import systems as systems_lib
 from mmtl_jax.data import folds as folds_lib
 from mmtl_jax.data import sampler as sampler_lib
 from mmtl_jax.data import store as store_lib
@@ -259,5 +259,5 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
       print(f.read(), flush=True)
     print(f'total {time.time() - t0:.1f} s; results: {paths["json"]}', flush=True)
   if jax.process_count() > 1:  # the others read the tables once process 0 has written them
-    multihost_utils.sync_global_devices('mmtl_jax.train: results written')
+    multihost_utils.sync_global_devices('mmtl_jax.ser.train: results written')
   return results_lib.load_results(workdir)

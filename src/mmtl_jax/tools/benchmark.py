@@ -84,7 +84,7 @@ def measure(job: Job) -> Dict[str, Any]:
   """Runs one job in THIS process (call it in a fresh one: the cache settings are global)."""
   import jax  # pylint: disable=g-import-not-at-top  (after the cache flags are set below)
   import ml_collections  # pylint: disable=g-import-not-at-top
-  from mmtl_jax import ser  # pylint: disable=g-import-not-at-top
+  from mmtl_jax.ser import losses as ser  # pylint: disable=g-import-not-at-top
   from mmtl_jax.meta import strategy as strategy_lib  # pylint: disable=g-import-not-at-top
 
   jax.config.update('jax_compilation_cache_dir', job.cache_dir)
@@ -162,7 +162,7 @@ def run_isolated(job: Job, timeout_s: float, env: Optional[Dict[str, str]] = Non
                  ) -> Dict[str, Any]:
   """Runs `measure(job)` in a new Python process; an error or a timeout becomes a record
   with an 'error' field (the benchmark goes on with the next combination)."""
-  cmd = [sys.executable, '-m', 'mmtl_jax.benchmark', json.dumps(dataclasses.asdict(job))]
+  cmd = [sys.executable, '-m', 'mmtl_jax.tools.benchmark', json.dumps(dataclasses.asdict(job))]
   try:
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s,
                          env=dict(os.environ, **(env or {})))

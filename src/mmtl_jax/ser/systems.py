@@ -10,7 +10,7 @@ A `System` bundles pure functions over a parameter pytree:
     auxiliary tasks (plain CNN-LSTM), so both protocols coincide for it.
   finetune_labels(params) -> pytree of 'tune' | 'freeze' leaf labels (by name, never position)
 
-`batch` follows the task-batch contract of `mmtl_jax.ser`. The baselines see exactly the
+`batch` follows the task-batch contract of `mmtl_jax.ser.losses`. The baselines see exactly the
 same batches as MMTL (all speaker tasks of a step, pooled) and the same per-speaker class
 weights, so the comparison differs only in the learning rule.
 """
@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from mmtl_jax import ser
+from mmtl_jax.ser import losses as ser
 from mmtl_jax.models import MetaLearner
 from mmtl_jax.models.meta_learner import compute_dtype
 

@@ -10,7 +10,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mmtl_jax import meta, ser
+from mmtl_jax import meta
+from mmtl_jax.ser import losses as ser
 
 
 def _leaves_with_names(tree: Any) -> List:

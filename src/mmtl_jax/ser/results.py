@@ -22,7 +22,7 @@ results.json (the contract other tools read; all metrics are fractions in [0, 1]
       "per_class_recall": {name: float | null}}, ...]}
 
 Definitions:
-  * UA / WA: see mmtl_jax.metrics (UA averages recall over the classes present).
+  * UA / WA: see mmtl_jax.ser.metrics (UA averages recall over the classes present).
   * pooled: UA / WA over the union of all folds' test utterances of one seed (each utterance
     is scored exactly once); with several seeds, the mean of the per-seed pooled values.
   * mean / std: over all (fold, seed) records; std is the sample standard deviation (ddof=1),
@@ -37,15 +37,14 @@ crash never leaves a truncated results.json.
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
-import tempfile
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from mmtl_jax import metrics
+from mmtl_jax.run.files import atomic_write, atomic_write_json, atomic_write_text, to_jsonable
+from mmtl_jax.ser import metrics
 
 RESULTS_JSON = 'results.json'
 RESULTS_MD = 'results.md'
@@ -54,76 +53,6 @@ CONFUSION_DIR = 'confusion'
 _RECORD_KEYS = ('model', 'protocol', 'fold', 'seed', 'y_true', 'y_pred', 'dev_UA', 'dev_WA',
                 'utt_ids')
 _AUX_ABBREV = {'valence': 'V', 'activation': 'A', 'arousal': 'A', 'dominance': 'D'}
-
-
-# ---- JSON helpers ------------------------------------------------------------------------
-
-
-def to_jsonable(obj: Any, strict: bool = False) -> Any:
-  """Converts configs, numpy/jax values and tuples into plain JSON values.
-
-  ConfigDicts become dicts, tuples become lists, numpy/jax scalars and arrays become Python
-  numbers and nested lists, and non-finite floats become None (strict JSON has no NaN).
-
-  Args:
-    obj: the value to convert.
-    strict: if True, raise TypeError on a value with no JSON form; otherwise use its str().
-  """
-  if hasattr(obj, 'to_dict') and callable(obj.to_dict):  # ml_collections.ConfigDict & co.
-    return to_jsonable(obj.to_dict(), strict)
-  if isinstance(obj, Mapping):
-    out = {}
-    for k, v in obj.items():
-      if strict and not isinstance(k, (str, int, float, bool, np.integer)):
-        raise TypeError(f'JSON keys must be str/int/float/bool, got {type(k).__name__}.')
-      out[k if isinstance(k, str) else str(k)] = to_jsonable(v, strict)
-    return out
-  if isinstance(obj, (list, tuple)):
-    return [to_jsonable(v, strict) for v in obj]
-  if obj is None or isinstance(obj, (bool, str)):
-    return obj
-  if isinstance(obj, (int, np.integer)):
-    return int(obj)
-  if isinstance(obj, (float, np.floating)):
-    return float(obj) if math.isfinite(obj) else None
-  if isinstance(obj, np.bool_):
-    return bool(obj)
-  if hasattr(obj, '__array__'):  # numpy / jax arrays
-    arr = np.asarray(obj)
-    return to_jsonable(arr.item() if arr.ndim == 0 else arr.tolist(), strict)
-  if strict:
-    raise TypeError(f'{type(obj).__name__} has no JSON form: {obj!r:.80}')
-  return str(obj)
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-  """Writes `text` to `path` via a temporary file in the same directory and os.replace."""
-  _atomic_write(path, lambda f: f.write(text.encode('utf-8')))
-
-
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-  """Writes `obj` (already JSON-able, see to_jsonable) as indented strict JSON, atomically."""
-  text = json.dumps(obj, indent=2, allow_nan=False) + '\n'
-  atomic_write_text(path, text)
-
-
-def _atomic_write(path, write_fn) -> None:
-  path = os.fspath(path)
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  suffix = os.path.splitext(path)[1]  # keeps the extension for tools that sniff it
-  fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix=suffix + '.tmp',
-                             dir=directory)
-  try:
-    with os.fdopen(fd, 'wb') as f:
-      write_fn(f)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
 
 
 # ---- Records and runs --------------------------------------------------------------------
@@ -388,7 +317,7 @@ def plot_confusion(path: str | os.PathLike, counts: Any, classes: Sequence[str],
       ax.text(j, i, f'{cm[i, j]}\n{100 * norm[i, j]:.1f}%', ha='center', va='center',
               fontsize=8, color='white' if norm[i, j] > 0.5 else 'black')
   fig.tight_layout()
-  _atomic_write(path, lambda f: fig.savefig(f, format='png', dpi=120))
+  atomic_write(path, lambda f: fig.savefig(f, format='png', dpi=120))
 
 
 def write_results(workdir: str | os.PathLike, config: Any,

@@ -11,8 +11,8 @@ from typing import Any, Dict, List, Sequence
 import jax
 import numpy as np
 
-from mmtl_jax import checkpoint as ckpt_lib
-from mmtl_jax import systems as systems_lib
+from mmtl_jax.run import checkpoint as ckpt_lib
+from mmtl_jax.ser import systems as systems_lib
 from mmtl_jax.data import features as features_lib
 
 

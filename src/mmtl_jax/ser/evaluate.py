@@ -7,7 +7,7 @@
 'strict': no label of the evaluated speaker is used at all; predict with the trained params.
 
 Utterance prediction: the mean of its segments' posteriors, then argmax (section 3.1.1).
-UA = mean per-class recall, WA = accuracy, both over utterances (`mmtl_jax.metrics`).
+UA = mean per-class recall, WA = accuracy, both over utterances (`mmtl_jax.ser.metrics`).
 """
 
 from typing import Any, Dict, Tuple
@@ -18,9 +18,9 @@ import ml_collections
 import numpy as np
 import optax
 
-from mmtl_jax import metrics as metrics_lib
+from mmtl_jax.ser import metrics as metrics_lib
 from mmtl_jax.data import folds as folds_lib
-from mmtl_jax.systems import System
+from mmtl_jax.ser.systems import System
 
 PROTOCOLS = ('paper', 'strict')
 

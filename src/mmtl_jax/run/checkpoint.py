@@ -29,7 +29,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from mmtl_jax import results
+from mmtl_jax.run import files
 
 PyTree = Any
 
@@ -137,7 +137,7 @@ class Checkpointer:
     extra = {} if extra is None else extra
     if not isinstance(extra, Mapping):
       raise TypeError(f'extra must be a dict, got {type(extra).__name__}.')
-    extra = results.to_jsonable(dict(extra), strict=True)
+    extra = files.to_jsonable(dict(extra), strict=True)
     json.dumps(extra, allow_nan=False)  # fail here, not in the background thread
     latest = self.latest_step()
     # orbax raises StepAlreadyExistsError for an existing step even with force=True; a
@@ -252,9 +252,9 @@ def save_inference_bundle(directory: str | os.PathLike, params: PyTree, config: 
     with ocp.StandardCheckpointer(**_this_process_only()) as ckptr:
       ckptr.save(os.path.join(tmp, 'params'), jax.tree.map(_host_copy, params))
       ckptr.wait_until_finished()
-    results.atomic_write_json(os.path.join(tmp, 'config.json'), results.to_jsonable(config))
+    files.atomic_write_json(os.path.join(tmp, 'config.json'), files.to_jsonable(config))
     from mmtl_jax import __version__  # pylint: disable=g-import-not-at-top
-    results.atomic_write_json(os.path.join(tmp, 'bundle.json'), {
+    files.atomic_write_json(os.path.join(tmp, 'bundle.json'), {
         'format': _BUNDLE_FORMAT, 'version': _BUNDLE_VERSION, 'mmtl_jax': __version__})
     if os.path.exists(directory):
       old = tempfile.mkdtemp(prefix='.' + os.path.basename(directory) + '.old-', dir=parent)

@@ -1,0 +1,1 @@
+"""Examples of the domain-free `meta` package on other problems (sinusoid regression)."""

@@ -1,0 +1,1 @@
+"""Tools over the library: the meta-iteration benchmark and gradient diagnostics."""
