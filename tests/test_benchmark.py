@@ -10,20 +10,19 @@ import pytest
 from mmtl_jax.tools import benchmark
 from mmtl_jax.configs import base
 
-from test_meta_gradients import tiny_model  # pylint: disable=g-bad-import-order
-
 
 _SCRIPT = os.path.join(os.path.dirname(__file__), '..', 'experiments', 'benchmark.py')
 
 
-def _tiny_config():
+@pytest.fixture(name='bench_config')
+def fixture_bench_config(tiny_model):
   config = base.get_config()
   config.model = tiny_model()
   return config
 
 
-def test_run_records_every_field_and_the_cache_helps(tmp_path):
-  records = benchmark.run(_tiny_config(), ['first_order', 'exact'], ['auto'], 'tiny',
+def test_run_records_every_field_and_the_cache_helps(bench_config, tmp_path):
+  records = benchmark.run(bench_config, ['first_order', 'exact'], ['auto'], 'tiny',
                           iters=5, timeout_s=300, cache_root=str(tmp_path),
                           progress=lambda line: None)
   assert len(records) == 2
@@ -43,8 +42,8 @@ def test_run_records_every_field_and_the_cache_helps(tmp_path):
   assert 'ERROR' not in benchmark.format_table(records)
 
 
-def test_failures_become_error_records(tmp_path):
-  job = benchmark.Job(_tiny_config().to_json_best_effort(), 'first_order', 'loop', 'nope', 5,
+def test_failures_become_error_records(bench_config, tmp_path):
+  job = benchmark.Job(bench_config.to_json_best_effort(), 'first_order', 'loop', 'nope', 5,
                       str(tmp_path), 'cold')
   record = benchmark.run_isolated(job, timeout_s=120)
   assert 'error' in record and 'nope' in record['error']
@@ -53,11 +52,11 @@ def test_failures_become_error_records(tmp_path):
 @pytest.mark.parametrize('kwargs, match', [
     (dict(shape='huge'), 'shape'), (dict(iters=3), 'iters'), (dict(modes=['second']), 'mode'),
     (dict(strategies=['pmap']), 'strategy')])
-def test_bad_arguments_are_rejected(kwargs, match):
+def test_bad_arguments_are_rejected(bench_config, kwargs, match):
   args = dict(modes=['first_order'], strategies=['loop'], shape='tiny', iters=5)
   args.update(kwargs)
   with pytest.raises(ValueError, match=match):
-    benchmark.run(_tiny_config(), **args)
+    benchmark.run(bench_config, **args)
 
 
 def test_cli_writes_json(tmp_path):

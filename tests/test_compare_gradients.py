@@ -9,19 +9,12 @@ from mmtl_jax.tools import gradient_check
 from mmtl_jax.configs import compare_gradients
 
 
-def tiny_config():
-  c = compare_gradients.get_config()
-  c.model.conv_features = (2, 3)
-  c.model.conv_kernels = ((3, 3), (2, 3))
-  c.model.lstm_hidden = 4
-  c.model.fc_hidden = 5
-  c.meta.alpha = c.meta.beta = 0.3
-  c.compare.tasks, c.compare.segments, c.compare.frames, c.compare.bins = 1, 3, 8, 8
-  return c
-
-
-def test_compare_reports_layers_fd_and_checkpoints(tmp_path):
-  config = tiny_config()
+def test_compare_reports_layers_fd_and_checkpoints(tiny_model, tmp_path):
+  config = compare_gradients.get_config()
+  config.model = tiny_model(dtype=config.model.dtype)  # float64, for the FD check
+  config.meta.alpha = config.meta.beta = 0.3
+  config.compare.tasks, config.compare.segments = 1, 3
+  config.compare.frames, config.compare.bins = 8, 8
   params = ser.init_params(config.model, jax.random.PRNGKey(config.seed), (1, 8, 8))
   ocp.PyTreeCheckpointer().save(str(tmp_path / 'ckpt'), params)
   restored = ocp.PyTreeCheckpointer().restore(str(tmp_path / 'ckpt'))

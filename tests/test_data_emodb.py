@@ -21,9 +21,19 @@ def emodb_dir():
   return os.path.normpath(EMODB)
 
 
-def test_reads_the_full_manifest(emodb_dir):
+def emodb_config(emodb_dir):
   c = emodb.get_config()
-  assert os.path.samefile(c.data.manifest, os.path.join(emodb_dir, 'annotations.csv'))
+  c.data.manifest.path = os.path.join(emodb_dir, 'annotations.csv')
+  return c
+
+
+def test_emodb_config_requires_the_manifest_path():
+  with pytest.raises(ValueError, match='config.data.manifest.path'):
+    corpus.read_corpus(emodb.get_config())
+
+
+def test_reads_the_full_manifest(emodb_dir):
+  c = emodb_config(emodb_dir)
   utts, problems = corpus.read_corpus(c)
   assert problems == [] and len(utts) == 339
   assert sorted({u.speaker for u in utts}) == ['03', '08', '09', '10', '11', '12', '13', '14',
@@ -37,8 +47,8 @@ def test_reads_the_full_manifest(emodb_dir):
 
 
 def test_subset_features_and_speaker_folds(emodb_dir, tmp_path):
-  c = emodb.get_config()
-  with open(c.data.manifest) as f:
+  c = emodb_config(emodb_dir)
+  with open(c.data.manifest.path) as f:
     rows = list(csv.DictReader(f))
   # 2 utterances of each of the 4 classes for 3 speakers, from the real CSV.
   keep = []
@@ -51,7 +61,7 @@ def test_subset_features_and_speaker_folds(emodb_dir, tmp_path):
     w.writeheader()
     for r in keep:
       w.writerow({**r, 'file': os.path.join(emodb_dir, r['file'])})  # absolute paths work too
-  c.data.manifest = str(subset)
+  c.data.manifest.path = str(subset)
   c.features.n_frames = 100
   c.features.workers = 1
   c.model.num_outputs = 4
@@ -76,12 +86,12 @@ def write_csv(path, rows, header=('path', 'speaker', 'label', 'score', 'group'))
 
 def manifest_config(path):
   c = emodb.get_config()
-  c.data.manifest = path
-  c.data.path_column, c.data.label_column = 'path', 'label'
+  c.data.manifest.path = path
+  c.data.manifest.path_column, c.data.manifest.label_column = 'path', 'label'
   c.data.classes = ('calm', 'angry')
-  c.data.label_map = {'N': 'calm', 'W': 'angry'}
+  c.data.manifest.label_map = {'N': 'calm', 'W': 'angry'}
   c.data.aux_tasks = ('group', 'score')
-  c.data.aux_columns = {'score': (0.0, 50.0, 100.0), 'group': 'categorical'}
+  c.data.manifest.aux_columns = {'score': (0.0, 50.0, 100.0), 'group': 'categorical'}
   return c
 
 

@@ -5,6 +5,7 @@ import re
 
 import pytest
 
+from mmtl_jax import types
 from mmtl_jax.configs import base
 from mmtl_jax.data import corpus, iemocap
 
@@ -29,9 +30,9 @@ def write_eval(root, session, dialog, blocks):
 def data_config(root, **overrides):
   c = base.get_config().data
   c.root = str(root)
-  c.sessions = (1,)
+  c.iemocap.sessions = (1,)
   for k, v in overrides.items():
-    c[k] = v
+    (c.iemocap if k in c.iemocap else c)[k] = v  # ConfigDict would add a misspelt field
   return c
 
 
@@ -131,15 +132,16 @@ def test_missing_root_and_session_name_the_layout(tmp_path):
 def test_read_corpus_dispatch(corpus_root):
   c = base.get_config()
   c.data.root = str(corpus_root)
-  c.data.sessions = (1,)
+  c.data.iemocap.sessions = (1,)
   utts, _ = corpus.read_corpus(c)
   assert [u.utt_id for u in utts] == ['Ses01F_impro01_F000', 'Ses01F_impro01_M003']
   c.data.kind = 'nope'
-  with pytest.raises(ValueError, match='unknown config.data.kind'):
+  with pytest.raises(ValueError, match=r"unknown corpus 'nope' \(config.data.kind\); known: "
+                     r"\('iemocap', 'synthetic', 'manifest'\)"):
     corpus.read_corpus(c)
 
 
 def test_bin_index_edges_go_up():
   edges = (1.0, 2.0, 3.0, 4.0, 6.0)
-  assert [corpus.bin_index(v, edges, 'x') for v in (1.0, 1.99, 2.0, 3.0, 4.0, 5.0, 5.99)] == \
+  assert [types.bin_index(v, edges, 'x') for v in (1.0, 1.99, 2.0, 3.0, 4.0, 5.0, 5.99)] == \
       [0, 0, 1, 2, 3, 3, 3]

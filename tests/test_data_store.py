@@ -19,12 +19,12 @@ def write_small(root, seed=0):
                                 script_counts=SCRIPT, min_duration=0.8, max_duration=2.5)
 
 
-def tiny_config(root):
+def small_store_config(root):
   """Paper-shaped but small: 8 kHz, 50 bins of 40 Hz, 1 s segments of 50 frames."""
   c = base.get_config()
   c.data.kind = 'synthetic'
   c.data.root = str(root)
-  c.data.sessions = (1, 2)
+  c.data.iemocap.sessions = (1, 2)
   c.features.sample_rate = 8000
   c.features.n_fft = 200
   c.features.win_ms = 25.0
@@ -45,13 +45,13 @@ def small_corpus(tmp_path_factory):
 @pytest.fixture(scope='module')
 def small_store(small_corpus, tmp_path_factory):
   root, _ = small_corpus
-  return store_lib.build_feature_store(tiny_config(root), str(tmp_path_factory.mktemp('work')))
+  return store_lib.build_feature_store(small_store_config(root), str(tmp_path_factory.mktemp('work')))
 
 
 def test_round_trip_counts_equal_what_was_written(small_corpus):
   root, info = small_corpus
-  c = tiny_config(root)
-  c.data.selection = 'all'
+  c = small_store_config(root)
+  c.data.iemocap.selection = 'all'
   c.data.classes = tuple(IMPRO)
   utts, problems = corpus.read_corpus(c)
   assert problems == [] and len(utts) == info['utterances'] == 2 * 2 * (9 + 2)
@@ -63,7 +63,7 @@ def test_round_trip_counts_equal_what_was_written(small_corpus):
   values = {v for u in utts for v in u.aux_raw}
   assert {2.0, 3.0, 4.0} <= values  # values exactly on bin edges
   assert info['unreadable'] in {u.path for u in utts}
-  utts4, _ = corpus.read_corpus(tiny_config(root))  # paper selection: impro, 4 classes
+  utts4, _ = corpus.read_corpus(small_store_config(root))  # paper selection: impro, 4 classes
   assert len(utts4) == 4 * 6
 
 
@@ -83,9 +83,9 @@ def test_writer_is_deterministic(small_corpus, tmp_path):
 def test_default_corpus_has_what_real_data_has(tmp_path):
   c = base.get_config()
   c.data.kind = 'synthetic'
-  c.data.selection = 'all'
+  c.data.iemocap.selection = 'all'
   c.data.classes = ('neu', 'ang', 'hap', 'sad', 'exc', 'fru', 'xxx')
-  utts, _ = corpus.read_corpus(c, synthetic_dir=str(tmp_path))
+  utts, _ = corpus.read_corpus(c, workdir=str(tmp_path))
   assert 300 <= len(utts) <= 500
   assert len({u.speaker for u in utts}) == 10
   dialogs = {u.dialog for u in utts}
@@ -93,13 +93,14 @@ def test_default_corpus_has_what_real_data_has(tmp_path):
   assert 'Ses01F_impro01_M000' in {u.utt_id for u in utts}
   assert {5.0, 2.0, 4.0} <= {v for u in utts for v in u.aux_raw}
   # Reused, not rewritten, on the next read.
-  marker = tmp_path / 'IEMOCAP_full_release' / synthetic.MARKER
+  # Written to <workdir>/synthetic_corpus, since data.root is empty.
+  marker = tmp_path / 'synthetic_corpus' / 'IEMOCAP_full_release' / synthetic.MARKER
   mtime = marker.stat().st_mtime_ns
-  corpus.read_corpus(c, synthetic_dir=str(tmp_path))
+  corpus.read_corpus(c, workdir=str(tmp_path))
   assert marker.stat().st_mtime_ns == mtime
-  c.data.synthetic_seed = 1
+  c.data.synthetic.seed = 1
   with pytest.raises(ValueError, match='seed 0'):
-    corpus.read_corpus(c, synthetic_dir=str(tmp_path))
+    corpus.read_corpus(c, workdir=str(tmp_path))
 
 
 def test_store_contents_and_skipped_wav(small_corpus, small_store):
@@ -133,7 +134,7 @@ def test_store_contents_and_skipped_wav(small_corpus, small_store):
 def test_cache_hit_and_miss(small_corpus, small_store):
   root, _ = small_corpus
   workdir = os.path.dirname(os.path.dirname(small_store.directory))
-  c = tiny_config(root)
+  c = small_store_config(root)
   c.features.workers = 2  # not part of the key
   hit = store_lib.build_feature_store(c, workdir)
   assert hit.cache_hit and hit.manifest_path == small_store.manifest_path
@@ -147,7 +148,7 @@ def test_cache_hit_and_miss(small_corpus, small_store):
 
 
 def test_sampler_contract_and_determinism(small_store):
-  c = tiny_config('unused')
+  c = small_store_config('unused')
   speakers = ['Ses01F', 'Ses02M', 'Ses01M']
   ts = sampler.TaskSampler(small_store, speakers, c, seed=3)
   b = ts.batch(7)
@@ -172,7 +173,7 @@ def test_sampler_contract_and_determinism(small_store):
 
 
 def test_sampler_with_replacement_and_pooled_weights(small_store):
-  c = tiny_config('unused')
+  c = small_store_config('unused')
   c.train.segments_per_speaker = 64  # more than any speaker has
   c.folds.class_weights = 'pooled'
   ts = sampler.TaskSampler(small_store, ['Ses01F', 'Ses02F'], c, seed=0)

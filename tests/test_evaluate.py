@@ -8,14 +8,11 @@ from mmtl_jax.ser import evaluate
 from mmtl_jax.ser import systems
 from mmtl_jax.configs import aux_tasks as aux_tasks_config
 from mmtl_jax.data import store as store_lib
-from mmtl_jax.data import synthetic
-from test_train import tiny_config  # tests/ is on sys.path (rootdir-less test modules)
 
 
 @pytest.fixture(scope='module')
-def setup(tmp_path_factory):
-  root = synthetic.ensure_corpus(str(tmp_path_factory.mktemp('corpus')), seed=0)
-  config = tiny_config(root)
+def setup(tiny_config, corpus_root, tmp_path_factory):
+  config = tiny_config(corpus_root)
   store = store_lib.build_feature_store(config, str(tmp_path_factory.mktemp('work')))
   return config, store
 

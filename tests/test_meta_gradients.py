@@ -2,7 +2,6 @@
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
@@ -12,24 +11,12 @@ from mmtl_jax.ser import losses as ser
 ALPHA, BETA = 0.3, 0.2  # large inner steps so second-order terms are not negligible
 
 
-def tiny_model(dtype='float32', dropout=0.0):
-  c = ml_collections.ConfigDict()
-  c.conv_features = (2, 3)
-  c.conv_kernels = ((3, 3), (2, 3))
-  c.lstm_hidden = 4
-  c.fc_hidden = 5
-  c.num_outputs = 4
-  c.dropout = dropout
-  c.dtype = dtype
-  return c
-
-
 def cfg(mode, **kw):
   return meta.MetaConfig(mode=mode, strategy='map', alpha=ALPHA, beta=BETA, **kw)
 
 
 @pytest.fixture(scope='module')
-def problem():
+def problem(tiny_model):
   model = tiny_model()
   params = ser.init_params(model, jax.random.PRNGKey(0), (1, 8, 8))
   batch = ser.random_batch(num_tasks=2, batch_size=3, frames=8, bins=8, num_aux=3, seed=1)
@@ -45,7 +32,7 @@ def exact_and_first_order(problem):
   return grad(params, cfg('exact')), grad(params, cfg('first_order'))
 
 
-def test_exact_meta_gradient_matches_central_finite_differences():
+def test_exact_meta_gradient_matches_central_finite_differences(tiny_model):
   with jax.enable_x64(True):
     model = tiny_model('float64')
     params = ser.init_params(model, jax.random.PRNGKey(0), (1, 8, 8))
@@ -108,7 +95,7 @@ def test_second_order_term_is_nonzero_through_the_lstm(exact_and_first_order):
   assert not np.allclose(exact['phi']['fc']['kernel'], first_order['phi']['fc']['kernel'])
 
 
-def test_two_inner_steps_equal_two_manual_applications():
+def test_two_inner_steps_equal_two_manual_applications(tiny_model):
   model = tiny_model(dropout=0.3)  # dropout makes every step's rng matter
   params = ser.init_params(model, jax.random.PRNGKey(0), (1, 8, 8))
   batch = jax.tree.map(lambda x: x[0], ser.random_batch(1, 3, 8, 8, seed=4))

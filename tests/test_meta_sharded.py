@@ -34,19 +34,17 @@ _SCRIPT = textwrap.dedent('''
       jax.distributed.initialize(f'localhost:{sys.argv[4]}', num_processes=2,
                                  process_id=int(sys.argv[3]), initialization_timeout=120)
       assert jax.process_count() == 2 and jax.device_count() == 4, jax.devices()
+    import os
     import ml_collections, numpy as np
     from jax.sharding import PartitionSpec as P
-    sys.path.insert(0, %r)
-    from test_meta_gradients import tiny_model
     from mmtl_jax import meta
-from mmtl_jax.ser import losses as ser
+    from mmtl_jax.ser import losses as ser
 
     STRATEGIES, MODES = sys.argv[1].split(','), sys.argv[2].split(',')
     TASKS, SEGMENTS, FRAMES, BINS, STEPS = 8, 2, 16, 16, 3
     mesh = meta.default_mesh()
     out = {'mesh': dict(mesh.shape)}
-    model = tiny_model(dropout=0.2)  # dropout: per-task keys must match across strategies
-    model.conv_features, model.conv_kernels = (2,), ((3, 3),)  # one conv block: compiles faster
+    model = ml_collections.ConfigDict(json.loads(os.environ['MMTL_TEST_MODEL']))
 
     def init_params():
       return ser.init_params(model, jax.random.PRNGKey(0), (1, FRAMES, BINS))
@@ -117,7 +115,7 @@ from mmtl_jax.ser import losses as ser
         grads[strategy] = [np.asarray(leaf).tolist() for leaf in jax.tree.leaves(g)]
       out['direct'] = grads
     print('RESULT ' + json.dumps(out))
-''' % os.path.dirname(os.path.abspath(__file__)))
+''')
 
 
 def _free_port() -> int:
@@ -134,9 +132,11 @@ def _rel_diff(a, b):
 
 
 @pytest.fixture(scope='module')
-def runs():
+def runs(tiny_model):
   """{job name: the RESULT dict its (first) process printed}."""
-  base = dict(os.environ, JAX_PLATFORMS='cpu')
+  model = tiny_model(dropout=0.2)  # dropout: per-task keys must match across strategies
+  model.conv_features, model.conv_kernels = (2,), ((3, 3),)  # one conv block: compiles faster
+  base = dict(os.environ, JAX_PLATFORMS='cpu', MMTL_TEST_MODEL=json.dumps(model.to_dict()))
   base.pop('XLA_FLAGS', None)
   two = dict(base, XLA_FLAGS='--xla_force_host_platform_device_count=2')
   port = str(_free_port())

@@ -4,9 +4,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mmtl_jax import models
 from mmtl_jax.ser import losses as ser
-from mmtl_jax.models import MetaLearner, TransferLearner
-from test_meta_gradients import tiny_model  # tests/ is on sys.path (rootdir-less modules)
 
 
 def paper_class_weights(labels, num_classes):
@@ -46,35 +45,36 @@ def test_weighted_cross_entropy_equals_the_paper_formula():
   assert not np.isclose(float(uniform), float(got))
 
 
-def test_inner_and_transfer_losses_follow_the_batch_contract():
+def test_inner_and_transfer_losses_follow_the_batch_contract(tiny_model):
   model = tiny_model()
   params = ser.init_params(model, jax.random.PRNGKey(0), (1, 8, 8))
   batch = jax.tree.map(lambda x: x[1], ser.random_batch(2, 6, 8, 8, num_aux=3, seed=3))
   inner_loss, transfer_loss = ser.make_losses(model)
-  logits = MetaLearner.from_config(model).apply({'params': params['theta']}, batch['x'])
+  logits = models.build(model).apply({'params': params['theta']}, batch['x'])
   # Eq. 4's loss: the mean over the k auxiliary tasks, ONE shared head for all of them.
   expected = np.mean([hand_weighted_ce(logits, batch['aux'][:, j], batch['aux_weight'][j])
                       for j in range(3)])
   np.testing.assert_allclose(inner_loss(params['theta'], batch, None), expected, rtol=1e-5)
-  target_logits = TransferLearner.from_config(model).apply({'params': params['phi']}, logits)
+  target_logits = models.transfer_learner(model).apply({'params': params['phi']}, logits)
   expected = hand_weighted_ce(target_logits, batch['target'], batch['target_weight'])
   np.testing.assert_allclose(transfer_loss(params['theta'], params['phi'], batch, None),
                              expected, rtol=1e-5)
-  np.testing.assert_allclose(ser.predict_logits(params, batch['x']), target_logits, rtol=1e-5)
+  np.testing.assert_allclose(ser.predict_logits(params, batch['x'], model), target_logits,
+                             rtol=1e-5)
 
 
-def test_init_params_and_architecture_from_params():
+def test_init_params_builds_the_configured_architecture(tiny_model):
   model = tiny_model()
   params = ser.init_params(model, jax.random.PRNGKey(0), (1, 8, 8))
   assert set(params) == {'theta', 'phi'}
   assert set(params['phi']) == {'fc'} and params['phi']['fc']['kernel'].shape == (4, 4)
-  recovered = ser.model_config_from_params(params['theta'])
-  assert recovered.conv_features == (2, 3)
-  assert recovered.conv_kernels == ((3, 3), (2, 3))
-  assert (recovered.lstm_hidden, recovered.fc_hidden, recovered.num_outputs) == (4, 5, 4)
+  theta = params['theta']
+  assert [theta[f'conv_{i}']['kernel'].shape for i in range(2)] == [(3, 3, 1, 2), (2, 3, 2, 3)]
+  assert theta['bilstm']['recurrent_kernel'].shape == (2, 4, 16)
+  assert theta['head']['kernel'].shape == (5, 4)
 
 
-def test_make_mmtl_step_from_a_config_dict():
+def test_make_mmtl_step_from_a_config_dict(tiny_model):
   from mmtl_jax.configs import base  # pylint: disable=g-import-not-at-top
   config = base.get_config()
   config.model = tiny_model()

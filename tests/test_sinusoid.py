@@ -13,7 +13,7 @@ from mmtl_jax.configs import config_path
 from mmtl_jax.configs import sinusoid as sinusoid_config
 
 
-def tiny_config():
+def small_sinusoid_config():
   c = sinusoid_config.get_config()
   c.model.hidden = (8, 8)
   c.train.steps = 20
@@ -37,7 +37,7 @@ def test_tasks_follow_finn_et_al():
 
 
 def test_evaluate_is_mse_after_one_sgd_step():
-  c = tiny_config()
+  c = small_sinusoid_config()
   model = sinusoid.MLP(c.model.hidden)
   theta = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 1)))['params']
   result = sinusoid.evaluate(c, theta)
@@ -57,7 +57,7 @@ def test_evaluate_is_mse_after_one_sgd_step():
 
 
 def test_all_modes_and_baseline_train_and_report(tmp_path):
-  c = tiny_config()
+  c = small_sinusoid_config()
   results = sinusoid.run(c)
   assert set(results) == {'init', 'exact', 'first_order', 'reptile', 'pretrained'}
   for name, r in results.items():

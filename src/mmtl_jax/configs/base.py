@@ -7,7 +7,11 @@ command line, e.g.::
       --config.data.root=/data/IEMOCAP_full_release --config.meta.mode=exact
 """
 
+import dataclasses
+
 import ml_collections
+
+from mmtl_jax.meta import config as meta_config
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -18,30 +22,34 @@ def get_config() -> ml_collections.ConfigDict:
 
   # ---- corpus ----------------------------------------------------------------------------
   c.data = ml_collections.ConfigDict()
-  # 'iemocap', 'synthetic' (the embedded corpus, written in the IEMOCAP layout and read by the
-  # same reader) or 'manifest' (CSV).
+  # The corpus reader, by name (mmtl_jax.data.corpus.CORPORA): 'iemocap', 'synthetic' (the
+  # embedded corpus, written in the IEMOCAP layout and read by the same reader) or 'manifest'.
   c.data.kind = 'iemocap'
-  # IEMOCAP_full_release directory or its parent. kind='synthetic': where the corpus is (or is
-  # written); '' = <workdir>/synthetic_corpus.
+  # kind='iemocap': IEMOCAP_full_release or its parent. kind='synthetic': where the corpus is
+  # (or is written); '' = <workdir>/synthetic_corpus.
   c.data.root = ''
-  c.data.synthetic_seed = 0  # kind='synthetic': the corpus is a deterministic function of it
-  c.data.sessions = (1, 2, 3, 4, 5)
-  c.data.selection = 'improvised'  # 'improvised' | 'scripted' | 'all'
   c.data.classes = ('neu', 'ang', 'hap', 'sad')  # order = class index
-  c.data.merge_exc = False  # SpeechBrain/s3prl convention: count 'exc' as 'hap'.
   # Auxiliary tasks, any subset and order of ('valence', 'activation', 'dominance') for IEMOCAP,
   # or of the manifest's aux column names. Table 3 ablations change only this field.
   c.data.aux_tasks = ('valence', 'activation', 'dominance')
+  # kind='iemocap' and 'synthetic' (same reader).
+  c.data.iemocap = ml_collections.ConfigDict()
+  c.data.iemocap.sessions = (1, 2, 3, 4, 5)
+  c.data.iemocap.selection = 'improvised'  # 'improvised' | 'scripted' | 'all'
+  c.data.iemocap.merge_exc = False  # SpeechBrain/s3prl convention: count 'exc' as 'hap'.
   # V/A/D bin edges of section 3.1.1: [1,2) [2,3) [3,4) [4,6); outside [1, 6) is bad input.
-  c.data.vad_edges = (1.0, 2.0, 3.0, 4.0, 6.0)
+  c.data.iemocap.vad_edges = (1.0, 2.0, 3.0, 4.0, 6.0)
+  c.data.synthetic = ml_collections.ConfigDict()
+  c.data.synthetic.seed = 0  # the synthetic corpus is a deterministic function of it
   # kind='manifest': a CSV with path/speaker/label columns (paths relative to the CSV).
-  c.data.manifest = ''
-  c.data.path_column = 'path'
-  c.data.speaker_column = 'speaker'
-  c.data.label_column = 'label'
+  c.data.manifest = ml_collections.ConfigDict()
+  c.data.manifest.path = ''
+  c.data.manifest.path_column = 'path'
+  c.data.manifest.speaker_column = 'speaker'
+  c.data.manifest.label_column = 'label'
   # {column: 'categorical'} or {column: (edge0, edge1, ...)} for numeric columns.
-  c.data.aux_columns = ml_collections.ConfigDict()
-  c.data.label_map = ml_collections.ConfigDict()  # optional raw label -> class name
+  c.data.manifest.aux_columns = ml_collections.ConfigDict()
+  c.data.manifest.label_map = ml_collections.ConfigDict()  # optional raw label -> class name
 
   # ---- features (section 3.1.1) ------------------------------------------------------------
   c.features = ml_collections.ConfigDict()
@@ -68,6 +76,8 @@ def get_config() -> ml_collections.ConfigDict:
 
   # ---- model (Table 1) ---------------------------------------------------------------------
   c.model = ml_collections.ConfigDict()
+  # The module, by name (mmtl_jax.models.MODELS); the other fields are its constructor's.
+  c.model.name = 'cnn_bilstm'
   c.model.conv_features = (16, 24, 32)
   c.model.conv_kernels = ((12, 16), (8, 12), (5, 7))  # (time, freq)
   c.model.lstm_hidden = 128  # per direction
@@ -77,19 +87,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.dtype = 'float32'  # compute dtype; 'bfloat16' for accelerators
 
   # ---- meta-learning (section 2, eqs. 4-7) -------------------------------------------------
-  c.meta = ml_collections.ConfigDict()
-  c.meta.mode = 'reptile'  # 'exact' | 'first_order' | 'reptile'
-  # 'auto' (CPU: loop, else vmap) | 'vmap' | 'map' | 'loop' | 'sharded'; see meta/strategy.py
-  c.meta.strategy = 'auto'
-  c.meta.inner_steps = 1
-  c.meta.alpha = 0.01  # eq. 4
-  c.meta.beta = 0.01  # eq. 5
-  c.meta.gamma = 0.001  # eqs. 6-7, Adam
-  c.meta.remat = False  # rematerialise the inner loop (exact mode memory)
-  c.meta.task_chunk = 0  # 0 = all tasks at once
-  # Eqs. 6-7 sum over tasks; with Adam a mean differs only by a scale Adam is invariant to.
-  c.meta.task_reduce = 'mean'  # 'mean' | 'sum'
-  c.meta.log_inner_after = True  # metrics: aux loss at theta' (one extra forward per task)
+  # Every field and its default are MetaConfig's (mmtl_jax/meta/config.py documents them).
+  c.meta = ml_collections.ConfigDict(dataclasses.asdict(meta_config.MetaConfig()))
 
   # ---- training ----------------------------------------------------------------------------
   c.train = ml_collections.ConfigDict()

@@ -1,7 +1,8 @@
-"""EmoDB (real speech, ../shared/data/emodb) at the demo's laptop-CPU scale: 4 emotions,
-leave-one-speaker-out (10 folds), auxiliary tasks from the perception test's ratings::
+"""EmoDB (real speech) at the demo's laptop-CPU scale: 4 emotions, leave-one-speaker-out
+(10 folds), auxiliary tasks from the perception test's ratings::
 
-  python experiments/train.py --config=src/mmtl_jax/configs/emodb_small.py --workdir=runs/emodb
+  python experiments/train.py --config=src/mmtl_jax/configs/emodb_small.py \
+      --config.data.manifest.path=/data/emodb/annotations.csv --workdir=runs/emodb
 """
 
 import ml_collections

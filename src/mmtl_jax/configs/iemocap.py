@@ -13,8 +13,4 @@ from mmtl_jax.configs import base
 def get_config() -> ml_collections.ConfigDict:
   c = base.get_config()
   c.data.kind = 'iemocap'
-  c.data.root = ''  # required: IEMOCAP_full_release or its parent
-  c.data.selection = 'improvised'
-  c.data.merge_exc = False  # True: the SpeechBrain/s3prl convention (exc counts as hap)
-  c.folds.scheme = 'session'
   return c

@@ -13,6 +13,4 @@ from mmtl_jax.configs import base
 def get_config() -> ml_collections.ConfigDict:
   c = base.get_config()
   c.data.kind = 'synthetic'
-  c.data.root = ''  # '' = <workdir>/synthetic_corpus
-  c.data.synthetic_seed = 0
   return c

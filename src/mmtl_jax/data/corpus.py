@@ -1,91 +1,46 @@
-"""The corpus contract: one `Utterance` per labelled recording, and `read_corpus`.
+"""The corpus contract and its registry: `config.data.kind` -> reader.
 
-Every corpus reader (IEMOCAP layout, CSV manifest, synthetic) returns the same thing: a list of
-`Utterance` and a list of problems. Readers never open the audio: a missing or unreadable wav
-is found, and recorded as skipped, by the feature store.
+A reader is `read(data, workdir) -> (utterances, problems)`: `data` is config.data, `workdir`
+the experiment directory (where a reader that writes files, like the synthetic corpus, puts
+them; may be None). It returns `mmtl_jax.types.Utterance`s and `Problem`s
+({'path', 'reason'}). Readers never open the audio: a missing or unreadable wav is found, and
+recorded as skipped, by the feature store. A new corpus is one reader file plus one entry in
+`CORPORA` (or `CORPORA.register(kind, read)` from user code).
 """
 
 from __future__ import annotations
 
-import bisect
-import dataclasses
 import os
-from typing import Optional, Sequence
+from typing import Callable, Optional
 
 import ml_collections
 
-Problem = dict  # {'path': str, 'reason': str}: a non-fatal finding of a reader.
+from mmtl_jax.data import iemocap, manifest, synthetic
+from mmtl_jax.registry import Registry
+from mmtl_jax.types import Problem, Utterance
+
+CorpusReader = Callable[[ml_collections.ConfigDict, Optional[str]],
+                        tuple[list[Utterance], list[Problem]]]
+
+CORPORA: Registry[CorpusReader] = Registry('corpus', 'config.data.kind')
+CORPORA.register('iemocap', iemocap.read)
+CORPORA.register('synthetic', synthetic.read)
+CORPORA.register('manifest', manifest.read)
 
 
-@dataclasses.dataclass(frozen=True)
-class Utterance:
-  """One labelled recording.
-
-  Attributes:
-    utt_id: unique id within the corpus, e.g. 'Ses01F_impro01_M003'.
-    path: absolute path of the wav file (it may not exist; the feature store checks).
-    speaker: speaker name, e.g. 'Ses01M' (IEMOCAP: session + gender of the id's last field).
-    session: IEMOCAP session number, None for corpora without sessions.
-    dialog: dialog name, e.g. 'Ses01F_impro01' ('' where the corpus has none).
-    label: class name, one of config.data.classes.
-    aux: auxiliary label bin indices, in the order of config.data.aux_tasks.
-    aux_raw: the raw auxiliary values in the same order (floats), or None if categorical.
-  """
-  utt_id: str
-  path: str
-  speaker: str
-  session: Optional[int]
-  dialog: str
-  label: str
-  aux: tuple[int, ...]
-  aux_raw: Optional[tuple[float, ...]] = None
-
-
-def bin_index(value: float, edges: Sequence[float], where: str) -> int:
-  """Index of the bin [edges[i], edges[i+1]) holding `value`.
-
-  A value on an inner edge goes to the upper bin. `where` ('file:line') names the input in the
-  error raised for a value outside [edges[0], edges[-1]).
-  """
-  if not edges[0] <= value < edges[-1]:
-    raise ValueError(f'{where}: value {value} outside [{edges[0]}, {edges[-1]}) '
-                     f'(bin edges {tuple(edges)})')
-  return bisect.bisect_right(edges, value) - 1
-
-
-def read_corpus(config: ml_collections.ConfigDict,
-                synthetic_dir: Optional[str] = None) -> tuple[list[Utterance], list[Problem]]:
-  """Reads the corpus that config.data describes.
-
-  Args:
-    config: the full experiment config; config.data.kind picks the reader:
-      'iemocap' (config.data.root = IEMOCAP_full_release or its parent directory),
-      'synthetic' (the IEMOCAP-layout synthetic corpus; root = config.data.root if set, else
-      `synthetic_dir`; written there deterministically once, reused when complete),
-      'manifest' (CSV at config.data.manifest).
-    synthetic_dir: where to write the synthetic corpus when config.data.root is empty,
-      conventionally `<workdir>/synthetic_corpus`.
+def read_corpus(config: ml_collections.ConfigDict, workdir: Optional[str] = None
+                ) -> tuple[list[Utterance], list[Problem]]:
+  """Reads the corpus that config.data describes, with the reader of config.data.kind.
 
   Returns:
     (utterances sorted by (speaker, utt_id), problems as [{'path', 'reason'}]).
+
+  Raises:
+    ValueError: an unknown kind (listing the known ones) or a duplicated utterance id.
   """
-  kind = config.data.kind
-  if kind == 'iemocap':
-    from mmtl_jax.data import iemocap
-    utterances, problems = iemocap.read_iemocap(config.data)
-  elif kind == 'synthetic':
-    from mmtl_jax.data import iemocap, synthetic
-    root = config.data.root or synthetic_dir
-    if not root:
-      raise ValueError("data.kind='synthetic' needs config.data.root or a synthetic_dir "
-                       '(e.g. <workdir>/synthetic_corpus)')
-    root = synthetic.ensure_corpus(root, seed=config.data.get('synthetic_seed', 0))
-    utterances, problems = iemocap.read_iemocap(config.data, root=root)
-  elif kind == 'manifest':
-    from mmtl_jax.data import manifest
-    utterances, problems = manifest.read_manifest(config.data)
-  else:
-    raise ValueError(f"unknown config.data.kind {kind!r}: 'iemocap' | 'synthetic' | 'manifest'")
+  reader = CORPORA.get(config.data.kind)
+  utterances, problems = reader(config.data, None if workdir is None else
+                                os.path.abspath(workdir))
   utterances = sorted(utterances, key=lambda u: (u.speaker, u.utt_id))
   seen = set()
   for u in utterances:
@@ -93,8 +48,3 @@ def read_corpus(config: ml_collections.ConfigDict,
       raise ValueError(f'duplicate utterance id {u.utt_id!r} ({u.path})')
     seen.add(u.utt_id)
   return utterances, problems
-
-
-def absolute(path: str, base: str) -> str:
-  """`path` made absolute against `base` (unless already absolute), normalised."""
-  return os.path.normpath(path if os.path.isabs(path) else os.path.join(base, path))

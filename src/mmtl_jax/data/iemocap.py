@@ -25,7 +25,7 @@ from typing import Optional
 
 import ml_collections
 
-from mmtl_jax.data.corpus import Problem, Utterance, bin_index
+from mmtl_jax.types import Problem, Utterance, bin_index
 
 RELEASE_DIR = 'IEMOCAP_full_release'
 VAD_NAMES = ('valence', 'activation', 'dominance')
@@ -104,41 +104,58 @@ def _selected(dialog: str, selection: str) -> bool:
     return 'script' in dialog
   if selection == 'all':
     return True
-  raise ValueError(f"config.data.selection {selection!r}: 'improvised' | 'scripted' | 'all'")
+  raise ValueError(f"config.data.iemocap.selection {selection!r}: 'improvised' | 'scripted' | "
+                   "'all'")
+
+
+def read(data: ml_collections.ConfigDict, workdir: Optional[str] = None
+         ) -> tuple[list[Utterance], list[Problem]]:
+  """The corpus reader of kind 'iemocap' (see `mmtl_jax.data.corpus`): data.root."""
+  del workdir  # the release is read in place
+  return read_iemocap(data)
+
+
+def _aux_positions(aux_tasks) -> list[int]:
+  for name in aux_tasks:
+    if name not in VAD_NAMES:
+      raise ValueError(f'IEMOCAP aux task {name!r} is not one of {VAD_NAMES}')
+  return [VAD_NAMES.index(name) for name in aux_tasks]
+
+
+def _session_files(root: str, session: int, problems: list[Problem]) -> list[str]:
+  eval_dir = os.path.join(root, f'Session{session}', 'dialog', 'EmoEvaluation')
+  if not os.path.isdir(eval_dir):
+    raise FileNotFoundError(f'{eval_dir} does not exist (expected layout: {LAYOUT})')
+  files = sorted(glob.glob(os.path.join(eval_dir, '*.txt')))
+  if not files:
+    problems.append({'path': eval_dir, 'reason': 'no EmoEvaluation *.txt files'})
+  return files
 
 
 def read_iemocap(data: ml_collections.ConfigDict,
                  root: Optional[str] = None) -> tuple[list[Utterance], list[Problem]]:
-  """Reads the utterances of data.sessions that data.selection and data.classes keep.
+  """Reads the utterances of the selected sessions and dialogs whose class is kept.
 
   Args:
-    data: config.data (root, sessions, selection, classes, merge_exc, aux_tasks, vad_edges).
+    data: config.data: root, classes, aux_tasks, and iemocap.{sessions, selection,
+      merge_exc, vad_edges}.
     root: overrides data.root (the synthetic corpus).
 
   Returns:
-    (utterances, problems). V/A/D values are binned with data.vad_edges; a value outside
-    [edges[0], edges[-1]) or a malformed summary line raises ValueError naming file and line.
+    (utterances, problems). V/A/D values are binned with data.iemocap.vad_edges; a value
+    outside [edges[0], edges[-1]) or a malformed summary line raises ValueError naming file
+    and line.
   """
   root = resolve_root(root or data.root)
-  aux_pos = []
-  for name in data.aux_tasks:
-    if name not in VAD_NAMES:
-      raise ValueError(f'IEMOCAP aux task {name!r} is not one of {VAD_NAMES}')
-    aux_pos.append(VAD_NAMES.index(name))
-  edges = tuple(float(e) for e in data.vad_edges)
+  opts = data.iemocap
+  aux_pos = _aux_positions(data.aux_tasks)
+  edges = tuple(float(e) for e in opts.vad_edges)
   classes = tuple(data.classes)
   utterances, problems = [], []
-  for session in data.sessions:
-    session_dir = os.path.join(root, f'Session{session}')
-    eval_dir = os.path.join(session_dir, 'dialog', 'EmoEvaluation')
-    if not os.path.isdir(eval_dir):
-      raise FileNotFoundError(f'{eval_dir} does not exist (expected layout: {LAYOUT})')
-    files = sorted(glob.glob(os.path.join(eval_dir, '*.txt')))
-    if not files:
-      problems.append({'path': eval_dir, 'reason': 'no EmoEvaluation *.txt files'})
-    for path in files:
+  for session in opts.sessions:
+    for path in _session_files(root, session, problems):
       dialog = os.path.splitext(os.path.basename(path))[0]
-      if not _selected(dialog, data.selection):
+      if not _selected(dialog, opts.selection):
         continue
       for number, utt_id, category, vad in read_emo_evaluation(path):
         where = f'{path}:{number}'
@@ -147,10 +164,11 @@ def read_iemocap(data: ml_collections.ConfigDict,
         for value in vad:
           bin_index(value, edges, where)
         speaker = speaker_of(utt_id, where)
-        label = 'hap' if (data.merge_exc and category == 'exc') else category
+        label = 'hap' if (opts.merge_exc and category == 'exc') else category
         if label not in classes:
           continue
-        wav = os.path.join(session_dir, 'sentences', 'wav', dialog, utt_id + '.wav')
+        wav = os.path.join(root, f'Session{session}', 'sentences', 'wav', dialog,
+                           utt_id + '.wav')
         utterances.append(Utterance(
             utt_id=utt_id, path=wav, speaker=speaker, session=int(session), dialog=dialog,
             label=label, aux=bins, aux_raw=tuple(vad[i] for i in aux_pos)))

@@ -14,9 +14,8 @@ On disk, under `<workdir>/features/<config_hash>/`::
 
 The cache key hashes the data and features config (all but `workers`), the utterance table
 the reader returned and features.VERSION, so a change to any is a miss; wav contents are not
-hashed. The
-directory is written under a temporary name and renamed when complete: a crash leaves no
-half cache. A wav that cannot be read is skipped and listed, never dropped silently.
+hashed. The directory is written under a temporary name and renamed when complete: a crash
+leaves no half cache. A wav that cannot be read is skipped and listed, never dropped silently.
 """
 
 from __future__ import annotations
@@ -36,6 +35,7 @@ import ml_collections
 import numpy as np
 import tqdm
 
+from mmtl_jax import types
 from mmtl_jax.data import corpus as corpus_lib
 from mmtl_jax.data import features as features_lib
 
@@ -97,7 +97,7 @@ class FeatureStore:
 
 
 def config_hash(config: ml_collections.ConfigDict,
-                utterances: Sequence[corpus_lib.Utterance]) -> str:
+                utterances: Sequence[types.Utterance]) -> str:
   """16 hex digits of sha256 over the data/features config and the utterance table."""
   features = config.features.to_dict()
   features.pop('workers', None)  # does not change the result
@@ -152,13 +152,14 @@ def _counts(speakers: Sequence[str], labels: Sequence[str]) -> dict[str, dict[st
   return {s: dict(sorted(c.items())) for s, c in sorted(counts.items())}
 
 
-def _write(directory: str, config: ml_collections.ConfigDict, key: str,
-           utterances: Sequence[corpus_lib.Utterance], problems: list) -> None:
-  """Computes every utterance's segments and writes the store into `directory`."""
-  fcfg = config.features.to_dict()
-  results = _compute([u.path for u in utterances], fcfg, config.features.workers,
-                     desc=f'features {key}')
-  classes, aux_tasks = tuple(config.data.classes), tuple(config.data.aux_tasks)
+def _read_all(utterances: Sequence[types.Utterance], fcfg: dict, workers: int, key: str
+              ) -> tuple[list[tuple[types.Utterance, np.ndarray]], list[dict]]:
+  """([(utterance, its [S, T, F] segments)] in input order, [{path, utt_id, reason}] skipped).
+
+  Raises:
+    RuntimeError: no utterance could be read (an empty store is never useful).
+  """
+  results = _compute([u.path for u in utterances], fcfg, workers, desc=f'features {key}')
   kept, skipped = [], []
   for u, (feats, reason) in zip(utterances, results):
     if feats is None:
@@ -168,11 +169,24 @@ def _write(directory: str, config: ml_collections.ConfigDict, key: str,
   if not kept:
     raise RuntimeError(f'no utterance could be read ({len(skipped)} skipped, e.g. '
                        f'{skipped[:3]})')
-  speakers = sorted({u.speaker for u, _ in kept})
-  n_seg = sum(len(f) for _, f in kept)
-  shape = (n_seg,) + kept[0][1].shape[1:]
-  out = np.lib.format.open_memmap(os.path.join(directory, 'features.npy'), 'w+',
-                                  np.dtype(config.features.dtype), shape)
+  return kept, skipped
+
+
+def _utterance_row(u: types.Utterance, n_segments: int) -> dict:
+  """One utterances.json row."""
+  return {'utt_id': u.utt_id, 'speaker': u.speaker, 'label': u.label, 'path': u.path,
+          'session': u.session, 'dialog': u.dialog, 'aux': list(u.aux),
+          'aux_raw': None if u.aux_raw is None else list(u.aux_raw), 'n_segments': n_segments}
+
+
+def _write_segments(directory: str, kept: Sequence[tuple[types.Utterance, np.ndarray]],
+                    shape: tuple[int, ...], dtype: np.dtype, speakers: list[str],
+                    classes: tuple[str, ...], num_aux: int) -> None:
+  """Writes features.npy [N_seg, T, F], the [N_seg] arrays of _ARRAYS and utterances.json.
+
+  features.npy is filled through a memmap, so the segments are never held twice in memory.
+  """
+  out = np.lib.format.open_memmap(os.path.join(directory, 'features.npy'), 'w+', dtype, shape)
   arrays = {name: [] for name in _ARRAYS}
   table, row = [], 0
   for i, (u, feats) in enumerate(kept):
@@ -182,21 +196,37 @@ def _write(directory: str, config: ml_collections.ConfigDict, key: str,
     arrays['speaker'] += [speakers.index(u.speaker)] * len(feats)
     arrays['label'] += [classes.index(u.label)] * len(feats)
     arrays['aux'] += [u.aux] * len(feats)
-    table.append({'utt_id': u.utt_id, 'speaker': u.speaker, 'label': u.label, 'path': u.path,
-                  'session': u.session, 'dialog': u.dialog, 'aux': list(u.aux),
-                  'aux_raw': None if u.aux_raw is None else list(u.aux_raw),
-                  'n_segments': len(feats)})
+    table.append(_utterance_row(u, len(feats)))
   out.flush()
   del out
   for name, values in arrays.items():
     value = np.asarray(values, np.int32)
     if name == 'aux':
-      value = value.reshape(n_seg, len(aux_tasks))
+      value = value.reshape(shape[0], num_aux)
     np.save(os.path.join(directory, f'{name}.npy'), value)
   with open(os.path.join(directory, 'utterances.json'), 'w') as f:
     json.dump(table, f, indent=0)
+
+
+def _manifest_counts(kept: Sequence[tuple[types.Utterance, np.ndarray]]) -> dict:
+  """{'utterances' | 'segments': {speaker: {label: count}}}."""
   seg_speakers = [u.speaker for u, feats in kept for _ in range(len(feats))]
   seg_labels = [u.label for u, feats in kept for _ in range(len(feats))]
+  return {'utterances': _counts([u.speaker for u, _ in kept], [u.label for u, _ in kept]),
+          'segments': _counts(seg_speakers, seg_labels)}
+
+
+def _write(directory: str, config: ml_collections.ConfigDict, key: str,
+           utterances: Sequence[types.Utterance], problems: list) -> None:
+  """Computes every utterance's segments and writes the store into `directory`."""
+  fcfg = config.features.to_dict()
+  kept, skipped = _read_all(utterances, fcfg, config.features.workers, key)
+  classes, aux_tasks = tuple(config.data.classes), tuple(config.data.aux_tasks)
+  speakers = sorted({u.speaker for u, _ in kept})
+  n_seg = sum(len(f) for _, f in kept)
+  shape = (n_seg,) + kept[0][1].shape[1:]
+  _write_segments(directory, kept, shape, np.dtype(config.features.dtype), speakers, classes,
+                  len(aux_tasks))
   manifest = {
       'config_hash': key,
       'data': config.data.to_dict(),
@@ -206,8 +236,7 @@ def _write(directory: str, config: ml_collections.ConfigDict, key: str,
       'speakers': speakers,
       'shape': list(shape),
       'dtype': str(np.dtype(config.features.dtype)),
-      'counts': {'utterances': _counts([u.speaker for u, _ in kept], [u.label for u, _ in kept]),
-                 'segments': _counts(seg_speakers, seg_labels)},
+      'counts': _manifest_counts(kept),
       'totals': {'utterances': len(kept), 'segments': n_seg, 'skipped': len(skipped)},
       'skipped': skipped,
       'problems': problems,
@@ -232,7 +261,7 @@ def load_store(directory: str, cache_hit: bool = True) -> FeatureStore:
 
 
 def build_feature_store(config: ml_collections.ConfigDict, workdir: str,
-                        utterances: Optional[Sequence[corpus_lib.Utterance]] = None
+                        utterances: Optional[Sequence[types.Utterance]] = None
                         ) -> FeatureStore:
   """The store of `config`'s corpus under `workdir`/features/<hash>/, built if absent.
 
@@ -247,8 +276,7 @@ def build_feature_store(config: ml_collections.ConfigDict, workdir: str,
   """
   problems: list[Any] = []
   if utterances is None:
-    utterances, problems = corpus_lib.read_corpus(
-        config, synthetic_dir=os.path.join(workdir, 'synthetic_corpus'))
+    utterances, problems = corpus_lib.read_corpus(config, workdir)
   if not utterances:
     raise ValueError('the corpus selection is empty: check config.data (classes, selection, '
                      'sessions, label_map)')

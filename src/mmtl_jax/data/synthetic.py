@@ -33,13 +33,16 @@ import json
 import math
 import os
 import shutil
-from typing import Optional, Sequence
+from typing import NamedTuple, Optional, Sequence
 
+import ml_collections
 import numpy as np
 import scipy.signal
 import soundfile as sf
 
+from mmtl_jax.data import iemocap
 from mmtl_jax.data.iemocap import RELEASE_DIR
+from mmtl_jax.types import Problem, Utterance
 
 SAMPLE_RATE = 16000
 MARKER = 'SYNTHETIC.json'  # written inside IEMOCAP_full_release; marks a complete corpus
@@ -121,14 +124,25 @@ _FRICATIVE = scipy.signal.butter(2, 3000 / (SAMPLE_RATE / 2), 'high')
 _BACKGROUND = scipy.signal.butter(1, 1500 / (SAMPLE_RATE / 2), 'low')
 
 
-def synthesize(rng: np.random.Generator, duration: float, speaker: dict, category: str,
-               vad: Sequence[float], sr: int = SAMPLE_RATE) -> np.ndarray:
-  """float32 [round(duration * sr)] speech-like waveform whose prosody follows V/A/D."""
-  n = int(round(duration * sr))
+class _Prosody(NamedTuple):
+  """One utterance's prosody; pitch values in semitones, levels in dB."""
+  level: float  # pitch level relative to the speaker's f0
+  span: float  # pitch range of the syllable accents
+  rate: float  # syllables per second
+  energy_db: float
+  tilt: float  # one-pole spectral-tilt coefficient: higher is darker
+  jitter: float
+  shimmer: float
+  breath: float
+  final: float  # final contour: + rises
+
+
+def _prosody(rng: np.random.Generator, speaker: dict, category: str,
+             vad: Sequence[float]) -> _Prosody:
+  """Prosody from the drawn V/A/D values, plus the category-only part and per-utterance noise."""
   v, a, d = ((x - 3.0) / 2.0 for x in vad)  # each in [-1, 1]
   c_pitch, c_rate, c_jitter, c_breath, c_final = CATEGORY[category]
-  # Prosody from the drawn V/A/D values, plus the category-only part and per-utterance noise.
-  level = 3.0 * a + 1.0 * d + c_pitch + rng.normal(0, 0.8)  # semitones
+  level = 3.0 * a + 1.0 * d + c_pitch + rng.normal(0, 0.8)
   span = float(np.clip(2.5 + 2.5 * a + 1.5 * v + rng.normal(0, 0.8), 0.5, 9.0))
   rate = float(np.clip((4.0 + 1.4 * a) * c_rate * speaker['rate'] + rng.normal(0, 0.3), 2, 7))
   energy_db = 7.0 * a + 3.0 * d + rng.normal(0, 2.0)
@@ -136,25 +150,43 @@ def synthesize(rng: np.random.Generator, duration: float, speaker: dict, categor
   jitter = 0.004 + 0.008 * max(-v, 0) + c_jitter
   shimmer = 0.04 + 0.06 * max(a, 0) + 4 * c_jitter
   breath = speaker['breath'] + c_breath + 0.06 * max(-a, 0)
+  return _Prosody(level, span, rate, energy_db, tilt, jitter, shimmer, breath, c_final)
 
-  # Syllables: random lengths around 1 / rate; some are pauses.
+
+def _syllables(rng: np.random.Generator, duration: float, rate: float,
+               n: int) -> tuple[np.ndarray, np.ndarray]:
+  """(bounds [S + 1] int sample indices from 0 to n, pause [S] bool) of S syllables.
+
+  Lengths are random around 1 / rate; some syllables (never the first) are pauses.
+  """
   n_syl = max(1, int(round(duration * rate)))
   lengths = rng.gamma(6.0, 1.0, n_syl)
   bounds = np.rint(np.concatenate([[0], np.cumsum(lengths) / lengths.sum() * n])).astype(int)
   bounds[-1] = n
   pause = rng.random(n_syl) < 0.08
   pause[0] = False
+  return bounds, pause
 
-  # F0 contour: declination, one accent per syllable, final rise or fall.
+
+def _f0_contour(rng: np.random.Generator, duration: float, bounds: np.ndarray,
+                prosody: _Prosody, speaker_f0: float, sr: int) -> np.ndarray:
+  """[n] f0 in Hz: declination, one accent per syllable, final rise or fall, and jitter."""
+  n = int(bounds[-1])
   t = np.arange(n) / sr
-  accents = rng.normal(0, 1, n_syl) * span / 2
+  accents = rng.normal(0, 1, len(bounds) - 1) * prosody.span / 2
   centres = (bounds[:-1] + bounds[1:]) / 2 / sr
-  semis = level + np.interp(t, centres, accents) - 2.0 * t / duration
-  semis += c_final * np.clip((t - (duration - 0.5)) / 0.5, 0, 1)
+  semis = prosody.level + np.interp(t, centres, accents) - 2.0 * t / duration
+  semis += prosody.final * np.clip((t - (duration - 0.5)) / 0.5, 0, 1)
   semis = scipy.signal.lfilter([0.0015], [1, -0.9985], semis - semis[0]) + semis[0]  # smooth
-  f0 = speaker['f0'] * 2 ** (semis / 12)
+  f0 = speaker_f0 * 2 ** (semis / 12)
   block = rng.normal(0, 1, n // 80 + 2)  # jitter: ~5 ms blocks of period perturbation
-  f0 *= 1 + jitter * block[np.arange(n) // 80]
+  f0 *= 1 + prosody.jitter * block[np.arange(n) // 80]
+  return f0
+
+
+def _glottal_source(rng: np.random.Generator, f0: np.ndarray, prosody: _Prosody,
+                    sr: int) -> np.ndarray:
+  """[n] excitation: Rosenberg pulses with shimmer and aspiration noise, spectrally tilted."""
   phase = np.cumsum(f0 / sr)
   period = phase.astype(np.int64)
   frac = phase - period
@@ -162,14 +194,19 @@ def synthesize(rng: np.random.Generator, duration: float, speaker: dict, categor
   tp, tn = 0.4, 0.16
   flow = np.where(frac < tp, 0.5 * (1 - np.cos(np.pi * frac / tp)),
                   np.where(frac < tp + tn, np.cos(0.5 * np.pi * (frac - tp) / tn), 0.0))
-  flow *= 1 + shimmer * rng.normal(0, 1, period[-1] + 1)[period]
+  flow *= 1 + prosody.shimmer * rng.normal(0, 1, period[-1] + 1)[period]
   source = np.diff(flow, prepend=0.0)  # lip radiation: differentiated glottal flow
-  source += breath * 0.05 * rng.normal(0, 1, n) * (0.3 + flow)
-  source = scipy.signal.lfilter([1 - tilt], [1, -tilt], source)
+  source += prosody.breath * 0.05 * rng.normal(0, 1, len(f0)) * (0.3 + flow)
+  return scipy.signal.lfilter([1 - prosody.tilt], [1, -prosody.tilt], source)
 
+
+def _articulate(rng: np.random.Generator, source: np.ndarray, bounds: np.ndarray,
+                pause: np.ndarray, scale: float, sr: int) -> np.ndarray:
+  """[n] speech: each syllable a fricative burst then a vowel (formants scaled by `scale`)."""
+  n = len(source)
+  # Room for each vowel's resonator ring-out past the end of its syllable.
   out = np.zeros(n + sr // 20)
-  scale = speaker['vtl'] * (1.03 if category in ('hap', 'exc') else 1.0)
-  for i in range(n_syl):
+  for i in range(len(pause)):
     s, e = bounds[i], bounds[i + 1]
     if pause[i] or e - s < 8:
       continue
@@ -183,7 +220,12 @@ def synthesize(rng: np.random.Generator, duration: float, speaker: dict, categor
     if onset > 0:  # consonant: a high-passed noise burst
       burst = rng.normal(0, 1, onset) * np.hanning(onset) * rng.uniform(0.01, 0.05)
       out[s:s + onset] += scipy.signal.lfilter(*_FRICATIVE, burst)
-  out = out[:n]
+  return out[:n]
+
+
+def _level_and_noise(rng: np.random.Generator, out: np.ndarray, energy_db: float) -> np.ndarray:
+  """float32 `out` at its energy level, plus background noise, peaks kept under 0.95."""
+  n = len(out)
   out *= 0.1 / (np.sqrt(np.mean(out ** 2)) + 1e-9) * 10 ** (energy_db / 20)
   noise = scipy.signal.lfilter(*_BACKGROUND, rng.normal(0, 1, n))
   out += noise * 0.1 * 10 ** (-rng.uniform(10, 28) / 20) * 3
@@ -191,6 +233,23 @@ def synthesize(rng: np.random.Generator, duration: float, speaker: dict, categor
   if peak > 0.95:
     out *= 0.95 / peak
   return out.astype(np.float32)
+
+
+def synthesize(rng: np.random.Generator, duration: float, speaker: dict, category: str,
+               vad: Sequence[float], sr: int = SAMPLE_RATE) -> np.ndarray:
+  """float32 [round(duration * sr)] speech-like waveform whose prosody follows V/A/D.
+
+  The helpers draw from `rng` in a fixed order (prosody, syllables, f0, source, articulation,
+  noise): changing it changes every corpus written with the same seed.
+  """
+  n = int(round(duration * sr))
+  prosody = _prosody(rng, speaker, category, vad)
+  bounds, pause = _syllables(rng, duration, prosody.rate, n)
+  f0 = _f0_contour(rng, duration, bounds, prosody, speaker['f0'], sr)
+  source = _glottal_source(rng, f0, prosody, sr)
+  scale = speaker['vtl'] * (1.03 if category in ('hap', 'exc') else 1.0)
+  out = _articulate(rng, source, bounds, pause, scale, sr)
+  return _level_and_noise(rng, out, prosody.energy_db)
 
 
 def _annotator_lines(rng: np.random.Generator, category: str) -> list[str]:
@@ -215,6 +274,85 @@ def _session_plan(seed: int, session: int, impro_counts: dict, script_counts: di
       plan[script].append((gender, c))
   return [(name, [items[j] for j in rng.permutation(len(items))])
           for name, items in plan.items()]
+
+
+def _turn_line(start: float, duration: float, utt_id: str, category: str,
+               vad: Sequence[float]) -> str:
+  """An EmoEvaluation summary line: '[start - end]<TAB>utt_id<TAB>category<TAB>[V, A, D]'."""
+  return (f'[{start:.4f} - {start + duration:.4f}]\t{utt_id}\t{category}\t'
+          f'[{vad[0]:.4f}, {vad[1]:.4f}, {vad[2]:.4f}]')
+
+
+def _write_dialog(wav_dir: str, eval_path: str, rng_key: Sequence[int], dialog: str,
+                  items: Sequence[tuple[str, str]], speakers: dict,
+                  durations: tuple[float, float], break_one: bool) -> Optional[str]:
+  """Writes one dialog's wavs and its EmoEvaluation file.
+
+  Args:
+    wav_dir: the dialog's wav directory (existing).
+    eval_path: path of its EmoEvaluation .txt file.
+    rng_key: utterance k is drawn from default_rng([*rng_key, k]).
+    dialog: the dialog name; items: [(gender, category)] in turn order.
+    speakers: {gender: `_speaker_params`}.
+    durations: (min, max) utterance duration in seconds.
+    break_one: write the first improvised 'neu' utterance of the F speaker unreadable.
+
+  Returns:
+    The path of the unreadable wav, or None if none was written.
+  """
+  lines = ['% [START_TIME - END_TIME] TURN_NAME EMOTION [V, A, D]', '']
+  numbers, clock, broken = {'F': 0, 'M': 0}, 0.0, None
+  for k, (gender, category) in enumerate(items):
+    rng = np.random.default_rng([*rng_key, k])
+    utt_id = f'{dialog}_{gender}{numbers[gender]:03d}'
+    numbers[gender] += 1
+    duration = round(float(rng.uniform(durations[0], durations[1])), 2)
+    vad = _draw_vad(rng, category)
+    clock += round(float(rng.uniform(0.2, 2.0)), 4)
+    lines.append(_turn_line(clock, duration, utt_id, category, vad))
+    lines += _annotator_lines(rng, category) + ['']
+    clock += duration
+    path = os.path.join(wav_dir, utt_id + '.wav')
+    if (break_one and broken is None and 'impro' in dialog and gender == 'F'
+        and category == 'neu'):
+      with open(path, 'wb') as f:  # a truncated RIFF header followed by garbage
+        f.write(b'RIFF\x24\x00\x00\x00WAVEfmt ' + rng.bytes(13))
+      broken = path
+    else:
+      wave = synthesize(rng, duration, speakers[gender], category, vad)
+      sf.write(path, wave, SAMPLE_RATE, subtype='PCM_16', format='WAV')
+  with open(eval_path, 'w', encoding='utf-8', newline='\n') as f:
+    f.write('\n'.join(lines) + '\n')
+  return broken
+
+
+def _write_session(tmp: str, seed: int, session: int, impro_counts: dict, script_counts: dict,
+                   durations: tuple[float, float], break_one: bool
+                   ) -> tuple[Optional[str], int]:
+  """Writes Session<session> under `tmp`; (path of the unreadable wav or None, utterances)."""
+  speakers = {g: _speaker_params(seed, session, g) for g in 'FM'}
+  eval_dir = os.path.join(tmp, f'Session{session}', 'dialog', 'EmoEvaluation')
+  os.makedirs(eval_dir)
+  unreadable, total = None, 0
+  for dialog_index, (dialog, items) in enumerate(
+      _session_plan(seed, session, impro_counts, script_counts)):
+    wav_dir = os.path.join(tmp, f'Session{session}', 'sentences', 'wav', dialog)
+    os.makedirs(wav_dir)
+    broken = _write_dialog(wav_dir, os.path.join(eval_dir, dialog + '.txt'),
+                           [seed, 3, session, dialog_index], dialog, items, speakers,
+                           durations, break_one and unreadable is None)
+    if broken is not None:
+      unreadable = broken
+    total += len(items)
+  return unreadable, total
+
+
+def _publish(tmp: str, final: str, params: dict) -> None:
+  """Writes the marker into `tmp`, then renames it to `final` (replacing any old corpus)."""
+  with open(os.path.join(tmp, MARKER), 'w') as f:
+    json.dump(params, f, indent=1, sort_keys=True)
+  shutil.rmtree(final, ignore_errors=True)
+  os.rename(tmp, final)
 
 
 def write_corpus(root: str, seed: int = 0, sessions: int = 5,
@@ -242,48 +380,18 @@ def write_corpus(root: str, seed: int = 0, sessions: int = 5,
   broken_session = 2 if sessions >= 2 else 1
   unreadable, total = None, 0
   for session in range(1, sessions + 1):
-    speakers = {g: _speaker_params(seed, session, g) for g in 'FM'}
-    eval_dir = os.path.join(tmp, f'Session{session}', 'dialog', 'EmoEvaluation')
-    os.makedirs(eval_dir)
-    for dialog_index, (dialog, items) in enumerate(
-        _session_plan(seed, session, impro_counts, script_counts)):
-      wav_dir = os.path.join(tmp, f'Session{session}', 'sentences', 'wav', dialog)
-      os.makedirs(wav_dir)
-      lines = ['% [START_TIME - END_TIME] TURN_NAME EMOTION [V, A, D]', '']
-      numbers, clock = {'F': 0, 'M': 0}, 0.0
-      for k, (gender, category) in enumerate(items):
-        rng = np.random.default_rng([seed, 3, session, dialog_index, k])
-        utt_id = f'{dialog}_{gender}{numbers[gender]:03d}'
-        numbers[gender] += 1
-        duration = round(float(rng.uniform(min_duration, max_duration)), 2)
-        vad = _draw_vad(rng, category)
-        clock += round(float(rng.uniform(0.2, 2.0)), 4)
-        lines.append(f'[{clock:.4f} - {clock + duration:.4f}]\t{utt_id}\t{category}\t'
-                     f'[{vad[0]:.4f}, {vad[1]:.4f}, {vad[2]:.4f}]')
-        lines += _annotator_lines(rng, category) + ['']
-        clock += duration
-        path = os.path.join(wav_dir, utt_id + '.wav')
-        if (unreadable is None and session == broken_session and 'impro' in dialog
-            and gender == 'F' and category == 'neu'):
-          with open(path, 'wb') as f:  # a truncated RIFF header followed by garbage
-            f.write(b'RIFF\x24\x00\x00\x00WAVEfmt ' + rng.bytes(13))
-          unreadable = os.path.join(root, RELEASE_DIR, os.path.relpath(path, tmp))
-        else:
-          wave = synthesize(rng, duration, speakers[gender], category, vad)
-          sf.write(path, wave, SAMPLE_RATE, subtype='PCM_16', format='WAV')
-        total += 1
-      with open(os.path.join(eval_dir, dialog + '.txt'), 'w', encoding='utf-8',
-                newline='\n') as f:
-        f.write('\n'.join(lines) + '\n')
+    broken, count = _write_session(tmp, seed, session, impro_counts, script_counts,
+                                   (min_duration, max_duration),
+                                   unreadable is None and session == broken_session)
+    if broken is not None:
+      unreadable = os.path.join(root, RELEASE_DIR, os.path.relpath(broken, tmp))
+    total += count
   params = {'version': VERSION, 'seed': seed, 'sessions': sessions,
             'impro_counts': impro_counts, 'script_counts': script_counts,
             'durations': [min_duration, max_duration], 'utterances': total,
             'unreadable': os.path.relpath(unreadable, os.path.join(root, RELEASE_DIR))}
-  with open(os.path.join(tmp, MARKER), 'w') as f:
-    json.dump(params, f, indent=1, sort_keys=True)
   final = os.path.join(root, RELEASE_DIR)
-  shutil.rmtree(final, ignore_errors=True)
-  os.rename(tmp, final)
+  _publish(tmp, final, params)
   return {'root': final, 'utterances': total, 'unreadable': unreadable}
 
 
@@ -306,6 +414,22 @@ def ensure_corpus(root: str, seed: int = 0) -> str:
                      f'(version {params.get("version")}), not seed {seed} (version {VERSION}); '
                      'use another directory or delete it')
   return write_corpus(root, seed=seed)['root']
+
+
+def read(data: ml_collections.ConfigDict, workdir: Optional[str] = None
+         ) -> tuple[list[Utterance], list[Problem]]:
+  """The corpus reader of kind 'synthetic' (see `mmtl_jax.data.corpus`).
+
+  The corpus lives in data.root, or else <workdir>/synthetic_corpus; it is written there first
+  (deterministically from data.synthetic.seed) unless already complete, then read with the
+  IEMOCAP reader, so the same code path runs as on the real corpus.
+  """
+  root = data.root or (os.path.join(workdir, 'synthetic_corpus') if workdir else '')
+  if not root:
+    raise ValueError("data.kind='synthetic' needs config.data.root or a workdir "
+                     '(the corpus is then written to <workdir>/synthetic_corpus)')
+  root = ensure_corpus(root, seed=int(data.synthetic.seed))
+  return iemocap.read_iemocap(data, root=root)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

@@ -10,12 +10,14 @@ Bring two pure per-task losses over parameter pytrees and get a jit-able meta-st
   params, opt_state, metrics = jax.jit(step_fn, donate_argnums=(0, 1))(
       params, opt_state, task_batch, jax.random.fold_in(key, step))
 
-Modes: 'exact' | 'first_order' | 'reptile'. Task strategies: 'vmap' | 'map' | 'sharded' | 'auto'.
+Modes, by name from the `MODES` registry (`MODES.register(name, fn)` adds one): 'exact' |
+'first_order' | 'reptile'. Task strategies: 'vmap' | 'map' | 'loop' | 'sharded' | 'auto'.
 See docs/META_API.md.
 """
 
-from mmtl_jax.meta.config import MODES, STRATEGIES, MetaConfig
+from mmtl_jax.meta.config import STRATEGIES, MetaConfig
 from mmtl_jax.meta.inner import inner_adapt
+from mmtl_jax.meta.modes import MODES
 from mmtl_jax.meta.outer import meta_gradient, meta_objective, task_meta_gradient, task_rng
 from mmtl_jax.meta.step import make_meta_step, outer_optimizer, param_labels
 from mmtl_jax.meta.strategy import default_mesh, num_tasks, replicate, resolve as resolve_strategy

@@ -1,9 +1,13 @@
-"""`MetaConfig`: the static settings of the meta-update, built from `config.meta`."""
+"""`MetaConfig`: the static settings of the meta-update, built from `config.meta`.
+
+Its field defaults are the only defaults of `config.meta` (configs/base.py copies them).
+"""
 
 import dataclasses
 from typing import Any
 
-MODES = ('exact', 'first_order', 'reptile')
+from mmtl_jax.meta.modes import MODES
+
 STRATEGIES = ('auto', 'vmap', 'map', 'loop', 'sharded')
 TASK_REDUCES = ('mean', 'sum')
 
@@ -13,8 +17,9 @@ class MetaConfig:
   """Hashable (usable as a static jit argument) settings of eqs. 4-7.
 
   Attributes:
-    mode: 'exact' (differentiate through eqs. 4-5), 'first_order' (FOMAML: inner gradients
-      treated as constants) or 'reptile' (outer direction = params - adapted params).
+    mode: a name in `mmtl_jax.meta.modes.MODES`: 'exact' (differentiate through eqs. 4-5),
+      'first_order' (FOMAML: inner gradients treated as constants), 'reptile' (outer
+      direction = params - adapted params), or a registered one.
     strategy: how the task axis is computed: 'vmap', 'map' (sequential lax.scan inside the
       jit), 'loop' (sequential, Python loop traced into the jit), 'sharded' (tasks split over
       all devices, every host's) or 'auto' (CPU: loop, else vmap). See `mmtl_jax.meta.strategy`.
@@ -42,8 +47,7 @@ class MetaConfig:
   log_inner_after: bool = True
 
   def __post_init__(self):
-    if self.mode not in MODES:
-      raise ValueError(f'meta mode {self.mode!r} not in {MODES}')
+    MODES.get(self.mode)  # ValueError listing the registered modes
     if self.strategy not in STRATEGIES:
       raise ValueError(f'meta strategy {self.strategy!r} not in {STRATEGIES}')
     if self.task_reduce not in TASK_REDUCES:
@@ -64,10 +68,5 @@ class MetaConfig:
     for field in dataclasses.fields(cls):
       value = get(field.name, None)
       if value is not None:
-        kwargs[field.name] = _CASTS[field.name](value)
+        kwargs[field.name] = field.type(value)  # e.g. an int gamma from the command line
     return cls(**kwargs)
-
-
-_CASTS = {'mode': str, 'strategy': str, 'inner_steps': int, 'alpha': float, 'beta': float,
-          'gamma': float, 'remat': bool, 'task_chunk': int, 'task_reduce': str,
-          'log_inner_after': bool}

@@ -14,8 +14,8 @@ from typing import Any, Callable, Dict, Tuple
 import jax
 import jax.numpy as jnp
 
-PyTree = Any
-Params = Dict[str, PyTree]  # {'theta': ..., 'phi': ...}; phi may be {}
+from mmtl_jax.types import Params, PyTree
+
 InnerLoss = Callable[[PyTree, PyTree, jax.Array], jax.Array]
 TransferLoss = Callable[[PyTree, PyTree, PyTree, jax.Array], jax.Array]
 

@@ -1,13 +1,8 @@
 """The outer meta-gradient of eqs. 6-7 for one task and over a batch of tasks.
 
-Modes (for one task i, adapted params (theta'_i, phi'_i) from `inner_adapt`):
-  exact:        grad_{theta,phi} L^Q_i(theta'_i(theta), phi'_i(theta, phi)), differentiating
-                through eqs. 4-5 (second order; what eqs. 6-7 write).
-  first_order:  the same with the inner gradients held constant, which makes the Jacobians of
-                the inner updates the identity: grad = grad L^Q_i evaluated at (theta'_i, phi'_i).
-  reptile:      direction = params - adapted params (Nichol et al. 2018), fed to the outer
-                optimiser in place of a gradient. This is what the paper reports running.
-The per-task results are reduced over tasks by `MetaConfig.task_reduce` (mean by default).
+For one task i, the mode named by `MetaConfig.mode` (see `mmtl_jax.meta.modes`: 'exact',
+'first_order', 'reptile' or any registered one) turns the adapted params (theta'_i, phi'_i) of
+`inner_adapt` into an outer direction. The per-task results are reduced over tasks by `MetaConfig.task_reduce` (mean by default).
 """
 
 from typing import Any, Dict, Optional, Tuple
@@ -17,6 +12,7 @@ import jax.numpy as jnp
 
 from mmtl_jax.meta import strategy as strategy_lib
 from mmtl_jax.meta.config import MetaConfig
+from mmtl_jax.meta.modes import MODES
 from mmtl_jax.meta.inner import (RNG_METRICS, RNG_OUTER, InnerLoss, Params, PyTree,
                                  TransferLoss, check_params, inner_adapt)
 
@@ -38,28 +34,15 @@ def task_meta_gradient(params: Params, batch: PyTree, rng: jax.Array, inner_loss
   """
   outer_loss = outer_loss or transfer_loss
   outer_rng = jax.random.fold_in(rng, RNG_OUTER)
-  adapt = lambda p, first_order: inner_adapt(
-      p, batch, rng, inner_loss, transfer_loss, alpha=cfg.alpha, beta=cfg.beta,
-      inner_steps=cfg.inner_steps, first_order=first_order, remat=cfg.remat)
 
-  if cfg.mode == 'exact':
-    def objective(p):
-      adapted, stats = adapt(p, False)
-      return outer_loss(adapted['theta'], adapted['phi'], batch, outer_rng), (adapted, stats)
+  def adapt(p, first_order):
+    return inner_adapt(p, batch, rng, inner_loss, transfer_loss, alpha=cfg.alpha, beta=cfg.beta,
+                       inner_steps=cfg.inner_steps, first_order=first_order, remat=cfg.remat)
 
-    (loss, (adapted, stats)), grads = jax.value_and_grad(objective, has_aux=True)(params)
-    adapted = jax.lax.stop_gradient(adapted)
-  else:
-    adapted, stats = adapt(params, True)
-    adapted = jax.lax.stop_gradient(adapted)
-    if cfg.mode == 'first_order':
-      loss, (g_theta, g_phi) = jax.value_and_grad(outer_loss, argnums=(0, 1))(
-          adapted['theta'], adapted['phi'], batch, outer_rng)
-      grads = {'theta': g_theta, 'phi': g_phi}
-    else:  # reptile
-      loss = outer_loss(adapted['theta'], adapted['phi'], batch, outer_rng)
-      grads = jax.tree.map(jnp.subtract, params, adapted)
+  def outer(adapted):
+    return outer_loss(adapted['theta'], adapted['phi'], batch, outer_rng)
 
+  grads, loss, adapted, stats = MODES.get(cfg.mode)(params, adapt, outer)
   metrics = dict(stats, outer_loss=loss)
   if cfg.log_inner_after:
     metrics['inner_loss_after'] = inner_loss(

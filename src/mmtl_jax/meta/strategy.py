@@ -1,11 +1,12 @@
 """Task-axis strategies: how per-task results are computed and summed over the meta-batch.
 
   vmap:    all tasks at once under jax.vmap. Best on accelerators. On XLA:CPU, vmapping
-           per-task adapted weights turns convolutions into grouped convolutions, which run
-           several times slower (docs/PERFORMANCE.md).
+           per-task adapted weights turns convolutions into grouped convolutions, which
+           XLA:CPU runs far below its usual rate.
   map:     one task at a time under lax.scan inside the jit, accumulating the sum, so only
            one task's activations are alive at once; compile time independent of the number
-           of tasks. On XLA:CPU 17-24% slower than 'loop' (docs/PERFORMANCE.md).
+           of tasks. On XLA:CPU somewhat slower than 'loop', but it compiles fastest and uses
+           the least memory.
   loop:    one task at a time, as a Python loop over one nested jit of the per-task function
            (traced once, inlined n times by XLA): the fastest on XLA:CPU; XLA's compile time
            grows with the number of tasks.
@@ -16,8 +17,8 @@
            jax.distributed.initialize(); place the inputs with `replicate` and
            `shard_task_batch` so that the jitted step receives global arrays.
            `make_meta_step` and `meta_gradient` hand the params to the shard_map as explicit
-           inputs (`on_task_shards`): closed over, jax 0.10 rejects them once they are
-           arrays placed on the mesh.
+           inputs (`on_task_shards`): closed-over arrays placed on a mesh are rejected
+           inside shard_map.
   auto:    'loop' on CPU, 'vmap' elsewhere.
 `task_chunk` > 0 (vmap / sharded) processes that many tasks at a time, accumulating the sum.
 All strategies give the same sums up to float reassociation.
@@ -30,14 +31,16 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-PyTree = Any
+from mmtl_jax.types import PyTree
+
 TaskFn = Callable[[PyTree, jax.Array], PyTree]  # (one task's batch, task index) -> outputs
 
 TASK_AXIS = 'tasks'
 
 
 def resolve(strategy: str) -> str:
-  """Replaces 'auto' by the strategy measured fastest on the default backend."""
+  """Replaces 'auto' by the fastest strategy for the default backend: CPU lacks fast grouped
+  convolutions, so it loops; accelerators have them, so they vmap."""
   if strategy == 'auto':
     return 'loop' if jax.default_backend() == 'cpu' else 'vmap'
   return strategy
@@ -148,8 +151,8 @@ def _loop_sum(fn: TaskFn, batch: PyTree, ids: jax.Array) -> PyTree:
   """Sum over the leading axis of fn(batch[i], ids[i]), traced task by task.
 
   fn goes through one nested jax.jit, so it is traced once and called n times (XLA inlines
-  the calls): at the bench shape trace + lower took 0.6 s instead of 2.8 s (exact mode), which
-  is most of what a persistent-cache hit costs.
+  the calls): tracing and lowering once instead of n times cuts the cost of a persistent-cache
+  hit, which is mostly trace + lower.
   """
   fn = jax.jit(fn)
   total = None
@@ -222,10 +225,9 @@ def on_task_shards(grad_fn: Callable[..., Tuple[PyTree, PyTree]], mesh: Optional
   task axis; grad_fn (e.g. `meta_gradient` with strategy 'sharded') sees its device's tasks
   and reduces over them, then the per-device results are combined: grads by their mean
   (task_reduce='mean': equal shards, so the mean over all tasks) or sum ('sum'), metrics by
-  their mean. Unlike `sum_over_tasks` alone, nothing is closed over inside the shard_map,
-  which jax 0.10 needs when params are arrays placed on the mesh (e.g. by `replicate`, or
-  the previous jitted step's output): closed over, they break the trace (ValueError:
-  "Context mesh ... Manual should match the mesh of sharding ... Auto").
+  their mean. Unlike `sum_over_tasks` alone, nothing is closed over inside the shard_map:
+  closed-over arrays placed on the mesh (e.g. by `replicate`, or the previous jitted step's
+  output) are rejected inside shard_map, so params must come in as explicit inputs.
 
   Raises:
     ValueError (at call): the number of tasks is not a multiple of the number of devices.

@@ -3,10 +3,9 @@
 Why: exact MAML differentiates through the inner gradient, i.e. it transposes the convolution
 gradients JAX's own rules emit. Those second-order transposes come out with layouts such as
 `01fb_o01i->f01b` plus a window reversal, which XLA:CPU cannot hand to its fast convolution
-kernels: on the bench shape two such ops took 449 of the 652 ms of one task's exact
-meta-gradient (jax 0.10, `experiments/benchmark.py`, docs/PERFORMANCE.md). Here every
-derivative is written by hand as a forward NHWC/HWIO convolution (plus cheap flips and
-transposes of the small kernel), so each order of differentiation stays on the fast path.
+kernels, so they dominate the exact meta-gradient. Here every derivative is written by hand as
+a forward NHWC/HWIO convolution (plus cheap flips and transposes of the small kernel), so each
+order of differentiation stays on the fast path.
 
 `conv2d_same(x, w)` equals `lax.conv_general_dilated(x, w, (1, 1), 'SAME', NHWC/HWIO/NHWC)`;
 it supports reverse mode to any order and vmap, not forward mode (jvp): use `Conv(...,
@@ -38,11 +37,9 @@ def _conv(x, w, pads):
 def _conv_one_channel(x, w, pads):
   """`_conv` for a 1-channel input (the spectrogram entering the first block).
 
-  XLA:CPU runs a convolution with one input channel far below its usual rate (20 against 72
-  GFLOP/s on the bench shape's first block, Intel Xeon). Stacking the kw frequency shifts of
-  the input as channels turns it into a (kh, 1) convolution over kw channels with the same
-  products (float32 results matched lax's exactly there): 148 -> 78 ms for the first block's
-  forward pass over 64 segments.
+  XLA:CPU runs a convolution with one input channel far below its usual rate. Stacking the kw
+  frequency shifts of the input as channels turns it into a (kh, 1) convolution over kw
+  channels with the same products, which XLA:CPU runs at its usual, much higher rate.
   """
   kh, kw, _, out = w.shape
   (pad_h, (lo, hi)) = pads

@@ -35,9 +35,8 @@ def max_pool_2x2(y: jax.Array) -> jax.Array:
   """2x2 max pool, stride 2, floor on odd sizes: [B, H, W, C] -> [B, H // 2, W // 2, C].
 
   A reshape and a max instead of `nn.max_pool`: same values and, away from ties, the same
-  gradients, but XLA:CPU runs its backward pass about 2.4x faster (44 vs 107 ms on
-  [128, 96, 64, 8]), and its second-order derivatives are elementwise selects instead of
-  select-and-scatter.
+  gradients, but XLA:CPU runs its backward pass much faster than select-and-scatter, and its
+  second-order derivatives are elementwise selects instead of select-and-scatter transposes.
   """
   b, h, w, c = y.shape
   if h < 2 or w < 2:
@@ -120,8 +119,8 @@ class MetaLearner(nn.Module):
   # True: stop after the BiLSTM and return [B, 2 * lstm_hidden] (the shared extractor of the
   # CNN-LSTM+MTL baseline, which puts its own FC layers per task on top).
   features_only: bool = False
-  # True: convolutions with hand-written VJPs (models/conv.py), several times faster under
-  # exact MAML on XLA:CPU; False: lax's own rules, needed for forward-mode autodiff (jvp).
+  # True: convolutions with hand-written VJPs (models/conv.py), whose second-order derivatives
+  # stay on XLA:CPU's fast kernels; False: lax's own rules, needed for forward-mode autodiff.
   conv_vjp: bool = True
 
   @nn.compact
@@ -148,19 +147,3 @@ class MetaLearner(nn.Module):
     y = nn.Dense(self.num_outputs, dtype=self.dtype, param_dtype=self.param_dtype,
                  name='head')(y)
     return y.astype(jnp.promote_types(self.dtype, jnp.float32))  # f32, or f64 in x64 tests
-
-  @classmethod
-  def from_config(cls, model_config: Any, **overrides: Any) -> 'MetaLearner':
-    """Builds the module from `config.model` (see configs/base.py)."""
-    kwargs = dict(
-        conv_features=tuple(int(f) for f in model_config.conv_features),
-        conv_kernels=tuple(tuple(int(k) for k in ks) for ks in model_config.conv_kernels),
-        lstm_hidden=int(model_config.lstm_hidden),
-        fc_hidden=int(model_config.fc_hidden),
-        num_outputs=int(model_config.num_outputs),
-        dropout=float(model_config.get('dropout', 0.0)),
-        dtype=compute_dtype(model_config.get('dtype', 'float32')),
-        conv_vjp=bool(model_config.get('conv_vjp', True)),
-    )
-    kwargs.update(overrides)
-    return cls(**kwargs)

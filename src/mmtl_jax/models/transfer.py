@@ -1,12 +1,10 @@
 """The transfer learner (paper section 2.3, Table 1 FC_3): one FC layer on the meta logits."""
 
-from typing import Any
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mmtl_jax.models.meta_learner import Dtype, compute_dtype
+from mmtl_jax.models.meta_learner import Dtype
 
 
 class TransferLearner(nn.Module):
@@ -21,10 +19,3 @@ class TransferLearner(nn.Module):
     y = nn.Dense(self.num_outputs, dtype=self.dtype, param_dtype=self.param_dtype,
                  name='fc')(meta_logits)
     return y.astype(jnp.promote_types(self.dtype, jnp.float32))
-
-  @classmethod
-  def from_config(cls, model_config: Any, **overrides: Any) -> 'TransferLearner':
-    kwargs = dict(num_outputs=int(model_config.num_outputs),
-                  dtype=compute_dtype(model_config.get('dtype', 'float32')))
-    kwargs.update(overrides)
-    return cls(**kwargs)

@@ -17,10 +17,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from mmtl_jax import meta
-import mmtl_jax.meta.inner  # noqa: F401  (type aliases)
-import mmtl_jax.meta.step  # noqa: F401
-from mmtl_jax.models import MetaLearner, TransferLearner
+from mmtl_jax import meta, models
+from mmtl_jax.meta.inner import InnerLoss, TransferLoss
+from mmtl_jax.meta.step import InitFn, StepFn
+from mmtl_jax.types import Params
 
 Batch = Any
 
@@ -52,7 +52,7 @@ def _apply(module, params, x, rng, train):
   return module.apply({'params': params}, x)
 
 
-def make_losses(model_config: Any) -> Tuple[meta.inner.InnerLoss, meta.inner.TransferLoss]:
+def make_losses(model_config: Any) -> Tuple[InnerLoss, TransferLoss]:
   """The MMTL per-task losses (one speaker task, no task axis).
 
   inner_loss(theta, batch, rng): mean over the k auxiliary tasks of the weighted CE of the
@@ -61,9 +61,9 @@ def make_losses(model_config: Any) -> Tuple[meta.inner.InnerLoss, meta.inner.Tra
     target_weight (eq. 5 and the outer loss of eqs. 6-7).
   Dropout (model.dropout > 0) is active in both, drawing from `rng`.
   """
-  meta_learner = MetaLearner.from_config(model_config)
-  transfer = TransferLearner.from_config(model_config)
-  train = meta_learner.dropout > 0
+  meta_learner = models.build(model_config)
+  transfer = models.transfer_learner(model_config)
+  train = float(model_config.get('dropout', 0.0)) > 0
 
   def inner_loss(theta, batch, rng):
     logits = _apply(meta_learner, theta, batch['x'], rng, train)
@@ -79,57 +79,37 @@ def make_losses(model_config: Any) -> Tuple[meta.inner.InnerLoss, meta.inner.Tra
   return inner_loss, transfer_loss
 
 
-def init_params(model_config: Any, rng: jax.Array,
-                input_shape: Sequence[int]) -> meta.inner.Params:
+def init_params(model_config: Any, rng: jax.Array, input_shape: Sequence[int]) -> Params:
   """Initial {'theta': meta learner params, 'phi': transfer learner params} (float32).
 
   input_shape: one segment batch [B, T, F] (B may be 1).
   """
-  meta_learner = MetaLearner.from_config(model_config)
-  transfer = TransferLearner.from_config(model_config)
+  meta_learner = models.build(model_config)
+  transfer = models.transfer_learner(model_config)
 
   @jax.jit  # one compilation instead of one per initialiser op
   def init(rng):
     theta_rng, phi_rng = jax.random.split(rng)
     x = jnp.zeros(tuple(input_shape), jnp.float32)
     theta = meta_learner.init(theta_rng, x)['params']
-    z = jnp.zeros((1, meta_learner.num_outputs), jnp.float32)
+    z = jnp.zeros((1, int(model_config.num_outputs)), jnp.float32)
     return {'theta': theta, 'phi': transfer.init(phi_rng, z)['params']}
 
   return init(rng)
 
 
-def model_config_from_params(theta: Any, dtype: str = 'float32') -> ml_collections.ConfigDict:
-  """Recovers the architecture fields of `config.model` from meta learner params' shapes."""
-  c = ml_collections.ConfigDict()
-  convs = sorted((k for k in theta if k.startswith('conv_')), key=lambda k: int(k[5:]))
-  c.conv_features = tuple(int(theta[k]['kernel'].shape[3]) for k in convs)
-  c.conv_kernels = tuple(tuple(int(s) for s in theta[k]['kernel'].shape[:2]) for k in convs)
-  c.lstm_hidden = int(theta['bilstm']['recurrent_kernel'].shape[1])
-  c.fc_hidden = int(theta['fc_hidden']['kernel'].shape[1])
-  c.num_outputs = int(theta['head']['kernel'].shape[1])
-  c.dropout = 0.0
-  c.dtype = dtype
-  return c
-
-
-def predict_logits(params: meta.inner.Params, x: jax.Array,
-                   model_config: Optional[Any] = None) -> jax.Array:
+def predict_logits(params: Params, x: jax.Array, model_config: Any) -> jax.Array:
   """Emotion logits transfer(meta(x)) for segments x [N, T, F] -> [N, C] (no dropout).
 
-  Without model_config, the architecture is read off the parameter shapes (float32 compute).
   Softmax these logits once for posteriors (utterance score = mean of segment posteriors).
   """
-  model_config = model_config or model_config_from_params(params['theta'])
-  meta_learner = MetaLearner.from_config(model_config, dropout=0.0)
-  transfer = TransferLearner.from_config(model_config)
-  logits = meta_learner.apply({'params': params['theta']}, x)
-  return transfer.apply({'params': params['phi']}, logits)
+  logits = models.build(model_config, dropout=0.0).apply({'params': params['theta']}, x)
+  return models.transfer_learner(model_config).apply({'params': params['phi']}, logits)
 
 
 def make_mmtl_step(config: ml_collections.ConfigDict, optimizer=None,
                    mesh: Optional[jax.sharding.Mesh] = None
-                   ) -> Tuple[meta.step.InitFn, meta.step.StepFn]:
+                   ) -> Tuple[InitFn, StepFn]:
   """(init_fn, step_fn) of MMTL from a full config (uses config.model and config.meta).
 
   step_fn(params, opt_state, batch, rng) -> (params, opt_state, metrics) is pure; jit it with
@@ -153,6 +133,6 @@ def random_batch(num_tasks: int, batch_size: int, frames: int, bins: int, num_au
   }
 
 
-__all__ = ['init_params', 'make_losses', 'make_mmtl_step', 'model_config_from_params',
-           'predict_logits', 'random_batch', 'weighted_cross_entropy']
+__all__ = ['init_params', 'make_losses', 'make_mmtl_step', 'predict_logits', 'random_batch',
+           'weighted_cross_entropy']
 

@@ -100,6 +100,131 @@ def _mean_std(values: Sequence[float | None]) -> tuple[float | None, float | Non
   return float(arr.mean()), std
 
 
+def _group_records(fold_records: Iterable[Mapping[str, Any]]
+                   ) -> dict[tuple[str, str], list[Mapping[str, Any]]]:
+  """{(model, protocol): records}, in order of first appearance.
+
+  Raises:
+    ValueError: a record lacks a required key, or there are no records.
+  """
+  groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
+  for rec in fold_records:
+    missing = [k for k in ('model', 'protocol', 'fold', 'y_true', 'y_pred') if k not in rec]
+    if missing:
+      raise ValueError(f'fold record lacks {missing}: {sorted(rec)}')
+    groups.setdefault((str(rec['model']), str(rec['protocol'])), []).append(rec)
+  if not groups:
+    raise ValueError('aggregate_runs got no fold records.')
+  return groups
+
+
+def _check_utterances(rec: Mapping[str, Any], num_utts: int, fold: Any, seed: int, where: str,
+                      utts_by_seed: dict[int, set]) -> None:
+  """Adds `rec`'s utt_ids (if any) to utts_by_seed[seed], so no utterance is scored twice.
+
+  Raises:
+    ValueError: an id repeats within the fold, or was tested in another fold of `seed`.
+  """
+  if rec.get('utt_ids') is None:
+    return
+  ids = set(np.asarray(rec['utt_ids']).tolist())
+  if len(ids) != num_utts:
+    raise ValueError(f'Repeated utterance ids within fold {fold!r} ({where}).')
+  overlap = utts_by_seed.setdefault(seed, set()) & ids
+  if overlap:
+    raise ValueError(f'Utterances tested in more than one fold of seed {seed} ({where}):'
+                     f' e.g. {sorted(map(str, overlap))[:3]}.')
+  utts_by_seed[seed] |= ids
+
+
+def _fold_entry(rec: Mapping[str, Any], fold: Any, seed: int,
+                summary: Mapping[str, Any]) -> dict[str, Any]:
+  """The results.json 'folds' entry of one record; its non-reserved fields are copied last."""
+  entry = {'fold': fold, 'seed': seed, 'UA': summary['UA'], 'WA': summary['WA'],
+           'n': summary['n'], 'dev_UA': to_jsonable(rec.get('dev_UA')),
+           'dev_WA': to_jsonable(rec.get('dev_WA')), 'confusion': summary['confusion']}
+  for k, v in rec.items():
+    if k not in _RECORD_KEYS:
+      entry[k] = to_jsonable(v)
+  return entry
+
+
+def _score_records(recs: Sequence[Mapping[str, Any]], names: list[str], where: str
+                   ) -> tuple[list[dict[str, Any]], dict[int, list[tuple[np.ndarray, np.ndarray]]],
+                              np.ndarray]:
+  """Scores the records of one run.
+
+  Returns:
+    (fold entries in record order, {seed: [(y_true, y_pred) per fold]},
+     [C, C] int64 confusion counts summed over all records).
+  """
+  seen = set()
+  folds = []
+  by_seed: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
+  utts_by_seed: dict[int, set] = {}
+  counts = np.zeros((len(names), len(names)), dtype=np.int64)
+  for rec in recs:
+    seed = int(rec.get('seed', 0))
+    fold = to_jsonable(rec['fold'])
+    if (fold, seed) in seen:
+      raise ValueError(f'Duplicate fold record fold={fold!r} seed={seed} ({where}).')
+    seen.add((fold, seed))
+    y_true, y_pred = np.asarray(rec['y_true']), np.asarray(rec['y_pred'])
+    try:
+      summary = metrics.summarise(y_true, y_pred, names)
+    except (ValueError, TypeError) as e:
+      # Re-raised with the record's identity: the bare message does not say which fold.
+      raise type(e)(f'{where}, fold={fold!r}, seed={seed}: {e}') from e
+    _check_utterances(rec, len(y_true), fold, seed, where, utts_by_seed)
+    by_seed.setdefault(seed, []).append((y_true, y_pred))
+    counts += np.asarray(summary['confusion'], dtype=np.int64)
+    folds.append(_fold_entry(rec, fold, seed, summary))
+  return folds, by_seed, counts
+
+
+def _pooled_by_seed(by_seed: Mapping[int, Sequence[tuple[np.ndarray, np.ndarray]]],
+                    names: list[str]) -> list[dict[str, Any]]:
+  """[{'seed', 'UA', 'WA', 'n'}] over the union of each seed's folds, by increasing seed."""
+  pooled = []
+  for seed, pairs in sorted(by_seed.items()):
+    yt = np.concatenate([p[0] for p in pairs])
+    yp = np.concatenate([p[1] for p in pairs])
+    s = metrics.summarise(yt, yp, names)
+    pooled.append({'seed': seed, 'UA': s['UA'], 'WA': s['WA'], 'n': s['n']})
+  return pooled
+
+
+def _run_entry(model: str, protocol: str, names: list[str], folds: list[dict[str, Any]],
+               by_seed: Mapping[int, Any], counts: np.ndarray) -> dict[str, Any]:
+  """One results.json run (schema in the module docstring) from `_score_records`' output."""
+  pooled_by_seed = _pooled_by_seed(by_seed, names)
+  recall = metrics.per_class_recall_from_counts(counts)
+  mean, std = {}, {}
+  for m in ('UA', 'WA', 'dev_UA', 'dev_WA'):
+    mean[m], std[m] = _mean_std([f[m] for f in folds])
+  return {
+      'model': model,
+      'protocol': protocol,
+      'classes': names,
+      'seeds': sorted(by_seed),
+      'n_folds': len({f['fold'] for f in folds}),
+      'pooled': {
+          'UA': float(np.mean([p['UA'] for p in pooled_by_seed])),
+          'WA': float(np.mean([p['WA'] for p in pooled_by_seed])),
+          # Seeds normally share the test sets; if they do not, the mean size is reported.
+          'n': int(round(np.mean([p['n'] for p in pooled_by_seed]))),
+      },
+      'pooled_by_seed': pooled_by_seed,
+      'folds': folds,
+      'mean': mean,
+      'std': std,
+      'confusion': {'counts': counts.tolist(),
+                    'normalised': metrics.row_normalise(counts).tolist(),
+                    'classes': names},
+      'per_class_recall': {n: to_jsonable(r) for n, r in zip(names, recall)},
+  }
+
+
 def aggregate_runs(fold_records: Iterable[Mapping[str, Any]],
                    class_names: Sequence[str]) -> list[dict[str, Any]]:
   """Groups fold records by (model, protocol) and computes the run entries of results.json.
@@ -118,85 +243,12 @@ def aggregate_runs(fold_records: Iterable[Mapping[str, Any]],
       seed, labels out of range, or no records.
   """
   names = [str(c) for c in class_names]
-  num_classes = len(names)
-  groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
-  for rec in fold_records:
-    missing = [k for k in ('model', 'protocol', 'fold', 'y_true', 'y_pred') if k not in rec]
-    if missing:
-      raise ValueError(f'fold record lacks {missing}: {sorted(rec)}')
-    groups.setdefault((str(rec['model']), str(rec['protocol'])), []).append(rec)
-  if not groups:
-    raise ValueError('aggregate_runs got no fold records.')
-
   runs = []
-  for (model, protocol), recs in groups.items():
+  # Every record is checked for its keys before any run is scored.
+  for (model, protocol), recs in _group_records(fold_records).items():
     where = f'model={model}, protocol={protocol}'
-    seen = set()
-    folds = []
-    by_seed: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
-    utts_by_seed: dict[int, set] = {}
-    counts = np.zeros((num_classes, num_classes), dtype=np.int64)
-    for rec in recs:
-      seed = int(rec.get('seed', 0))
-      key = (to_jsonable(rec['fold']), seed)
-      if key in seen:
-        raise ValueError(f'Duplicate fold record fold={key[0]!r} seed={seed} ({where}).')
-      seen.add(key)
-      y_true, y_pred = np.asarray(rec['y_true']), np.asarray(rec['y_pred'])
-      try:
-        summary = metrics.summarise(y_true, y_pred, names)
-      except (ValueError, TypeError) as e:
-        raise type(e)(f'{where}, fold={key[0]!r}, seed={seed}: {e}') from e
-      if rec.get('utt_ids') is not None:
-        ids = set(np.asarray(rec['utt_ids']).tolist())
-        if len(ids) != len(y_true):
-          raise ValueError(f'Repeated utterance ids within fold {key[0]!r} ({where}).')
-        overlap = utts_by_seed.setdefault(seed, set()) & ids
-        if overlap:
-          raise ValueError(f'Utterances tested in more than one fold of seed {seed} ({where}):'
-                           f' e.g. {sorted(map(str, overlap))[:3]}.')
-        utts_by_seed[seed] |= ids
-      by_seed.setdefault(seed, []).append((y_true, y_pred))
-      counts += np.asarray(summary['confusion'], dtype=np.int64)
-      entry = {'fold': key[0], 'seed': seed, 'UA': summary['UA'], 'WA': summary['WA'],
-               'n': summary['n'], 'dev_UA': to_jsonable(rec.get('dev_UA')),
-               'dev_WA': to_jsonable(rec.get('dev_WA')), 'confusion': summary['confusion']}
-      for k, v in rec.items():
-        if k not in _RECORD_KEYS:
-          entry[k] = to_jsonable(v)
-      folds.append(entry)
-
-    pooled_by_seed = []
-    for seed, pairs in sorted(by_seed.items()):
-      yt = np.concatenate([p[0] for p in pairs])
-      yp = np.concatenate([p[1] for p in pairs])
-      s = metrics.summarise(yt, yp, names)
-      pooled_by_seed.append({'seed': seed, 'UA': s['UA'], 'WA': s['WA'], 'n': s['n']})
-    recall = metrics.per_class_recall_from_counts(counts)
-    mean, std = {}, {}
-    for m in ('UA', 'WA', 'dev_UA', 'dev_WA'):
-      mean[m], std[m] = _mean_std([f[m] for f in folds])
-    runs.append({
-        'model': model,
-        'protocol': protocol,
-        'classes': names,
-        'seeds': sorted(by_seed),
-        'n_folds': len({f['fold'] for f in folds}),
-        'pooled': {
-            'UA': float(np.mean([p['UA'] for p in pooled_by_seed])),
-            'WA': float(np.mean([p['WA'] for p in pooled_by_seed])),
-            # Seeds normally share the test sets; if they do not, the mean size is reported.
-            'n': int(round(np.mean([p['n'] for p in pooled_by_seed]))),
-        },
-        'pooled_by_seed': pooled_by_seed,
-        'folds': folds,
-        'mean': mean,
-        'std': std,
-        'confusion': {'counts': counts.tolist(),
-                      'normalised': metrics.row_normalise(counts).tolist(),
-                      'classes': names},
-        'per_class_recall': {n: to_jsonable(r) for n, r in zip(names, recall)},
-    })
+    folds, by_seed, counts = _score_records(recs, names, where)
+    runs.append(_run_entry(model, protocol, names, folds, by_seed, counts))
   return runs
 
 

@@ -24,11 +24,9 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from mmtl_jax import models
+from mmtl_jax.registry import Registry
 from mmtl_jax.ser import losses as ser
-from mmtl_jax.models import MetaLearner
-from mmtl_jax.models.meta_learner import compute_dtype
-
-SYSTEMS = ('mmtl', 'cnn_lstm', 'cnn_lstm_mtl')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,8 +52,8 @@ class MultiTaskCNNLSTM(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> Dict[str, jax.Array]:
     mc = self.model_config
-    dtype = compute_dtype(mc.get('dtype', 'float32'))
-    trunk = MetaLearner.from_config(mc, features_only=True, name='trunk')
+    dtype = models.compute_dtype(mc.get('dtype', 'float32'))
+    trunk = models.build(mc, features_only=True, name='trunk')
     h = trunk(x, train=train)
     out = {}
     for task in ('emotion',) + tuple(self.aux_tasks):
@@ -120,7 +118,7 @@ def mmtl_system(config: ml_collections.ConfigDict) -> System:
 
 def cnn_lstm_system(config: ml_collections.ConfigDict) -> System:
   """CNN-LSTM (Satt et al. 2017): the meta learner's architecture trained on emotion only."""
-  model = MetaLearner.from_config(config.model)
+  model = models.build(config.model)
   optimizer = optax.adam(config.meta.gamma)
 
   def init(rng, input_shape):
@@ -184,10 +182,14 @@ def cnn_lstm_mtl_system(config: ml_collections.ConfigDict) -> System:
                 predict_logits, finetune_loss if aux_tasks else None, finetune_labels)
 
 
+SYSTEMS: Registry[Callable[[ml_collections.ConfigDict], System]] = Registry(
+    'system', 'config.train.models')
+SYSTEMS.register('mmtl', mmtl_system)
+SYSTEMS.register('cnn_lstm', cnn_lstm_system)
+SYSTEMS.register('cnn_lstm_mtl', cnn_lstm_mtl_system)
+
+
 def make_system(name: str, config: ml_collections.ConfigDict) -> System:
-  """The System called `name` ('mmtl' | 'cnn_lstm' | 'cnn_lstm_mtl') built from `config`."""
-  builders = {'mmtl': mmtl_system, 'cnn_lstm': cnn_lstm_system,
-              'cnn_lstm_mtl': cnn_lstm_mtl_system}
-  if name not in builders:
-    raise ValueError(f'unknown model {name!r}; expected one of {SYSTEMS}')
-  return builders[name](config)
+  """The System registered as `name` ('mmtl' | 'cnn_lstm' | 'cnn_lstm_mtl' | ...), built from
+  `config`; ValueError listing the registered names if unknown."""
+  return SYSTEMS.get(name)(config)

@@ -1,4 +1,4 @@
-"""Benchmark of one MMTL meta-iteration per meta mode x task strategy (issue: performance).
+"""Benchmark of one MMTL meta-iteration per meta mode x task strategy.
 
 Each (mode, strategy) is measured in two fresh subprocesses sharing a new, empty persistent
 compilation-cache directory: the first compiles cold (and fills the cache), then times the
@@ -31,7 +31,8 @@ import time
 from typing import Any, Dict, List, Optional, Sequence
 
 SHAPES = {
-    # tasks x segments x frames x bins (DESIGN.md's bench shape; the paper's full size)
+    # tasks x segments x frames x bins; 'bench' is the shape of REFERENCE_CPU_S, 'paper' the
+    # paper's full size.
     'bench': (8, 8, 100, 64),
     'paper': (8, 64, 300, 200),
     'tiny': (2, 2, 16, 16),  # tests only
@@ -39,7 +40,8 @@ SHAPES = {
 MODES = ('first_order', 'exact', 'reptile')
 STRATEGIES = ('loop', 'vmap', 'map', 'sharded')
 
-# DESIGN.md, "Measured so far", bench shape, 2-core AMD EPYC CPU: seconds per meta-iteration.
+# Seconds per meta-iteration of earlier implementations, bench shape, 2-core AMD EPYC CPU:
+# summary() reports the speed-ups against them (docs/PERFORMANCE.md gives their origin).
 REFERENCE_CPU_S = {
     'pytorch_reference_first_order': 4.3,
     'torch_func_first_order': 4.9,
@@ -80,20 +82,24 @@ def _flops(cost: Any) -> float:
   return float((cost or {}).get('flops', 0.0))
 
 
-def measure(job: Job) -> Dict[str, Any]:
-  """Runs one job in THIS process (call it in a fresh one: the cache settings are global)."""
-  import jax  # pylint: disable=g-import-not-at-top  (after the cache flags are set below)
+def _job_config(job: Job) -> Any:
+  """The job's ConfigDict with its meta mode and its strategy ('auto' resolved) set."""
   import ml_collections  # pylint: disable=g-import-not-at-top
-  from mmtl_jax.ser import losses as ser  # pylint: disable=g-import-not-at-top
   from mmtl_jax.meta import strategy as strategy_lib  # pylint: disable=g-import-not-at-top
-
-  jax.config.update('jax_compilation_cache_dir', job.cache_dir)
-  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
-  jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
-
   config = ml_collections.ConfigDict(json.loads(job.config_json))
   config.meta.mode = job.mode
   config.meta.strategy = strategy_lib.resolve(job.strategy)
+  return config
+
+
+def _build_step(job: Job, config: Any) -> tuple:
+  """(jitted step donating params and opt_state, params, opt_state, batch, key) of `job`.
+
+  Inputs are placed as the strategy needs them: replicated and task-sharded for 'sharded'.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  from mmtl_jax.ser import losses as ser  # pylint: disable=g-import-not-at-top
+  from mmtl_jax.meta import strategy as strategy_lib  # pylint: disable=g-import-not-at-top
   tasks, segments, frames, bins = SHAPES[job.shape]
   batch = ser.random_batch(tasks, segments, frames, bins, num_aux=3,
                            num_classes=int(config.model.num_outputs))
@@ -107,19 +113,30 @@ def measure(job: Job) -> Dict[str, Any]:
   else:
     batch = jax.device_put(batch)
   key = jax.random.PRNGKey(1)
-  step = jax.jit(step_fn, donate_argnums=(0, 1))
+  return jax.jit(step_fn, donate_argnums=(0, 1)), params, opt_state, batch, key
 
-  start = time.perf_counter()
-  compiled = step.lower(params, opt_state, batch, key).compile()
-  compile_s = time.perf_counter() - start
-  record = {'mode': job.mode, 'strategy': config.meta.strategy, 'shape': job.shape,
-            'phase': job.phase, 'compile_s': compile_s,
-            'compile_flops_gflop': _flops(compiled.cost_analysis()) / 1e9,
-            'backend': jax.default_backend(), 'device': jax.devices()[0].device_kind,
-            'devices': jax.device_count(), 'default_strategy': strategy_lib.resolve('auto')}
-  if job.phase == 'cached':
-    return record
 
+def _compile_record(job: Job, config: Any, compiled: Any, compile_s: float) -> Dict[str, Any]:
+  """The record fields every phase reports: what ran, where, and the compile time."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from mmtl_jax.meta import strategy as strategy_lib  # pylint: disable=g-import-not-at-top
+  return {'mode': job.mode, 'strategy': config.meta.strategy, 'shape': job.shape,
+          'phase': job.phase, 'compile_s': compile_s,
+          'compile_flops_gflop': _flops(compiled.cost_analysis()) / 1e9,
+          'backend': jax.default_backend(), 'device': jax.devices()[0].device_kind,
+          'devices': jax.device_count(), 'default_strategy': strategy_lib.resolve('auto')}
+
+
+def _time_iterations(job: Job, compiled: Any, params: Any, opt_state: Any, batch: Any,
+                     key: Any) -> tuple[List[float], Any, Any, float]:
+  """(seconds of each of the 1 + job.iters calls, params, opt_state, last outer loss).
+
+  The first call is the warm-up; params and opt_state are donated, so the latest are returned.
+
+  Raises:
+    FloatingPointError: the outer loss is NaN (a broken step must not pass for a fast one).
+  """
+  import jax  # pylint: disable=g-import-not-at-top
   times = []
   for i in range(job.iters + 1):
     start = time.perf_counter()
@@ -127,23 +144,53 @@ def measure(job: Job) -> Dict[str, Any]:
     jax.block_until_ready((params, opt_state, metrics))
     times.append(time.perf_counter() - start)
   outer_loss = float(metrics['outer_loss'])
-  if not outer_loss == outer_loss:  # NaN: a broken step must not pass for a fast one
+  if not outer_loss == outer_loss:  # NaN
     raise FloatingPointError(f'{job.mode}/{job.strategy}: outer loss is NaN')
+  return times, params, opt_state, outer_loss
 
+
+def _work_flops(job: Job, config: Any, compiled: Any, params: Any, opt_state: Any,
+                key: Any) -> float:
+  """XLA's FLOPs of one iteration with tasks unrolled (see the module docstring)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from mmtl_jax.ser import losses as ser  # pylint: disable=g-import-not-at-top
+  if config.meta.strategy == 'loop':
+    return _flops(compiled.cost_analysis())
+  work_config = ml_collections.ConfigDict(json.loads(job.config_json))
+  work_config.meta.mode, work_config.meta.strategy = job.mode, 'loop'
+  _, work_step = ser.make_mmtl_step(work_config)
+  tasks, segments, frames, bins = SHAPES[job.shape]
+  host_batch = ser.random_batch(tasks, segments, frames, bins, num_aux=3,
+                                num_classes=int(config.model.num_outputs))
+  return _flops(jax.jit(work_step).lower(jax.device_get(params), jax.device_get(opt_state),
+                                         host_batch, key).compile().cost_analysis())
+
+
+def measure(job: Job) -> Dict[str, Any]:
+  """Runs one job in THIS process (call it in a fresh one: the cache settings are global)."""
+  # Imported here so that the parent process, which only starts workers, never loads jax.
+  import jax  # pylint: disable=g-import-not-at-top
+
+  jax.config.update('jax_compilation_cache_dir', job.cache_dir)
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
+  jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
+
+  config = _job_config(job)
+  step, params, opt_state, batch, key = _build_step(job, config)
+  start = time.perf_counter()
+  compiled = step.lower(params, opt_state, batch, key).compile()
+  record = _compile_record(job, config, compiled, time.perf_counter() - start)
+  if job.phase == 'cached':
+    return record
+
+  times, params, opt_state, outer_loss = _time_iterations(job, compiled, params, opt_state,
+                                                          batch, key)
+  # Peak memory before the work count below compiles another step.
   device_peak = _device_peak_mb(jax.devices()[0])
   peak_mb = device_peak if device_peak is not None else _peak_rss_mb()
-  # The work of one iteration, counted by XLA after optimisation with tasks unrolled (see
-  # the module docstring); compiled here after the timings, so it costs them nothing.
-  if config.meta.strategy == 'loop':
-    work = _flops(compiled.cost_analysis())
-  else:
-    work_config = ml_collections.ConfigDict(json.loads(job.config_json))
-    work_config.meta.mode, work_config.meta.strategy = job.mode, 'loop'
-    _, work_step = ser.make_mmtl_step(work_config)
-    host_batch = ser.random_batch(tasks, segments, frames, bins, num_aux=3,
-                                  num_classes=int(config.model.num_outputs))
-    work = _flops(jax.jit(work_step).lower(jax.device_get(params), jax.device_get(opt_state),
-                                           host_batch, key).compile().cost_analysis())
+  # Compiled after the timings, so it costs them nothing.
+  work = _work_flops(job, config, compiled, params, opt_state, key)
   s_per_iter = statistics.median(times[1:])
   record.update(s_per_iter=s_per_iter, iters_s=times[1:], warmup_s=times[0],
                 outer_loss=outer_loss, work_gflop=work / 1e9,
@@ -240,7 +287,7 @@ def format_table(records: Sequence[Dict[str, Any]]) -> str:
 
 
 def summary(records: Sequence[Dict[str, Any]]) -> List[str]:
-  """The issue's targets, as lines of measured ratios (bench shape, CPU references)."""
+  """The performance targets, as lines of measured ratios (bench shape, CPU references)."""
   ok = [r for r in records if 'error' not in r]
   if not ok:
     return ['no successful record']
@@ -260,11 +307,11 @@ def summary(records: Sequence[Dict[str, Any]]) -> List[str]:
   fo, ex = by.get(('first_order', default)), by.get(('exact', default))
   if fo and ok[0]['shape'] == 'bench' and ok[0]['backend'] == 'cpu':
     for name in ('pytorch_reference_first_order', 'torch_func_first_order'):
-      lines.append(f'first_order speed-up vs {name} ({REFERENCE_CPU_S[name]} s, DESIGN.md): '
+      lines.append(f'first_order speed-up vs {name} ({REFERENCE_CPU_S[name]} s before the project): '
                    f'{REFERENCE_CPU_S[name] / fo["s_per_iter"]:.2f}x (target >= 4)')
   if fo and ex:
     lines.append(f'exact / first_order ({default}): time {ex["s_per_iter"] / fo["s_per_iter"]:.2f}'
-                 f' (target <= 2.5; DESIGN.md naive JAX 5.9, torch.func 2.0), FLOPs '
+                 f' (target <= 2.5; naive JAX 5.9, torch.func 2.0), FLOPs '
                  f'{ex["work_gflop"] / fo["work_gflop"]:.2f}')
   lines.append(f'max cold compile {max(r["compile_s"] for r in ok):.1f} s (target <= 20); '
                f'max cached compile '

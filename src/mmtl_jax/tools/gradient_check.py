@@ -4,7 +4,7 @@ Used by experiments/compare_gradients.py. Everything runs in float64 (jax x64 en
 context, restored after) so a central finite difference can check the exact gradient.
 """
 
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -38,6 +38,83 @@ def layer_table(exact: Any, first_order: Any, reptile: Any) -> List[Dict[str, An
   return rows
 
 
+def _to64(tree: Any) -> Any:
+  return jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), tree)
+
+
+def _float64_batch(config: Any) -> Dict[str, np.ndarray]:
+  """The synthetic batch of config.compare, float arrays cast to float64 (labels kept)."""
+  cc = config.compare
+  batch = ser.random_batch(cc.tasks, cc.segments, cc.frames, cc.bins, cc.num_aux,
+                           config.model.num_outputs, seed=cc.batch_seed)
+  return {k: v.astype(np.float64) if v.dtype == np.float32 else v for k, v in batch.items()}
+
+
+def _gradients_fn(batch: Dict[str, Any], rng: jax.Array, losses: tuple,
+                  cfgs: Dict[str, Any]) -> Callable[[Any], Dict[str, Any]]:
+  """jit: params -> {mode: meta-gradient} for every mode of meta.MODES, in float64."""
+  inner_loss, transfer_loss = losses
+  steps = cfgs['exact'].inner_steps
+
+  @jax.jit
+  def gradients(p):
+    p = _to64(p)
+    grads = {mode: meta.meta_gradient(p, batch, rng, inner_loss, transfer_loss, c)[0]
+             for mode, c in cfgs.items()}
+    # Reptile's direction is lr * steps * (a gradient): rescale so norms are comparable.
+    grads['reptile'] = {
+        'theta': jax.tree.map(lambda g: g / (cfgs['exact'].alpha * steps),
+                              grads['reptile']['theta']),
+        'phi': jax.tree.map(lambda g: g / (cfgs['exact'].beta * steps),
+                            grads['reptile']['phi'])}
+    return grads
+
+  return gradients
+
+
+def _finite_difference_fn(batch: Dict[str, Any], rng: jax.Array, losses: tuple,
+                          exact: Any, cc: Any) -> Callable[[Any, Dict[str, Any]], tuple]:
+  """jit: (params, grads) -> (fd, <grads['exact'], d>, <grads['first_order'], d>).
+
+  fd is the central finite difference of the `exact` meta objective along a random unit
+  direction d (fixed by cc.direction_seed), so it checks the exact gradient's projection.
+  """
+  inner_loss, transfer_loss = losses
+
+  @jax.jit
+  def finite_difference(p, grads):
+    p = _to64(p)
+    leaves, treedef = jax.tree.flatten(p)
+    keys = jax.random.split(jax.random.PRNGKey(cc.direction_seed), len(leaves))
+    direction = [jax.random.normal(k, l.shape, jnp.float64) for k, l in zip(keys, leaves)]
+    norm = jnp.sqrt(sum(jnp.sum(d ** 2) for d in direction))
+    direction = treedef.unflatten([d / norm for d in direction])
+    objective = lambda q: meta.meta_objective(q, batch, rng, inner_loss, transfer_loss, exact)
+    shift = lambda s: jax.tree.map(lambda x, d: x + s * cc.fd_eps * d, p, direction)
+    fd = (objective(shift(1.0)) - objective(shift(-1.0))) / (2 * cc.fd_eps)
+    dot = lambda g: sum(jnp.vdot(a, b) for a, b in zip(jax.tree.leaves(g),
+                                                        jax.tree.leaves(direction)))
+    return fd, dot(grads['exact']), dot(grads['first_order'])
+
+  return finite_difference
+
+
+def _analyse(p: Any, gradients: Callable, finite_difference: Callable,
+             fd_eps: float) -> Dict[str, Any]:
+  """{'finite_difference', 'layers', 'global'} of `compare` at params `p`."""
+  grads = gradients(p)
+  fd, analytic, first_order = map(float, finite_difference(p, grads))
+  flat = lambda g: np.concatenate([v for _, v in _leaves_with_names(g)])
+  return {
+      'finite_difference': {
+          'eps': fd_eps, 'fd': fd, 'exact': analytic, 'first_order': first_order,
+          'relative_error': abs(fd - analytic) / max(abs(fd), 1e-300)},
+      'layers': layer_table(grads['exact'], grads['first_order'], grads['reptile']),
+      'global': {'first_order': _stats(flat(grads['first_order']), flat(grads['exact'])),
+                 'reptile': _stats(flat(grads['reptile']), flat(grads['exact']))},
+  }
+
+
 def compare(config: Any, params: Optional[Dict[str, Any]] = None,
             checkpoints: Sequence[Dict[str, Any]] = ()) -> Dict[str, Any]:
   """Gradients at `params` (default: a fresh init) on a synthetic batch; see module docstring.
@@ -48,65 +125,21 @@ def compare(config: Any, params: Optional[Dict[str, Any]] = None,
   with jax.enable_x64(True):
     cc = config.compare
     model = config.model
-    batch = ser.random_batch(cc.tasks, cc.segments, cc.frames, cc.bins, cc.num_aux,
-                             model.num_outputs, seed=cc.batch_seed)
-    batch = {k: v.astype(np.float64) if v.dtype == np.float32 else v for k, v in batch.items()}
-    inner_loss, transfer_loss = ser.make_losses(model)
+    batch = _float64_batch(config)
+    losses = ser.make_losses(model)
     rng = jax.random.PRNGKey(config.seed)
     cfgs = {mode: meta.MetaConfig.from_config(dict(config.meta.to_dict(), mode=mode))
             for mode in meta.MODES}
-    steps = cfgs['exact'].inner_steps
-    to64 = lambda p: jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), p)
-
-    @jax.jit
-    def gradients(p):
-      p = to64(p)
-      grads = {mode: meta.meta_gradient(p, batch, rng, inner_loss, transfer_loss, c)[0]
-               for mode, c in cfgs.items()}
-      # Reptile's direction is lr * steps * (a gradient): rescale so norms are comparable.
-      grads['reptile'] = {
-          'theta': jax.tree.map(lambda g: g / (cfgs['exact'].alpha * steps),
-                                grads['reptile']['theta']),
-          'phi': jax.tree.map(lambda g: g / (cfgs['exact'].beta * steps),
-                              grads['reptile']['phi'])}
-      return grads
-
-    @jax.jit
-    def finite_difference(p, grads):
-      """Central FD of the meta objective along a random unit direction, and <grad, d>."""
-      p = to64(p)
-      leaves, treedef = jax.tree.flatten(p)
-      keys = jax.random.split(jax.random.PRNGKey(cc.direction_seed), len(leaves))
-      direction = [jax.random.normal(k, l.shape, jnp.float64) for k, l in zip(keys, leaves)]
-      norm = jnp.sqrt(sum(jnp.sum(d ** 2) for d in direction))
-      direction = treedef.unflatten([d / norm for d in direction])
-      objective = lambda q: meta.meta_objective(q, batch, rng, inner_loss, transfer_loss,
-                                                cfgs['exact'])
-      shift = lambda s: jax.tree.map(lambda x, d: x + s * cc.fd_eps * d, p, direction)
-      fd = (objective(shift(1.0)) - objective(shift(-1.0))) / (2 * cc.fd_eps)
-      dot = lambda g: sum(jnp.vdot(a, b) for a, b in zip(jax.tree.leaves(g),
-                                                          jax.tree.leaves(direction)))
-      return fd, dot(grads['exact']), dot(grads['first_order'])
-
-    def analyse(p):
-      grads = gradients(p)
-      fd, analytic, first_order = map(float, finite_difference(p, grads))
-      flat = lambda g: np.concatenate([v for _, v in _leaves_with_names(g)])
-      return {
-          'finite_difference': {
-              'eps': cc.fd_eps, 'fd': fd, 'exact': analytic, 'first_order': first_order,
-              'relative_error': abs(fd - analytic) / max(abs(fd), 1e-300)},
-          'layers': layer_table(grads['exact'], grads['first_order'], grads['reptile']),
-          'global': {'first_order': _stats(flat(grads['first_order']), flat(grads['exact'])),
-                     'reptile': _stats(flat(grads['reptile']), flat(grads['exact']))},
-      }
-
+    gradients = _gradients_fn(batch, rng, losses, cfgs)
+    finite_difference = _finite_difference_fn(batch, rng, losses, cfgs['exact'], cc)
     if params is None:
       params = ser.init_params(model, jax.random.PRNGKey(config.seed), (1, cc.frames, cc.bins))
-    result = analyse(params)
-    result['checkpoints'] = [analyse(p) for p in checkpoints]
+    result = _analyse(params, gradients, finite_difference, cc.fd_eps)
+    result['checkpoints'] = [_analyse(p, gradients, finite_difference, cc.fd_eps)
+                             for p in checkpoints]
     result['settings'] = {'alpha': cfgs['exact'].alpha, 'beta': cfgs['exact'].beta,
-                          'inner_steps': steps, 'reptile_scaled_by': '1/(lr*inner_steps)',
+                          'inner_steps': cfgs['exact'].inner_steps,
+                          'reptile_scaled_by': '1/(lr*inner_steps)',
                           'batch': [cc.tasks, cc.segments, cc.frames, cc.bins]}
     return result
 

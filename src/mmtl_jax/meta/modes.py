@@ -1,0 +1,56 @@
+"""Meta modes by name: how one task's outer direction is formed from its adaptation.
+
+A mode is `mode(params, adapt, outer) -> (direction, outer_loss, adapted, stats)`:
+  adapt(params, first_order) -> (adapted params, stats): the task's inner adaptation (eqs.
+    4-5); first_order=True stops the gradient through the inner gradients.
+  outer(adapted) -> scalar: the task's outer loss at adapted params (eqs. 6-7).
+  direction: shaped like params, handed to the outer optimiser as if it were a gradient.
+  adapted: the adapted params with gradients stopped (for metrics).
+Built in: 'exact' (second order), 'first_order' (FOMAML) and 'reptile' (Nichol et al. 2018).
+A new mode is one function plus `MODES.register(name, fn)`; `MetaConfig(mode=name)` then
+accepts it and every task strategy runs it.
+"""
+
+from typing import Any, Callable, Dict, Tuple
+
+import jax
+import jax.numpy as jnp
+
+from mmtl_jax.registry import Registry
+from mmtl_jax.types import Params
+
+Adapt = Callable[[Params, bool], Tuple[Params, Dict[str, Any]]]
+Outer = Callable[[Params], jax.Array]
+ModeResult = Tuple[Params, jax.Array, Params, Dict[str, Any]]
+Mode = Callable[[Params, Adapt, Outer], ModeResult]
+
+MODES: Registry[Mode] = Registry('meta mode', 'config.meta.mode')
+
+
+@MODES.register('exact')
+def exact(params: Params, adapt: Adapt, outer: Outer) -> ModeResult:
+  """grad_params outer(adapt(params)), differentiating through eqs. 4-5 (what eqs. 6-7 write)."""
+  def objective(p):
+    adapted, stats = adapt(p, False)
+    return outer(adapted), (adapted, stats)
+
+  (loss, (adapted, stats)), grads = jax.value_and_grad(objective, has_aux=True)(params)
+  return grads, loss, jax.lax.stop_gradient(adapted), stats
+
+
+@MODES.register('first_order')
+def first_order(params: Params, adapt: Adapt, outer: Outer) -> ModeResult:
+  """FOMAML: inner gradients held constant, so the inner updates' Jacobians are the identity
+  and the direction is grad outer evaluated at the adapted params."""
+  adapted, stats = adapt(params, True)
+  adapted = jax.lax.stop_gradient(adapted)
+  loss, grads = jax.value_and_grad(outer)(adapted)
+  return grads, loss, adapted, stats
+
+
+@MODES.register('reptile')
+def reptile(params: Params, adapt: Adapt, outer: Outer) -> ModeResult:
+  """Reptile: direction = params - adapted params; the outer loss is reported, not used."""
+  adapted, stats = adapt(params, True)
+  adapted = jax.lax.stop_gradient(adapted)
+  return jax.tree.map(jnp.subtract, params, adapted), outer(adapted), adapted, stats

@@ -1,0 +1,71 @@
+"""Shared fixtures: the tiny model and the tiny demo-loop config, and the synthetic corpus.
+
+Tests take these as fixtures (no test imports another test file). Both configs are factories,
+since tests change a few fields of their own.
+"""
+
+import ml_collections
+import pytest
+
+from mmtl_jax.configs import demo
+from mmtl_jax.data import synthetic
+
+
+def make_tiny_model(dtype='float32', dropout=0.0):
+  """config.model of a 2-block Table 1 model small enough for float64 checks (8 x 8 input)."""
+  c = ml_collections.ConfigDict()
+  c.name = 'cnn_bilstm'
+  c.conv_features = (2, 3)
+  c.conv_kernels = ((3, 3), (2, 3))
+  c.lstm_hidden = 4
+  c.fc_hidden = 5
+  c.num_outputs = 4
+  c.dropout = dropout
+  c.dtype = dtype
+  return c
+
+
+def make_tiny_config(corpus_root, models=('mmtl', 'cnn_lstm', 'cnn_lstm_mtl'), steps=4):
+  """The demo config at test size: fold 0 of the synthetic corpus at `corpus_root`, 16 frames
+  x 33 bins, a 3-block model of 2-4 channels, `steps` training steps."""
+  c = demo.get_config()
+  c.data.root = corpus_root
+  c.features.n_fft = 128
+  c.features.win_ms = 8.0
+  c.features.hop_ms = 32.0
+  c.features.n_frames = 16
+  c.features.workers = 1
+  c.model.conv_features = (2, 3, 4)
+  c.model.conv_kernels = ((3, 3), (3, 3), (3, 3))
+  c.model.lstm_hidden = 4
+  c.model.fc_hidden = 4
+  c.meta.mode = 'first_order'
+  c.train.models = models
+  c.train.steps = steps
+  c.train.segments_per_speaker = 4
+  c.train.eval_every = 2
+  c.train.checkpoint_every = 2
+  c.train.log_every = 1
+  c.folds.which = (0,)
+  c.eval.finetune_steps = 1
+  c.eval.batch_size = 32
+  c.compilation_cache_dir = ''  # hermetic: no cache shared across tests or in $HOME
+  return c
+
+
+@pytest.fixture(scope='session')
+def tiny_model():
+  """Factory: tiny_model(dtype='float32', dropout=0.0) -> config.model."""
+  return make_tiny_model
+
+
+@pytest.fixture(scope='session')
+def tiny_config():
+  """Factory: tiny_config(corpus_root, models=..., steps=4) -> the full demo-loop config."""
+  return make_tiny_config
+
+
+@pytest.fixture(scope='session')
+def corpus_root(tmp_path_factory):
+  """The embedded synthetic corpus (seed 0), written once per test process."""
+  return synthetic.ensure_corpus(str(tmp_path_factory.mktemp('corpus')), seed=0)

@@ -1,0 +1,142 @@
+"""The package layout of docs/ARCHITECTURE.md, checked from the source: the imports of every
+module (also those inside functions) form no cycle, each layer imports only the layers below
+it, and functions stay short enough to read."""
+
+import ast
+import pathlib
+
+import pytest
+
+SRC = pathlib.Path(__file__).resolve().parents[1] / 'src'
+PACKAGE = 'mmtl_jax'
+
+# What each top-level part of the package may import besides itself. `types` and `registry`
+# import no sibling; `meta` knows nothing of speech.
+ALLOWED = {
+    'types': set(),
+    'registry': set(),
+    'meta': {'types', 'registry'},
+    'models': {'types', 'registry'},
+    'data': {'types', 'registry'},
+    'run': {'types', 'registry'},
+    'ser': {'types', 'registry', 'meta', 'models', 'data', 'run'},
+    'configs': {'meta'},
+    'tools': {'types', 'registry', 'meta', 'models', 'data', 'run', 'ser', 'configs'},
+    'examples': {'types', 'registry', 'meta', 'models', 'run'},
+}
+MAX_CODE_LINES = 45  # per function, without docstring, comments and blank lines
+
+
+def module_name(path: pathlib.Path) -> str:
+  parts = list(path.relative_to(SRC).with_suffix('').parts)
+  if parts[-1] == '__init__':
+    parts.pop()
+  return '.'.join(parts)
+
+
+def modules():
+  return {module_name(p): p for p in (SRC / PACKAGE).rglob('*.py')}
+
+
+def imports_of(path: pathlib.Path, known) -> set:
+  """The package modules that `path` imports, resolving `from P import m` to P.m when m is a
+  module; imports inside functions count too."""
+  found = set()
+  for node in ast.walk(ast.parse(path.read_text(encoding='utf-8'))):
+    if isinstance(node, ast.Import):
+      found |= {a.name for a in node.names if a.name.split('.')[0] == PACKAGE}
+    elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+      if node.module.split('.')[0] != PACKAGE:
+        continue
+      for alias in node.names:
+        sub = f'{node.module}.{alias.name}'
+        found.add(sub if sub in known else node.module)
+  return found & set(known)
+
+
+def graph():
+  known = modules()
+  return {name: imports_of(path, known) for name, path in known.items()}
+
+
+def find_cycle(edges):
+  """One import cycle as a list of module names, or None."""
+  state = {}
+
+  def visit(node, stack):
+    state[node] = 'open'
+    stack.append(node)
+    for nxt in sorted(edges.get(node, ())):
+      if state.get(nxt) == 'open':
+        return stack[stack.index(nxt):] + [nxt]
+      if nxt not in state:
+        cycle = visit(nxt, stack)
+        if cycle:
+          return cycle
+    stack.pop()
+    state[node] = 'done'
+    return None
+
+  for node in sorted(edges):
+    if node not in state:
+      cycle = visit(node, [])
+      if cycle:
+        return cycle
+  return None
+
+
+def layer(module: str) -> str:
+  parts = module.split('.')
+  return parts[1] if len(parts) > 1 else ''
+
+
+def test_find_cycle_finds_one():  # the detector itself must be able to fail
+  assert find_cycle({'a': {'b'}, 'b': {'c'}, 'c': {'a'}}) == ['a', 'b', 'c', 'a']
+  assert find_cycle({'a': {'b'}, 'b': set(), 'c': {'a', 'b'}}) is None
+
+
+def test_no_import_cycle_in_src():
+  edges = graph()
+  assert len(edges) > 30, sorted(edges)  # the walk found the package
+  cycle = find_cycle(edges)
+  assert cycle is None, 'import cycle: ' + ' -> '.join(cycle)
+
+
+def test_each_layer_imports_only_the_layers_below_it():
+  assert set(ALLOWED) == {layer(m) for m in modules() if layer(m)}, 'a new top-level part'
+  edges = graph()
+  assert not edges[PACKAGE], 'the package root (its __version__) imports nothing'
+  bad = []
+  for module, targets in edges.items():
+    if not layer(module):
+      continue
+    for target in targets:
+      if layer(target) not in ALLOWED[layer(module)] | {layer(module), ''}:
+        bad.append(f'{module} imports {target}')
+  assert not bad, '\n'.join(bad)
+
+
+def code_lines(lines, node) -> int:
+  body = node.body
+  doc = set()
+  if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
+      and isinstance(body[0].value.value, str):
+    doc = set(range(body[0].lineno, body[0].end_lineno + 1))
+  return sum(1 for i in range(node.lineno, node.end_lineno + 1)
+             if i not in doc and lines[i - 1].strip() and not lines[i - 1].strip().startswith('#'))
+
+
+@pytest.mark.parametrize('part', sorted(set(ALLOWED) - {'configs'}))
+def test_functions_are_short(part):
+  root = SRC / PACKAGE / part
+  paths = [root.with_suffix('.py')] if root.with_suffix('.py').exists() else root.rglob('*.py')
+  long = []
+  for path in paths:
+    text = path.read_text(encoding='utf-8')
+    lines = text.splitlines()
+    for node in ast.walk(ast.parse(text)):
+      if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        n = code_lines(lines, node)
+        if n > MAX_CODE_LINES:
+          long.append(f'{path.relative_to(SRC)}:{node.lineno} {node.name}: {n} code lines')
+  assert not long, '\n'.join(long)
