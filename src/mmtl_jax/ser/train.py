@@ -4,12 +4,20 @@ Workdir layout::
 
   <workdir>/features/<hash>/        feature store (shared by every model and fold)
   <workdir>/synthetic_corpus/       the embedded corpus, when config.data.kind='synthetic'
-  <workdir>/<model>/<fold>/checkpoints/   orbax: params, optimiser state, best-on-dev params;
-                                          JSON extra: step, rng seed, sampler position
+  <workdir>/<model>/<fold>/checkpoints/   the fold's `TrainState`. orbax: params, optimiser
+                                          state, best-on-dev params; JSON extra: step, seed,
+                                          sampler position, best dev scores
   <workdir>/<model>/<fold>/logs/    TensorBoard events + metrics.jsonl
   <workdir>/<model>/<fold>/bundle/  inference bundle of the dev-selected ('strict') params
   <workdir>/<model>/<fold>/result.json   the fold's test results (its presence = fold done)
   <workdir>/results.json, results.md, confusion/   the tables (paper Tables 2/3 layout)
+
+With several seeds (config.train.seeds), <workdir>/<model>/seed<s>/<fold>/ instead.
+
+One fold trains over one `TrainState`: `create_state`, then `restore_state` (its latest
+checkpoint, if any), then `train_steps`, which runs `train_one_step` and, when due,
+`select_on_dev` and `save_state`; `finish_fold` then tests the dev-selected params and writes
+the inference bundle.
 
 Resuming: start the same command again. Finished folds are read back; an unfinished fold
 restores its latest checkpoint. Batches and dropout derive from (seed, step, task) only, so
@@ -24,6 +32,7 @@ results, the tables and the inference bundles by process 0 only. The workdir mus
 file system shared by all hosts.
 """
 
+import dataclasses
 import json
 import logging
 import os
@@ -36,17 +45,20 @@ import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
-from mmtl_jax.run import checkpoint as ckpt_lib
-from mmtl_jax.ser import evaluate as eval_lib
-from mmtl_jax.run import metric_log
-from mmtl_jax.ser import results as results_lib
-from mmtl_jax.ser import systems as systems_lib
 from mmtl_jax.data import folds as folds_lib
 from mmtl_jax.data import sampler as sampler_lib
 from mmtl_jax.data import store as store_lib
 from mmtl_jax.meta import strategy as strategy_lib
+from mmtl_jax.run import checkpoint as ckpt_lib
+from mmtl_jax.run import metric_log
+from mmtl_jax.ser import config_check
+from mmtl_jax.ser import evaluate as eval_lib
+from mmtl_jax.ser import results as results_lib
+from mmtl_jax.ser import systems as systems_lib
 
 log = logging.getLogger(__name__)
+
+PyTree = Any
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -94,6 +106,201 @@ def enable_compilation_cache(config: ml_collections.ConfigDict) -> None:
     jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
 
 
+def _due(step: int, every: int, steps: int) -> bool:
+  """True at multiples of `every` and at the last step."""
+  return step % every == 0 or step == steps
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainState:
+  """Everything that changes while one fold trains; what a checkpoint restores.
+
+  Not a pytree: `_state_to_checkpoint` splits it into the arrays and the JSON fields of a
+  checkpoint, and `_state_from_checkpoint` joins them back.
+
+  Attributes:
+    params: the current parameters (donated to the jitted step, so replaced every step).
+    opt_state: the optimiser state of `params` (donated likewise).
+    best: {protocol: params with the best dev UA so far}; device copies of `params`.
+    best_dev: {protocol: {'UA', 'WA', 'step'}} dev scores of `best` and the step they were
+      taken at; UA and WA -1.0 and step 0 until the first dev evaluation.
+    step: optimiser steps done; the next step trains on `sampler.batch(step + 1)`.
+    sampler_position: batches drawn from the sampler (equal to `step`).
+    seed: config.seed when the fold first started (a record; batches and dropout keys come
+      from the config's seed).
+  """
+  params: PyTree
+  opt_state: PyTree
+  best: Dict[str, PyTree]
+  best_dev: Dict[str, Dict[str, float]]
+  step: int
+  sampler_position: int
+  seed: int
+
+
+def _state_to_checkpoint(state: TrainState) -> Tuple[PyTree, Dict[str, Any]]:
+  """(array pytree, JSON-able extra) as `ckpt_lib.Checkpointer.save` takes them."""
+  arrays = {'params': state.params, 'opt_state': state.opt_state, 'best': state.best}
+  extra = {'step': state.step, 'seed': state.seed, 'sampler_position': state.sampler_position,
+           'best_dev': state.best_dev}
+  return arrays, extra
+
+
+def _state_from_checkpoint(arrays: PyTree, extra: Dict[str, Any]) -> TrainState:
+  """The inverse of `_state_to_checkpoint` (extra as read back from JSON)."""
+  return TrainState(params=arrays['params'], opt_state=arrays['opt_state'],
+                    best=dict(arrays['best']), best_dev=extra['best_dev'],
+                    step=int(extra['step']), sampler_position=int(extra['sampler_position']),
+                    seed=int(extra['seed']))
+
+
+def create_state(system: systems_lib.System, store: Any, config: ml_collections.ConfigDict,
+                 place_state: Callable[[Any], Any]) -> TrainState:
+  """The state at step 0: fresh params (key fold_in(key(seed), 0)) and optimiser state."""
+  seed = int(config.seed)
+  key = jax.random.fold_in(jax.random.key(seed), 0)
+  params = place_state(system.init(key, (1,) + store.features.shape[1:]))
+  opt_state = place_state(system.init_opt(params))
+  protocols = tuple(config.eval.protocols)
+  # Copies: `params` is donated to the first step, the best-on-dev trees must survive it.
+  return TrainState(params=params, opt_state=opt_state,
+                    best={p: eval_lib.tree_copy(params) for p in protocols},
+                    best_dev={p: {'UA': -1.0, 'WA': -1.0, 'step': 0} for p in protocols},
+                    step=0, sampler_position=0, seed=seed)
+
+
+def restore_state(checkpointer: ckpt_lib.Checkpointer, state: TrainState,
+                  place_state: Callable[[Any], Any], fold_dir: str) -> TrainState:
+  """The latest checkpoint of `checkpointer` (shaped and placed like `state`), or `state`
+  itself when there is none."""
+  restored = checkpointer.restore(target=_state_to_checkpoint(state)[0])
+  if restored is None:
+    return state
+  arrays, extra = restored
+  state = _state_from_checkpoint(place_state(arrays), extra)
+  log.info('%s: resumed from step %d', fold_dir, state.step)
+  return state
+
+
+@dataclasses.dataclass(frozen=True)
+class FoldRun:
+  """What stays fixed while one fold trains (built by `train_fold`).
+
+  Attributes:
+    step_fn: jitted system.train_step, (params, opt_state, batch, rng) -> (params,
+      opt_state, metrics); it donates params and opt_state.
+    sampler: the fold's TaskSampler; `sampler.batch(step)` depends on (seed, step) only.
+    key: jax.random.key(config.seed); step s trains with fold_in(key, s).
+    place_batch: puts a task batch where the step wants it (see `placement`).
+    evaluator: the system's Evaluator; dev_speaker: the fold's model-selection speaker.
+    protocols: config.eval.protocols; seed: config.seed.
+    steps, log_every, eval_every, checkpoint_every: the schedule from config.train.
+    checkpointer: the fold's open Checkpointer; writer: its open MetricWriter.
+    name: the fold in error messages (its progress-bar text, else its directory).
+  """
+  step_fn: Callable[..., Any]
+  sampler: sampler_lib.TaskSampler
+  key: jax.Array
+  place_batch: Callable[[Any], Any]
+  evaluator: eval_lib.Evaluator
+  dev_speaker: str
+  protocols: Tuple[str, ...]
+  seed: int
+  steps: int
+  log_every: int
+  eval_every: int
+  checkpoint_every: int
+  checkpointer: ckpt_lib.Checkpointer
+  writer: metric_log.MetricWriter
+  name: str
+
+
+def train_one_step(state: TrainState, run: FoldRun, bar: tqdm) -> TrainState:
+  """Step state.step + 1: one jitted update, the NaN guard, and (when due) metric logging.
+
+  Raises:
+    NonFiniteLossError: the step's loss is NaN or Inf (nothing of this step is saved).
+  """
+  step = state.step + 1
+  batch = run.place_batch(run.sampler.batch(step))
+  params, opt_state, metrics = run.step_fn(state.params, state.opt_state, batch,
+                                           jax.random.fold_in(run.key, step))
+  loss = float(metrics['loss'])
+  if not np.isfinite(loss):
+    raise NonFiniteLossError(
+        f'{run.name}: non-finite loss {loss} at step {step}; stopped. The last good '
+        f'checkpoint (step {run.checkpointer.latest_step()}) is kept in '
+        f'{run.checkpointer.directory}; lower the learning rates or check the features.')
+  if _due(step, run.log_every, run.steps):
+    run.writer.write_scalars(step, {k: float(v) for k, v in metrics.items()})
+    bar.set_postfix(loss=f'{loss:.3f}')
+  return dataclasses.replace(state, params=params, opt_state=opt_state, step=step,
+                             sampler_position=step)
+
+
+def select_on_dev(state: TrainState, run: FoldRun) -> TrainState:
+  """Scores state.params on the dev speaker, logs the scores, and makes them the best of a
+  protocol where their UA is strictly above that protocol's best so far."""
+  scores = eval_lib.dev_scores(run.evaluator, state.params, run.dev_speaker, run.protocols,
+                               run.seed)
+  best, best_dev = dict(state.best), dict(state.best_dev)
+  for p, s in scores.items():
+    # Strictly better only: ties keep the earlier (less trained) parameters.
+    if s['UA'] > best_dev[p]['UA']:
+      best[p] = eval_lib.tree_copy(state.params)  # params are donated to the next step
+      best_dev[p] = {'UA': s['UA'], 'WA': s['WA'], 'step': state.step}
+  run.writer.write_scalars(state.step, {f'dev_{k}_{p}': v for p, s in scores.items()
+                                        for k, v in s.items()})
+  return dataclasses.replace(state, best=best, best_dev=best_dev)
+
+
+def save_state(state: TrainState, checkpointer: ckpt_lib.Checkpointer) -> None:
+  """Starts the (asynchronous, collective) checkpoint of `state` as step state.step."""
+  arrays, extra = _state_to_checkpoint(state)
+  checkpointer.save(state.step, arrays, extra, force=True)
+
+
+def train_steps(state: TrainState, run: FoldRun, position: str) -> TrainState:
+  """Steps state.step + 1 .. run.steps, with dev selection and checkpoints when due."""
+  bar = tqdm(range(state.step + 1, run.steps + 1), initial=state.step, total=run.steps,
+             desc=position, leave=False, dynamic_ncols=True, disable=None)
+  for _ in bar:  # each iteration advances state.step by one
+    state = train_one_step(state, run, bar)
+    if _due(state.step, run.eval_every, run.steps):
+      state = select_on_dev(state, run)
+    if _due(state.step, run.checkpoint_every, run.steps):
+      save_state(state, run.checkpointer)
+  bar.close()
+  return state
+
+
+def finish_fold(state: TrainState, system: systems_lib.System, evaluator: eval_lib.Evaluator,
+                store: Any, fold: Any, config: ml_collections.ConfigDict, fold_dir: str,
+                mesh: Optional[jax.sharding.Mesh]) -> Dict[str, Any]:
+  """Tests each protocol's best-on-dev params, writes the inference bundle of the 'strict'
+  ones (else the first protocol's; process 0 writes) and returns the fold result."""
+  seed = int(config.seed)
+  protocols = tuple(config.eval.protocols)
+  records = {}
+  for p in protocols:
+    r = evaluator.evaluate(state.best[p], fold.test_speaker, p, seed)
+    records[p] = {'UA': r['UA'], 'WA': r['WA'], 'y_true': r['y_true'].tolist(),
+                  'y_pred': r['y_pred'].tolist(), 'utt_ids': r['utt_ids'].tolist(),
+                  'dev_UA': state.best_dev[p]['UA'], 'dev_WA': state.best_dev[p]['WA'],
+                  'selected_step': state.best_dev[p]['step']}
+  bundle_params = state.best['strict'] if 'strict' in state.best else state.best[protocols[0]]
+  bundle_config = ml_collections.ConfigDict(config.to_dict())
+  bundle_config.bundle_model = system.name
+  bundle_config.classes = tuple(store.classes)
+  if mesh is not None:  # host copies: the bundle must not depend on this run's devices
+    bundle_params = jax.device_get(bundle_params)
+  if is_primary():
+    ckpt_lib.save_inference_bundle(os.path.join(fold_dir, 'bundle'), bundle_params,
+                                   bundle_config)
+  return {'fold': fold.index, 'name': _fold_name(fold), 'dev_speaker': fold.dev_speaker,
+          'test_speaker': fold.test_speaker, 'records': records}
+
+
 def train_fold(system: systems_lib.System, evaluator: eval_lib.Evaluator, step_fn: Any,
                store: Any, fold: Any, config: ml_collections.ConfigDict, fold_dir: str,
                position: str = '', mesh: Optional[jax.sharding.Mesh] = None
@@ -114,83 +321,25 @@ def train_fold(system: systems_lib.System, evaluator: eval_lib.Evaluator, step_f
     The fold result: {'fold', 'dev_speaker', 'test_speaker', 'records': {protocol: {...}}}.
   """
   seed = int(config.seed)
-  steps = int(config.train.steps)
-  protocols = tuple(config.eval.protocols)
   sampler = sampler_lib.TaskSampler(store, fold.train_speakers, config, seed)
-  key = jax.random.key(seed)
   place_state, place_batch = placement(mesh)
-  params = place_state(system.init(jax.random.fold_in(key, 0), (1,) + store.features.shape[1:]))
-  opt_state = place_state(system.init_opt(params))
-  # Copies: `params` is donated to the first step, the best-on-dev trees must survive it.
-  state = {'params': params, 'opt_state': opt_state,
-           'best': {p: eval_lib.tree_copy(params) for p in protocols}}
-  extra = {'step': 0, 'seed': seed, 'sampler_position': 0,
-           'best_dev': {p: {'UA': -1.0, 'WA': -1.0, 'step': 0} for p in protocols}}
-
-  every = int(config.train.checkpoint_every)
+  state = create_state(system, store, config, place_state)
   checkpointer = ckpt_lib.Checkpointer(os.path.join(fold_dir, 'checkpoints'), max_to_keep=2,
                                        save_interval_steps=1)
   try:
-    restored = checkpointer.restore(target=state)
-    if restored is not None:
-      state, extra = restored
-      state = place_state(state)
-      log.info('%s: resumed from step %d', fold_dir, extra['step'])
-    start = int(extra['step'])
-    params, opt_state = state['params'], state['opt_state']
-    best = dict(state['best'])
-    eval_every = int(config.train.eval_every)
+    state = restore_state(checkpointer, state, place_state, fold_dir)
     with metric_log.MetricWriter(os.path.join(fold_dir, 'logs'), fold=_fold_name(fold)) as mw:
-      bar = tqdm(range(start + 1, steps + 1), initial=start, total=steps, desc=position,
-                 leave=False, dynamic_ncols=True, disable=None)
-      for step in bar:
-        batch = place_batch(sampler.batch(step))
-        rng = jax.random.fold_in(key, step)
-        params, opt_state, metrics = step_fn(params, opt_state, batch, rng)
-        loss = float(metrics['loss'])
-        if not np.isfinite(loss):
-          raise NonFiniteLossError(
-              f'{position or fold_dir}: non-finite loss {loss} at step {step}; stopped. The '
-              f'last good checkpoint (step {checkpointer.latest_step()}) is kept in '
-              f'{checkpointer.directory}; lower the learning rates or check the features.')
-        if step % int(config.train.log_every) == 0 or step == steps:
-          mw.write_scalars(step, {k: float(v) for k, v in metrics.items()})
-          bar.set_postfix(loss=f'{loss:.3f}')
-        if step % eval_every == 0 or step == steps:
-          scores = eval_lib.dev_scores(evaluator, params, fold.dev_speaker, protocols, seed)
-          for p, s in scores.items():
-            # Strictly better only: ties keep the earlier (less trained) parameters.
-            if s['UA'] > extra['best_dev'][p]['UA']:
-              best[p] = eval_lib.tree_copy(params)
-              extra['best_dev'][p] = {'UA': s['UA'], 'WA': s['WA'], 'step': step}
-          mw.write_scalars(step, {f'dev_{k}_{p}': v for p, s in scores.items()
-                                  for k, v in s.items()})
-        if step % every == 0 or step == steps:
-          extra.update(step=step, sampler_position=step)
-          checkpointer.save(step, {'params': params, 'opt_state': opt_state, 'best': best},
-                            extra, force=True)
-      bar.close()
+      run = FoldRun(
+          step_fn=step_fn, sampler=sampler, key=jax.random.key(seed), place_batch=place_batch,
+          evaluator=evaluator, dev_speaker=fold.dev_speaker,
+          protocols=tuple(config.eval.protocols), seed=seed, steps=int(config.train.steps),
+          log_every=int(config.train.log_every), eval_every=int(config.train.eval_every),
+          checkpoint_every=int(config.train.checkpoint_every), checkpointer=checkpointer,
+          writer=mw, name=position or fold_dir)
+      state = train_steps(state, run, position)
   finally:
     checkpointer.close()
-
-  records = {}
-  for p in protocols:
-    r = evaluator.evaluate(best[p], fold.test_speaker, p, seed)
-    records[p] = {'UA': r['UA'], 'WA': r['WA'], 'y_true': r['y_true'].tolist(),
-                  'y_pred': r['y_pred'].tolist(), 'utt_ids': r['utt_ids'].tolist(),
-                  'dev_UA': extra['best_dev'][p]['UA'], 'dev_WA': extra['best_dev'][p]['WA'],
-                  'selected_step': extra['best_dev'][p]['step']}
-  bundle_params = best['strict'] if 'strict' in best else best[protocols[0]]
-  bundle_config = ml_collections.ConfigDict(config.to_dict())
-  bundle_config.bundle_model = system.name
-  bundle_config.classes = tuple(store.classes)
-  if mesh is not None:  # host copies: the bundle must not depend on this run's devices
-    bundle_params = jax.device_get(bundle_params)
-  if is_primary():
-    ckpt_lib.save_inference_bundle(os.path.join(fold_dir, 'bundle'), bundle_params,
-                                   bundle_config)
-  return {'fold': fold.index, 'name': _fold_name(fold), 'dev_speaker': fold.dev_speaker,
-          'test_speaker': fold.test_speaker, 'records': records}
+  return finish_fold(state, system, evaluator, store, fold, config, fold_dir, mesh)
 
 
 def _fold_result(system, evaluator, step_fn, store, fold, config, fold_dir, position, mesh):
@@ -209,12 +358,78 @@ def _fold_result(system, evaluator, step_fn, store, fold, config, fold_dir, posi
   return result
 
 
+def _print_fold(model_name: str, seed: int, result: Dict[str, Any]) -> None:
+  """One line per fold: its test UA and WA under each protocol."""
+  line = ', '.join(f"{p} UA {r['UA']:.3f} WA {r['WA']:.3f}"
+                   for p, r in result['records'].items())
+  print(f"{model_name} seed {seed} {result['name']} (test {result['test_speaker']}, dev "
+        f"{result['dev_speaker']}): {line}", flush=True)
+
+
+def _fold_records(model_name: str, seed: int, result: Dict[str, Any]) -> List[Dict[str, Any]]:
+  """The fold result as `results.fold_record`s, one per protocol."""
+  return [results_lib.fold_record(
+      model_name, p, result['name'], r['y_true'], r['y_pred'], seed=seed,
+      dev_ua=r['dev_UA'], dev_wa=r['dev_WA'], utt_ids=r['utt_ids'],
+      test_speaker=result['test_speaker'], dev_speaker=result['dev_speaker'],
+      selected_step=r['selected_step']) for p, r in result['records'].items()]
+
+
+def _train_model(model_name: str, config: ml_collections.ConfigDict, store: Any,
+                 folds: List[Any], seeds: Tuple[int, ...], workdir: str,
+                 mesh: Optional[jax.sharding.Mesh]) -> List[Dict[str, Any]]:
+  """Every seed x fold of one model (finished folds read back); returns their fold records.
+
+  The fold directories are <workdir>/<model>/<fold>, or <workdir>/<model>/seed<s>/<fold>
+  with several seeds.
+  """
+  system = systems_lib.make_system(model_name, config)
+  evaluator = eval_lib.Evaluator(system, store, config)
+  step_fn = jax.jit(system.train_step, donate_argnums=(0, 1))
+  records: List[Dict[str, Any]] = []
+  for seed in seeds:
+    seed_config = config.copy_and_resolve_references()
+    seed_config.seed = seed
+    model_dir = os.path.join(workdir, model_name)
+    if len(seeds) > 1:
+      model_dir = os.path.join(model_dir, f'seed{seed}')
+    for i, fold in enumerate(folds):
+      fold_dir = os.path.join(model_dir, _fold_name(fold))
+      result = _fold_result(system, evaluator, step_fn, store, fold, seed_config, fold_dir,
+                            f'{model_name} seed {seed} fold {i + 1}/{len(folds)}', mesh)
+      _print_fold(model_name, seed, result)
+      records.extend(_fold_records(model_name, seed, result))
+  return records
+
+
+_NOTES = ("Protocol 'paper': fine-tune on the test speaker's auxiliary labels before "
+          "predicting (section 2.4). 'strict': no label of the test speaker is used. "
+          "Model selection on the dev speaker only. CNN-LSTM has no auxiliary task, so its "
+          "two protocols coincide.")
+
+
+def _write_tables(workdir: str, config: ml_collections.ConfigDict, classes: List[str],
+                  fold_records: List[Dict[str, Any]], t0: float) -> Dict[str, Any]:
+  """Aggregates the fold records into the tables, which process 0 writes and prints;
+  returns <workdir>/results.json once written (every process)."""
+  runs = results_lib.aggregate_runs(fold_records, classes)
+  if is_primary():
+    paths = results_lib.write_results(workdir, config, runs, notes=_NOTES)
+    with open(paths['markdown'], encoding='utf-8') as f:
+      print(f.read(), flush=True)
+    print(f'total {time.time() - t0:.1f} s; results: {paths["json"]}', flush=True)
+  if jax.process_count() > 1:  # the others read the tables once process 0 has written them
+    multihost_utils.sync_global_devices('mmtl_jax.ser.train: results written')
+  return results_lib.load_results(workdir)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
   """Features, then every model in config.train.models over every fold (and every seed of
   config.train.seeds; default: config.seed alone), then the tables.
 
   Returns the content of <workdir>/results.json.
   """
+  config_check.check_config(config)  # every problem at once, before any work
   t0 = time.time()
   os.makedirs(workdir, exist_ok=True)
   enable_compilation_cache(config)
@@ -222,42 +437,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   print(store_lib.format_summary(store), flush=True)
   folds = folds_lib.make_folds(store, config)
   mesh = task_mesh(config)  # built once: every system and fold shares it (and its compilation)
-  fold_records: List[Dict[str, Any]] = []
   seeds = tuple(int(x) for x in config.train.get('seeds', ())) or (int(config.seed),)
+  fold_records: List[Dict[str, Any]] = []
   for model_name in config.train.models:
-    system = systems_lib.make_system(model_name, config)
-    evaluator = eval_lib.Evaluator(system, store, config)
-    step_fn = jax.jit(system.train_step, donate_argnums=(0, 1))
-    for seed in seeds:
-      seed_config = config.copy_and_resolve_references()
-      seed_config.seed = seed
-      model_dir = os.path.join(workdir, model_name)
-      if len(seeds) > 1:
-        model_dir = os.path.join(model_dir, f'seed{seed}')
-      for i, fold in enumerate(folds):
-        fold_dir = os.path.join(model_dir, _fold_name(fold))
-        result = _fold_result(system, evaluator, step_fn, store, fold, seed_config, fold_dir,
-                              f'{model_name} seed {seed} fold {i + 1}/{len(folds)}', mesh)
-        line = ', '.join(f"{p} UA {r['UA']:.3f} WA {r['WA']:.3f}"
-                         for p, r in result['records'].items())
-        print(f"{model_name} seed {seed} {result['name']} (test {result['test_speaker']}, dev "
-              f"{result['dev_speaker']}): {line}", flush=True)
-        for p, r in result['records'].items():
-          fold_records.append(results_lib.fold_record(
-              model_name, p, result['name'], r['y_true'], r['y_pred'], seed=seed,
-              dev_ua=r['dev_UA'], dev_wa=r['dev_WA'], utt_ids=r['utt_ids'],
-              test_speaker=result['test_speaker'], dev_speaker=result['dev_speaker'],
-              selected_step=r['selected_step']))
-  runs = results_lib.aggregate_runs(fold_records, list(store.classes))
-  notes = ("Protocol 'paper': fine-tune on the test speaker's auxiliary labels before "
-           "predicting (section 2.4). 'strict': no label of the test speaker is used. "
-           "Model selection on the dev speaker only. CNN-LSTM has no auxiliary task, so its "
-           "two protocols coincide.")
-  if is_primary():
-    paths = results_lib.write_results(workdir, config, runs, notes=notes)
-    with open(paths['markdown'], encoding='utf-8') as f:
-      print(f.read(), flush=True)
-    print(f'total {time.time() - t0:.1f} s; results: {paths["json"]}', flush=True)
-  if jax.process_count() > 1:  # the others read the tables once process 0 has written them
-    multihost_utils.sync_global_devices('mmtl_jax.ser.train: results written')
-  return results_lib.load_results(workdir)
+    fold_records.extend(_train_model(model_name, config, store, folds, seeds, workdir, mesh))
+  return _write_tables(workdir, config, list(store.classes), fold_records, t0)
