@@ -4,8 +4,11 @@
   python experiments/preprocess.py --config=src/mmtl_jax/configs/iemocap.py \
       --config.data.root=/data/IEMOCAP_full_release --workdir=/tmp/iemocap
 
-The last line printed is the path of the store's JSON manifest.
+The whole config is checked first: every problem is reported at once (exit status 1) before
+any feature is extracted. The last line printed is the path of the store's JSON manifest.
 """
+
+import sys
 
 from absl import app
 from absl import flags
@@ -13,6 +16,7 @@ from ml_collections import config_flags
 
 from mmtl_jax import configs
 from mmtl_jax.data import store as store_lib
+from mmtl_jax.ser import config_check
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', configs.config_path('synthetic'), 'Config file (get_config()).')
@@ -22,6 +26,10 @@ flags.mark_flags_as_required(['workdir'])
 
 def main(argv):
   del argv
+  try:
+    config_check.check_config(_CONFIG.value)
+  except config_check.ConfigError as e:
+    sys.exit(f'error: {e}')  # the problem list without a traceback
   store = store_lib.build_feature_store(_CONFIG.value, _WORKDIR.value)
   print(store_lib.format_summary(store))
   print(store.manifest_path)

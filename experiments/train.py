@@ -15,6 +15,8 @@ fold's result.json and the inference bundles, while the orbax checkpoints are wr
 collectively (orbax's multi-host protocol), so the workdir must be on a shared file system.
 """
 
+import sys
+
 from absl import app
 from absl import flags
 from absl import logging
@@ -22,6 +24,7 @@ import jax
 from ml_collections import config_flags
 
 from mmtl_jax import configs
+from mmtl_jax.ser import config_check
 from mmtl_jax.ser import train
 
 _CONFIG = config_flags.DEFINE_config_file('config', configs.config_path('demo'),
@@ -58,6 +61,10 @@ def main(argv):
                          '--distributed')
   if _DISTRIBUTED.value:  # before any other use of JAX (devices, jit, arrays)
     jax.distributed.initialize(**distributed_kwargs())
+  try:
+    config_check.check_config(_CONFIG.value)
+  except config_check.ConfigError as e:  # the list of problems, without a traceback
+    sys.exit(f'error: {e}')
   train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 

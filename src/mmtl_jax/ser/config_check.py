@@ -1,0 +1,214 @@
+"""The whole experiment config checked in one pass, before any feature extraction or training.
+
+  check_config(config)   # ConfigError listing every problem, one `field: what is wrong (got X)`
+                         # line each, e.g. `train.steps: must be >= 1 (got 0)`
+
+Names are checked against the registries at call time, so entries that user code registers
+(`CORPORA`, `MODELS`, `SYSTEMS`, `MODES`) are accepted. A field that the config lacks is skipped
+(older and partial configs), so the checker itself never fails on a missing field; `None` under
+`meta` means the `MetaConfig` default.
+"""
+
+import numbers
+from typing import Any, List, Sequence
+
+from mmtl_jax.data.corpus import CORPORA
+from mmtl_jax.data.iemocap import VAD_NAMES
+from mmtl_jax.meta import MODES, STRATEGIES
+from mmtl_jax.meta.config import TASK_REDUCES
+from mmtl_jax.models import MODELS
+from mmtl_jax.ser.evaluate import PROTOCOLS
+from mmtl_jax.ser.systems import SYSTEMS
+
+_MISSING = object()
+_MODEL_DTYPES = ('float32', 'bfloat16', 'float16', 'float64')  # models.compute_dtype's names
+
+# (field, allowed names): a tuple, or a Registry read at check time.
+_ENUMS = (
+    ('data.kind', CORPORA), ('model.name', MODELS), ('model.dtype', _MODEL_DTYPES),
+    ('meta.mode', MODES), ('meta.strategy', STRATEGIES), ('meta.task_reduce', TASK_REDUCES),
+    ('features.normalise', ('segment', 'none')), ('folds.scheme', ('session', 'speaker')),
+    ('folds.class_weights', ('speaker', 'pooled')), ('folds.dev_gender', ('F', 'M')),
+    ('eval.finetune_optimizer', ('sgd', 'adam')),
+)
+# (field, allowed names of the entries or None, may be empty); no field may repeat an entry.
+_LISTS = (
+    ('train.models', SYSTEMS, False), ('eval.protocols', PROTOCOLS, False),
+    ('data.classes', None, False), ('data.aux_tasks', None, True),
+    ('train.seeds', None, True), ('folds.which', None, True),
+)
+# (field, smallest allowed integer).
+_COUNTS = (
+    ('train.steps', 1), ('train.segments_per_speaker', 1), ('train.eval_every', 1),
+    ('train.checkpoint_every', 1), ('train.log_every', 1), ('meta.inner_steps', 1),
+    ('meta.task_chunk', 0), ('eval.batch_size', 1), ('eval.finetune_steps', 0),
+    ('features.sample_rate', 1), ('features.n_fft', 1), ('features.n_frames', 1),
+    ('features.workers', 0), ('model.num_outputs', 1),
+)
+_POSITIVE = (
+    'meta.alpha', 'meta.beta', 'meta.gamma', 'eval.finetune_lr', 'features.hop_ms',
+    'features.win_ms', 'features.fmax', 'features.max_segment_s', 'features.log_floor',
+)
+
+
+class ConfigError(ValueError):
+  """Every problem of a config: one line each in the message, and in `problems`."""
+
+  def __init__(self, problems: Sequence[str]):
+    self.problems = tuple(problems)
+    super().__init__(f'{len(self.problems)} problem(s) in the config:\n'
+                     + '\n'.join(self.problems))
+
+
+def check_config(config: Any) -> None:
+  """Checks every field that `mmtl_jax.configs.base` defines (see `config_problems`).
+
+  Raises:
+    ConfigError: listing all problems at once, one `field: what is wrong (got X)` per line.
+  """
+  problems = config_problems(config)
+  if problems:
+    raise ConfigError(problems)
+
+
+def config_problems(config: Any) -> List[str]:
+  """All problems of `config` as `field: what is wrong (got X)` lines; [] if none."""
+  out = []
+  for field, choices in _ENUMS:
+    out += _enum(field, _get(config, field), choices)
+  for field, choices, may_be_empty in _LISTS:
+    out += _sequence(field, _get(config, field), choices, may_be_empty)
+  for field, minimum in _COUNTS:
+    out += _count(field, _get(config, field), minimum)
+  for field in _POSITIVE:
+    out += _positive(field, _get(config, field))
+  for index in _items(_get(config, 'folds.which')):
+    if not _is_int(index) or index < 0:
+      out.append(f'folds.which: entries must be fold indices >= 0 (got {index!r})')
+  return out + _output_problems(config) + _corpus_problems(config)
+
+
+def _get(config: Any, field: str) -> Any:
+  """The value at dotted `field`, or _MISSING where the config lacks it (None under meta)."""
+  node = config
+  for key in field.split('.'):
+    if not hasattr(node, 'get'):
+      return _MISSING
+    node = node.get(key, _MISSING)
+    if node is _MISSING:
+      return _MISSING
+  return _MISSING if node is None and field.startswith('meta.') else node
+
+
+def _is_int(value: Any) -> bool:
+  return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _items(value: Any) -> tuple:
+  """The entries of a list/tuple field; () when missing or not a sequence."""
+  return tuple(value) if isinstance(value, (list, tuple)) else ()
+
+
+def _names(choices: Any) -> tuple:
+  return tuple(choices.names()) if hasattr(choices, 'names') else tuple(choices)
+
+
+def _enum(field: str, value: Any, choices: Any) -> List[str]:
+  if value is _MISSING or value in _names(choices):
+    return []
+  return [f'{field}: must be one of {_names(choices)} (got {value!r})']
+
+
+def _sequence(field: str, value: Any, choices: Any, may_be_empty: bool) -> List[str]:
+  if value is _MISSING:
+    return []
+  if not isinstance(value, (list, tuple)):
+    return [f'{field}: must be a list or tuple (got {value!r})']
+  out = [] if value or may_be_empty else [f'{field}: must not be empty (got {value!r})']
+  if choices is not None:
+    out += [f'{field}: {v!r} is not one of {_names(choices)} (got {value!r})'
+            for v in value if v not in _names(choices)]
+  repeated = sorted({repr(v) for v in value if list(value).count(v) > 1})
+  if repeated:
+    out.append(f'{field}: repeated entries {", ".join(repeated)} (got {value!r})')
+  return out
+
+
+def _count(field: str, value: Any, minimum: int) -> List[str]:
+  if value is _MISSING:
+    return []
+  if not _is_int(value):
+    return [f'{field}: must be an integer >= {minimum} (got {value!r})']
+  return [f'{field}: must be >= {minimum} (got {value!r})'] if value < minimum else []
+
+
+def _positive(field: str, value: Any) -> List[str]:
+  if value is _MISSING:
+    return []
+  if not isinstance(value, numbers.Real) or isinstance(value, bool) or not value > 0:
+    return [f'{field}: must be a number > 0 (got {value!r})']  # `not >` also catches nan
+  return []
+
+
+def _edges(field: str, edges: Any, num_outputs: Any) -> List[str]:
+  """Bin edges: >= 2 increasing numbers, and no more bins than the shared head's outputs."""
+  if not isinstance(edges, (list, tuple)) or len(edges) < 2 or not all(
+      isinstance(e, numbers.Real) and not isinstance(e, bool) for e in edges):
+    return [f'{field}: must be at least 2 numeric bin edges (got {edges!r})']
+  if any(b <= a for a, b in zip(edges, edges[1:])):
+    return [f'{field}: bin edges must increase (got {edges!r})']
+  bins = len(edges) - 1
+  if _is_int(num_outputs) and bins > num_outputs:
+    return [f'{field}: {bins} bins need model.num_outputs >= {bins}, the shared head has '
+            f'{num_outputs} outputs (got {edges!r})']
+  return []
+
+
+def _output_problems(config: Any) -> List[str]:
+  """The emotion classes share the head's model.num_outputs outputs with the aux bins."""
+  classes, num_outputs = _get(config, 'data.classes'), _get(config, 'model.num_outputs')
+  if _is_int(num_outputs) and len(_items(classes)) > num_outputs:
+    return [f'data.classes: {len(classes)} classes need model.num_outputs >= {len(classes)}, '
+            f'the shared head has {num_outputs} outputs (got {classes!r})']
+  return []
+
+
+def _corpus_problems(config: Any) -> List[str]:
+  """The fields of the corpus that data.kind selects."""
+  kind, num_outputs = _get(config, 'data.kind'), _get(config, 'model.num_outputs')
+  aux_tasks = _items(_get(config, 'data.aux_tasks'))
+  out = []
+  if kind in ('iemocap', 'synthetic'):  # one reader for both
+    out += _enum('data.iemocap.selection', _get(config, 'data.iemocap.selection'),
+                 ('improvised', 'scripted', 'all'))
+    out += [f'data.aux_tasks: {t!r} is not one of {VAD_NAMES} for data.kind={kind!r} '
+            f'(got {aux_tasks!r})' for t in aux_tasks if t not in VAD_NAMES]
+    edges = _get(config, 'data.iemocap.vad_edges')
+    if edges is not _MISSING:
+      out += _edges('data.iemocap.vad_edges', edges, num_outputs)
+  elif kind == 'manifest':
+    out += _manifest_problems(config, aux_tasks, num_outputs)
+  return out
+
+
+def _manifest_problems(config: Any, aux_tasks: tuple, num_outputs: Any) -> List[str]:
+  """data.manifest: the CSV path, and an aux_columns entry for every aux task in use."""
+  out = []
+  path = _get(config, 'data.manifest.path')
+  if not path or not isinstance(path, str):
+    out.append("data.manifest.path: data.kind='manifest' needs the CSV file (got "
+               f"{None if path is _MISSING else path!r})")
+  columns = _get(config, 'data.manifest.aux_columns')
+  columns = dict(columns) if hasattr(columns, 'keys') else {}
+  for task in aux_tasks:
+    spec = columns.get(task, _MISSING)
+    if spec is _MISSING:
+      out.append(f'data.manifest.aux_columns: no entry for aux task {task!r} '
+                 f'(got {sorted(columns)})')
+    elif isinstance(spec, str):
+      if spec != 'categorical':
+        out.append(f"data.manifest.aux_columns.{task}: must be 'categorical' or bin edges "
+                   f'(got {spec!r})')
+    else:
+      out += _edges(f'data.manifest.aux_columns.{task}', spec, num_outputs)
+  return out
