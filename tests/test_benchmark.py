@@ -62,7 +62,8 @@ def test_bad_arguments_are_rejected(bench_config, kwargs, match):
 def test_cli_writes_json(tmp_path):
   out = tmp_path / 'bench.json'
   proc = subprocess.run(
-      [sys.executable, _SCRIPT, '--shape=tiny', '--modes=reptile', '--strategies=loop', f'--json={out}', '--config.model.conv_features=(2,3)',
+      [sys.executable, _SCRIPT, '--shape=tiny', '--modes=reptile', '--strategies=loop',
+       f'--json={out}', '--config.model.conv_features=(2,3)',
        '--config.model.conv_kernels=((3,3),(2,3))', '--config.model.lstm_hidden=4',
        '--config.model.fc_hidden=5'],
       capture_output=True, text=True, timeout=300)

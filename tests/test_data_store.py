@@ -45,7 +45,8 @@ def small_corpus(tmp_path_factory):
 @pytest.fixture(scope='module')
 def small_store(small_corpus, tmp_path_factory):
   root, _ = small_corpus
-  return store_lib.build_feature_store(small_store_config(root), str(tmp_path_factory.mktemp('work')))
+  return store_lib.build_feature_store(small_store_config(root),
+                                       str(tmp_path_factory.mktemp('work')))
 
 
 def test_round_trip_counts_equal_what_was_written(small_corpus):

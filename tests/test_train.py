@@ -11,43 +11,10 @@ import soundfile as sf
 
 from mmtl_jax.ser import predict
 from mmtl_jax.ser import train
-from mmtl_jax.configs import demo
 from mmtl_jax.data import sampler as sampler_lib
-from mmtl_jax.data import synthetic
 
 
-@pytest.fixture(scope='module')
-def corpus_root(tmp_path_factory):
-  return synthetic.ensure_corpus(str(tmp_path_factory.mktemp('corpus')), seed=0)
-
-
-def tiny_config(corpus_root, models=('mmtl', 'cnn_lstm', 'cnn_lstm_mtl'), steps=4):
-  c = demo.get_config()
-  c.data.root = corpus_root
-  c.features.n_fft = 128
-  c.features.win_ms = 8.0
-  c.features.hop_ms = 32.0
-  c.features.n_frames = 16
-  c.features.workers = 1
-  c.model.conv_features = (2, 3, 4)
-  c.model.conv_kernels = ((3, 3), (3, 3), (3, 3))
-  c.model.lstm_hidden = 4
-  c.model.fc_hidden = 4
-  c.meta.mode = 'first_order'
-  c.train.models = models
-  c.train.steps = steps
-  c.train.segments_per_speaker = 4
-  c.train.eval_every = 2
-  c.train.checkpoint_every = 2
-  c.train.log_every = 1
-  c.folds.which = (0,)
-  c.eval.finetune_steps = 1
-  c.eval.batch_size = 32
-  c.compilation_cache_dir = ''  # hermetic: no cache shared across tests or in $HOME
-  return c
-
-
-def test_end_to_end_results_and_predict(corpus_root, tmp_path):
+def test_end_to_end_results_and_predict(tiny_config, corpus_root, tmp_path):
   workdir = str(tmp_path / 'run')
   out = train.train_and_evaluate(tiny_config(corpus_root), workdir)
   runs = {(r['model'], r['protocol']): r for r in out['runs']}
@@ -84,7 +51,7 @@ def test_end_to_end_results_and_predict(corpus_root, tmp_path):
   assert rate == 16000 and results[0]['segments'] == int(np.ceil(len(wave) / rate / 1.0))
 
 
-def test_killed_run_resumes_to_the_same_result(corpus_root, tmp_path, monkeypatch):
+def test_killed_run_resumes_to_the_same_result(tiny_config, corpus_root, tmp_path, monkeypatch):
   config = tiny_config(corpus_root, models=('mmtl',), steps=6)
   uninterrupted = train.train_and_evaluate(config, str(tmp_path / 'a'))
 
@@ -111,7 +78,7 @@ def test_killed_run_resumes_to_the_same_result(corpus_root, tmp_path, monkeypatc
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
-def test_nan_loss_stops_with_clear_error_and_keeps_checkpoint(corpus_root, tmp_path,
+def test_nan_loss_stops_with_clear_error_and_keeps_checkpoint(tiny_config, corpus_root, tmp_path,
                                                               monkeypatch):
   config = tiny_config(corpus_root, models=('cnn_lstm',), steps=6)
   original = sampler_lib.TaskSampler.batch
@@ -131,7 +98,7 @@ def test_nan_loss_stops_with_clear_error_and_keeps_checkpoint(corpus_root, tmp_p
   assert (fold_dir / 'checkpoints' / '2').exists()
 
 
-def test_several_seeds_give_mean_and_std_over_folds_and_seeds(corpus_root, tmp_path):
+def test_several_seeds_give_mean_and_std_over_folds_and_seeds(tiny_config, corpus_root, tmp_path):
   config = tiny_config(corpus_root, models=('cnn_lstm',), steps=2)
   config.train.seeds = (0, 1)
   out = train.train_and_evaluate(config, str(tmp_path / 'seeds'))

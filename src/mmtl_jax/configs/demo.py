@@ -25,10 +25,7 @@ def scale_down(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.model.conv_kernels = ((5, 5), (3, 3), (3, 3))
   c.model.lstm_hidden = 32
   c.model.fc_hidden = 32
-  # First-order MAML: with one inner step, Reptile's direction for theta is alpha times the
-  # auxiliary gradient alone, so theta never sees the emotion loss; on this corpus it stayed
-  # near chance (gamma 0.001: pooled UA 0.31 paper / 0.33 strict); first_order with gamma
-  # 0.003 reached 0.40 / 0.43.
+  # Not 'reptile': with one inner step, Reptile's theta direction ignores the emotion loss.
   c.meta.mode = 'first_order'
   c.meta.gamma = 0.003  # baselines use the same Adam lr and the same 150 steps
   c.train.steps = 150

@@ -1,16 +1,16 @@
 """Reader of a CSV manifest: any corpus as one row per recording.
 
-Columns (names from config.data.manifest): path (relative to the CSV's directory, or absolute),
-speaker, label, and the auxiliary columns named in config.data.aux_tasks. Each auxiliary
-column is described in config.data.manifest.aux_columns as either
+Columns (names from config.data.manifest): path (relative to the CSV's directory, or
+absolute), speaker, label, and the auxiliary columns named in config.data.aux_tasks. Each
+auxiliary column is described in config.data.manifest.aux_columns as either
 
   'categorical'         values -> index in the sorted list of the column's distinct values
                         (over all rows of the file, so indices do not depend on the classes);
   (e0, e1, ..., en)     numeric bin edges: bins [e_i, e_{i+1}); outside [e0, en) is an error
                         naming file and line.
 
-An optional config.data.manifest.label_map maps raw labels to class names; rows whose (mapped) label is
-not in config.data.classes are left out.
+An optional config.data.manifest.label_map maps raw labels to class names; rows whose
+(mapped) label is not in config.data.classes are left out.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ Bring two pure per-task losses over parameter pytrees and get a jit-able meta-st
       params, opt_state, task_batch, jax.random.fold_in(key, step))
 
 Modes, by name from the `MODES` registry (`MODES.register(name, fn)` adds one): 'exact' |
-'first_order' | 'reptile'. Task strategies: 'vmap' | 'map' | 'loop' | 'sharded' | 'auto'.
+'first_order' (default) | 'reptile' | 'reptile_emotion'. Task strategies: 'vmap' | 'map' | 'loop' | 'sharded' | 'auto'.
 See docs/META_API.md.
 """
 

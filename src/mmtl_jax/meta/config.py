@@ -17,9 +17,12 @@ class MetaConfig:
   """Hashable (usable as a static jit argument) settings of eqs. 4-7.
 
   Attributes:
-    mode: a name in `mmtl_jax.meta.modes.MODES`: 'exact' (differentiate through eqs. 4-5),
-      'first_order' (FOMAML: inner gradients treated as constants), 'reptile' (outer
-      direction = params - adapted params), or a registered one.
+    mode: a name in `mmtl_jax.meta.modes.MODES`: 'first_order' (the default; FOMAML: eqs. 6-7
+      with the inner gradients treated as constants, so theta gets the outer loss's gradient
+      at theta'), 'exact' (differentiate through eqs. 4-5), 'reptile' (outer direction =
+      params - adapted params; with inner_steps=1 theta's is alpha * grad inner_loss alone
+      and never sees the outer loss), 'reptile_emotion' (the Reptile direction plus the
+      first_order gradient, as the paper's reference code combines them), or a registered one.
     strategy: how the task axis is computed: 'vmap', 'map' (sequential lax.scan inside the
       jit), 'loop' (sequential, Python loop traced into the jit), 'sharded' (tasks split over
       all devices, every host's) or 'auto' (CPU: loop, else vmap). See `mmtl_jax.meta.strategy`.
@@ -35,7 +38,7 @@ class MetaConfig:
       pass per task; metrics only).
   """
 
-  mode: str = 'reptile'
+  mode: str = 'first_order'
   strategy: str = 'auto'
   inner_steps: int = 1
   alpha: float = 0.01

@@ -6,7 +6,8 @@ A mode is `mode(params, adapt, outer) -> (direction, outer_loss, adapted, stats)
   outer(adapted) -> scalar: the task's outer loss at adapted params (eqs. 6-7).
   direction: shaped like params, handed to the outer optimiser as if it were a gradient.
   adapted: the adapted params with gradients stopped (for metrics).
-Built in: 'exact' (second order), 'first_order' (FOMAML) and 'reptile' (Nichol et al. 2018).
+Built in: 'exact' (second order), 'first_order' (FOMAML, the `MetaConfig` default), 'reptile'
+(Nichol et al. 2018) and 'reptile_emotion' (Reptile plus FOMAML: the paper's reference code).
 A new mode is one function plus `MODES.register(name, fn)`; `MetaConfig(mode=name)` then
 accepts it and every task strategy runs it.
 """
@@ -54,3 +55,23 @@ def reptile(params: Params, adapt: Adapt, outer: Outer) -> ModeResult:
   adapted, stats = adapt(params, True)
   adapted = jax.lax.stop_gradient(adapted)
   return jax.tree.map(jnp.subtract, params, adapted), outer(adapted), adapted, stats
+
+
+@MODES.register('reptile_emotion')
+def reptile_emotion(params: Params, adapt: Adapt, outer: Outer) -> ModeResult:
+  """Reptile direction plus the FOMAML gradient: (params - adapted) + grad outer(adapted).
+
+  This reproduces the combination in the paper's public PyTorch reference code, whose
+  fine-tuning block adds a first-order gradient of the outer (emotion) loss, taken at the
+  adapted params, to ALL parameters on top of the Reptile step; one reading of Algorithm 1,
+  line 11, "aggregates the loss in the above two stages". It exists so that code can be
+  reproduced, not because it is what eqs. 6-7 write ('exact') or their cheap approximation
+  ('first_order'). With one inner step theta's direction is alpha * grad inner(theta) +
+  grad_theta outer(theta', phi'), so unlike plain 'reptile' theta does see the outer loss.
+  The inner gradients are stopped (first order); outer_loss is the loss at the adapted params.
+  """
+  adapted, stats = adapt(params, True)
+  adapted = jax.lax.stop_gradient(adapted)
+  loss, grads = jax.value_and_grad(outer)(adapted)
+  direction = jax.tree.map(lambda p, a, g: p - a + g, params, adapted, grads)
+  return direction, loss, adapted, stats

@@ -2,7 +2,8 @@
 
 For one task i, the mode named by `MetaConfig.mode` (see `mmtl_jax.meta.modes`: 'exact',
 'first_order', 'reptile' or any registered one) turns the adapted params (theta'_i, phi'_i) of
-`inner_adapt` into an outer direction. The per-task results are reduced over tasks by `MetaConfig.task_reduce` (mean by default).
+`inner_adapt` into an outer direction. The per-task results are reduced over tasks by
+`MetaConfig.task_reduce` (mean by default).
 """
 
 from typing import Any, Dict, Optional, Tuple

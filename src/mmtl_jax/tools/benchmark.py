@@ -307,7 +307,8 @@ def summary(records: Sequence[Dict[str, Any]]) -> List[str]:
   fo, ex = by.get(('first_order', default)), by.get(('exact', default))
   if fo and ok[0]['shape'] == 'bench' and ok[0]['backend'] == 'cpu':
     for name in ('pytorch_reference_first_order', 'torch_func_first_order'):
-      lines.append(f'first_order speed-up vs {name} ({REFERENCE_CPU_S[name]} s before the project): '
+      lines.append(f'first_order speed-up vs {name} '
+                   f'({REFERENCE_CPU_S[name]} s before the project): '
                    f'{REFERENCE_CPU_S[name] / fo["s_per_iter"]:.2f}x (target >= 4)')
   if fo and ex:
     lines.append(f'exact / first_order ({default}): time {ex["s_per_iter"] / fo["s_per_iter"]:.2f}'

@@ -14,6 +14,9 @@ from mmtl_jax import meta
 from mmtl_jax.ser import losses as ser
 
 
+# The three gradients the layer table sets side by side.
+COMPARED = ('exact', 'first_order', 'reptile')
+
 def _leaves_with_names(tree: Any) -> List:
   flat, _ = jax.tree_util.tree_flatten_with_path(tree)
   names = ['/'.join(str(getattr(k, 'key', k)) for k in path) for path, _ in flat]
@@ -52,7 +55,7 @@ def _float64_batch(config: Any) -> Dict[str, np.ndarray]:
 
 def _gradients_fn(batch: Dict[str, Any], rng: jax.Array, losses: tuple,
                   cfgs: Dict[str, Any]) -> Callable[[Any], Dict[str, Any]]:
-  """jit: params -> {mode: meta-gradient} for every mode of meta.MODES, in float64."""
+  """jit: params -> {mode: meta-gradient} for every mode of COMPARED, in float64."""
   inner_loss, transfer_loss = losses
   steps = cfgs['exact'].inner_steps
 
@@ -129,7 +132,7 @@ def compare(config: Any, params: Optional[Dict[str, Any]] = None,
     losses = ser.make_losses(model)
     rng = jax.random.PRNGKey(config.seed)
     cfgs = {mode: meta.MetaConfig.from_config(dict(config.meta.to_dict(), mode=mode))
-            for mode in meta.MODES}
+            for mode in COMPARED}
     gradients = _gradients_fn(batch, rng, losses, cfgs)
     finite_difference = _finite_difference_fn(batch, rng, losses, cfgs['exact'], cc)
     if params is None:
