@@ -50,6 +50,15 @@ def test_end_to_end_results_and_predict(tiny_config, corpus_root, tmp_path):
     assert abs(sum(r['posteriors'].values()) - 1.0) < 1e-5
   assert rate == 16000 and results[0]['segments'] == int(np.ceil(len(wave) / rate / 1.0))
 
+  # A bundle written before models were chosen by name (no model.name) still predicts the same.
+  bundle = predictor.bundle
+  with open(os.path.join(bundle, 'config.json'), encoding='utf-8') as f:
+    old_config = json.load(f)
+  del old_config['model']['name']
+  with open(os.path.join(bundle, 'config.json'), 'w', encoding='utf-8') as f:
+    json.dump(old_config, f)
+  assert predict.Predictor(bundle).predict_file(wav)['posteriors'] == results[0]['posteriors']
+
 
 def test_killed_run_resumes_to_the_same_result(tiny_config, corpus_root, tmp_path, monkeypatch):
   config = tiny_config(corpus_root, models=('mmtl',), steps=6)

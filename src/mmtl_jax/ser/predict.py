@@ -39,6 +39,8 @@ class Predictor:
     self.params, self.config = ckpt_lib.load_inference_bundle(self.bundle)
     self.model = str(self.config.get('bundle_model', 'mmtl'))
     self.classes = tuple(self.config.get('classes', self.config.data.classes))
+    if 'name' not in self.config.model:  # bundles written before models were chosen by name
+      self.config.model.name = 'cnn_bilstm'  # held the only model there was
     system = systems_lib.make_system(self.model, self.config)
     self._posteriors = jax.jit(
         lambda p, x: jax.nn.softmax(system.predict_logits(p, x), axis=-1))
