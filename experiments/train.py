@@ -62,10 +62,9 @@ def main(argv):
   if _DISTRIBUTED.value:  # before any other use of JAX (devices, jit, arrays)
     jax.distributed.initialize(**distributed_kwargs())
   try:
-    config_check.check_config(_CONFIG.value)
-  except config_check.ConfigError as e:  # the list of problems, without a traceback
+    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except (config_check.ConfigError, train.StaleRunError) as e:  # the message, no traceback
     sys.exit(f'error: {e}')
-  train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 
 if __name__ == '__main__':

@@ -99,6 +99,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.log_every = 20
   c.train.models = ('mmtl', 'cnn_lstm', 'cnn_lstm_mtl')
   c.train.seeds = ()  # several seeds: mean and std over folds x seeds; () = (seed,)
+  # A fold directory written under another config: 'error' (stop before any training, listing
+  # what changed) or 'restart' (move it aside to <fold>.stale-<n> and train it again).
+  c.train.on_changed_config = 'error'
 
   # ---- meta-test (section 2.4) -------------------------------------------------------------
   c.eval = ml_collections.ConfigDict()

@@ -17,7 +17,7 @@ from typing import Any
 
 import flax.linen as nn
 
-from mmtl_jax.models.meta_learner import BiLSTM, MetaLearner, compute_dtype
+from mmtl_jax.models.meta_learner import DTYPES, BiLSTM, MetaLearner, compute_dtype
 from mmtl_jax.models.transfer import TransferLearner
 from mmtl_jax.registry import Registry
 
@@ -57,5 +57,5 @@ def transfer_learner(model_config: Any) -> TransferLearner:
                          dtype=compute_dtype(model_config.get('dtype', 'float32')))
 
 
-__all__ = ['BiLSTM', 'MODELS', 'MetaLearner', 'TransferLearner', 'build', 'compute_dtype',
+__all__ = ['BiLSTM', 'DTYPES', 'MODELS', 'MetaLearner', 'TransferLearner', 'build', 'compute_dtype',
            'model_kwargs', 'transfer_learner']

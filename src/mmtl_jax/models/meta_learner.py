@@ -14,7 +14,7 @@ from mmtl_jax.models.conv import Conv
 
 Dtype = Any
 
-_DTYPES = {
+DTYPES = {
     'float32': jnp.float32,
     'bfloat16': jnp.bfloat16,
     'float16': jnp.float16,
@@ -25,9 +25,9 @@ _DTYPES = {
 def compute_dtype(name: Any) -> Dtype:
   """Maps a config string ('float32', 'bfloat16', ...) or a dtype to a jnp dtype."""
   if isinstance(name, str):
-    if name not in _DTYPES:
-      raise ValueError(f'unknown compute dtype {name!r}; expected one of {sorted(_DTYPES)}')
-    return _DTYPES[name]
+    if name not in DTYPES:
+      raise ValueError(f'unknown compute dtype {name!r}; expected one of {sorted(DTYPES)}')
+    return DTYPES[name]
   return jnp.dtype(name).type
 
 

@@ -16,20 +16,20 @@ from mmtl_jax.data.corpus import CORPORA
 from mmtl_jax.data.iemocap import VAD_NAMES
 from mmtl_jax.meta import MODES, STRATEGIES
 from mmtl_jax.meta.config import TASK_REDUCES
-from mmtl_jax.models import MODELS
+from mmtl_jax.models import DTYPES, MODELS
 from mmtl_jax.ser.evaluate import PROTOCOLS
 from mmtl_jax.ser.systems import SYSTEMS
 
 _MISSING = object()
-_MODEL_DTYPES = ('float32', 'bfloat16', 'float16', 'float64')  # models.compute_dtype's names
 
 # (field, allowed names): a tuple, or a Registry read at check time.
 _ENUMS = (
-    ('data.kind', CORPORA), ('model.name', MODELS), ('model.dtype', _MODEL_DTYPES),
+    ('data.kind', CORPORA), ('model.name', MODELS), ('model.dtype', tuple(DTYPES)),
     ('meta.mode', MODES), ('meta.strategy', STRATEGIES), ('meta.task_reduce', TASK_REDUCES),
     ('features.normalise', ('segment', 'none')), ('folds.scheme', ('session', 'speaker')),
     ('folds.class_weights', ('speaker', 'pooled')), ('folds.dev_gender', ('F', 'M')),
     ('eval.finetune_optimizer', ('sgd', 'adam')),
+    ('train.on_changed_config', ('error', 'restart')),
 )
 # (field, allowed names of the entries or None, may be empty); no field may repeat an entry.
 _LISTS = (

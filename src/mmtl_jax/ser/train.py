@@ -53,10 +53,12 @@ from mmtl_jax.run import checkpoint as ckpt_lib
 from mmtl_jax.run import metric_log
 from mmtl_jax.ser import config_check
 from mmtl_jax.ser import evaluate as eval_lib
+from mmtl_jax.ser import fingerprint as fingerprint_lib
 from mmtl_jax.ser import results as results_lib
 from mmtl_jax.ser import systems as systems_lib
 
 log = logging.getLogger(__name__)
+StaleRunError = fingerprint_lib.StaleRunError
 
 PyTree = Any
 
@@ -344,7 +346,7 @@ def train_fold(system: systems_lib.System, evaluator: eval_lib.Evaluator, step_f
 
 def _fold_result(system, evaluator, step_fn, store, fold, config, fold_dir, position, mesh):
   """The fold's result.json if it is finished, else trains it (resuming) and writes it
-  (process 0 writes; every process trains)."""
+  (process 0 writes; every process trains). `check_fold_dirs` has vetted fold_dir."""
   result_path = os.path.join(fold_dir, 'result.json')
   if os.path.exists(result_path):
     with open(result_path, encoding='utf-8') as f:
@@ -387,6 +389,18 @@ def _train_model(model_name: str, config: ml_collections.ConfigDict, store: Any,
   evaluator = eval_lib.Evaluator(system, store, config)
   step_fn = jax.jit(system.train_step, donate_argnums=(0, 1))
   records: List[Dict[str, Any]] = []
+  for seed_config, i, fold, fold_dir in _fold_dirs(config, model_name, folds, seeds, workdir):
+    seed = int(seed_config.seed)
+    result = _fold_result(system, evaluator, step_fn, store, fold, seed_config, fold_dir,
+                          f'{model_name} seed {seed} fold {i + 1}/{len(folds)}', mesh)
+    _print_fold(model_name, seed, result)
+    records.extend(_fold_records(model_name, seed, result))
+  return records
+
+
+def _fold_dirs(config: ml_collections.ConfigDict, model_name: str, folds: List[Any],
+               seeds: Tuple[int, ...], workdir: str):
+  """(config with that seed, fold index, fold, fold dir) for every seed x fold of a model."""
   for seed in seeds:
     seed_config = config.copy_and_resolve_references()
     seed_config.seed = seed
@@ -394,12 +408,39 @@ def _train_model(model_name: str, config: ml_collections.ConfigDict, store: Any,
     if len(seeds) > 1:
       model_dir = os.path.join(model_dir, f'seed{seed}')
     for i, fold in enumerate(folds):
-      fold_dir = os.path.join(model_dir, _fold_name(fold))
-      result = _fold_result(system, evaluator, step_fn, store, fold, seed_config, fold_dir,
-                            f'{model_name} seed {seed} fold {i + 1}/{len(folds)}', mesh)
-      _print_fold(model_name, seed, result)
-      records.extend(_fold_records(model_name, seed, result))
-  return records
+      yield seed_config, i, fold, os.path.join(model_dir, _fold_name(fold))
+
+
+def _expected(config: ml_collections.ConfigDict, model_name: str, store: Any) -> Dict[str, Any]:
+  return fingerprint_lib.fingerprint(config, model_name, store.manifest['config_hash'])
+
+
+def check_fold_dirs(config: ml_collections.ConfigDict, store: Any, folds: List[Any],
+                    seeds: Tuple[int, ...], workdir: str) -> None:
+  """Before any training: every existing fold directory of this run must have been written
+  under the current config (see `mmtl_jax.ser.fingerprint`).
+
+  Raises:
+    StaleRunError: listing every stale fold's differing fields, unless
+      config.train.on_changed_config == 'restart' (stale folds are then moved aside).
+  """
+  expected, stale = {}, {}
+  for model_name in config.train.models:
+    for seed_config, _, _, fold_dir in _fold_dirs(config, model_name, folds, seeds, workdir):
+      expected[fold_dir] = _expected(seed_config, model_name, store)
+      diffs = fingerprint_lib.stale_fields(fold_dir, expected[fold_dir])
+      if diffs:
+        stale[fold_dir] = diffs
+  if stale and config.train.get('on_changed_config', 'error') != 'restart':
+    raise StaleRunError(fingerprint_lib.mismatch_message(stale, workdir))
+  if is_primary():
+    for fold_dir in stale:
+      print(f'config changed: {fold_dir} moved to {fingerprint_lib.move_aside(fold_dir)}',
+            flush=True)
+    for fold_dir, fields in expected.items():  # before any checkpoint of the fold is written
+      fingerprint_lib.write(fold_dir, fields)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices('mmtl_jax.ser.train: fold fingerprints written')
 
 
 _NOTES = ("Protocol 'paper': fine-tune on the test speaker's auxiliary labels before "
@@ -438,6 +479,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   folds = folds_lib.make_folds(store, config)
   mesh = task_mesh(config)  # built once: every system and fold shares it (and its compilation)
   seeds = tuple(int(x) for x in config.train.get('seeds', ())) or (int(config.seed),)
+  check_fold_dirs(config, store, folds, seeds, workdir)
   fold_records: List[Dict[str, Any]] = []
   for model_name in config.train.models:
     fold_records.extend(_train_model(model_name, config, store, folds, seeds, workdir, mesh))

@@ -1,0 +1,95 @@
+"""What a fold's results were computed from, so a changed config never reuses them silently.
+
+A fold directory holds `fingerprint.json` from the moment it starts training: every config
+field that can change its training or evaluation (flattened to dotted names), the system's
+name, the feature store's hash and the package version. Before any training, every fold
+directory of the run is compared with the fingerprint the current config gives it; a finished
+or unfinished fold whose fingerprint differs (or that has none) stops the run with one error
+listing `field: old -> new`, unless config.train.on_changed_config = 'restart', which moves
+such folds aside (nothing is deleted) and trains them afresh.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Mapping
+
+from mmtl_jax import __version__
+from mmtl_jax.run import files
+
+FILENAME = 'fingerprint.json'
+# Fields that cannot change a fold's result: where and how often things are written, which
+# folds / models / seeds this invocation runs (each fold directory is per model and seed), and
+# what to do on a mismatch.
+IGNORED = ('compilation_cache_dir', 'features.workers', 'train.log_every',
+           'train.checkpoint_every', 'train.models', 'train.seeds', 'folds.which',
+           'train.on_changed_config')
+
+
+class StaleRunError(RuntimeError):
+  """Fold directories of this workdir were written under another config."""
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = '') -> dict[str, Any]:
+  out = {}
+  for key, value in tree.items():
+    name = f'{prefix}{key}'
+    if isinstance(value, Mapping):
+      out.update(_flatten(value, name + '.'))
+    else:
+      out[name] = value
+  return out
+
+
+def fingerprint(config: Any, model: str, store_hash: str) -> dict[str, Any]:
+  """{dotted field: JSON value} of everything a fold of `model` is computed from."""
+  fields = _flatten(files.to_jsonable(config))
+  fields = {k: v for k, v in fields.items() if k not in IGNORED}
+  return dict(sorted(fields.items()), **{'system': model, 'feature_store': store_hash,
+                                         'mmtl_jax_version': __version__})
+
+
+def differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+  """`name: old -> new` for every field whose value differs (absent shown as <absent>)."""
+  absent = '<absent>'
+  return [f'{k}: {json.dumps(old.get(k, absent))} -> {json.dumps(new.get(k, absent))}'
+          for k in sorted(set(old) | set(new)) if old.get(k, absent) != new.get(k, absent)]
+
+
+def stale_fields(fold_dir: str, expected: Mapping[str, Any]) -> list[str] | None:
+  """None if `fold_dir` holds nothing computed yet or was written under `expected`; else
+  what differs."""
+  if not os.path.isdir(fold_dir) or not set(os.listdir(fold_dir)) - {FILENAME}:
+    return None
+  path = os.path.join(fold_dir, FILENAME)
+  if not os.path.exists(path):
+    return [f'{FILENAME}: missing (written by an older mmtl_jax or another tool)']
+  with open(path, encoding='utf-8') as f:
+    found = json.load(f)
+  return differences(found, expected) or None
+
+
+def write(fold_dir: str, expected: Mapping[str, Any]) -> None:
+  files.atomic_write_json(os.path.join(fold_dir, FILENAME), dict(expected))
+
+
+def move_aside(fold_dir: str) -> str:
+  """Renames `fold_dir` to the first free `<fold_dir>.stale-<n>`; returns the new path."""
+  n = 1
+  while os.path.exists(f'{fold_dir}.stale-{n}'):
+    n += 1
+  os.rename(fold_dir, f'{fold_dir}.stale-{n}')
+  return f'{fold_dir}.stale-{n}'
+
+
+def mismatch_message(stale: Mapping[str, list[str]], workdir: str) -> str:
+  """The one error for every stale fold, with how to go on."""
+  lines = [f'{len(stale)} fold(s) in {workdir} were computed under another config; nothing '
+           'was trained:']
+  for fold_dir, diffs in stale.items():
+    lines.append(f'  {os.path.relpath(fold_dir, workdir)}:')
+    lines += [f'    {d}' for d in diffs]
+  lines.append('To go on: use a new --workdir, or pass --config.train.on_changed_config=restart '
+               'to move these folds aside (to <fold>.stale-<n>) and train them again.')
+  return '\n'.join(lines)
