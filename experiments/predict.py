@@ -3,9 +3,13 @@
   python experiments/predict.py --checkpoint=runs/demo/mmtl/Ses01-testSes01M/bundle a.wav b.wav
   python experiments/predict.py --checkpoint=runs/demo a.wav      # first MMTL fold's bundle
 
-Prints one line per file (emotion and posteriors), or a JSON list with --json. A file that
-cannot be read gets an error line; the others are still predicted. Exit status 1 if any
-file failed.
+Prints one line per file (emotion and posteriors), or a JSON list with --json. A clip that is
+digital silence or too short for one segment gets no label but a warning ('emotion': null
+and 'warning' in JSON); see mmtl_jax.ser.predict. A file that is missing ('file not found')
+or cannot be read gets an error line; the others are still predicted.
+
+Exit status: 0 when every file was predicted (warnings included), 1 if any file failed,
+2 when the bundle is missing or damaged (one line on stderr, no traceback).
 """
 
 import json
@@ -22,24 +26,34 @@ _CHECKPOINT = flags.DEFINE_string('checkpoint', None, 'Bundle, fold directory or
 _JSON = flags.DEFINE_bool('json', False, 'Print a JSON list instead of text lines.')
 
 
+def _print_text(predictor: predict.Predictor, results: list) -> None:
+  print(f'# model {predictor.model} from {predictor.bundle}')
+  for r in results:
+    if 'error' in r:
+      print(f"{r['path']}: ERROR {r['error']}", file=sys.stderr)
+    elif r.get('warning'):
+      print(f"{r['path']}: no label  (WARNING {r['warning']})")
+    else:
+      post = ' '.join(f'{c}={p:.3f}' for c, p in r['posteriors'].items())
+      print(f"{r['path']}: {r['emotion']}  ({post})")
+
+
 def main(argv):
   if not flags.FLAGS['verbosity'].present:  # orbax logs every save at INFO
-    logging.set_verbosity(logging.WARNING)
+    logging.set_verbosity(logging.ERROR)  # and a damaged bundle at WARNING: we say it once
   paths = argv[1:]
   if not paths:
     raise app.UsageError('give one or more wav files')
-  predictor = predict.Predictor(_CHECKPOINT.value)
+  try:
+    predictor = predict.Predictor(_CHECKPOINT.value)
+  except (FileNotFoundError, predict.BundleError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
   results = predictor.predict_files(paths)
   if _JSON.value:
     print(json.dumps(results, indent=1))
   else:
-    print(f'# model {predictor.model} from {predictor.bundle}')
-    for r in results:
-      if 'error' in r:
-        print(f"{r['path']}: ERROR {r['error']}", file=sys.stderr)
-      else:
-        post = ' '.join(f'{c}={p:.3f}' for c, p in r['posteriors'].items())
-        print(f"{r['path']}: {r['emotion']}  ({post})")
+    _print_text(predictor, results)
   if any('error' in r for r in results):
     sys.exit(1)
 

@@ -63,7 +63,8 @@ def main(argv):
     jax.distributed.initialize(**distributed_kwargs())
   try:
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except (config_check.ConfigError, train.StaleRunError) as e:  # the message, no traceback
+  except (config_check.ConfigError, train.StaleRunError, train.WorkdirLockedError,
+          train.CheckpointMismatchError) as e:  # the message, no traceback
     sys.exit(f'error: {e}')
 
 

@@ -168,3 +168,90 @@ def test_inference_bundle_restores_the_base_config_exactly(tmp_path):
   bundle = checkpoint.save_inference_bundle(tmp_path / 'b', {'w': jnp.ones(2)}, config)
   _, restored = checkpoint.load_inference_bundle(bundle)
   assert restored.to_dict() == config.to_dict()
+
+
+def _wide_state(width, scale=1.0):
+  """60 leaves, as a real model has many: orbax's own shape error comes once per leaf."""
+  return {'params': {f'layer{i}': {'kernel': jnp.full((3, width), scale)} for i in range(60)}}
+
+
+def test_shape_mismatch_is_one_error_naming_checkpoint_and_leaves(tmp_path):
+  with checkpoint.Checkpointer(tmp_path / 'ckpt') as ckpt:
+    ckpt.save(4, _wide_state(4))
+  with checkpoint.Checkpointer(tmp_path / 'ckpt') as ckpt:
+    with pytest.raises(checkpoint.CheckpointMismatchError) as e:
+      ckpt.restore(target=_wide_state(16))
+    assert ckpt.all_steps() == [4]  # a mismatch is not damage: nothing is moved
+  message = str(e.value)
+  assert f'checkpoint {tmp_path / "ckpt" / "4"} does not fit' in message
+  assert 'params.layer0.kernel: checkpoint (3, 4) vs model (3, 16)' in message
+  assert '60 leaves differ' in message and '... and 48 more' in message
+  assert isinstance(e.value, ValueError)
+
+
+_MISMATCHED_RESTORE = textwrap.dedent('''
+    import sys
+    import jax.numpy as jnp
+    from mmtl_jax.run import checkpoint
+    tree = lambda w: {'p': {f'l{i}': jnp.ones((3, w)) for i in range(60)}}
+    with checkpoint.Checkpointer(sys.argv[1]) as ckpt:
+      ckpt.save(1, tree(4))
+    with checkpoint.Checkpointer(sys.argv[1]) as ckpt:
+      ckpt.restore(target=tree(16))
+''')
+
+
+def test_failed_restore_does_not_flood_the_terminal(tmp_path):
+  proc = subprocess.run([sys.executable, '-c', _MISMATCHED_RESTORE, str(tmp_path / 'c')],
+                        capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 1
+  assert 'CheckpointMismatchError' in proc.stderr
+  assert 'Event loop is closed' not in proc.stderr and 'Exception ignored' not in proc.stderr
+  assert len(proc.stderr.splitlines()) < 40, proc.stderr[-3000:]
+
+
+def test_damaged_latest_step_warns_and_falls_back(tmp_path, caplog):
+  directory = tmp_path / 'ckpt'
+  with checkpoint.Checkpointer(directory, max_to_keep=2) as ckpt:
+    for step in (1, 2, 3):
+      ckpt.save(step, _state(float(step)), {'step': step})
+  data = [p for p in (directory / '3' / 'state').rglob('*') if p.is_file()
+          and p.parent.name == 'd']
+  assert data
+  for p in data:  # truncated array data: the metadata still reads, the arrays do not
+    p.write_bytes(b'')
+  with checkpoint.Checkpointer(directory, max_to_keep=2) as ckpt:
+    with pytest.raises(checkpoint.CheckpointDamagedError, match=f'{directory / "3"} cannot'):
+      ckpt.restore(3, target=_state())  # an explicit step does not fall back
+    with caplog.at_level('WARNING', logger='mmtl_jax.run.checkpoint'):
+      state, extra = ckpt.restore(target=_state())
+    assert extra == {'step': 2}
+    _assert_tree_equal(state, _state(2.0))
+    assert f'{directory / "3"} cannot be read' in caplog.text
+    assert 'restoring step 2 instead' in caplog.text
+    assert ckpt.all_steps() == [2] and (directory / '3.damaged-1').is_dir()
+    assert ckpt.save(3, _state(3.5), {'step': 3})  # the step can be written again
+    ckpt.wait()
+    _assert_tree_equal(ckpt.restore(target=_state())[0], _state(3.5))
+
+
+def test_only_damaged_steps_is_an_error_and_check_extra_comes_first(tmp_path):
+  directory = tmp_path / 'ckpt'
+  with checkpoint.Checkpointer(directory) as ckpt:
+    ckpt.save(1, _state(), {'step': 1, 'tag': 'a'})
+  (directory / '1' / 'state' / '_METADATA').write_text('')
+  seen = []
+  with checkpoint.Checkpointer(directory) as ckpt:
+    with pytest.raises(checkpoint.CheckpointDamagedError, match='_METADATA|JSON|Expecting'):
+      ckpt.restore(target=_state(), check_extra=seen.append)
+  assert seen == [{'step': 1, 'tag': 'a'}]  # the JSON item was read and checked first
+
+  def refuse(extra):
+    raise KeyError(f'refused {extra["tag"]}')
+
+  with checkpoint.Checkpointer(tmp_path / 'ok') as ckpt:
+    ckpt.save(1, _state(), {'tag': 'b'})
+    ckpt.wait()
+    with pytest.raises(KeyError, match='refused b'):
+      ckpt.restore(target=_state(), check_extra=refuse)
+    assert ckpt.all_steps() == [1]

@@ -37,9 +37,16 @@ def test_segmentation_into_equal_pieces_and_padding():
     assert len(parts) == pieces
     assert max(len(p) for p in parts) <= 3 * sr
     assert max(len(p) for p in parts) - min(len(p) for p in parts) <= 1
-  out = features.waveform_features(rng.normal(0, 0.1, sr).astype(np.float32), cfg)
+  out, lengths = features.waveform_segments(rng.normal(0, 0.1, sr).astype(np.float32), cfg)
   assert out.shape == (1, 300, 200)
-  assert np.all(out[0, 102:] == 0)  # 1 s = 101 frames, then zero padding
+  assert lengths.tolist() == [101] and lengths.dtype == np.int32
+  assert np.all(out[0, 101:] == 0)  # 1 s = 101 frames, then zero padding
+  assert np.all(out[0, 100] != 0)
+  seven = rng.normal(0, 0.1, 7 * sr).astype(np.float32)
+  _, lengths = features.waveform_segments(seven, cfg)  # 3 pieces of 2.33 s = 234 frames
+  assert lengths.tolist() == [234, 234, 234]
+  _, lengths = features.waveform_segments(seven, paper_features(n_frames=200))  # cut at 200
+  assert lengths.tolist() == [200, 200, 200]
   valid = out[0, :101]
   assert abs(valid.mean()) < 1e-4 and abs(valid.std() - 1) < 1e-3  # per-segment normalised
 

@@ -62,3 +62,28 @@ def test_class_weights_follow_the_formula():
   np.testing.assert_array_equal(folds.class_weights([], 3), np.zeros(3, np.float32))
   with pytest.raises(ValueError, match=r'\[0, 4\)'):
     folds.class_weights([4], 4)
+
+
+def test_iemocap_config_tests_every_speaker_and_the_demo_keeps_five_folds():
+  from mmtl_jax.configs import demo, iemocap  # pylint: disable=g-import-not-at-top
+  fs = folds.make_folds(IEMOCAP_SPEAKERS, iemocap.get_config())
+  assert len(fs) == 10
+  assert sorted(f.test_speaker for f in fs) == sorted(IEMOCAP_SPEAKERS)
+  assert sorted(f.dev_speaker for f in fs) == sorted(IEMOCAP_SPEAKERS)
+  for f in fs:  # dev and test are the two speakers of one session; the other 8 train
+    assert f.dev_speaker[:-1] == f.test_speaker[:-1] and f.dev_speaker != f.test_speaker
+    assert len(f.train_speakers) == 8
+  assert len({f.name for f in fs}) == 10  # distinct fold directories
+  # The synthetic demo keeps its 5 session folds (dev F, test M).
+  assert [f.test_speaker for f in folds.make_folds(IEMOCAP_SPEAKERS, demo.get_config())] == [
+      f'Ses0{s}M' for s in range(1, 6)]
+
+
+def test_emodb_config_is_leave_one_speaker_out():
+  from mmtl_jax.configs import emodb  # pylint: disable=g-import-not-at-top
+  speakers = ['03', '08', '09', '10', '11', '12', '13', '14', '15', '16']
+  fs = folds.make_folds(speakers, emodb.get_config())
+  assert [f.test_speaker for f in fs] == speakers  # each speaker tested once
+  assert [f.dev_speaker for f in fs] == speakers[1:] + speakers[:1]  # the next one is dev
+  assert all(set(f.train_speakers) == set(speakers) - {f.test_speaker, f.dev_speaker}
+             for f in fs)

@@ -3,12 +3,19 @@
 import filecmp
 import json
 import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
+import psutil
 import pytest
 
 from mmtl_jax.configs import base
 from mmtl_jax.data import corpus, folds, sampler, store as store_lib, synthetic
+from mmtl_jax.data import features as features_lib
 
 IMPRO = {'neu': 2, 'ang': 1, 'hap': 1, 'sad': 2, 'exc': 1, 'fru': 1, 'xxx': 1}
 SCRIPT = {'neu': 1, 'hap': 1}
@@ -132,6 +139,30 @@ def test_store_contents_and_skipped_wav(small_corpus, small_store):
   assert 'skipped: 1' in store_lib.format_summary(s)
 
 
+def test_store_records_each_segments_valid_frames(small_corpus, small_store, tmp_path,
+                                                  monkeypatch):
+  s = small_store
+  assert s.length.shape == (len(s),) and s.length.dtype == np.int32
+  c = small_store_config(small_corpus[0])
+  for i in (0, len(s.utterances) - 1):
+    _, lengths = features_lib.file_segments(s.utterances[i]['path'], c.features)
+    np.testing.assert_array_equal(s.length[s.utt_index == i], lengths)
+  # Short segments are padded: 0.2 s = 21 frames of 50 at a 10 ms hop.
+  _, lengths = features_lib.waveform_segments(np.ones(1600, np.float32), c.features)
+  assert lengths.tolist() == [21]
+  # The version is part of the key: stores without lengths are never reused...
+  utts, _ = corpus.read_corpus(c)
+  key = store_lib.config_hash(c, utts)
+  monkeypatch.setattr(features_lib, 'VERSION', 1)
+  assert store_lib.config_hash(c, utts) != key
+  # ... and one opened directly says it is too old.
+  old = tmp_path / 'old'
+  shutil.copytree(s.directory, old)
+  os.remove(old / 'length.npy')
+  with pytest.raises(ValueError, match='older version'):
+    store_lib.load_store(str(old))
+
+
 def test_cache_hit_and_miss(small_corpus, small_store):
   root, _ = small_corpus
   workdir = os.path.dirname(os.path.dirname(small_store.directory))
@@ -154,6 +185,7 @@ def test_sampler_contract_and_determinism(small_store):
   ts = sampler.TaskSampler(small_store, speakers, c, seed=3)
   b = ts.batch(7)
   assert b['x'].shape == (3, 8, 50, 50) and b['x'].dtype == np.float32
+  assert b['lengths'].shape == (3, 8) and b['lengths'].dtype == np.int32
   assert b['target'].shape == (3, 8) and b['target'].dtype == np.int32
   assert b['aux'].shape == (3, 8, 3) and b['aux'].dtype == np.int32
   assert b['target_weight'].shape == (3, 4) and b['target_weight'].dtype == np.float32
@@ -171,6 +203,7 @@ def test_sampler_contract_and_determinism(small_store):
     np.testing.assert_array_equal(
         b['target_weight'][t], folds.class_weights(small_store.label[small_store.rows(spk)], 4))
   np.testing.assert_array_equal(b['x'][1, 2], small_store.features[idx[1, 2]].astype(np.float32))
+  np.testing.assert_array_equal(b['lengths'], small_store.length[idx])
 
 
 def test_sampler_with_replacement_and_pooled_weights(small_store):
@@ -182,3 +215,100 @@ def test_sampler_with_replacement_and_pooled_weights(small_store):
   assert b['x'].shape[:2] == (2, 64)
   pooled = folds.class_weights(small_store.label[small_store.rows(['Ses01F', 'Ses02F'])], 4)
   np.testing.assert_array_equal(b['target_weight'], np.stack([pooled, pooled]))
+
+
+_KILLABLE = '''
+import sys, time
+from mmtl_jax.data import features as features_lib
+
+_segments = features_lib.file_segments
+
+
+def slow_segments(path, features):  # module level: forked and spawned workers both get it
+  time.sleep(0.5)
+  return _segments(path, features)
+
+
+features_lib.file_segments = slow_segments
+
+if __name__ == '__main__':
+  from mmtl_jax.configs import base
+  from mmtl_jax.data import store
+  c = base.get_config()
+  c.data.kind, c.data.root, c.data.iemocap.sessions = 'synthetic', sys.argv[1], (1, 2)
+  c.features.update(sample_rate=8000, n_fft=200, win_ms=25.0, fmax=2000.0, n_frames=50,
+                    max_segment_s=1.0, workers=2)
+  store.build_feature_store(c, sys.argv[2])
+'''
+
+
+def _gone(process):
+  try:
+    return process.status() == psutil.STATUS_ZOMBIE
+  except psutil.NoSuchProcess:
+    return True
+
+
+def _workers(parent):
+  """The feature workers among the children of `parent` (not multiprocessing's tracker)."""
+  out = []
+  for p in parent.children(recursive=True):
+    try:
+      if 'resource_tracker' not in ' '.join(p.cmdline()):
+        out.append(p)
+    except psutil.Error:
+      pass
+  return out
+
+
+def _wait_for(condition, seconds):
+  deadline = time.monotonic() + seconds
+  while not condition() and time.monotonic() < deadline:
+    time.sleep(0.1)
+  return condition()
+
+
+@pytest.mark.parametrize('signum', [signal.SIGKILL, signal.SIGTERM])
+def test_killed_build_leaves_no_workers_and_no_tmp_dir(small_corpus, tmp_path, signum):
+  """A build with 2 workers killed mid-way: its workers end with it, and no .tmp-* directory
+  survives (SIGTERM: removed on the way out; SIGKILL: by the next build)."""
+  root, _ = small_corpus
+  script = tmp_path / 'build.py'
+  script.write_text(_KILLABLE)
+  workdir = tmp_path / 'work'
+  features_dir = workdir / 'features'
+  tmp_dirs = lambda: [d for d in os.listdir(features_dir) if d.startswith('.tmp-')] \
+      if features_dir.exists() else []
+  proc = subprocess.Popen([sys.executable, str(script), str(root), str(workdir)])
+  try:
+    parent = psutil.Process(proc.pid)
+    started = lambda: tmp_dirs() and len(_workers(parent)) >= 2
+    assert _wait_for(lambda: proc.poll() is not None or started(), 240) and started(), \
+        f'no workers started (exit status {proc.poll()})'
+    children = parent.children(recursive=True)
+    proc.send_signal(signum)
+    proc.wait(timeout=60)
+  finally:
+    proc.kill()
+  assert _wait_for(lambda: all(_gone(p) for p in children), 30), [
+      p for p in children if not _gone(p)]
+  assert proc.returncode == (-signal.SIGKILL if signum == signal.SIGKILL else 143)
+  if signum == signal.SIGTERM:
+    assert tmp_dirs() == []
+  else:
+    assert len(tmp_dirs()) == 1  # what the next build must clean up
+    store_lib.build_feature_store(small_store_config(root), str(workdir))
+    assert tmp_dirs() == []
+
+
+def test_remove_stale_tmp_keeps_live_and_foreign_builds(tmp_path):
+  done = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'],
+                        capture_output=True, text=True, check=True)
+  dead, live = int(done.stdout), os.getppid()  # the parent started before the directory
+  host = store_lib._host()  # pylint: disable=protected-access
+  names = {'dead': f'.tmp-{"a" * 16}-{host}-{dead}', 'live': f'.tmp-{"b" * 16}-{host}-{live}',
+           'foreign': f'.tmp-{"c" * 16}-not{host}-{dead}', 'store': 'c' * 16}
+  for name in names.values():
+    (tmp_path / name).mkdir()
+  assert store_lib.remove_stale_tmp(str(tmp_path)) == [str(tmp_path / names['dead'])]
+  assert sorted(os.listdir(tmp_path)) == sorted(v for k, v in names.items() if k != 'dead')

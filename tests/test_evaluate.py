@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from mmtl_jax.ser import evaluate
+from mmtl_jax.ser import losses
 from mmtl_jax.ser import systems
 from mmtl_jax.configs import aux_tasks as aux_tasks_config
 from mmtl_jax.data import store as store_lib
@@ -69,3 +70,43 @@ def test_aux_task_subsets_config():
   assert aux_tasks_config.get_config('D,demo').train.models == ('mmtl',)
   with pytest.raises(ValueError, match='V, A, D'):
     aux_tasks_config.get_config('VX')
+
+
+def _pad_with(x, lengths, value):
+  """x [N, T, F] with the frames t >= lengths[n] set to `value` [N, T, F] (or a scalar)."""
+  valid = np.arange(x.shape[1])[None, :, None] < lengths[:, None, None]
+  return np.where(valid, x, value).astype(np.float32)
+
+
+@pytest.mark.parametrize('name', ['mmtl', 'cnn_lstm', 'cnn_lstm_mtl'])
+def test_every_system_ignores_what_follows_the_valid_frames(setup, name):
+  """Training loss, 'paper' fine-tuning and prediction all pass the segments' lengths to the
+  model: replacing the zero padding by noise changes nothing. Without lengths it would."""
+  config, store = setup
+  system = systems.make_system(name, config)
+  params = system.init(jax.random.key(0), (1,) + store.features.shape[1:])
+  ev = evaluate.Evaluator(system, store, config)
+  data = ev.speaker_data('Ses01M')
+  n, frames = data['x'].shape[:2]
+  rng = np.random.default_rng(0)
+  data['lengths'][:] = rng.integers(5, frames, n)  # 3 pools: 0 or 1 frame for the BiLSTM
+  noise = rng.normal(size=data['x'].shape) * 3.0
+  data['x'][:] = _pad_with(data['x'], data['lengths'], 0.0)
+  zero_padded = ev.evaluate(params, 'Ses01M', 'paper')['probs']
+  data['x'][:] = _pad_with(data['x'], data['lengths'], noise)
+  np.testing.assert_allclose(ev.evaluate(params, 'Ses01M', 'paper')['probs'], zero_padded,
+                             rtol=1e-5, atol=1e-6)
+  full = np.full(n, frames, np.int32)
+  assert not np.allclose(ev.segment_posteriors(params, data['x'], full),
+                         ev.segment_posteriors(params, data['x'], data['lengths']), atol=1e-4)
+
+  batch = losses.random_batch(2, 3, frames, data['x'].shape[2], num_aux=3, seed=1,
+                              with_lengths=True)
+  noisy = dict(batch, x=_pad_with(batch['x'].reshape(6, frames, -1), batch['lengths'].ravel(),
+                                  rng.normal(size=(6, frames, batch['x'].shape[3])))
+               .reshape(batch['x'].shape))
+  step = jax.jit(system.train_step)
+  loss = lambda b: float(step(params, system.init_opt(params), b, jax.random.key(1))[2]['loss'])
+  np.testing.assert_allclose(loss(noisy), loss(batch), rtol=1e-5)
+  assert not np.isclose(loss({k: v for k, v in noisy.items() if k != 'lengths'}), loss(batch),
+                        rtol=1e-5)

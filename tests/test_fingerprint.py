@@ -6,6 +6,7 @@ import shutil
 
 import pytest
 
+from mmtl_jax.run import checkpoint as ckpt_lib
 from mmtl_jax.ser import fingerprint
 from mmtl_jax.ser import train
 
@@ -40,7 +41,9 @@ def test_changed_config_stops_before_training_and_restart_moves_aside(tiny_confi
   config = tiny_config(corpus_root, models=('mmtl',), steps=2)
   first = train.train_and_evaluate(config, workdir)
   fold_dir = os.path.join(workdir, 'mmtl', first['runs'][0]['folds'][0]['fold'])
-  assert train.train_and_evaluate(config, workdir) == first  # same config: read back
+  again = train.train_and_evaluate(config, workdir)  # same config: read back
+  assert again['runs'] == first['runs'] and again['config'] == first['config']
+  assert again['provenance']['started'] > first['provenance']['started']  # this run's own
 
   changed = tiny_config(corpus_root, models=('mmtl',), steps=2)
   changed.meta.mode = 'exact'
@@ -66,3 +69,46 @@ def test_changed_config_stops_before_training_and_restart_moves_aside(tiny_confi
     assert json.load(f)['train.steps'] == 3
   assert out['runs'][0]['folds'][0]['selected_step'] <= 3
   shutil.rmtree(fold_dir + '.stale-1')
+
+
+def test_result_json_fingerprint_is_compared_too(tmp_path):
+  fold = tmp_path / 'fold'
+  fingerprint.write(str(fold), {'a': 1})
+  (fold / 'result.json').write_text(json.dumps({'fingerprint': {'a': 0}}))
+  # fingerprint.json agrees, the result inside was computed under another config.
+  assert fingerprint.stale_fields(str(fold), {'a': 1}) == ['result.json: a: 0 -> 1']
+  (fold / 'result.json').write_text(json.dumps({'records': {}}))  # older result: no key
+  assert fingerprint.stale_fields(str(fold), {'a': 1}) is None
+
+
+def test_check_checkpoint():
+  fingerprint.check_checkpoint({'step': 4}, {'a': 1}, '/c')  # older checkpoint: no key
+  fingerprint.check_checkpoint({'step': 4, 'fingerprint': {'a': 1}}, {'a': 1}, '/c')
+  with pytest.raises(fingerprint.StaleRunError,
+                     match=r'checkpoint /c \(step 4\) was written under another config'
+                           r'(.|\n)*  a: 1 -> 2'):
+    fingerprint.check_checkpoint({'step': 4, 'fingerprint': {'a': 1}}, {'a': 2}, '/c')
+
+
+def test_result_json_and_checkpoints_store_the_fingerprint(tiny_config, corpus_root, tmp_path):
+  workdir = str(tmp_path / 'work')
+  config = tiny_config(corpus_root, models=('cnn_lstm',), steps=2)
+  out = train.train_and_evaluate(config, workdir)
+  fold_dir = os.path.join(workdir, 'cnn_lstm', out['runs'][0]['folds'][0]['fold'])
+  with open(os.path.join(fold_dir, fingerprint.FILENAME), encoding='utf-8') as f:
+    expected = json.load(f)
+  assert expected['model.lstm_hidden'] == 4 and expected['system'] == 'cnn_lstm'
+  assert 'feature_store' in expected and 'mmtl_jax_version' in expected
+  with open(os.path.join(fold_dir, 'result.json'), encoding='utf-8') as f:
+    assert json.load(f)['fingerprint'] == expected
+  with ckpt_lib.Checkpointer(os.path.join(fold_dir, 'checkpoints')) as ckpt:
+    _, extra = ckpt.restore()
+    assert extra['fingerprint'] == expected and extra['step'] == 2
+    # A checkpoint of another config is refused before any array is read (the state below
+    # has no arrays at all).
+    empty = train.TrainState(params={}, opt_state={}, best={}, best_dev={}, step=0,
+                             sampler_position=0, seed=0)
+    with pytest.raises(train.StaleRunError, match='model.lstm_hidden: 4 -> 16'):
+      train.restore_state(ckpt, empty, lambda t: t, fold_dir,
+                          dict(expected, **{'model.lstm_hidden': 16}))
+  assert out['provenance']['command'] and out['provenance']['backend']

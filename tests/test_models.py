@@ -107,3 +107,99 @@ def test_input_too_small_for_pools_is_an_error():
   model = MetaLearner(**TINY)
   with pytest.raises(ValueError, match='too small'):
     model.init(jax.random.PRNGKey(0), jnp.ones((1, 2, 8)))
+
+
+def _padded(segments, frames):
+  """[len(segments), frames, F]: each segment [L_i, F] followed by noise (not zeros), which
+  `lengths` must make irrelevant."""
+  rng = np.random.default_rng(7)
+  out = rng.normal(size=(len(segments), frames, segments[0].shape[1])) * 3.0
+  for i, seg in enumerate(segments):
+    out[i, :len(seg)] = seg
+  return out
+
+
+@pytest.mark.parametrize('conv_vjp', [True, False])
+def test_lengths_make_logits_independent_of_padding(conv_vjp):
+  """One segment of valid length L gives the same logits alone ([1, L, F]) and padded to any
+  T inside a batch of other lengths. Odd L at every resolution (5, 7, 11, 13) checks the pools'
+  floor."""
+  rng = np.random.default_rng(0)
+  lengths = np.array([5, 7, 8, 11, 13])
+  segments = [rng.normal(size=(n, 8)) for n in lengths]
+  with jax.enable_x64(True):
+    model = MetaLearner(**TINY, dtype=jnp.float64, conv_vjp=conv_vjp)
+    params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 8)))['params']
+    params = jax.tree.map(lambda p: p.astype(jnp.float64), params)
+    alone = np.concatenate([model.apply({'params': params}, seg[None]) for seg in segments])
+    for frames in (13, 14, 16, 23):
+      padded = model.apply({'params': params}, _padded(segments, frames), lengths=lengths)
+      np.testing.assert_allclose(padded, alone, rtol=1e-12, atol=1e-12)
+    # Without lengths the padding leaks into the summary: what the masking fixes.
+    leaky = model.apply({'params': params}, _padded(segments, 16))
+    assert np.abs(leaky - alone).max(axis=1).min() > 1e-3
+    # L = 3 and L = 0 leave no frame for the BiLSTM after two pools: the zero summary.
+    empty = model.apply({'params': params}, _padded(segments[:2], 16), lengths=np.array([3, 0]))
+    np.testing.assert_allclose(empty[0], empty[1], rtol=1e-12, atol=1e-12)
+
+
+def test_lengths_in_float32_and_features_only():
+  rng = np.random.default_rng(1)
+  seg = rng.normal(size=(9, 8)).astype(np.float32)
+  model = MetaLearner(**TINY, features_only=True)
+  params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 8)))['params']
+  alone = model.apply({'params': params}, seg[None])
+  padded = model.apply({'params': params}, _padded([seg], 20).astype(np.float32),
+                       lengths=np.array([9], np.int32))
+  np.testing.assert_allclose(padded, alone, rtol=1e-5, atol=1e-6)
+
+
+def test_without_lengths_every_frame_counts():
+  """lengths=None keeps the old behaviour: identical to lengths = T, and the last frame (here
+  a padded one) reaches both the forward state and the logits."""
+  x = jax.random.normal(jax.random.PRNGKey(1), (2, 16, 8))
+  model = MetaLearner(**TINY)
+  params = model.init(jax.random.PRNGKey(0), x)['params']
+  plain = model.apply({'params': params}, x)
+  np.testing.assert_allclose(plain, model.apply({'params': params}, x,
+                                                lengths=jnp.array([16, 16])), rtol=1e-6)
+  bumped = x.at[:, -1].add(1.0)
+  assert not np.allclose(plain, model.apply({'params': params}, bumped))
+  masked = model.apply({'params': params}, x, lengths=jnp.array([12, 12]))
+  np.testing.assert_array_equal(
+      masked, model.apply({'params': params}, bumped, lengths=jnp.array([12, 12])))
+  with pytest.raises(ValueError, match='lengths must have shape'):
+    model.apply({'params': params}, x, lengths=jnp.array([12]))
+
+
+def test_bilstm_with_lengths_matches_reference_on_the_valid_frames():
+  x = np.random.default_rng(2).normal(size=(3, 7, 6)).astype(np.float32)
+  lengths = np.array([7, 4, 1])
+  module = BiLSTM(hidden=4)
+  params = module.init(jax.random.PRNGKey(0), x)['params']
+  params = dict(params, bias=jax.random.normal(jax.random.PRNGKey(1), params['bias'].shape))
+  out = module.apply({'params': params}, x, lengths)
+  for b, n in enumerate(lengths):
+    np.testing.assert_allclose(out[b], _reference_bilstm(params, x[b:b + 1, :n])[0],
+                               rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('conv_vjp', [True, False])
+def test_gradients_with_lengths_ignore_padding(conv_vjp):
+  """d logits / d params are those of the unpadded segment (custom conv VJPs included), and
+  nothing flows into the padded frames."""
+  rng = np.random.default_rng(3)
+  seg = rng.normal(size=(11, 8)).astype(np.float32)
+  model = MetaLearner(**TINY, conv_vjp=conv_vjp)
+  params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 8)))['params']
+
+  def loss(p, x, lengths=None):
+    return jnp.sum(model.apply({'params': p}, x, lengths=lengths) ** 2)
+
+  x = jnp.asarray(_padded([seg], 16), jnp.float32)
+  g_alone = jax.grad(loss)(params, seg[None])
+  g_padded = jax.grad(loss)(params, x, jnp.array([11]))
+  for a, b in zip(jax.tree.leaves(g_alone), jax.tree.leaves(g_padded)):
+    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6)
+  g_x = jax.grad(loss, argnums=1)(params, x, jnp.array([11]))
+  assert np.all(g_x[0, 11:] == 0) and np.any(g_x[0, :11] != 0)

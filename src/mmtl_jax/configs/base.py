@@ -50,6 +50,9 @@ def get_config() -> ml_collections.ConfigDict:
   # {column: 'categorical'} or {column: (edge0, edge1, ...)} for numeric columns.
   c.data.manifest.aux_columns = ml_collections.ConfigDict()
   c.data.manifest.label_map = ml_collections.ConfigDict()  # optional raw label -> class name
+  # Speakers with fewer utterances (of data.classes) are left out, with a line in the summary:
+  # a dev or test speaker with a handful of utterances gives a meaningless UA.
+  c.data.manifest.min_utterances_per_speaker = 5
 
   # ---- features (section 3.1.1) ------------------------------------------------------------
   c.features = ml_collections.ConfigDict()
@@ -98,6 +101,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.checkpoint_every = 200
   c.train.log_every = 20
   c.train.models = ('mmtl', 'cnn_lstm', 'cnn_lstm_mtl')
+  # The baselines' own Adam learning rates (MMTL's outer rate is meta.gamma); choose them on
+  # dev with experiments/sweep.py, as for MMTL.
+  c.train.baseline_lr = ml_collections.ConfigDict({'cnn_lstm': 0.001, 'cnn_lstm_mtl': 0.001})
   c.train.seeds = ()  # several seeds: mean and std over folds x seeds; () = (seed,)
   # A fold directory written under another config: 'error' (stop before any training, listing
   # what changed) or 'restart' (move it aside to <fold>.stale-<n> and train it again).
@@ -107,6 +113,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval = ml_collections.ConfigDict()
   c.eval.protocols = ('paper', 'strict')
   c.eval.finetune_steps = 5
+  # 'steps': finetune_steps minibatches; 'epochs': finetune_steps passes over all of the
+  # speaker's segments (configs/reference_finetune.py: 300 Adam epochs, the reference code's).
+  c.eval.finetune_unit = 'steps'
   # 'paper' protocol fine-tuning: section 2.4 says "the small learning rate gamma". Plain SGD
   # is the update rule theta was meta-trained for (eq. 4); 'adam' moves every weight by ~lr per
   # step, which on the demo collapsed the shared head that phi reads.

@@ -27,7 +27,9 @@ def scale_down(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.model.fc_hidden = 32
   # Not 'reptile': with one inner step, Reptile's theta direction ignores the emotion loss.
   c.meta.mode = 'first_order'
-  c.meta.gamma = 0.003  # baselines use the same Adam lr and the same 150 steps
+  c.meta.gamma = 0.003
+  c.train.baseline_lr.cnn_lstm = 0.003
+  c.train.baseline_lr.cnn_lstm_mtl = 0.003
   c.train.steps = 150
   c.train.segments_per_speaker = 12
   c.train.eval_every = 25

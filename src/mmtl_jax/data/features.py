@@ -7,7 +7,9 @@ pieces (so every piece is at most max_segment_s long); each piece becomes one se
   (200 bins at 16 kHz / 800 / 4 kHz) -> log(power + log_floor) -> normalise -> pad with
   zeros or cut to n_frames.
 
-Output: float32 [n_segments, n_frames, n_bins], time before frequency.
+Output: float32 [n_segments, n_frames, n_bins], time before frequency, and (from the
+`*_segments` functions) int32 [n_segments] lengths: each segment's valid frames,
+min(n_frames, STFT frames), so a model can ignore the zero padding after them.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ import numpy as np
 import soundfile as sf
 
 # Bump when the computation changes: it is part of the feature store's cache key.
-VERSION = 1
+# 2: the store records each segment's valid frame count (lengths).
+VERSION = 2
 
 
 def n_bins(features: ml_collections.ConfigDict) -> int:
@@ -50,8 +53,12 @@ def split_segments(wave: np.ndarray, sample_rate: int, max_segment_s: float) -> 
   return np.array_split(wave, n)
 
 
-def log_spectrogram(wave: np.ndarray, features: ml_collections.ConfigDict) -> np.ndarray:
-  """float32 [n_frames, n_bins] log-power spectrogram of one segment (time, frequency)."""
+def segment_spectrogram(wave: np.ndarray, features: ml_collections.ConfigDict
+                        ) -> tuple[np.ndarray, int]:
+  """(float32 [n_frames, n_bins] log-power spectrogram of one segment, its valid frames).
+
+  The valid frames are min(n_frames, STFT frames); the rows after them are zero padding.
+  """
   sr = features.sample_rate
   hop = int(round(features.hop_ms * sr / 1000))
   win = int(round(features.win_ms * sr / 1000))
@@ -70,18 +77,42 @@ def log_spectrogram(wave: np.ndarray, features: ml_collections.ConfigDict) -> np
   out = np.zeros((features.n_frames, logp.shape[1]), np.float32)
   t = min(features.n_frames, logp.shape[0])
   out[:t] = logp[:t]
-  return out
+  return out, t
 
 
-def waveform_features(wave: np.ndarray, features: ml_collections.ConfigDict) -> np.ndarray:
-  """float32 [n_segments, n_frames, n_bins] of a waveform at features.sample_rate."""
+def log_spectrogram(wave: np.ndarray, features: ml_collections.ConfigDict) -> np.ndarray:
+  """float32 [n_frames, n_bins] log-power spectrogram of one segment (time, frequency)."""
+  return segment_spectrogram(wave, features)[0]
+
+
+def waveform_segments(wave: np.ndarray, features: ml_collections.ConfigDict
+                      ) -> tuple[np.ndarray, np.ndarray]:
+  """(float32 [n_segments, n_frames, n_bins], int32 [n_segments] valid frames) of a
+  waveform at features.sample_rate.
+
+  Raises:
+    ValueError: an empty or multi-channel waveform.
+  """
   wave = np.asarray(wave, np.float32)
   if wave.ndim != 1 or wave.size == 0:
     raise ValueError(f'expected a non-empty mono waveform, got shape {wave.shape}')
   segments = split_segments(wave, features.sample_rate, features.max_segment_s)
-  return np.stack([log_spectrogram(s, features) for s in segments])
+  specs, lengths = zip(*(segment_spectrogram(s, features) for s in segments))
+  return np.stack(specs), np.asarray(lengths, np.int32)
+
+
+def waveform_features(wave: np.ndarray, features: ml_collections.ConfigDict) -> np.ndarray:
+  """float32 [n_segments, n_frames, n_bins] of a waveform at features.sample_rate."""
+  return waveform_segments(wave, features)[0]
+
+
+def file_segments(path: str, features: ml_collections.ConfigDict
+                  ) -> tuple[np.ndarray, np.ndarray]:
+  """(float32 [n_segments, n_frames, n_bins], int32 [n_segments] valid frames) of a wav
+  file (any rate, any channel count)."""
+  return waveform_segments(load_audio(path, features.sample_rate), features)
 
 
 def file_features(path: str, features: ml_collections.ConfigDict) -> np.ndarray:
   """float32 [n_segments, n_frames, n_bins] of a wav file (any rate, any channel count)."""
-  return waveform_features(load_audio(path, features.sample_rate), features)
+  return file_segments(path, features)[0]

@@ -9,12 +9,22 @@ auxiliary column is described in config.data.manifest.aux_columns as either
   (e0, e1, ..., en)     numeric bin edges: bins [e_i, e_{i+1}); outside [e0, en) is an error
                         naming file and line.
 
-An optional config.data.manifest.label_map maps raw labels to class names; rows whose
-(mapped) label is not in config.data.classes are left out.
+An optional config.data.manifest.label_map maps raw labels to class names.
+
+Integrity (nothing is dropped silently):
+  * rows whose (mapped) label is not in config.data.classes are left out, and counted per raw
+    label in the returned problems (which the feature store writes to manifest.json);
+  * a class of config.data.classes with no utterance left is an error listing the labels the
+    file has (a label 'Anger' for class 'anger' would otherwise give a 3-class table);
+  * the same recording listed twice (the same resolved file, under two path spellings or two
+    speakers) is an error naming both lines;
+  * a speaker with fewer than config.data.manifest.min_utterances_per_speaker utterances is
+    left out, with a problem line saying so, so that no dev or test speaker has a handful.
 """
 
 from __future__ import annotations
 
+import collections
 import csv
 import os
 from typing import Any, Optional
@@ -65,12 +75,72 @@ def _aux_value(value: str, name: str, spec: Any, categories: dict[str, list[str]
   return bin_index(number, edges, f'{where} (column {name!r})'), number
 
 
+def _duplicates(rows: list[tuple[int, dict[str, str]]], opts: ml_collections.ConfigDict,
+                csv_path: str) -> None:
+  """ValueError naming both lines of every recording listed twice (compared as resolved
+  paths, so 'a/1.wav' and './a/../a/1.wav' or a symlink are the same recording)."""
+  first: dict[str, tuple[int, str, str]] = {}
+  clashes = []
+  for number, row in rows:
+    rel, speaker = row[opts.path_column].strip(), row[opts.speaker_column].strip()
+    if not rel or not speaker:
+      raise ValueError(f'{csv_path}:{number}: empty {opts.path_column!r} or '
+                       f'{opts.speaker_column!r}')
+    real = os.path.realpath(absolute(rel, base=os.path.dirname(csv_path)))
+    if real in first:
+      line, rel0, speaker0 = first[real]
+      clashes.append(f'  {csv_path}:{line} ({rel0!r}, speaker {speaker0!r}) and line {number} '
+                     f'({rel!r}, speaker {speaker!r}) are both {real}')
+    else:
+      first[real] = (number, rel, speaker)
+  if clashes:
+    raise ValueError(f'{len(clashes)} recording(s) listed twice in the manifest:\n'
+                     + '\n'.join(clashes))
+
+
+def _dropped_labels(dropped: collections.Counter, classes: tuple, csv_path: str
+                    ) -> list[Problem]:
+  """One problem per raw label left out, with its row count."""
+  return [{'path': csv_path, 'reason': f'{n} row(s) with label {raw!r} left out: not in '
+           f'data.classes {list(classes)}', 'label': raw, 'rows': n}
+          for raw, n in sorted(dropped.items())]
+
+
+def _few_utterance_speakers(utterances: list[Utterance], minimum: int, csv_path: str
+                            ) -> tuple[list[Utterance], list[Problem]]:
+  """(utterances of speakers with >= `minimum` of them, a problem per speaker left out)."""
+  counts = collections.Counter(u.speaker for u in utterances)
+  few = sorted(s for s, n in counts.items() if n < minimum)
+  problems = [{'path': csv_path, 'reason': f'speaker {s!r} left out: {counts[s]} utterance(s), '
+               f'fewer than data.manifest.min_utterances_per_speaker={minimum}',
+               'speaker': s, 'utterances': counts[s]} for s in few]
+  return [u for u in utterances if u.speaker not in few], problems
+
+
+def _check_classes(utterances: list[Utterance], classes: tuple, labels: collections.Counter,
+                   csv_path: str) -> None:
+  """ValueError if a class has no utterance left (listing what the file's labels are)."""
+  present = {u.label for u in utterances}
+  missing = [c for c in classes if c not in present]
+  if missing:
+    found = ', '.join(f'{k!r}: {n}' for k, n in sorted(labels.items()))
+    raise ValueError(f'{csv_path}: data.classes {missing} have no utterance (after '
+                     'data.manifest.label_map and the speaker minimum); the labels in the '
+                     f'file (mapped) are {{{found}}}. Check the spelling of data.classes and '
+                     'the label_map.')
+
+
 def read_manifest(data: ml_collections.ConfigDict) -> tuple[list[Utterance], list[Problem]]:
   """Reads the utterances of the CSV at data.manifest.path (see module docstring).
 
+  Returns:
+    (utterances, problems): problems count the rows left out per raw label and name the
+    speakers left out for having too few utterances.
+
   Raises:
     FileNotFoundError if the CSV is missing; ValueError naming file and line for a missing
-    column, an empty speaker/path, or an auxiliary value outside its bin edges.
+    column, an empty speaker/path, an auxiliary value outside its bin edges or a recording
+    listed twice; ValueError for a class with no utterance.
   """
   opts = data.manifest
   csv_path = _csv_path(opts)
@@ -82,19 +152,20 @@ def read_manifest(data: ml_collections.ConfigDict) -> tuple[list[Utterance], lis
   label_map, classes = dict(opts.label_map), tuple(data.classes)
   rows = _read_rows(csv_path, [opts.path_column, opts.speaker_column, opts.label_column,
                                *data.aux_tasks])
+  _duplicates(rows, opts, csv_path)
   categories = {name: sorted({row[name].strip() for _, row in rows})
                 for name in data.aux_tasks if aux_columns[name] == 'categorical'}
-  utterances = []
+  utterances, dropped, labels = [], collections.Counter(), collections.Counter()
   for number, row in rows:
     where = f'{csv_path}:{number}'
     rel, speaker = row[opts.path_column].strip(), row[opts.speaker_column].strip()
-    if not rel or not speaker:
-      raise ValueError(f'{where}: empty {opts.path_column!r} or {opts.speaker_column!r}')
     raw_label = row[opts.label_column].strip()
     label = label_map.get(raw_label, raw_label)
+    labels[label] += 1
     cells = [_aux_value(row[name].strip(), name, aux_columns[name], categories, where)
              for name in data.aux_tasks]
     if label not in classes:
+      dropped[raw_label] += 1
       continue
     raw = [number for _, number in cells]
     utterances.append(Utterance(
@@ -102,4 +173,7 @@ def read_manifest(data: ml_collections.ConfigDict) -> tuple[list[Utterance], lis
         speaker=speaker, session=None, dialog='', label=label,
         aux=tuple(index for index, _ in cells),
         aux_raw=None if any(r is None for r in raw) else tuple(raw)))
-  return utterances, []
+  utterances, few = _few_utterance_speakers(
+      utterances, int(opts.get('min_utterances_per_speaker', 1)), csv_path)
+  _check_classes(utterances, classes, labels, csv_path)
+  return utterances, _dropped_labels(dropped, classes, csv_path) + few

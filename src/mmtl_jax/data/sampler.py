@@ -5,6 +5,7 @@ B = config.train.segments_per_speaker segments each, C = config.model.num_output
 k = len(config.data.aux_tasks):
 
   'x'             float32 [T, B, n_frames, n_bins]  spectrogram segments
+  'lengths'       int32   [T, B]                    valid (unpadded) frames of each segment
   'target'        int32   [T, B]                    emotion class
   'aux'           int32   [T, B, k]                 auxiliary bin indices
   'target_weight' float32 [T, C]                    the speaker's class weights, emotion
@@ -72,6 +73,7 @@ class TaskSampler:
     shape = idx.shape
     return {
         'x': x.reshape(shape + x.shape[1:]),
+        'lengths': self.store.length[idx].astype(np.int32),
         'target': self.store.label[idx].astype(np.int32),
         'aux': self.store.aux[idx].astype(np.int32).reshape(shape + (self.store.aux.shape[1],)),
         'target_weight': self.target_weight.copy(),

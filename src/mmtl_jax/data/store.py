@@ -7,6 +7,7 @@ On disk, under `<workdir>/features/<config_hash>/`::
   speaker.npy     [N_seg] int32, index into manifest['speakers'] (sorted names)
   label.npy       [N_seg] int32, index into manifest['classes']
   aux.npy         [N_seg, k] int32, auxiliary bin indices in the order of manifest['aux_tasks']
+  length.npy      [N_seg] int32, valid (unpadded) frames of each segment, <= n_frames
   utterances.json one row per utterance with features: utt_id, speaker, label, path, ...
   manifest.json   config_hash, the data/features config, classes, aux_tasks, speakers,
                   counts {'utterances'|'segments': {speaker: {label: count}}}, and
@@ -14,32 +15,46 @@ On disk, under `<workdir>/features/<config_hash>/`::
 
 The cache key hashes the data and features config (all but `workers`), the utterance table
 the reader returned and features.VERSION, so a change to any is a miss; wav contents are not
-hashed. The directory is written under a temporary name and renamed when complete: a crash
-leaves no half cache. A wav that cannot be read is skipped and listed, never dropped silently.
+hashed. The directory is written under a temporary name (`.tmp-<key>-<host>-<pid>`) and
+renamed when complete: a crash leaves no half cache. A wav that cannot be read is skipped and
+listed, never dropped silently.
+
+Interrupted builds leave nothing running and, in the end, nothing on disk: the feature
+workers die with the process that started them (SIGKILL included: Linux's parent-death
+signal, and a watchdog thread elsewhere); SIGTERM and Ctrl-C stop the workers and remove the
+temporary directory; one left by a killed process is removed by the next build on the host.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
+import ctypes
 import dataclasses
 import hashlib
 import json
 import logging
 import multiprocessing
 import os
+import re
 import shutil
+import signal
+import socket
 import sys
-from typing import Any, Optional, Sequence
+import threading
+import time
+from typing import Any, Iterator, Optional, Sequence
 
 import ml_collections
 import numpy as np
+import psutil
 import tqdm
 
 from mmtl_jax import types
 from mmtl_jax.data import corpus as corpus_lib
 from mmtl_jax.data import features as features_lib
 
-_ARRAYS = ('utt_index', 'speaker', 'label', 'aux')
+_ARRAYS = ('utt_index', 'speaker', 'label', 'aux', 'length')
 
 
 @dataclasses.dataclass
@@ -53,6 +68,7 @@ class FeatureStore:
     speakers: sorted speaker names.
     label: [N] int32 index into `classes`.
     aux: [N, k] int32 auxiliary bin indices, in the order of `aux_tasks`.
+    length: [N] int32 valid frames of each segment (the rest of its T frames are padding).
     utterances: one dict per utterance (utt_id, speaker, label, path, n_segments, ...).
     classes: class names; aux_tasks: auxiliary task names.
     manifest: the parsed manifest.json; manifest_path: its path.
@@ -64,6 +80,7 @@ class FeatureStore:
   speakers: list[str]
   label: np.ndarray
   aux: np.ndarray
+  length: np.ndarray
   utterances: list[dict]
   classes: tuple[str, ...]
   aux_tasks: tuple[str, ...]
@@ -108,17 +125,76 @@ def config_hash(config: ml_collections.ConfigDict,
   return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _features_or_reason(job: tuple[str, dict]) -> tuple[Optional[np.ndarray], str]:
-  """(segments in storage dtype, '') or (None, why it could not be read). Worker entry."""
+def _features_or_reason(job: tuple[str, dict]
+                        ) -> tuple[Optional[tuple[np.ndarray, np.ndarray]], str]:
+  """((segments in storage dtype, int32 valid frames), '') or (None, why it could not be
+  read). Worker entry."""
   path, features = job
   features = ml_collections.ConfigDict(features)
   if not os.path.exists(path):
     return None, 'missing wav'
   try:
-    return features_lib.file_features(path, features).astype(features.dtype), ''
+    segments, lengths = features_lib.file_segments(path, features)
+    return (segments.astype(features.dtype), lengths), ''
   except Exception as e:  # pylint: disable=broad-except
     # Any decoding failure (truncated header, garbage, empty audio) skips this one file.
     return None, f'unreadable: {type(e).__name__}: {e}'
+
+
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _watch_parent(parent: int) -> None:
+  """Worker thread: exits the worker once its parent is gone (it is re-parented)."""
+  while os.getppid() == parent:
+    time.sleep(1.0)
+  os._exit(1)  # pylint: disable=protected-access
+
+
+def _die_with_parent(parent: int) -> None:
+  """Pool worker initializer: the worker dies with the process that started it, however
+  that one ends (SIGKILL included), so no orphan keeps computing features.
+
+  On Linux the kernel sends SIGKILL when the parent dies (prctl PR_SET_PDEATHSIG); everywhere
+  a daemon thread polls os.getppid() as a fallback. A parent that died before this ran is
+  caught by the first getppid check.
+  """
+  if sys.platform.startswith('linux'):
+    try:
+      ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    except (OSError, AttributeError):
+      pass  # no prctl in this libc: the polling thread still works
+  if os.getppid() != parent:
+    os._exit(1)  # pylint: disable=protected-access
+  threading.Thread(target=_watch_parent, args=(parent,), daemon=True,
+                   name='mmtl-feature-worker-watchdog').start()
+
+
+def _stop_workers(pool: concurrent.futures.ProcessPoolExecutor) -> None:
+  """Kills the pool's workers now (no waiting for queued jobs) and reaps them."""
+  processes = list((getattr(pool, '_processes', None) or {}).values())
+  for p in processes:
+    p.kill()
+  pool.shutdown(wait=False, cancel_futures=True)
+  for p in processes:
+    p.join(timeout=5)
+
+
+def _in_pool(jobs: list, workers: int, method: str, desc: str) -> list:
+  """`_features_or_reason` over jobs in a process pool whose workers die with this process;
+  on any exception (KeyboardInterrupt, SystemExit from SIGTERM) they are killed at once."""
+  pool = concurrent.futures.ProcessPoolExecutor(
+      min(workers, len(jobs)), multiprocessing.get_context(method),
+      initializer=_die_with_parent, initargs=(os.getpid(),))
+  try:
+    chunk = max(1, min(16, len(jobs) // (4 * workers)))
+    results = list(tqdm.tqdm(pool.map(_features_or_reason, jobs, chunksize=chunk),
+                             total=len(jobs), desc=desc, unit='utt'))
+  except BaseException:
+    _stop_workers(pool)
+    raise
+  pool.shutdown()
+  return results
 
 
 def _compute(paths: list[str], features: dict, workers: int, desc: str) -> list:
@@ -129,12 +205,8 @@ def _compute(paths: list[str], features: dict, workers: int, desc: str) -> list:
   # Fork is fast and works from any __main__ (stdin, notebooks), but copying a process that
   # runs JAX's threads is unsafe: once JAX is imported, spawn fresh interpreters instead.
   method = 'spawn' if ('jax' in sys.modules or os.name != 'posix') else 'fork'
-  context = multiprocessing.get_context(method)
   try:
-    with concurrent.futures.ProcessPoolExecutor(min(workers, len(jobs)), context) as pool:
-      chunk = max(1, min(16, len(jobs) // (4 * workers)))
-      return list(tqdm.tqdm(pool.map(_features_or_reason, jobs, chunksize=chunk),
-                            total=len(jobs), desc=desc, unit='utt'))
+    return _in_pool(jobs, workers, method, desc)
   except concurrent.futures.process.BrokenProcessPool:
     # Typically a spawned worker re-ran a __main__ script that lacks the
     # `if __name__ == '__main__':` guard. The result does not depend on the workers.
@@ -153,19 +225,20 @@ def _counts(speakers: Sequence[str], labels: Sequence[str]) -> dict[str, dict[st
 
 
 def _read_all(utterances: Sequence[types.Utterance], fcfg: dict, workers: int, key: str
-              ) -> tuple[list[tuple[types.Utterance, np.ndarray]], list[dict]]:
-  """([(utterance, its [S, T, F] segments)] in input order, [{path, utt_id, reason}] skipped).
+              ) -> tuple[list[tuple[types.Utterance, np.ndarray, np.ndarray]], list[dict]]:
+  """([(utterance, its [S, T, F] segments, their [S] valid frames)] in input order,
+  [{path, utt_id, reason}] skipped).
 
   Raises:
     RuntimeError: no utterance could be read (an empty store is never useful).
   """
   results = _compute([u.path for u in utterances], fcfg, workers, desc=f'features {key}')
   kept, skipped = [], []
-  for u, (feats, reason) in zip(utterances, results):
-    if feats is None:
+  for u, (segments, reason) in zip(utterances, results):
+    if segments is None:
       skipped.append({'path': u.path, 'utt_id': u.utt_id, 'reason': reason})
     else:
-      kept.append((u, feats))
+      kept.append((u,) + tuple(segments))
   if not kept:
     raise RuntimeError(f'no utterance could be read ({len(skipped)} skipped, e.g. '
                        f'{skipped[:3]})')
@@ -179,7 +252,8 @@ def _utterance_row(u: types.Utterance, n_segments: int) -> dict:
           'aux_raw': None if u.aux_raw is None else list(u.aux_raw), 'n_segments': n_segments}
 
 
-def _write_segments(directory: str, kept: Sequence[tuple[types.Utterance, np.ndarray]],
+def _write_segments(directory: str,
+                    kept: Sequence[tuple[types.Utterance, np.ndarray, np.ndarray]],
                     shape: tuple[int, ...], dtype: np.dtype, speakers: list[str],
                     classes: tuple[str, ...], num_aux: int) -> None:
   """Writes features.npy [N_seg, T, F], the [N_seg] arrays of _ARRAYS and utterances.json.
@@ -189,9 +263,10 @@ def _write_segments(directory: str, kept: Sequence[tuple[types.Utterance, np.nda
   out = np.lib.format.open_memmap(os.path.join(directory, 'features.npy'), 'w+', dtype, shape)
   arrays = {name: [] for name in _ARRAYS}
   table, row = [], 0
-  for i, (u, feats) in enumerate(kept):
+  for i, (u, feats, lengths) in enumerate(kept):
     out[row:row + len(feats)] = feats
     row += len(feats)
+    arrays['length'] += list(lengths)
     arrays['utt_index'] += [i] * len(feats)
     arrays['speaker'] += [speakers.index(u.speaker)] * len(feats)
     arrays['label'] += [classes.index(u.label)] * len(feats)
@@ -208,11 +283,11 @@ def _write_segments(directory: str, kept: Sequence[tuple[types.Utterance, np.nda
     json.dump(table, f, indent=0)
 
 
-def _manifest_counts(kept: Sequence[tuple[types.Utterance, np.ndarray]]) -> dict:
+def _manifest_counts(kept: Sequence[tuple[types.Utterance, np.ndarray, np.ndarray]]) -> dict:
   """{'utterances' | 'segments': {speaker: {label: count}}}."""
-  seg_speakers = [u.speaker for u, feats in kept for _ in range(len(feats))]
-  seg_labels = [u.label for u, feats in kept for _ in range(len(feats))]
-  return {'utterances': _counts([u.speaker for u, _ in kept], [u.label for u, _ in kept]),
+  seg_speakers = [u.speaker for u, feats, _ in kept for _ in range(len(feats))]
+  seg_labels = [u.label for u, feats, _ in kept for _ in range(len(feats))]
+  return {'utterances': _counts([u.speaker for u, *_ in kept], [u.label for u, *_ in kept]),
           'segments': _counts(seg_speakers, seg_labels)}
 
 
@@ -222,8 +297,8 @@ def _write(directory: str, config: ml_collections.ConfigDict, key: str,
   fcfg = config.features.to_dict()
   kept, skipped = _read_all(utterances, fcfg, config.features.workers, key)
   classes, aux_tasks = tuple(config.data.classes), tuple(config.data.aux_tasks)
-  speakers = sorted({u.speaker for u, _ in kept})
-  n_seg = sum(len(f) for _, f in kept)
+  speakers = sorted({u.speaker for u, *_ in kept})
+  n_seg = sum(len(f) for _, f, _ in kept)
   shape = (n_seg,) + kept[0][1].shape[1:]
   _write_segments(directory, kept, shape, np.dtype(config.features.dtype), speakers, classes,
                   len(aux_tasks))
@@ -246,7 +321,15 @@ def _write(directory: str, config: ml_collections.ConfigDict, key: str,
 
 
 def load_store(directory: str, cache_hit: bool = True) -> FeatureStore:
-  """Opens a complete store directory (features memory-mapped read-only)."""
+  """Opens a complete store directory (features memory-mapped read-only).
+
+  Raises:
+    ValueError: a store written before segment lengths were recorded (features.VERSION 1);
+      `build_feature_store` never opens one, since its cache key differs.
+  """
+  if not os.path.exists(os.path.join(directory, 'length.npy')):
+    raise ValueError(f'{directory} was written by an older version (no length.npy); build '
+                     'the store again (build_feature_store computes it anew)')
   manifest_path = os.path.join(directory, 'manifest.json')
   with open(manifest_path) as f:
     manifest = json.load(f)
@@ -285,19 +368,88 @@ def build_feature_store(config: ml_collections.ConfigDict, workdir: str,
   final = os.path.join(root, key)
   if os.path.exists(os.path.join(final, 'manifest.json')):
     return load_store(final, cache_hit=True)
-  tmp = os.path.join(root, f'.tmp-{key}-{os.getpid()}')
+  remove_stale_tmp(root)
+  tmp = os.path.join(root, f'.tmp-{key}-{_host()}-{os.getpid()}')
   shutil.rmtree(tmp, ignore_errors=True)
   os.makedirs(tmp)
-  try:
-    _write(tmp, config, key, utterances, problems)
+  with _sigterm_raises():
     try:
-      os.rename(tmp, final)
-    except OSError:  # another process finished the same store first: theirs is as good
-      if not os.path.exists(os.path.join(final, 'manifest.json')):
-        raise
-  finally:
-    shutil.rmtree(tmp, ignore_errors=True)
+      _write(tmp, config, key, utterances, problems)
+      try:
+        os.rename(tmp, final)
+      except OSError:  # another process finished the same store first: theirs is as good
+        if not os.path.exists(os.path.join(final, 'manifest.json')):
+          raise
+    finally:
+      shutil.rmtree(tmp, ignore_errors=True)
   return load_store(final, cache_hit=False)
+
+
+_TMP = re.compile(r'^\.tmp-(?P<key>[0-9a-f]{16})-(?P<host>.+)-(?P<pid>\d+)$')
+
+
+def _host() -> str:
+  """This machine's name as it goes into temporary directory names ([A-Za-z0-9_.] only)."""
+  return re.sub(r'[^A-Za-z0-9_.]', '_', socket.gethostname()) or 'host'
+
+
+def _running_since(pid: int, before: float) -> bool:
+  """Whether process `pid` runs and started before time `before` (so it is not a later
+  process that reuses the pid of a dead one)."""
+  try:
+    process = psutil.Process(pid)
+    return process.status() != psutil.STATUS_ZOMBIE and process.create_time() <= before + 1.0
+  except psutil.AccessDenied:
+    return True  # someone else's live process: not ours to judge
+  except psutil.NoSuchProcess:  # ZombieProcess included
+    return False
+
+
+def remove_stale_tmp(root: str) -> list[str]:
+  """Removes the `.tmp-<key>-<host>-<pid>` directories under `root` left by processes of this
+  host that are gone (killed while building a store); returns the removed paths.
+
+  A directory of a live process (same pid, started before the directory was last written) is
+  kept: it is still being built. Directories of other hosts (a shared file system) are kept.
+  """
+  removed = []
+  for name in os.listdir(root) if os.path.isdir(root) else ():
+    match = _TMP.match(name)
+    if not match or match['host'] != _host() or int(match['pid']) == os.getpid():
+      continue
+    path = os.path.join(root, name)
+    try:
+      modified = os.stat(path).st_mtime
+    except FileNotFoundError:
+      continue  # its owner just renamed or removed it
+    if not _running_since(int(match['pid']), modified):
+      shutil.rmtree(path, ignore_errors=True)
+      removed.append(path)
+  return removed
+
+
+@contextlib.contextmanager
+def _sigterm_raises() -> Iterator[None]:
+  """While building, SIGTERM raises SystemExit(143) instead of ending the process at once,
+  so the temporary directory is removed and the workers are stopped on the way out.
+
+  Only in the main thread and only where SIGTERM has its default action: a handler the
+  application installed is left alone.
+  """
+  if (threading.current_thread() is not threading.main_thread()
+      or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL):
+    yield
+    return
+
+  def handler(signum, frame):
+    del frame
+    raise SystemExit(128 + signum)
+
+  signal.signal(signal.SIGTERM, handler)
+  try:
+    yield
+  finally:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def format_summary(store: FeatureStore) -> str:
@@ -325,5 +477,6 @@ def format_summary(store: FeatureStore) -> str:
   skipped = store.manifest['skipped']
   lines.append(f'skipped: {len(skipped)}')
   lines += [f'  {s["path"]}: {s["reason"]}' for s in skipped]
+  lines += [f'left out: {p["path"]}: {p["reason"]}' for p in store.manifest.get('problems', [])]
   lines.append(f'cache: {"hit" if store.cache_hit else "built"} {store.directory}')
   return '\n'.join(lines)

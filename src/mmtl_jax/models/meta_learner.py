@@ -4,7 +4,7 @@ Pure Flax (linen) modules: parameters in, logits out. Dropout, when enabled, dra
 explicit 'dropout' rng passed to `apply`; nothing else is stateful (no batch norm).
 """
 
-from typing import Any, Sequence, Tuple
+from typing import Any, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax
@@ -45,12 +45,50 @@ def max_pool_2x2(y: jax.Array) -> jax.Array:
   return y.max(axis=(2, 4))
 
 
+def valid_lengths(lengths: jax.Array, batch: int, frames: int) -> jax.Array:
+  """`lengths` as int32 [batch] clipped to [0, frames]: a segment cut at `frames` is valid
+  up to `frames`.
+
+  Raises:
+    ValueError: `lengths` is not of shape [batch].
+  """
+  lengths = jnp.asarray(lengths)
+  if lengths.shape != (batch,):
+    raise ValueError(f'lengths must have shape [batch] = ({batch},), got {lengths.shape}')
+  return jnp.clip(lengths.astype(jnp.int32), 0, frames)
+
+
+def mask_frames(y: jax.Array, lengths: jax.Array) -> jax.Array:
+  """y [B, T, ...] with every frame t >= lengths[b] set to zero (lengths int32 [B])."""
+  batch, frames = y.shape[:2]
+  valid = jnp.arange(frames, dtype=jnp.int32)[None, :] < lengths[:, None]  # [B, T]
+  valid = valid.reshape((batch, frames) + (1,) * (y.ndim - 2))
+  return jnp.where(valid, y, jnp.zeros((), y.dtype))
+
+
+def _direction_masks(lengths: jax.Array, steps: int) -> jax.Array:
+  """bool [T, 2, B, 1]: whether scan step s updates the carry of each direction.
+
+  The forward direction reads frames 0 .. L-1 at steps 0 .. L-1, then holds its state. The
+  backward direction reads time reversed: step s is frame T-1-s, valid when T-1-s < L, i.e.
+  its carry stays at zero over the padded prefix and it starts at the last valid frame.
+  """
+  s = jnp.arange(steps, dtype=jnp.int32)[:, None]  # [T, 1]
+  forward = s < lengths[None, :]
+  backward = s >= steps - lengths[None, :]
+  return jnp.stack([forward, backward], axis=1)[..., None]
+
+
 class BiLSTM(nn.Module):
   """One bidirectional LSTM layer returning [final forward h, final backward h].
 
-  Input [B, T, D] -> output [B, 2 * hidden]. We summarise the sequence by the final hidden
-  state of each direction (what PyTorch's `h_n` holds) rather than a mean over time: the
-  inputs are zero-padded to a fixed length, and a time mean would average the padding in.
+  Input [B, T, D] (and optionally `lengths` int32 [B], the valid frames of each row) ->
+  output [B, 2 * hidden]. We summarise the sequence by the final hidden state of each
+  direction (what PyTorch's `h_n` holds, or a packed sequence's with `lengths`) rather than a
+  mean over time: the inputs are zero-padded to a fixed length, and a time mean would average
+  the padding in. With `lengths`, the forward state is the one after frame L-1 and the
+  backward state starts at frame L-1, so neither has seen a padded frame: the output equals
+  that of the unpadded [B, L, D] input. Without it, every frame counts as valid.
 
   Efficiency: the input projections of both directions and all timesteps are ONE matmul
   [B*T, D] x [D, 8H] before the scan; the scan body only does the recurrent matmul, with
@@ -63,9 +101,8 @@ class BiLSTM(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    batch, _, features = x.shape
+  def _params(self, features: int):
+    """(w_in [D, 2, 4H], bias [2, 4H], w_rec [2, H, 4H]) in the compute dtype."""
     h = self.hidden
     init = nn.initializers.uniform(scale=1.0)  # rescaled below to PyTorch's U(-1/sqrt(H), .)
     bound = 1.0 / jnp.sqrt(h)
@@ -76,8 +113,13 @@ class BiLSTM(nn.Module):
     w_in = self.param('input_kernel', uniform_init, (features, 2, 4 * h), self.param_dtype)
     bias = self.param('bias', nn.initializers.zeros, (2, 4 * h), self.param_dtype)
     w_rec = self.param('recurrent_kernel', uniform_init, (2, h, 4 * h), self.param_dtype)
-    w_in, bias, w_rec = (a.astype(self.dtype) for a in (w_in, bias, w_rec))
+    return tuple(a.astype(self.dtype) for a in (w_in, bias, w_rec))
 
+  @nn.compact
+  def __call__(self, x: jax.Array, lengths: Optional[jax.Array] = None) -> jax.Array:
+    batch, steps, features = x.shape
+    h = self.hidden
+    w_in, bias, w_rec = self._params(features)
     proj = jnp.einsum('btd,dkg->tkbg', x.astype(self.dtype), w_in) + bias[:, None, :]
     # The backward direction reads time reversed: flip its projections once, up front.
     proj = jnp.stack([proj[:, 0], proj[::-1, 1]], axis=1)  # [T, 2, B, 4H]
@@ -90,10 +132,19 @@ class BiLSTM(nn.Module):
       i, f, g, o = jnp.split(gates.astype(cell_dtype), 4, axis=-1)
       c_t = jax.nn.sigmoid(f) * c_t + jax.nn.sigmoid(i) * jnp.tanh(g)
       h_t = (jax.nn.sigmoid(o) * jnp.tanh(c_t)).astype(self.dtype)
-      return (h_t, c_t), None
+      return (h_t, c_t)
+
+    def masked_cell(carry, inputs):
+      p_t, valid_t = inputs  # valid_t [2, B, 1]: past the valid frames the carry is held
+      new = cell(carry, p_t)
+      return tuple(jnp.where(valid_t, n, old) for n, old in zip(new, carry)), None
 
     carry0 = (jnp.zeros((2, batch, h), self.dtype), jnp.zeros((2, batch, h), cell_dtype))
-    (h_final, _), _ = jax.lax.scan(cell, carry0, proj)
+    if lengths is None:
+      (h_final, _), _ = jax.lax.scan(lambda c, p: (cell(c, p), None), carry0, proj)
+    else:
+      masks = _direction_masks(valid_lengths(lengths, batch, steps), steps)
+      (h_final, _), _ = jax.lax.scan(masked_cell, carry0, (proj, masks))
     return jnp.concatenate([h_final[0], h_final[1]], axis=-1)
 
 
@@ -105,7 +156,9 @@ class MetaLearner(nn.Module):
   (frequency x channels flattened per frame), a BiLSTM, FC `fc_hidden` + ReLU, and FC
   `num_outputs`: the ONE head shared by all auxiliary tasks (paper section 2.2).
   Odd sizes are floored by each pool, so T and F shrink to T // 2**n and F // 2**n; both
-  must stay >= 1.
+  must stay >= 1. `lengths` (see `__call__`) makes the logits independent of the zero padding
+  after each segment's valid frames; a segment with L // 2**n == 0 has no valid frame left
+  for the BiLSTM, whose summary is then its initial (zero) state.
   """
 
   conv_features: Sequence[int] = (16, 24, 32)
@@ -124,20 +177,36 @@ class MetaLearner(nn.Module):
   conv_vjp: bool = True
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+  def __call__(self, x: jax.Array, train: bool = False,
+               lengths: Optional[jax.Array] = None) -> jax.Array:
+    """x [B, T, F] -> logits [B, num_outputs] ([B, 2 * lstm_hidden] if features_only).
+
+    lengths: int32 [B], the valid (unpadded) frames of each segment, or None: all T frames
+    are valid. With lengths, frames t >= L are zeroed on input and after every conv block
+    (at that block's resolution, L // 2**i: the same floor as the pools), so each block sees
+    exactly what an unpadded [1, L, F] input would, and the BiLSTM summarises only the
+    L // 2**n valid frames: the output does not depend on how much padding follows.
+    """
     if x.ndim != 3:
       raise ValueError(f'MetaLearner expects [batch, time, freq], got shape {x.shape}')
     if len(self.conv_features) != len(self.conv_kernels):
       raise ValueError('conv_features and conv_kernels must have the same length')
     y = x[..., None].astype(self.dtype)  # NHWC with H = time, W = frequency
+    if lengths is not None:
+      lengths = valid_lengths(lengths, x.shape[0], x.shape[1])
+      y = mask_frames(y, lengths)
     for i, (feat, kernel) in enumerate(zip(self.conv_features, self.conv_kernels)):
       y = Conv(feat, tuple(kernel), custom_vjp=self.conv_vjp, dtype=self.dtype,
                param_dtype=self.param_dtype, name=f'conv_{i}')(y)
       y = max_pool_2x2(nn.relu(y))
+      if lengths is not None:
+        # Pooled frame j reads frames 2j and 2j+1: valid iff 2j+1 < L, i.e. j < L // 2.
+        lengths = lengths // 2
+        y = mask_frames(y, lengths)
     batch, frames, bins, channels = y.shape
     y = y.reshape(batch, frames, bins * channels)
     y = BiLSTM(self.lstm_hidden, dtype=self.dtype, param_dtype=self.param_dtype,
-               name='bilstm')(y)
+               name='bilstm')(y, lengths)
     if self.features_only:
       return y
     y = nn.Dropout(self.dropout, deterministic=not train)(y)

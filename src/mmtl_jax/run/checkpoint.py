@@ -12,6 +12,12 @@ renamed to ``<step>`` only once complete, so a killed process leaves the previou
 restorable. Leftover temporary directories are ignored, and a new Checkpointer deletes them in
 the background (orbax finishes that before its first save).
 
+Restoring never hands orbax a target it cannot fill: the saved shapes (orbax's metadata) are
+compared with the target's first, so a model of other settings is one `CheckpointMismatchError`
+naming the checkpoint and the differing leaves rather than a traceback per leaf from orbax's
+asynchronous readers. A latest step that cannot be read (a file of it truncated or deleted) is
+a logged warning, is moved aside to `<step>.damaged-<n>`, and the previous kept step is used.
+
 An inference bundle (`save_inference_bundle`) is a directory with the trained params and the
 config as JSON, enough for a prediction script to rebuild the model from that directory alone.
 """
@@ -19,11 +25,13 @@ config as JSON, enough for a prediction script to rebuild the model from that di
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
+from etils import epath
 import jax
 import ml_collections
 import numpy as np
@@ -31,12 +39,14 @@ import orbax.checkpoint as ocp
 
 from mmtl_jax.run import files
 
+log = logging.getLogger(__name__)
 PyTree = Any
 
 _STATE = 'state'
 _EXTRA = 'extra'
 _BUNDLE_FORMAT = 'mmtl_jax.inference_bundle'
 _BUNDLE_VERSION = 1
+_SHOWN = 12  # mismatching leaves listed in an error
 
 
 def _retention_options(max_to_keep: int | None) -> dict[str, Any]:
@@ -59,6 +69,72 @@ def _host_copy(leaf: Any) -> Any:
   # Saves are asynchronous: copy numpy leaves so that a caller mutating its arrays in place
   # after save() returns cannot change what is written. jax arrays are immutable.
   return np.array(leaf, copy=True) if isinstance(leaf, np.ndarray) else leaf
+
+
+class CheckpointMismatchError(ValueError):
+  """A checkpoint's tree structure or shapes differ from the target's."""
+
+
+class CheckpointDamagedError(RuntimeError):
+  """A checkpoint step cannot be read (a file of it truncated, deleted or corrupt)."""
+
+
+def _leaf_name(path: tuple) -> str:
+  """'params.conv.kernel' from a key path (dict keys, attribute names, sequence indices),
+  the naming orbax uses, so a namedtuple field matches its saved dict key."""
+  parts = []
+  for key in path:
+    for attr in ('key', 'name', 'idx'):
+      if hasattr(key, attr):
+        parts.append(str(getattr(key, attr)))
+        break
+    else:
+      parts.append(str(key))
+  return '.'.join(parts)
+
+
+def _named_shapes(tree: PyTree) -> dict[str, tuple[int, ...] | None]:
+  """{leaf name: shape (None where a leaf has none)} of a pytree."""
+  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {_leaf_name(path): (tuple(leaf.shape) if hasattr(leaf, 'shape') else
+                             tuple(np.shape(leaf)) if np.isscalar(leaf) else None)
+          for path, leaf in leaves}
+
+
+def _saved_shapes(step_dir: str) -> dict[str, tuple[int, ...] | None]:
+  """{leaf name: shape} of the `state` item of a step directory, from orbax's metadata."""
+  handler = ocp.StandardCheckpointHandler()
+  try:
+    metadata = handler.metadata(epath.Path(os.path.join(step_dir, _STATE)))
+  finally:
+    handler.close()
+  return _named_shapes(getattr(metadata, 'tree', metadata))  # TreeMetadata in orbax >= 0.9
+
+
+def shape_mismatches(saved: Mapping[str, Any], target: PyTree) -> list[str]:
+  """`leaf: checkpoint <shape> vs model <shape>` lines (missing leaves on either side)."""
+  wanted = _named_shapes(target)
+  out = []
+  for name in sorted(set(saved) | set(wanted)):
+    if name not in wanted:
+      out.append(f'{name}: in the checkpoint {saved[name]}, not in the model')
+    elif name not in saved:
+      out.append(f'{name}: in the model {wanted[name]}, not in the checkpoint')
+    elif None not in (saved[name], wanted[name]) and saved[name] != wanted[name]:
+      out.append(f'{name}: checkpoint {saved[name]} vs model {wanted[name]}')
+  return out
+
+
+def _damage_guard(where: str, read: Callable[[], Any]) -> Any:
+  """read(), with any failure turned into one CheckpointDamagedError naming `where` (the
+  orbax traceback is not chained: it is long and says no more than its last line)."""
+  try:
+    return read()
+  except Exception as e:  # pylint: disable=broad-except
+    lines = str(e).strip().splitlines() or ['']
+    last = lines[-1].split(' [tensorstore_spec=')[0]  # the spec is a page of JSON
+    raise CheckpointDamagedError(f'{where} cannot be read: {type(e).__name__}: '
+                                 f'{last[:400]}') from None
 
 
 class Checkpointer:
@@ -151,9 +227,17 @@ class Checkpointer:
                                    _EXTRA: ocp.args.JsonSave(extra)}),
         force=force)
 
-  def restore(self, step: int | None = None,
-              target: PyTree | None = None) -> tuple[PyTree, dict[str, Any]] | None:
-    """Restores (state, extra) of `step` (default: the latest step).
+  def restore(self, step: int | None = None, target: PyTree | None = None,
+              check_extra: Callable[[dict[str, Any]], None] | None = None
+              ) -> tuple[PyTree, dict[str, Any]] | None:
+    """Restores (state, extra) of `step` (default: the latest readable step).
+
+    Before any array is read, `extra` goes to `check_extra` (which may raise, e.g. on a
+    checkpoint written under another config) and the saved shapes are compared with
+    `target`'s, so a mismatch is one error naming the checkpoint and the differing leaves.
+    With step=None, a step that cannot be read (a file of it truncated or deleted) is logged
+    as a warning, moved aside to `<step>.damaged-<n>` (so the step can be written again) and
+    the previous kept step is tried.
 
     Args:
       step: the step to restore; None for the latest.
@@ -163,27 +247,72 @@ class Checkpointer:
         and shardings; numpy leaves come back as numpy. Without a target the state comes
         back as saved on disk, with containers such as optax's namedtuples turned into
         dicts/lists, so pass a target to resume training.
+      check_extra: called with the step's extra dict before its arrays are read.
 
     Returns:
       (state, extra), or None when step is None and no checkpoint exists.
 
     Raises:
       FileNotFoundError: an explicit `step` that has no complete checkpoint.
-      ValueError: `target`'s tree structure or shapes do not match the checkpoint.
+      CheckpointMismatchError (a ValueError): `target`'s tree structure or shapes differ
+        from the checkpoint's.
+      CheckpointDamagedError: the explicit `step`, or every kept step, cannot be read.
     """
-    if step is None:
-      step = self.latest_step()
-      if step is None:
-        return None
-    elif step not in self.all_steps():
-      raise FileNotFoundError(
-          f'No checkpoint for step {step} in {self._directory}; have {self.all_steps()}.')
-    abstract = None if target is None else jax.tree.map(_abstract, target)
-    restored = self._manager.restore(
-        step,
-        args=ocp.args.Composite(**{_STATE: ocp.args.StandardRestore(abstract),
-                                   _EXTRA: ocp.args.JsonRestore()}))
-    return restored[_STATE], dict(restored[_EXTRA] or {})
+    if step is not None:
+      if step not in self.all_steps():
+        raise FileNotFoundError(
+            f'No checkpoint for step {step} in {self._directory}; have {self.all_steps()}.')
+      return self._restore_step(step, target, check_extra)
+    steps = self.all_steps()
+    for i, candidate in enumerate(reversed(steps)):
+      try:
+        return self._restore_step(candidate, target, check_extra)
+      except CheckpointDamagedError as e:
+        if i + 1 == len(steps):
+          raise
+        moved = self._move_aside(candidate)
+        log.warning('%s; moved to %s, restoring step %d instead', e, moved, steps[-2 - i])
+    return None
+
+  def _step_dir(self, step: int) -> str:
+    return os.path.join(self._directory, str(step))
+
+  def _restore_step(self, step: int, target: PyTree | None,
+                    check_extra: Callable[[dict[str, Any]], None] | None
+                    ) -> tuple[PyTree, dict[str, Any]]:
+    """One step: extra, its check, the shape check, then the arrays (see `restore`)."""
+    where = f'checkpoint {self._step_dir(step)}'
+    extra = _damage_guard(where, lambda: self._manager.restore(
+        step, args=ocp.args.Composite(**{_EXTRA: ocp.args.JsonRestore()}))[_EXTRA])
+    extra = dict(extra or {})
+    if check_extra is not None:
+      check_extra(extra)
+    abstract = None
+    if target is not None:
+      abstract = jax.tree.map(_abstract, target)
+      saved = _damage_guard(where, lambda: _saved_shapes(self._step_dir(step)))
+      problems = shape_mismatches(saved, abstract)
+      if problems:
+        shown = problems[:_SHOWN] + ([f'... and {len(problems) - _SHOWN} more'] if
+                                     len(problems) > _SHOWN else [])
+        raise CheckpointMismatchError(
+            f'{where} does not fit the model being restored ({len(problems)} leaves differ; '
+            'was it written with other model settings?):\n  ' + '\n  '.join(shown))
+    state = _damage_guard(where, lambda: self._manager.restore(
+        step, args=ocp.args.Composite(**{_STATE: ocp.args.StandardRestore(abstract)}))[_STATE])
+    return state, extra
+
+  def _move_aside(self, step: int) -> str:
+    """Renames a damaged step directory out of orbax's view (its name is no step number)."""
+    n = 1
+    while os.path.exists(f'{self._step_dir(step)}.damaged-{n}'):
+      n += 1
+    moved = f'{self._step_dir(step)}.damaged-{n}'
+    if jax.process_index() == 0:  # one rename on a shared file system
+      os.rename(self._step_dir(step), moved)
+    if hasattr(self._manager, 'reload'):  # orbax caches the step list
+      self._manager.reload()
+    return moved
 
   def wait(self) -> None:
     """Blocks until the pending asynchronous save, if any, is on disk."""
@@ -247,7 +376,7 @@ def save_inference_bundle(directory: str | os.PathLike, params: PyTree, config: 
     raise FileExistsError(f'{directory} exists and overwrite=False.')
   parent = os.path.dirname(directory)
   os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix='.' + os.path.basename(directory) + '.tmp-', dir=parent)
+  tmp = files.make_temp_dir('.' + os.path.basename(directory) + '.tmp-', parent)
   try:
     with ocp.StandardCheckpointer(**_this_process_only()) as ckptr:
       ckptr.save(os.path.join(tmp, 'params'), jax.tree.map(_host_copy, params))

@@ -1,4 +1,9 @@
-"""Run files: plain JSON values and atomic writes (a crash never leaves a truncated file)."""
+"""Run files: plain JSON values and atomic writes (a crash never leaves a truncated file).
+
+Files and directories made through `tempfile` start as 0600 / 0700 whatever the umask; the
+writers here give them the modes `open` / `os.makedirs` would (0666 / 0777 less the umask),
+so results and bundles are readable by whoever the user's umask lets read them.
+"""
 
 from __future__ import annotations
 
@@ -48,6 +53,32 @@ def to_jsonable(obj: Any, strict: bool = False) -> Any:
   return str(obj)
 
 
+def process_umask() -> int:
+  """The process's umask, read without changing it where /proc allows (Linux)."""
+  try:
+    with open('/proc/self/status', encoding='ascii') as f:
+      for line in f:
+        if line.startswith('Umask:'):
+          return int(line.split()[1], 8)
+  except (OSError, ValueError, IndexError):
+    pass
+  mask = os.umask(0o022)  # elsewhere: set and restore (not thread-safe, hence the above)
+  os.umask(mask)
+  return mask
+
+
+def default_mode(directory: bool = False) -> int:
+  """The mode a new file (0666) or directory (0777) gets under the current umask."""
+  return (0o777 if directory else 0o666) & ~process_umask()
+
+
+def make_temp_dir(prefix: str, parent: str) -> str:
+  """tempfile.mkdtemp(prefix, dir=parent), with the mode os.makedirs would give it."""
+  path = tempfile.mkdtemp(prefix=prefix, dir=parent)
+  os.chmod(path, default_mode(directory=True))
+  return path
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
   """Writes `text` to `path` via a temporary file in the same directory and os.replace."""
   atomic_write(path, lambda f: f.write(text.encode('utf-8')))
@@ -69,6 +100,7 @@ def atomic_write(path: str | os.PathLike, write_fn: Callable[[Any], Any]) -> Non
   fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix=suffix + '.tmp',
                              dir=directory)
   try:
+    os.fchmod(fd, default_mode())  # mkstemp makes 0600
     with os.fdopen(fd, 'wb') as f:
       write_fn(f)
       f.flush()

@@ -29,6 +29,7 @@ _ENUMS = (
     ('features.normalise', ('segment', 'none')), ('folds.scheme', ('session', 'speaker')),
     ('folds.class_weights', ('speaker', 'pooled')), ('folds.dev_gender', ('F', 'M')),
     ('eval.finetune_optimizer', ('sgd', 'adam')),
+    ('eval.finetune_unit', ('steps', 'epochs')),
     ('train.on_changed_config', ('error', 'restart')),
 )
 # (field, allowed names of the entries or None, may be empty); no field may repeat an entry.
@@ -44,6 +45,7 @@ _COUNTS = (
     ('meta.task_chunk', 0), ('eval.batch_size', 1), ('eval.finetune_steps', 0),
     ('features.sample_rate', 1), ('features.n_fft', 1), ('features.n_frames', 1),
     ('features.workers', 0), ('model.num_outputs', 1),
+    ('data.manifest.min_utterances_per_speaker', 1),
 )
 _POSITIVE = (
     'meta.alpha', 'meta.beta', 'meta.gamma', 'eval.finetune_lr', 'features.hop_ms',
@@ -82,6 +84,9 @@ def config_problems(config: Any) -> List[str]:
     out += _count(field, _get(config, field), minimum)
   for field in _POSITIVE:
     out += _positive(field, _get(config, field))
+  rates = _get(config, 'train.baseline_lr')
+  for name, lr in (dict(rates) if rates is not _MISSING and rates else {}).items():
+    out += _positive(f'train.baseline_lr.{name}', lr)
   for index in _items(_get(config, 'folds.which')):
     if not _is_int(index) or index < 0:
       out.append(f'folds.which: entries must be fold indices >= 0 (got {index!r})')

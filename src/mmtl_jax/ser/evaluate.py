@@ -10,7 +10,7 @@ Utterance prediction: the mean of its segments' posteriors, then argmax (section
 UA = mean per-class recall, WA = accuracy, both over utterances (`mmtl_jax.ser.metrics`).
 """
 
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -42,7 +42,8 @@ class Evaluator:
     self.batch_size = int(config.eval.batch_size)
     self.finetune_steps = int(config.eval.finetune_steps)
     self._speaker_cache: Dict[str, Dict[str, np.ndarray]] = {}
-    self._predict = jax.jit(lambda p, x: jax.nn.softmax(system.predict_logits(p, x), axis=-1))
+    self._predict = jax.jit(
+        lambda p, x, lengths: jax.nn.softmax(system.predict_logits(p, x, lengths), axis=-1))
     self._finetune_step = None
     if system.finetune_loss is not None and self.finetune_steps > 0:
       self._finetune_step = jax.jit(self._make_finetune_step(
@@ -69,13 +70,15 @@ class Evaluator:
     return step
 
   def speaker_data(self, speaker: str) -> Dict[str, np.ndarray]:
-    """One speaker's segments: x [N, T, F] float32, target [N], aux [N, k], utt_index [N],
-    aux_weight [k, C] (that speaker's class weights)."""
+    """One speaker's segments: x [N, T, F] float32, lengths [N] int32 (valid frames),
+    target [N], aux [N, k], utt_index [N], target_weight [C] and aux_weight [k, C] (that
+    speaker's class weights)."""
     if speaker not in self._speaker_cache:
       rows = self.store.rows(speaker)
       weights = folds_lib.speaker_class_weights(self.store, [speaker], self.config)[speaker]
       self._speaker_cache[speaker] = {
           'x': np.asarray(self.store.features[rows], np.float32),
+          'lengths': self.store.length[rows].astype(np.int32),
           'target': self.store.label[rows].astype(np.int32),
           'aux': self.store.aux[rows].astype(np.int32),
           'utt_index': self.store.utt_index[rows].astype(np.int64),
@@ -83,32 +86,39 @@ class Evaluator:
       }
     return self._speaker_cache[speaker]
 
-  def segment_posteriors(self, params: Any, x: np.ndarray) -> np.ndarray:
-    """Softmax posteriors [N, C] of segments x [N, T, F], in fixed-size padded batches so
-    that one compilation serves every speaker."""
+  def segment_posteriors(self, params: Any, x: np.ndarray,
+                         lengths: Optional[np.ndarray] = None) -> np.ndarray:
+    """Softmax posteriors [N, C] of segments x [N, T, F] with valid frames lengths [N]
+    (None: all T), in fixed-size padded batches so that one compilation serves every
+    speaker."""
     n, b = x.shape[0], self.batch_size
+    if lengths is None:
+      lengths = np.full((n,), x.shape[1], np.int32)
     out = []
     for start in range(0, n, b):
-      chunk = x[start:start + b]
+      chunk, chunk_lengths = x[start:start + b], lengths[start:start + b]
       pad = b - chunk.shape[0]
       if pad:
         chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
-      out.append(np.asarray(self._predict(params, chunk))[:b - pad])
+        chunk_lengths = np.concatenate([chunk_lengths, np.full((pad,), x.shape[1], np.int32)])
+      out.append(np.asarray(self._predict(params, chunk, chunk_lengths))[:b - pad])
     return np.concatenate(out) if out else np.zeros((0, self.config.model.num_outputs))
 
   def finetune(self, params: Any, speaker: str, seed: int) -> Any:
-    """The 'paper' protocol's adaptation: `finetune_steps` optimiser steps on minibatches of
-    the speaker's auxiliary labels; returns new params (the input is not modified)."""
+    """The 'paper' protocol's adaptation on the speaker's auxiliary labels: `finetune_steps`
+    optimiser steps, or passes over all its segments with eval.finetune_unit = 'epochs'
+    (see `finetune_batches`); returns new params (the input is not modified)."""
     if self._finetune_step is None:
       return params
     data = self.speaker_data(speaker)
-    n = data['x'].shape[0]
-    b = int(self.config.train.segments_per_speaker)
     opt_state = self._finetune_init(params)
     key = jax.random.key(seed)
-    for step in range(self.finetune_steps):
-      idx = np.random.default_rng([seed, step]).choice(n, b, replace=n < b)
-      batch = {'x': data['x'][idx], 'aux': data['aux'][idx], 'aux_weight': data['aux_weight'],
+    unit = str(self.config.eval.get('finetune_unit', 'steps'))
+    batches = finetune_batches(data['x'].shape[0], int(self.config.train.segments_per_speaker),
+                               self.finetune_steps, unit, seed)
+    for step, idx in enumerate(batches):
+      batch = {'x': data['x'][idx], 'lengths': data['lengths'][idx], 'aux': data['aux'][idx],
+               'aux_weight': data['aux_weight'],
                'target': data['target'][idx] * 0,  # never read: no emotion label is used
                'target_weight': np.zeros_like(data['target_weight'])}
       params, opt_state, _ = self._finetune_step(params, opt_state, batch,
@@ -127,7 +137,7 @@ class Evaluator:
     if protocol == 'paper':
       params = self.finetune(params, speaker, seed)
     data = self.speaker_data(speaker)
-    probs = self.segment_posteriors(params, data['x'])
+    probs = self.segment_posteriors(params, data['x'], data['lengths'])
     utt_rows, utt_probs = metrics_lib.utterance_posteriors(probs, data['utt_index'])
     _, y_true = metrics_lib.utterance_labels(data['target'], data['utt_index'])
     y_pred = metrics_lib.predictions(utt_probs)
@@ -138,6 +148,26 @@ class Evaluator:
         'y_true': y_true, 'y_pred': y_pred, 'probs': utt_probs,
         'utt_ids': np.array([self.store.utterances[i]['utt_id'] for i in utt_rows]),
     }
+
+
+def finetune_batches(n: int, b: int, count: int, unit: str, seed: int):
+  """Index arrays [b] into a speaker's n segments for fine-tuning.
+
+  unit 'steps': `count` minibatches drawn independently (with replacement when n < b).
+  unit 'epochs': `count` passes over a fresh permutation each, cut into ceil(n / b) batches;
+  the last batch is filled up from the pass's start, so every batch has b rows (one compiled
+  step) and every segment is seen at least once per pass.
+  """
+  if unit == 'steps':
+    for step in range(count):
+      yield np.random.default_rng([seed, step]).choice(n, b, replace=n < b)
+  elif unit == 'epochs':
+    for epoch in range(count):
+      order = np.random.default_rng([seed, epoch]).permutation(n)
+      order = np.resize(order, -(-n // b) * b)  # wraps around to fill the last batch
+      yield from order.reshape(-1, b)
+  else:
+    raise ValueError(f"eval.finetune_unit {unit!r}: 'steps' | 'epochs'")
 
 
 def dev_scores(evaluator: Evaluator, params: Any, speaker: str, protocols: Tuple[str, ...],

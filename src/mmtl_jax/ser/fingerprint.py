@@ -7,6 +7,10 @@ directory of the run is compared with the fingerprint the current config gives i
 or unfinished fold whose fingerprint differs (or that has none) stops the run with one error
 listing `field: old -> new`, unless config.train.on_changed_config = 'restart', which moves
 such folds aside (nothing is deleted) and trains them afresh.
+
+The same fingerprint is also stored inside the fold's result.json (key 'fingerprint') and in
+the JSON item of every checkpoint of the fold (key 'fingerprint'): a result.json or a
+checkpoint copied in from another run is caught too (`stale_fields`, `check_checkpoint`).
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from mmtl_jax import __version__
 from mmtl_jax.run import files
 
 FILENAME = 'fingerprint.json'
+RESULT_KEY = 'fingerprint'  # in <fold>/result.json
+CHECKPOINT_KEY = 'fingerprint'  # in the JSON item ('extra') of every checkpoint step
 # Fields that cannot change a fold's result: where and how often things are written, which
 # folds / models / seeds this invocation runs (each fold directory is per model and seed), and
 # what to do on a mismatch.
@@ -67,7 +73,27 @@ def stale_fields(fold_dir: str, expected: Mapping[str, Any]) -> list[str] | None
     return [f'{FILENAME}: missing (written by an older mmtl_jax or another tool)']
   with open(path, encoding='utf-8') as f:
     found = json.load(f)
-  return differences(found, expected) or None
+  diffs = differences(found, expected)
+  result_path = os.path.join(fold_dir, 'result.json')
+  if not diffs and os.path.exists(result_path):
+    with open(result_path, encoding='utf-8') as f:
+      stored = json.load(f).get(RESULT_KEY)
+    if stored is not None:  # result.json files of older runs carry none
+      diffs = [f'result.json: {d}' for d in differences(stored, expected)]
+  return diffs or None
+
+
+def check_checkpoint(extra: Mapping[str, Any], expected: Mapping[str, Any],
+                     directory: str) -> None:
+  """Raises StaleRunError listing `name: old -> new` when a checkpoint's stored fingerprint
+  (in its JSON item `extra`) differs from `expected`; checkpoints without one pass."""
+  stored = extra.get(CHECKPOINT_KEY)
+  diffs = [] if stored is None else differences(stored, expected)
+  if diffs:
+    raise StaleRunError(
+        f'checkpoint {directory} (step {extra.get("step", "?")}) was written under another '
+        'config; nothing was restored:\n' + '\n'.join(f'  {d}' for d in diffs) +
+        '\nTo go on: use a new --workdir, or move that fold directory aside.')
 
 
 def write(fold_dir: str, expected: Mapping[str, Any]) -> None:

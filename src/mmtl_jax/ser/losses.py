@@ -2,6 +2,8 @@
 
 Batch contract (produced by `mmtl_jax.data`, host numpy, leading task axis = speaker task):
   'x'             float32 [tasks, B, T, F]   log spectrogram segments
+  'lengths'       int32   [tasks, B]         valid frames of each segment (optional: absent
+                                             = all T frames valid)
   'target'        int32   [tasks, B]         emotion class (Y^Q)
   'aux'           int32   [tasks, B, k]      auxiliary labels (Y^{S,j}, e.g. V/A/D bins)
   'target_weight' float32 [tasks, C]         per-speaker class weights of the emotion task
@@ -10,6 +12,7 @@ The loss functions below take ONE task (no task axis); the meta package maps ove
 Class weights (w'_{i,c} = (N_i / N_{i,c}) / max_c, section 3.1.3) come from the pipeline.
 """
 
+import inspect
 from typing import Any, Optional, Sequence, Tuple
 
 import jax
@@ -46,10 +49,26 @@ def weighted_cross_entropy(logits: jax.Array, labels: jax.Array,
   return jnp.sum(w * ce) / jnp.maximum(jnp.sum(w), jnp.finfo(dtype).tiny)
 
 
-def _apply(module, params, x, rng, train):
+def accepts_lengths(module: Any) -> bool:
+  """Whether the Flax module's `__call__` takes `lengths` (the built-in models do; a
+  registered model may not, and then sees the zero padding as frames)."""
+  return 'lengths' in inspect.signature(type(module).__call__).parameters
+
+
+def apply_model(module: Any, variables: Any, x: jax.Array, lengths: Optional[jax.Array] = None,
+                **kwargs: Any) -> Any:
+  """module.apply(variables, x, **kwargs), with `lengths` [B] passed when given and the
+  module takes it."""
+  if lengths is not None and accepts_lengths(module):
+    kwargs['lengths'] = lengths
+  return module.apply(variables, x, **kwargs)
+
+
+def _apply(module, params, x, rng, train, lengths=None):
   if train and rng is not None:
-    return module.apply({'params': params}, x, train=True, rngs={'dropout': rng})
-  return module.apply({'params': params}, x)
+    return apply_model(module, {'params': params}, x, lengths, train=True,
+                       rngs={'dropout': rng})
+  return apply_model(module, {'params': params}, x, lengths)
 
 
 def make_losses(model_config: Any) -> Tuple[InnerLoss, TransferLoss]:
@@ -59,20 +78,21 @@ def make_losses(model_config: Any) -> Tuple[InnerLoss, TransferLoss]:
     meta learner's logits (the ONE shared head) vs aux[:, j] with aux_weight[j] (eq. 4).
   transfer_loss(theta, phi, batch, rng): weighted CE of transfer(meta(x)) vs target with
     target_weight (eq. 5 and the outer loss of eqs. 6-7).
-  Dropout (model.dropout > 0) is active in both, drawing from `rng`.
+  Dropout (model.dropout > 0) is active in both, drawing from `rng`. batch['lengths'], when
+  present, tells the meta learner each segment's valid frames.
   """
   meta_learner = models.build(model_config)
   transfer = models.transfer_learner(model_config)
   train = float(model_config.get('dropout', 0.0)) > 0
 
   def inner_loss(theta, batch, rng):
-    logits = _apply(meta_learner, theta, batch['x'], rng, train)
+    logits = _apply(meta_learner, theta, batch['x'], rng, train, batch.get('lengths'))
     losses = jax.vmap(weighted_cross_entropy, in_axes=(None, 1, 0))(
         logits, batch['aux'], batch['aux_weight'])
     return losses.mean()
 
   def transfer_loss(theta, phi, batch, rng):
-    logits = _apply(meta_learner, theta, batch['x'], rng, train)
+    logits = _apply(meta_learner, theta, batch['x'], rng, train, batch.get('lengths'))
     logits = transfer.apply({'params': phi}, logits)
     return weighted_cross_entropy(logits, batch['target'], batch['target_weight'])
 
@@ -98,12 +118,15 @@ def init_params(model_config: Any, rng: jax.Array, input_shape: Sequence[int]) -
   return init(rng)
 
 
-def predict_logits(params: Params, x: jax.Array, model_config: Any) -> jax.Array:
-  """Emotion logits transfer(meta(x)) for segments x [N, T, F] -> [N, C] (no dropout).
+def predict_logits(params: Params, x: jax.Array, model_config: Any,
+                   lengths: Optional[jax.Array] = None) -> jax.Array:
+  """Emotion logits transfer(meta(x)) for segments x [N, T, F] -> [N, C] (no dropout);
+  lengths: int32 [N] valid frames of each segment, or None (all valid).
 
   Softmax these logits once for posteriors (utterance score = mean of segment posteriors).
   """
-  logits = models.build(model_config, dropout=0.0).apply({'params': params['theta']}, x)
+  logits = apply_model(models.build(model_config, dropout=0.0),
+                       {'params': params['theta']}, x, lengths)
   return models.transfer_learner(model_config).apply({'params': params['phi']}, logits)
 
 
@@ -121,18 +144,27 @@ def make_mmtl_step(config: ml_collections.ConfigDict, optimizer=None,
 
 
 def random_batch(num_tasks: int, batch_size: int, frames: int, bins: int, num_aux: int = 3,
-                 num_classes: int = 4, seed: int = 0) -> dict:
-  """A synthetic batch following the contract above (host numpy; for tests and benchmarks)."""
+                 num_classes: int = 4, seed: int = 0, with_lengths: bool = False) -> dict:
+  """A synthetic batch following the contract above (host numpy; for tests and benchmarks).
+
+  with_lengths: also 'lengths' int32 [tasks, B], uniform in [frames // 2, frames], with the
+  frames after each length zeroed in 'x' (as the feature store pads).
+  """
   rng = np.random.default_rng(seed)
-  return {
+  batch = {
       'x': rng.normal(size=(num_tasks, batch_size, frames, bins)).astype(np.float32),
       'target': rng.integers(0, num_classes, (num_tasks, batch_size)).astype(np.int32),
       'aux': rng.integers(0, num_classes, (num_tasks, batch_size, num_aux)).astype(np.int32),
       'target_weight': rng.uniform(0.2, 1.0, (num_tasks, num_classes)).astype(np.float32),
       'aux_weight': rng.uniform(0.2, 1.0, (num_tasks, num_aux, num_classes)).astype(np.float32),
   }
+  if with_lengths:
+    lengths = rng.integers(frames // 2, frames + 1, (num_tasks, batch_size)).astype(np.int32)
+    batch['x'] *= np.arange(frames)[None, None, :, None] < lengths[..., None, None]
+    batch['lengths'] = lengths
+  return batch
 
 
-__all__ = ['init_params', 'make_losses', 'make_mmtl_step', 'predict_logits', 'random_batch',
-           'weighted_cross_entropy']
+__all__ = ['accepts_lengths', 'apply_model', 'init_params', 'make_losses', 'make_mmtl_step',
+           'predict_logits', 'random_batch', 'weighted_cross_entropy']
 

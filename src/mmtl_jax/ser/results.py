@@ -19,7 +19,11 @@ results.json (the contract other tools read; all metrics are fractions in [0, 1]
       "std": {"UA": float, "WA": float, "dev_UA": float | null, "dev_WA": float | null},
       "confusion": {"counts": [[C ints] x C], "normalised": [[C floats] x C],
                     "classes": [C names]},
-      "per_class_recall": {name: float | null}}, ...]}
+      "per_class_recall": {name: float | null}}, ...],
+   "provenance": {"packages": {distribution: version | null}, "python": str,
+                  "git_commit": str | null, "git_dirty": bool | null, "backend": str,
+                  "devices": [str], "process_count": int, "command": [str] (sys.argv),
+                  "started": ISO 8601, "ended": ISO 8601, "seconds": float}}
 
 Definitions:
   * UA / WA: see mmtl_jax.ser.metrics (UA averages recall over the classes present).
@@ -29,6 +33,7 @@ Definitions:
     0 for a single record. dev_* are null unless every record carries them.
   * confusion: counts summed over all records (an utterance counts once per seed); normalised
     = counts divided by their row sums (rows are true classes).
+  * provenance (see `provenance`): what produced the file; absent when the writer gave none.
 
 Every file is written atomically (temporary file in the same directory, then os.replace), so a
 crash never leaves a truncated results.json.
@@ -36,15 +41,21 @@ crash never leaves a truncated results.json.
 
 from __future__ import annotations
 
+import datetime
+import importlib.metadata
 import json
 import os
 import re
+import subprocess
+import sys
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
 from mmtl_jax.run.files import atomic_write, atomic_write_json, atomic_write_text, to_jsonable
+from mmtl_jax.ser import budgets
 from mmtl_jax.ser import metrics
+from mmtl_jax.ser import significance
 
 RESULTS_JSON = 'results.json'
 RESULTS_MD = 'results.md'
@@ -316,6 +327,10 @@ def _summary_row(run: Mapping[str, Any], prefix: Sequence[str] = ()) -> str:
   return '| ' + ' | '.join(_md_cell(c) for c in cells) + ' |'
 
 
+# Public names for other tables built from results.json runs (gather, tools/study).
+SUMMARY_HEADER, DEFINITIONS, summary_row = _SUMMARY_HEADER, _DEFINITIONS, _summary_row
+
+
 def results_markdown(config: Mapping[str, Any] | None, runs: Sequence[Mapping[str, Any]],
                      notes: str | None = None) -> str:
   """The text of results.md: a Table 2/3-style summary, then per-fold tables per run."""
@@ -325,7 +340,24 @@ def results_markdown(config: Mapping[str, Any] | None, runs: Sequence[Mapping[st
               f"{_get(config, 'meta.mode', '?')}; seed: {_get(config, 'seed', '?')}.", '']
   if notes:
     lines += [notes, '']
-  lines += [_SUMMARY_HEADER, *(_summary_row(r) for r in runs), '', _DEFINITIONS, '']
+  lines += [_SUMMARY_HEADER, *(_summary_row(r) for r in runs), '', _DEFINITIONS, '',
+            '## Protocol budgets', '', *budgets.protocol_budgets(config), '']
+  lines += _comparison_lines(runs)
+  lines += _fold_tables(runs)
+  return '\n'.join(lines)
+
+
+def _comparison_lines(runs: Sequence[Mapping[str, Any]]) -> list[str]:
+  """MMTL against each baseline, paired over (fold, seed); [] without MMTL or a baseline."""
+  comparisons = significance.compare_with(runs, 'mmtl')
+  if not comparisons:
+    return []
+  return ['## MMTL against each baseline (paired)', '', significance.markdown(comparisons), '']
+
+
+def _fold_tables(runs: Sequence[Mapping[str, Any]]) -> list[str]:
+  """Per run: its per-fold table, per-class recall and confusion figure."""
+  lines: list[str] = []
   for run in runs:
     lines += [f"## {_md_cell(run['model'])} / {_md_cell(run['protocol'])}", '',
               '| Fold | Seed | UA | WA | dev UA | dev WA | n |',
@@ -338,7 +370,7 @@ def results_markdown(config: Mapping[str, Any] | None, runs: Sequence[Mapping[st
     stem = confusion_basename(run['model'], run['protocol'])
     lines += ['', f'Per-class recall (pooled confusion): {recall}.', '',
               f'![confusion {stem}]({CONFUSION_DIR}/{stem}.png)', '']
-  return '\n'.join(lines)
+  return lines
 
 
 def plot_confusion(path: str | os.PathLike, counts: Any, classes: Sequence[str],
@@ -372,8 +404,60 @@ def plot_confusion(path: str | os.PathLike, counts: Any, classes: Sequence[str],
   atomic_write(path, lambda f: fig.savefig(f, format='png', dpi=120))
 
 
+# ---- Provenance --------------------------------------------------------------------------
+
+PROVENANCE_PACKAGES = ('mmtl_jax', 'jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint',
+                       'numpy', 'librosa')
+
+
+def _package_version(name: str) -> str | None:
+  try:
+    return importlib.metadata.version(name)
+  except importlib.metadata.PackageNotFoundError:
+    return None
+
+
+def git_state(directory: str) -> tuple[str | None, bool | None]:
+  """(HEAD commit, whether tracked files differ from it) of the git checkout holding
+  `directory`'s own files; (None, None) when they are not tracked by git (an installed
+  copy, even one inside some repository's ignored venv) or git is unavailable."""
+  def git(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(['git', '-C', directory, *args], capture_output=True, text=True,
+                          timeout=10, check=False)
+  try:
+    if git('ls-files', '--error-unmatch', '__init__.py').returncode != 0:
+      return None, None
+    head = git('rev-parse', 'HEAD')
+    if head.returncode != 0:
+      return None, None
+    return head.stdout.strip(), git('diff', '--quiet', 'HEAD', '--', '.').returncode != 0
+  except (OSError, subprocess.SubprocessError):
+    return None, None
+
+
+def _iso(timestamp: float) -> str:
+  return datetime.datetime.fromtimestamp(timestamp, datetime.timezone.utc).isoformat()
+
+
+def provenance(started: float, ended: float) -> dict[str, Any]:
+  """What produced a results.json: package versions, the mmtl_jax git commit (None outside
+  a git checkout), the JAX backend and devices, sys.argv, and start / end times.
+
+  Args:
+    started, ended: time.time() values of the run's start and end.
+  """
+  import jax  # pylint: disable=g-import-not-at-top  (only here: results.py reads files)
+  commit, dirty = git_state(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  return {'packages': {name: _package_version(name) for name in PROVENANCE_PACKAGES},
+          'python': sys.version.split()[0], 'git_commit': commit, 'git_dirty': dirty,
+          'backend': jax.default_backend(), 'devices': [str(d) for d in jax.devices()],
+          'process_count': jax.process_count(), 'command': list(sys.argv),
+          'started': _iso(started), 'ended': _iso(ended), 'seconds': ended - started}
+
+
 def write_results(workdir: str | os.PathLike, config: Any,
-                  runs: Sequence[Mapping[str, Any]], notes: str | None = None) -> dict[str, str]:
+                  runs: Sequence[Mapping[str, Any]], notes: str | None = None,
+                  provenance_info: Mapping[str, Any] | None = None) -> dict[str, str]:
   """Writes results.json, results.md and confusion/<model>__<protocol>.{png,json}.
 
   Args:
@@ -381,6 +465,7 @@ def write_results(workdir: str | os.PathLike, config: Any,
     config: the experiment config (ConfigDict or mapping); stored as plain JSON.
     runs: as returned by `aggregate_runs`.
     notes: optional markdown paragraph put at the top of results.md (e.g. protocol notes).
+    provenance_info: `provenance(...)` of the run, stored under 'provenance' (or nothing).
 
   Returns:
     {'json': path, 'markdown': path, '<model>__<protocol>.png': path, ...}.
@@ -403,7 +488,10 @@ def write_results(workdir: str | os.PathLike, config: Any,
     paths[stem + '.png'] = png_path
   atomic_write_text(paths['markdown'], results_markdown(cfg, runs, notes))
   # results.json last: its presence tells gather() that the rest is complete.
-  atomic_write_json(paths['json'], {'config': cfg, 'runs': runs})
+  content = {'config': cfg, 'runs': runs}
+  if provenance_info is not None:
+    content['provenance'] = to_jsonable(dict(provenance_info), strict=True)
+  atomic_write_json(paths['json'], content)
   return paths
 
 

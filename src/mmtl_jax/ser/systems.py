@@ -4,13 +4,15 @@ A `System` bundles pure functions over a parameter pytree:
   init(rng, input_shape [B, T, F]) -> params
   init_opt(params) -> opt_state
   train_step(params, opt_state, batch, rng) -> (params, opt_state, metrics)   (one iteration)
-  predict_logits(params, x [N, T, F]) -> [N, C] emotion logits
+  predict_logits(params, x [N, T, F], lengths=None) -> [N, C] emotion logits; lengths:
+    int32 [N] valid frames of each segment (None: all frames valid)
   finetune_loss(params, batch, rng) -> scalar or None: the auxiliary-task loss minimised on
     the test speaker under the 'paper' protocol (section 2.4); None when the system has no
     auxiliary tasks (plain CNN-LSTM), so both protocols coincide for it.
   finetune_labels(params) -> pytree of 'tune' | 'freeze' leaf labels (by name, never position)
 
-`batch` follows the task-batch contract of `mmtl_jax.ser.losses`. The baselines see exactly the
+`batch` follows the task-batch contract of `mmtl_jax.ser.losses` (every system passes its
+'lengths' to the model, so none summarises the zero padding). The baselines see exactly the
 same batches as MMTL (all speaker tasks of a step, pooled) and the same per-speaker class
 weights, so the comparison differs only in the learning rule.
 """
@@ -35,7 +37,7 @@ class System:
   init: Callable[[jax.Array, Tuple[int, ...]], Any]
   init_opt: Callable[[Any], Any]
   train_step: Callable[..., Tuple[Any, Any, Dict[str, jax.Array]]]
-  predict_logits: Callable[[Any, jax.Array], jax.Array]
+  predict_logits: Callable[..., jax.Array]
   finetune_loss: Optional[Callable[[Any, Any, jax.Array], jax.Array]]
   finetune_labels: Callable[[Any], Any]
 
@@ -44,17 +46,21 @@ class MultiTaskCNNLSTM(nn.Module):
   """CNN-LSTM+MTL (paper section 3.2): the meta learner's CNN-BiLSTM shared by all tasks,
   one FC `fc_hidden` -> FC `num_outputs` head per task ('emotion' and each auxiliary task).
 
-  [B, T, F] -> {'emotion': [B, C], aux name: [B, C], ...}.
+  [B, T, F] (and lengths int32 [B] or None) -> {'emotion': [B, C], aux name: [B, C], ...}.
   """
   model_config: Any
   aux_tasks: Tuple[str, ...]
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool = False) -> Dict[str, jax.Array]:
+  def __call__(self, x: jax.Array, train: bool = False,
+               lengths: Optional[jax.Array] = None) -> Dict[str, jax.Array]:
     mc = self.model_config
     dtype = models.compute_dtype(mc.get('dtype', 'float32'))
     trunk = models.build(mc, features_only=True, name='trunk')
-    h = trunk(x, train=train)
+    if lengths is not None and ser.accepts_lengths(trunk):
+      h = trunk(x, train=train, lengths=lengths)
+    else:
+      h = trunk(x, train=train)
     out = {}
     for task in ('emotion',) + tuple(self.aux_tasks):
       y = nn.relu(nn.Dense(int(mc.fc_hidden), dtype=dtype, name=f'{task}_fc')(h))
@@ -70,8 +76,9 @@ def _pooled_weighted_ce(logits: jax.Array, labels: jax.Array, weights: jax.Array
   return jax.vmap(ser.weighted_cross_entropy)(logits, labels, weights).mean()
 
 
-def _flat(x: jax.Array) -> jax.Array:
-  return x.reshape((-1,) + x.shape[2:])
+def _flat(x: Optional[jax.Array]) -> Optional[jax.Array]:
+  """[tasks, B, ...] -> [tasks * B, ...]; None stays None (a batch without 'lengths')."""
+  return None if x is None else x.reshape((-1,) + x.shape[2:])
 
 
 def _apply_rngs(config, rng):
@@ -98,8 +105,8 @@ def mmtl_system(config: ml_collections.ConfigDict) -> System:
   def init(rng, input_shape):
     return ser.init_params(config.model, rng, input_shape)
 
-  def predict_logits(params, x):
-    return ser.predict_logits(params, x, config.model)
+  def predict_logits(params, x, lengths=None):
+    return ser.predict_logits(params, x, config.model, lengths)
 
   def finetune_loss(params, batch, rng):
     return inner_loss(params['theta'], batch, rng)
@@ -116,22 +123,30 @@ def mmtl_system(config: ml_collections.ConfigDict) -> System:
                 finetune_labels)
 
 
+def baseline_lr(config: ml_collections.ConfigDict, name: str) -> float:
+  """The baseline's own Adam learning rate, config.train.baseline_lr[name]; configs written
+  before baselines had their own rate used the meta-learner's gamma."""
+  rates = config.train.get('baseline_lr') or {}
+  return float(rates[name]) if name in rates else float(config.meta.gamma)
+
+
 def cnn_lstm_system(config: ml_collections.ConfigDict) -> System:
   """CNN-LSTM (Satt et al. 2017): the meta learner's architecture trained on emotion only."""
   model = models.build(config.model)
-  optimizer = optax.adam(config.meta.gamma)
+  optimizer = optax.adam(baseline_lr(config, 'cnn_lstm'))
 
   def init(rng, input_shape):
     return {'theta': model.init(rng, jnp.zeros(input_shape, jnp.float32))['params']}
 
   def loss_fn(params, batch, rng):
-    logits = model.apply({'params': params['theta']}, _flat(batch['x']), train=True,
-                         rngs=_apply_rngs(config, rng))
+    logits = ser.apply_model(model, {'params': params['theta']}, _flat(batch['x']),
+                             _flat(batch.get('lengths')), train=True,
+                             rngs=_apply_rngs(config, rng))
     logits = logits.reshape(batch['target'].shape + logits.shape[-1:])
     return _pooled_weighted_ce(logits, batch['target'], batch['target_weight'])
 
-  def predict_logits(params, x):
-    return model.apply({'params': params['theta']}, x)
+  def predict_logits(params, x, lengths=None):
+    return ser.apply_model(model, {'params': params['theta']}, x, lengths)
 
   return System('cnn_lstm', init, optimizer.init, _supervised_step(loss_fn, optimizer),
                 predict_logits, None, lambda p: jax.tree.map(lambda _: 'freeze', p))
@@ -145,7 +160,7 @@ def cnn_lstm_mtl_system(config: ml_collections.ConfigDict) -> System:
   """
   aux_tasks = tuple(config.data.aux_tasks)
   model = MultiTaskCNNLSTM(config.model, aux_tasks)
-  optimizer = optax.adam(config.meta.gamma)
+  optimizer = optax.adam(baseline_lr(config, 'cnn_lstm_mtl'))
 
   def init(rng, input_shape):
     return model.init(rng, jnp.zeros(input_shape, jnp.float32))['params']
@@ -156,23 +171,25 @@ def cnn_lstm_mtl_system(config: ml_collections.ConfigDict) -> System:
               for j, t in enumerate(aux_tasks)]
     return jnp.mean(jnp.stack(losses)) if losses else jnp.zeros(())
 
-  def forward(params, x_tasks, rng, train):
+  def forward(params, batch, rng, train):
+    x_tasks = batch['x']
     out = model.apply({'params': params}, _flat(x_tasks), train=train,
+                      lengths=_flat(batch.get('lengths')),
                       rngs=_apply_rngs(config, rng) if train else None)
     return {k: v.reshape(x_tasks.shape[:2] + v.shape[-1:]) for k, v in out.items()}
 
   def loss_fn(params, batch, rng):
-    out = forward(params, batch['x'], rng, True)
+    out = forward(params, batch, rng, True)
     emotion = _pooled_weighted_ce(out['emotion'], batch['target'], batch['target_weight'])
     return emotion + aux_loss(out, batch)
 
-  def predict_logits(params, x):
-    return model.apply({'params': params}, x)['emotion']
+  def predict_logits(params, x, lengths=None):
+    return model.apply({'params': params}, x, lengths=lengths)['emotion']
 
   def finetune_loss(params, batch, rng):
     # One speaker (no task axis): add a task axis of 1 to reuse the pooled losses.
     batch = jax.tree.map(lambda a: a[None], batch)
-    return aux_loss(forward(params, batch['x'], rng, True), batch)
+    return aux_loss(forward(params, batch, rng, True), batch)
 
   def finetune_labels(params):
     return {name: jax.tree.map(lambda _, n=name: 'freeze' if n.startswith('emotion_')

@@ -10,7 +10,10 @@ Workdir layout::
   <workdir>/<model>/<fold>/logs/    TensorBoard events + metrics.jsonl
   <workdir>/<model>/<fold>/bundle/  inference bundle of the dev-selected ('strict') params
   <workdir>/<model>/<fold>/result.json   the fold's test results (its presence = fold done)
-  <workdir>/results.json, results.md, confusion/   the tables (paper Tables 2/3 layout)
+                                         and its fingerprint (also in every checkpoint)
+  <workdir>/.mmtl_jax.lock          held while a run uses the workdir (mmtl_jax.run.lock)
+  <workdir>/results.json, results.md, confusion/   the tables (paper Tables 2/3 layout);
+                                    results.json also holds the run's provenance
 
 With several seeds (config.train.seeds), <workdir>/<model>/seed<s>/<fold>/ instead.
 
@@ -50,6 +53,7 @@ from mmtl_jax.data import sampler as sampler_lib
 from mmtl_jax.data import store as store_lib
 from mmtl_jax.meta import strategy as strategy_lib
 from mmtl_jax.run import checkpoint as ckpt_lib
+from mmtl_jax.run import lock as lock_lib
 from mmtl_jax.run import metric_log
 from mmtl_jax.ser import config_check
 from mmtl_jax.ser import evaluate as eval_lib
@@ -59,6 +63,8 @@ from mmtl_jax.ser import systems as systems_lib
 
 log = logging.getLogger(__name__)
 StaleRunError = fingerprint_lib.StaleRunError
+WorkdirLockedError = lock_lib.WorkdirLockedError
+CheckpointMismatchError = ckpt_lib.CheckpointMismatchError
 
 PyTree = Any
 
@@ -172,10 +178,22 @@ def create_state(system: systems_lib.System, store: Any, config: ml_collections.
 
 
 def restore_state(checkpointer: ckpt_lib.Checkpointer, state: TrainState,
-                  place_state: Callable[[Any], Any], fold_dir: str) -> TrainState:
-  """The latest checkpoint of `checkpointer` (shaped and placed like `state`), or `state`
-  itself when there is none."""
-  restored = checkpointer.restore(target=_state_to_checkpoint(state)[0])
+                  place_state: Callable[[Any], Any], fold_dir: str,
+                  fingerprint: Optional[Dict[str, Any]] = None) -> TrainState:
+  """The latest readable checkpoint of `checkpointer` (shaped and placed like `state`), or
+  `state` itself when there is none.
+
+  Raises:
+    StaleRunError: the checkpoint's stored fingerprint differs from `fingerprint` (checked
+      before any array is read; checkpoints without one, from older runs, pass).
+    ckpt_lib.CheckpointMismatchError: its shapes differ from `state`'s (one error naming the
+      checkpoint and the leaves).
+  """
+  def check(extra: Dict[str, Any]) -> None:
+    if fingerprint is not None:
+      fingerprint_lib.check_checkpoint(extra, fingerprint, checkpointer.directory)
+
+  restored = checkpointer.restore(target=_state_to_checkpoint(state)[0], check_extra=check)
   if restored is None:
     return state
   arrays, extra = restored
@@ -199,6 +217,7 @@ class FoldRun:
     steps, log_every, eval_every, checkpoint_every: the schedule from config.train.
     checkpointer: the fold's open Checkpointer; writer: its open MetricWriter.
     name: the fold in error messages (its progress-bar text, else its directory).
+    fingerprint: the fold's `fingerprint.fingerprint`, stored in every checkpoint (or None).
   """
   step_fn: Callable[..., Any]
   sampler: sampler_lib.TaskSampler
@@ -215,6 +234,7 @@ class FoldRun:
   checkpointer: ckpt_lib.Checkpointer
   writer: metric_log.MetricWriter
   name: str
+  fingerprint: Optional[Dict[str, Any]] = None
 
 
 def train_one_step(state: TrainState, run: FoldRun, bar: tqdm) -> TrainState:
@@ -256,9 +276,13 @@ def select_on_dev(state: TrainState, run: FoldRun) -> TrainState:
   return dataclasses.replace(state, best=best, best_dev=best_dev)
 
 
-def save_state(state: TrainState, checkpointer: ckpt_lib.Checkpointer) -> None:
-  """Starts the (asynchronous, collective) checkpoint of `state` as step state.step."""
+def save_state(state: TrainState, checkpointer: ckpt_lib.Checkpointer,
+               fingerprint: Optional[Dict[str, Any]] = None) -> None:
+  """Starts the (asynchronous, collective) checkpoint of `state` as step state.step; the
+  fold's fingerprint, if given, goes into the checkpoint's JSON item with it."""
   arrays, extra = _state_to_checkpoint(state)
+  if fingerprint is not None:
+    extra[fingerprint_lib.CHECKPOINT_KEY] = fingerprint
   checkpointer.save(state.step, arrays, extra, force=True)
 
 
@@ -271,7 +295,7 @@ def train_steps(state: TrainState, run: FoldRun, position: str) -> TrainState:
     if _due(state.step, run.eval_every, run.steps):
       state = select_on_dev(state, run)
     if _due(state.step, run.checkpoint_every, run.steps):
-      save_state(state, run.checkpointer)
+      save_state(state, run.checkpointer, run.fingerprint)
   bar.close()
   return state
 
@@ -305,8 +329,8 @@ def finish_fold(state: TrainState, system: systems_lib.System, evaluator: eval_l
 
 def train_fold(system: systems_lib.System, evaluator: eval_lib.Evaluator, step_fn: Any,
                store: Any, fold: Any, config: ml_collections.ConfigDict, fold_dir: str,
-               position: str = '', mesh: Optional[jax.sharding.Mesh] = None
-               ) -> Dict[str, Any]:
+               position: str = '', mesh: Optional[jax.sharding.Mesh] = None,
+               fingerprint: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
   """Trains one system on one fold with dev-based model selection; returns test records.
 
   Args:
@@ -318,6 +342,7 @@ def train_fold(system: systems_lib.System, evaluator: eval_lib.Evaluator, step_f
     position: text for the progress bar, e.g. 'mmtl 2/5'.
     mesh: `task_mesh(config)`: params and optimiser state go replicated on it and each task
       batch sharded on its task axis; None (default) leaves them where they are.
+    fingerprint: the fold's fingerprint, stored in each checkpoint and compared on restore.
 
   Returns:
     The fold result: {'fold', 'dev_speaker', 'test_speaker', 'records': {protocol: {...}}}.
@@ -329,7 +354,7 @@ def train_fold(system: systems_lib.System, evaluator: eval_lib.Evaluator, step_f
   checkpointer = ckpt_lib.Checkpointer(os.path.join(fold_dir, 'checkpoints'), max_to_keep=2,
                                        save_interval_steps=1)
   try:
-    state = restore_state(checkpointer, state, place_state, fold_dir)
+    state = restore_state(checkpointer, state, place_state, fold_dir, fingerprint)
     with metric_log.MetricWriter(os.path.join(fold_dir, 'logs'), fold=_fold_name(fold)) as mw:
       run = FoldRun(
           step_fn=step_fn, sampler=sampler, key=jax.random.key(seed), place_batch=place_batch,
@@ -337,24 +362,27 @@ def train_fold(system: systems_lib.System, evaluator: eval_lib.Evaluator, step_f
           protocols=tuple(config.eval.protocols), seed=seed, steps=int(config.train.steps),
           log_every=int(config.train.log_every), eval_every=int(config.train.eval_every),
           checkpoint_every=int(config.train.checkpoint_every), checkpointer=checkpointer,
-          writer=mw, name=position or fold_dir)
+          writer=mw, name=position or fold_dir, fingerprint=fingerprint)
       state = train_steps(state, run, position)
   finally:
     checkpointer.close()
   return finish_fold(state, system, evaluator, store, fold, config, fold_dir, mesh)
 
 
-def _fold_result(system, evaluator, step_fn, store, fold, config, fold_dir, position, mesh):
+def _fold_result(system, evaluator, step_fn, store, fold, config, fold_dir, position, mesh,
+                 expected):
   """The fold's result.json if it is finished, else trains it (resuming) and writes it
-  (process 0 writes; every process trains). `check_fold_dirs` has vetted fold_dir."""
+  with its fingerprint `expected` (process 0 writes; every process trains).
+  `check_fold_dirs` has vetted fold_dir."""
   result_path = os.path.join(fold_dir, 'result.json')
   if os.path.exists(result_path):
     with open(result_path, encoding='utf-8') as f:
       return json.load(f)
   t_fold = time.time()
   result = train_fold(system, evaluator, step_fn, store, fold, config, fold_dir, position,
-                      mesh)
+                      mesh, expected)
   result['seconds'] = time.time() - t_fold
+  result[fingerprint_lib.RESULT_KEY] = expected
   if is_primary():
     results_lib.atomic_write_json(result_path, results_lib.to_jsonable(result))
   return result
@@ -392,7 +420,8 @@ def _train_model(model_name: str, config: ml_collections.ConfigDict, store: Any,
   for seed_config, i, fold, fold_dir in _fold_dirs(config, model_name, folds, seeds, workdir):
     seed = int(seed_config.seed)
     result = _fold_result(system, evaluator, step_fn, store, fold, seed_config, fold_dir,
-                          f'{model_name} seed {seed} fold {i + 1}/{len(folds)}', mesh)
+                          f'{model_name} seed {seed} fold {i + 1}/{len(folds)}', mesh,
+                          _expected(seed_config, model_name, store))
     _print_fold(model_name, seed, result)
     records.extend(_fold_records(model_name, seed, result))
   return records
@@ -455,7 +484,8 @@ def _write_tables(workdir: str, config: ml_collections.ConfigDict, classes: List
   returns <workdir>/results.json once written (every process)."""
   runs = results_lib.aggregate_runs(fold_records, classes)
   if is_primary():
-    paths = results_lib.write_results(workdir, config, runs, notes=_NOTES)
+    paths = results_lib.write_results(workdir, config, runs, notes=_NOTES,
+                                      provenance_info=results_lib.provenance(t0, time.time()))
     with open(paths['markdown'], encoding='utf-8') as f:
       print(f.read(), flush=True)
     print(f'total {time.time() - t0:.1f} s; results: {paths["json"]}', flush=True)
@@ -468,11 +498,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   """Features, then every model in config.train.models over every fold (and every seed of
   config.train.seeds; default: config.seed alone), then the tables.
 
+  The workdir is locked for the whole run (`mmtl_jax.run.lock`; process 0 holds it).
+
   Returns the content of <workdir>/results.json.
+
+  Raises:
+    lock_lib.WorkdirLockedError: another run holds the workdir (naming its pid, host, start
+      time and command); nothing was done.
   """
   config_check.check_config(config)  # every problem at once, before any work
   t0 = time.time()
   os.makedirs(workdir, exist_ok=True)
+  if not is_primary():  # one lock per run: the hosts of one run share the workdir
+    return _train_and_evaluate(config, workdir, t0)
+  with lock_lib.WorkdirLock(workdir):
+    return _train_and_evaluate(config, workdir, t0)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, t0: float
+                        ) -> Dict[str, Any]:
+  """The body of `train_and_evaluate`, run while the workdir is locked."""
   enable_compilation_cache(config)
   store = store_lib.build_feature_store(config, workdir)
   print(store_lib.format_summary(store), flush=True)

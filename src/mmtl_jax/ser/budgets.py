@@ -1,0 +1,52 @@
+"""What each evaluation protocol spends on the test speaker, in words for results.md.
+
+Protocols differ in how much they adapt to the test speaker before predicting, and UA moves
+with that budget: 'paper' as configured here fine-tunes for a handful of SGD steps, while the
+paper's reference code ran 300 Adam epochs on the test speaker's V/A/D labels (what
+`configs/reference_finetune.py` reproduces). A table that does not say which is not comparable.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+
+def _get(cfg: Mapping[str, Any], dotted: str, default: Any = None) -> Any:
+  node: Any = cfg
+  for part in dotted.split('.'):
+    if not isinstance(node, Mapping) or part not in node:
+      return default
+    node = node[part]
+  return node
+
+
+def paper_budget(cfg: Mapping[str, Any]) -> str:
+  """The 'paper' protocol's fine-tuning budget on the test speaker's auxiliary labels."""
+  n = int(_get(cfg, 'eval.finetune_steps', 0))
+  if n == 0:
+    return 'no fine-tuning (eval.finetune_steps = 0): the same as strict'
+  unit = str(_get(cfg, 'eval.finetune_unit', 'steps'))
+  optimiser = str(_get(cfg, 'eval.finetune_optimizer', 'sgd'))
+  lr = _get(cfg, 'eval.finetune_lr', '?')
+  batch = _get(cfg, 'train.segments_per_speaker', '?')
+  what = (f'{n} {unit[:-1] if n == 1 else unit} (passes over all of the speaker\'s segments, '
+          f'minibatches of {batch})' if unit == 'epochs' else
+          f'{n} {"step" if n == 1 else "steps"} on minibatches of {batch} segments')
+  return (f'{what} of {optimiser} at lr {lr} on the test speaker\'s auxiliary labels '
+          '(MMTL: theta, phi frozen; CNN-LSTM+MTL: extractor and auxiliary heads, emotion '
+          'head frozen; CNN-LSTM: none, it has no auxiliary task); no emotion label is used')
+
+
+def protocol_budgets(cfg: Mapping[str, Any] | None) -> list[str]:
+  """Markdown bullet lines, one per configured protocol."""
+  cfg = cfg or {}
+  lines = []
+  for protocol in _get(cfg, 'eval.protocols', ('paper', 'strict')):
+    if protocol == 'paper':
+      lines.append(f'- **paper**: {paper_budget(cfg)}.')
+    elif protocol == 'strict':
+      lines.append('- **strict**: no label of the test speaker; the dev-selected checkpoint '
+                   'predicts as is.')
+    else:
+      lines.append(f'- **{protocol}**: see mmtl_jax.ser.evaluate.')
+  return lines

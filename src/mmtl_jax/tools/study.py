@@ -1,0 +1,98 @@
+"""A multi-seed study: several arms (config variants) on the same folds and seeds, then MMTL
+compared with every other system, paired over (fold, seed).
+
+The default arms are the issue's four systems: MMTL in the config's meta mode and both
+baselines (one training run), and MMTL in the reference code's mode ('reptile_emotion').
+
+Layout::
+
+  <study_dir>/<arm>/            an ordinary training workdir per arm (resumable)
+  <study_dir>/features, synthetic_corpus    shared by the arms
+  <study_dir>/study.json, study.md          summary per system and the paired comparisons
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Mapping, Sequence
+
+import ml_collections
+
+from mmtl_jax.run import files
+from mmtl_jax.ser import results as results_lib
+from mmtl_jax.ser import significance
+from mmtl_jax.tools import sweep
+
+
+@dataclasses.dataclass(frozen=True)
+class Arm:
+  """One training run of the study: config overrides and how its systems are labelled.
+
+  `labels` maps a system name of the run (config.train.models) to its label in the study;
+  systems not in it keep their name.
+  """
+  name: str
+  overrides: Mapping[str, Any]
+  labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+
+def default_arms(config: ml_collections.ConfigDict, reference_mode: str = 'reptile_emotion'
+                 ) -> list[Arm]:
+  """MMTL (config's mode) + CNN-LSTM + CNN-LSTM+MTL, and MMTL in `reference_mode`."""
+  mode = str(config.meta.mode)
+  return [
+      Arm('main', {'train.models': ('mmtl', 'cnn_lstm', 'cnn_lstm_mtl')},
+          {'mmtl': f'mmtl ({mode})'}),
+      Arm(f'mmtl_{reference_mode}', {'train.models': ('mmtl',), 'meta.mode': reference_mode},
+          {'mmtl': f'mmtl ({reference_mode})'}),
+  ]
+
+
+def labelled_runs(results: Mapping[str, Any], arm: Arm) -> list[dict[str, Any]]:
+  """The arm's results.json runs, each with 'label' and 'arm' added."""
+  return [dict(run, label=arm.labels.get(run['model'], run['model']), arm=arm.name)
+          for run in results['runs']]
+
+
+def run_study(config: ml_collections.ConfigDict, arms: Sequence[Arm], study_dir: str,
+              train_fn: sweep.TrainFn, reference: str) -> dict[str, Any]:
+  """Trains every arm with `train_fn(config, workdir)`, then writes study.json / study.md.
+
+  Args:
+    config: the base config (its train.seeds are the study's seeds).
+    arms: the runs; labels must be unique across arms.
+    reference: the label compared with every other label (e.g. 'mmtl (first_order)').
+
+  Returns:
+    {'seeds', 'arms', 'runs' (results.json runs with 'label' and 'arm'), 'comparisons'}.
+  """
+  config = sweep.shared_corpus(config, study_dir)
+  configs = [sweep.with_overrides(config, arm.overrides) for arm in arms]
+  runs: list[dict[str, Any]] = []
+  for arm, cfg in zip(arms, configs):
+    arm_dir = os.path.join(study_dir, arm.name)
+    sweep.share_dirs(study_dir, arm_dir)
+    print(f'study arm {arm.name}', flush=True)
+    runs += labelled_runs(train_fn(cfg, arm_dir), arm)
+  labels = [(r['label'], r['protocol']) for r in runs]
+  if len(set(labels)) != len(labels):
+    raise ValueError(f'study labels repeat across arms: {labels}')
+  content = {'seeds': files.to_jsonable(config.train.seeds or (config.seed,)),
+             'arms': [files.to_jsonable(dataclasses.asdict(a)) for a in arms],
+             'reference': reference, 'runs': runs,
+             'comparisons': significance.compare_with(runs, reference)}
+  files.atomic_write_json(os.path.join(study_dir, 'study.json'), content)
+  files.atomic_write_text(os.path.join(study_dir, 'study.md'), markdown(content))
+  return content
+
+
+def markdown(content: Mapping[str, Any]) -> str:
+  """study.md: one summary row per system and protocol, then the paired comparisons."""
+  rows = [results_lib.summary_row(dict(run, model=run['label'])) for run in content['runs']]
+  return '\n'.join([
+      '# Study', '', f"Seeds: {content['seeds']}. Arms: "
+      + '; '.join(f"{a['name']} ({a['overrides']})" for a in content['arms']) + '.', '',
+      results_lib.SUMMARY_HEADER, *rows, '', results_lib.DEFINITIONS, '',
+      f"## {content['reference']} against each other system", '',
+      significance.markdown(content['comparisons']), '']) + '\n'

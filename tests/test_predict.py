@@ -1,0 +1,124 @@
+"""predict: missing files, digital silence, clips too short for one segment, damaged bundles;
+through the library and through experiments/predict.py."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+import soundfile as sf
+
+from mmtl_jax.data import features
+from mmtl_jax.run import checkpoint as ckpt_lib
+from mmtl_jax.ser import predict, systems
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RATE = 16000
+
+
+@pytest.fixture(scope='module')
+def bundle(tmp_path_factory, tiny_config):
+  """An (untrained) MMTL bundle of the tiny config: 16 frames of 32 ms, 3 conv blocks."""
+  config = tiny_config('unused')
+  params = systems.make_system('mmtl', config).init(
+      jax.random.key(0), (1, config.features.n_frames, features.n_bins(config.features)))
+  bundle_config = ml_collections.ConfigDict(config.to_dict())
+  bundle_config.bundle_model = 'mmtl'
+  bundle_config.classes = tuple(config.data.classes)
+  return ckpt_lib.save_inference_bundle(str(tmp_path_factory.mktemp('b') / 'bundle'), params,
+                                        bundle_config)
+
+
+@pytest.fixture(scope='module')
+def wavs(tmp_path_factory):
+  """{name: path} of 16 kHz clips: speech-like noise (0.3 s and 1 s), silence, near silence
+  (peak 5e-5), and 0.05 s of noise."""
+  d = tmp_path_factory.mktemp('wavs')
+  rng = np.random.default_rng(0)
+  clips = {'speech': rng.normal(0, 0.1, RATE), 'short_ok': rng.normal(0, 0.1, int(0.3 * RATE)),
+           'zeros': np.zeros(RATE), 'near_silent': rng.uniform(-5e-5, 5e-5, RATE),
+           'too_short': rng.normal(0, 0.1, int(0.05 * RATE))}
+  out = {}
+  for name, wave in clips.items():
+    out[name] = str(d / f'{name}.wav')
+    sf.write(out[name], wave.astype(np.float32), RATE, subtype='FLOAT')
+  return out
+
+
+def test_min_frames_from_the_config(tiny_config):
+  config = tiny_config('unused')
+  assert predict.min_frames(config) == 8  # 3 pools need 8 frames; a quarter of 16 is 4
+  config.features.n_frames = 300
+  assert predict.min_frames(config) == 75  # the paper's 300 frames: 0.75 s
+
+
+def test_missing_file_silence_and_short_clips(bundle, wavs, tmp_path):
+  predictor = predict.Predictor(bundle)
+  names = ['speech', 'short_ok', 'zeros', 'near_silent', 'too_short']
+  missing = str(tmp_path / 'nope.wav')
+  results = predictor.predict_files([missing] + [wavs[n] for n in names])
+  assert results[0] == {'path': missing, 'error': 'file not found'}
+  r = dict(zip(names, results[1:]))
+  for name in ('speech', 'short_ok'):  # 0.3 s = 10 frames >= 8: still labelled
+    assert r[name]['emotion'] in predictor.classes and 'warning' not in r[name]
+  for name in ('zeros', 'near_silent'):
+    assert r[name]['emotion'] is None and 'digital silence' in r[name]['warning']
+  assert r['too_short']['emotion'] is None and 'too short' in r['too_short']['warning']
+  assert '2 frames < 8' in r['too_short']['warning']  # 800 samples, 512 hop: 2 frames
+
+
+def test_damaged_bundles_raise_one_line_errors(bundle, tmp_path):
+  def damaged(name, damage):
+    path = str(tmp_path / name)
+    shutil.copytree(bundle, path)
+    damage(path)
+    with pytest.raises(predict.BundleError, match='damaged inference bundle') as err:
+      predict.Predictor(path)
+    assert '\n' not in str(err.value)
+    return str(err.value)
+
+  def garble_config(path):
+    with open(os.path.join(path, 'config.json'), 'w') as f:
+      f.write('{"model": ')
+
+  def widen_lstm(path):  # the config no longer describes the saved parameters
+    with open(os.path.join(path, 'config.json')) as f:
+      config = json.load(f)
+    config['model']['lstm_hidden'] = 7
+    with open(os.path.join(path, 'config.json'), 'w') as f:
+      json.dump(config, f)
+
+  assert 'JSONDecodeError' in damaged('garbled', garble_config)
+  damaged('no_params', lambda p: shutil.rmtree(os.path.join(p, 'params')))
+  damaged('mismatch', widen_lstm)
+  with pytest.raises(FileNotFoundError, match='no inference bundle'):
+    predict.Predictor(str(tmp_path / 'nowhere'))
+
+
+def _run_cli(*args):
+  return subprocess.run([sys.executable, os.path.join(ROOT, 'experiments', 'predict.py'), *args],
+                        capture_output=True, text=True, timeout=300, check=False)
+
+
+def test_cli_json_flags_and_errors(bundle, wavs, tmp_path):
+  missing = str(tmp_path / 'missing.wav')
+  out = _run_cli(f'--checkpoint={bundle}', '--json', wavs['speech'], wavs['zeros'], missing)
+  assert out.returncode == 1, out.stderr  # one file failed
+  speech, zeros, gone = json.loads(out.stdout)
+  assert speech['emotion'] is not None and 'warning' not in speech
+  assert zeros['emotion'] is None and 'digital silence' in zeros['warning']
+  assert gone == {'path': missing, 'error': 'file not found'}
+
+  broken = str(tmp_path / 'broken')
+  shutil.copytree(bundle, broken)
+  shutil.rmtree(os.path.join(broken, 'params'))
+  out = _run_cli(f'--checkpoint={broken}', wavs['speech'])
+  assert out.returncode == 2 and out.stdout == ''
+  assert 'Traceback' not in out.stderr
+  errors = [line for line in out.stderr.splitlines() if 'error' in line.lower()]
+  assert len(errors) == 1 and errors[0].startswith('error: damaged inference bundle')
