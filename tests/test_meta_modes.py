@@ -1,10 +1,14 @@
 """Meta modes on the tiny SER model: the default lets theta see the emotion loss (Reptile with
 one inner step does not), and 'reptile_emotion' is the Reptile direction plus FOMAML's gradient.
+Then MAML++'s multi-step loss and derivative-order annealing on a general `MetaSpec`.
 """
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from mmtl_jax import meta
@@ -118,3 +122,87 @@ def test_reptile_emotion_matches_a_plain_loop_over_tasks(setup):
                          jax.random.fold_in(RNG, t)) for t in range(num_tasks)]
   expected = jax.tree.map(lambda *d: sum(d) / num_tasks, *directions)
   _assert_trees_close(_meta_gradient(setup, cfg), expected, rtol=1e-5)
+
+
+# ---- MAML++ on a general MetaSpec: multi-step loss and derivative-order annealing -------------
+def _regression(dtype=jnp.float32):
+  """A 1-6-1 tanh net on 2 tasks of 4 support + 4 query points."""
+  k = jax.random.split(jax.random.PRNGKey(0), 4)
+  params = {'net': {'w1': jax.random.normal(k[0], (1, 6), dtype),
+                    'w2': 0.5 * jax.random.normal(k[1], (6, 1), dtype)}}
+  x = jax.random.uniform(k[2], (2, 8, 1), dtype, -2, 2)
+  batch = {'x': x, 'y': jnp.sin(x + jax.random.uniform(k[3], (2, 1, 1), dtype))}
+  predict = lambda p, xs: jnp.tanh(xs @ p['net']['w1']) @ p['net']['w2']
+  support = lambda p, b, r: jnp.mean((predict(p, b['x'][:4]) - b['y'][:4]) ** 2)
+  query = lambda p, b, r: jnp.mean((predict(p, b['x'][4:]) - b['y'][4:]) ** 2)
+  return params, batch, support, query
+
+
+def test_multi_step_weights_anneal_from_uniform_toward_the_last_step():
+  w = [np.asarray(meta.multi_step_weights(t, 4, 10)) for t in (0, 5, 10, 50)]
+  np.testing.assert_allclose(w[0], [0.25] * 4)
+  for weights in w:
+    np.testing.assert_allclose(weights.sum(), 1.0, rtol=1e-6)
+  assert w[0][-1] < w[1][-1] < w[2][-1] == w[3][-1]
+  np.testing.assert_allclose(w[3], [0.0075] * 3 + [1 - 3 * 0.0075], rtol=1e-6)
+
+
+def test_multi_step_exact_gradient_matches_finite_differences():
+  with jax.enable_x64(True):
+    params, batch, support, query = _regression(jnp.float64)
+    spec = meta.MetaSpec((meta.Stage('net', support, steps=3, lr=0.3),), query,
+                         multi_step=True, multi_step_anneal=4, strategy='map')
+    grads, _ = meta.stage_meta_gradient(spec, params, batch, RNG, step=1)
+    objective = lambda p: meta.stage_objective(spec, p, batch, RNG, step=1)
+    d = jax.tree.map(lambda l: jnp.cos(jnp.arange(l.size, dtype=jnp.float64)).reshape(l.shape),
+                     params)
+    eps = 1e-6
+    fd = (objective(jax.tree.map(lambda p, v: p + eps * v, params, d))
+          - objective(jax.tree.map(lambda p, v: p - eps * v, params, d))) / (2 * eps)
+    analytic = sum(jnp.vdot(g, v) for g, v in zip(jax.tree.leaves(grads), jax.tree.leaves(d)))
+    assert abs(float(fd - analytic)) <= 1e-7 * abs(float(analytic))
+    plain = meta.stage_meta_gradient(dataclasses.replace(spec, multi_step=False), params, batch,
+                                     RNG)[0]
+    assert not np.allclose(plain['net']['w1'], grads['net']['w1'], rtol=1e-3)
+
+
+def test_first_order_multi_step_is_the_weighted_sum_of_gradients_after_each_step():
+  params, batch, support, query = _regression()
+  spec = meta.MetaSpec((meta.Stage('net', support, steps=3, lr=0.3),), query,
+                       mode='first_order', multi_step=True, multi_step_anneal=4,
+                       strategy='loop')
+  weights = meta.multi_step_weights(2, 3, 4)
+  grads, _ = meta.stage_meta_gradient(spec, params, batch, RNG, step=2)
+  want = []
+  for t in range(2):
+    task, net = jax.tree.map(lambda x, t=t: x[t], batch), params['net']
+    total = jax.tree.map(jnp.zeros_like, net)
+    for s in range(3):
+      g = jax.grad(lambda n: support({'net': n}, task, None))(net)
+      net = jax.tree.map(lambda n, gg: n - 0.3 * gg, net, g)
+      q = jax.grad(lambda n: query({'net': n}, task, None))(net)
+      total = jax.tree.map(lambda a, b, s=s: a + weights[s] * b, total, q)
+    want.append(total)
+  want = jax.tree.map(lambda a, b: (a + b) / 2, *want)
+  _assert_trees_close(grads['net'], want, rtol=1e-5)
+
+
+def test_derivative_order_annealing_switches_at_k_and_compiles_once():
+  params, batch, support, query = _regression()
+  stage = meta.Stage('net', support, steps=2, lr=0.3)
+  spec = meta.MetaSpec((stage,), query, mode='exact', first_order_until=2, strategy='vmap')
+  fo = meta.stage_meta_gradient(dataclasses.replace(spec, first_order_until=0,
+                                                    mode='first_order'), params, batch, RNG)[0]
+  exact = meta.stage_meta_gradient(dataclasses.replace(spec, first_order_until=0), params,
+                                   batch, RNG)[0]
+  grad_at = jax.jit(lambda p, step: meta.stage_meta_gradient(spec, p, batch, RNG, step=step)[0])
+  for step, want in ((0, fo), (1, fo), (2, exact), (5, exact)):
+    _assert_trees_close(grad_at(params, jnp.int32(step)), want, rtol=1e-5)
+  assert grad_at._cache_size() == 1  # pylint: disable=protected-access
+  assert not np.allclose(fo['net']['w1'], exact['net']['w1'], rtol=1e-3)
+  # The whole meta-step too: one compilation across the switch.
+  init_fn, step_fn = meta.make_stage_step(spec, meta.group_optimizer({'net': optax.sgd(0.1)}))
+  step, state, p = jax.jit(step_fn), init_fn(params), params
+  for i in range(4):
+    p, state, _ = step(p, state, batch, RNG)
+  assert step._cache_size() == 1 and int(state['step']) == 4  # pylint: disable=protected-access

@@ -1,6 +1,7 @@
 """Inner adaptation of one task: eq. 4 (theta, auxiliary loss) then eq. 5 (phi, target loss).
 
-Nothing here knows about speech: the losses are user functions over parameter pytrees.
+Nothing here knows about speech: the losses are user functions over parameter pytrees. MMTL
+is two stages of the general stage API (`mmtl_jax.meta.stages`): `mmtl_stages`.
 
 Loss contracts (one task, no task axis; all pure):
   inner_loss(theta, batch, rng) -> scalar       the eq. 4 loss. In MMTL it is the MEAN of the
@@ -12,15 +13,16 @@ Loss contracts (one task, no task axis; all pure):
 from typing import Any, Callable, Dict, Tuple
 
 import jax
-import jax.numpy as jnp
 
+from mmtl_jax.meta.stages import RNG_METRICS, RNG_OUTER, Stage, adapt_stages
 from mmtl_jax.types import Params, PyTree
 
 InnerLoss = Callable[[PyTree, PyTree, jax.Array], jax.Array]
 TransferLoss = Callable[[PyTree, PyTree, PyTree, jax.Array], jax.Array]
 
-# Fixed fold_in tags, so each use of a task's key is independent and reproducible.
-RNG_INNER, RNG_TRANSFER, RNG_OUTER, RNG_METRICS = 0, 1, 2, 3
+# Fixed fold_in tags, so each use of a task's key is independent and reproducible (stages 0
+# and 1 of `mmtl_stages` use tags 0 and 1; see `stages.stage_tag`).
+RNG_INNER, RNG_TRANSFER = 0, 1
 
 
 def check_params(params: Params) -> None:
@@ -34,35 +36,27 @@ def has_leaves(tree: PyTree) -> bool:
   return bool(jax.tree.leaves(tree))
 
 
-def _sgd(params: PyTree, grads: PyTree, lr: float) -> PyTree:
-  return jax.tree.map(lambda p, g: p - jnp.asarray(lr, p.dtype) * g.astype(p.dtype),
-                      params, grads)
+def mmtl_stages(inner_loss: InnerLoss, transfer_loss: TransferLoss, *, alpha: float,
+                beta: float, inner_steps: int = 1, log_inner_after: bool = False
+                ) -> Tuple[Stage, Stage]:
+  """Eqs. 4-5 as two `Stage`s: 'inner' adapts theta on inner_loss by SGD(alpha), then
+  'transfer' adapts phi on transfer_loss at theta' by SGD(beta); `inner_steps` steps each.
 
-
-def _sgd_scan(loss_fn: Callable[[PyTree, jax.Array], jax.Array], params: PyTree, rng: jax.Array,
-              lr: float, steps: int, first_order: bool, remat: bool) -> Tuple[PyTree, jax.Array]:
-  """`steps` steps of p <- p - lr * grad loss_fn(p, rng_s) under lax.scan.
-
-  Returns the final params and the loss at the start of each step, [steps].
-  `first_order` stops the gradient of each step (FOMAML): d p_{s+1} / d p_s = I.
-  `remat` saves only the carry per step and recomputes the step in the backward pass.
+  Stage 0 and 1 draw from fold_in(rng, RNG_INNER) and fold_in(rng, RNG_TRANSFER), the keys
+  MMTL always used, so the stage path is bit-identical to the original two-loop code.
   """
+  return (Stage('theta', lambda p, b, r: inner_loss(p['theta'], b, r), steps=inner_steps,
+                lr=alpha, name='inner', log_after=log_inner_after),
+          Stage('phi', lambda p, b, r: transfer_loss(p['theta'], p['phi'], b, r),
+                steps=inner_steps, lr=beta, name='transfer'))
 
-  def step(p, s):
-    loss, g = jax.value_and_grad(loss_fn)(p, jax.random.fold_in(rng, s))
-    if first_order:
-      g = jax.lax.stop_gradient(g)
-    return _sgd(p, g, lr), loss
 
-  if remat:
-    step = jax.checkpoint(step, prevent_cse=False)
-  if steps == 1:
-    # Same math as a scan of length 1, but XLA optimises straight-line code better than a
-    # while-loop body (layouts, fusion across the step), so one step, the paper's setting,
-    # is traced without the loop.
-    params, loss = step(params, jnp.int32(0))
-    return params, loss[None]
-  return jax.lax.scan(step, params, jnp.arange(steps))
+def mmtl_stats(stats: Dict[str, Any]) -> Dict[str, Any]:
+  """Stage stats under MMTL's names: 'transfer_loss_before' is reported as 'transfer_loss'."""
+  stats = dict(stats)
+  if 'transfer_loss_before' in stats:
+    stats['transfer_loss'] = stats.pop('transfer_loss_before')
+  return stats
 
 
 def inner_adapt(params: Params, batch: PyTree, rng: jax.Array, inner_loss: InnerLoss,
@@ -72,6 +66,8 @@ def inner_adapt(params: Params, batch: PyTree, rng: jax.Array, inner_loss: Inner
 
   theta'   = theta - alpha * grad_theta inner_loss(theta, batch)            (eq. 4, repeated)
   phi'     = phi   - beta  * grad_phi transfer_loss(theta', phi, batch)     (eq. 5, repeated)
+
+  The two `mmtl_stages` run by `adapt_stages`.
 
   Args:
     params: {'theta': pytree, 'phi': pytree}; phi may be {} (plain MAML: eq. 5 is skipped).
@@ -89,16 +85,12 @@ def inner_adapt(params: Params, batch: PyTree, rng: jax.Array, inner_loss: Inner
     absent when phi is empty).
   """
   check_params(params)
-  theta, phi = params['theta'], params['phi']
-  theta_adapted, inner_losses = _sgd_scan(
-      lambda t, r: inner_loss(t, batch, r), theta, jax.random.fold_in(rng, RNG_INNER), alpha,
-      inner_steps, first_order, remat)
-  stats = {'inner_loss_before': inner_losses[0]}
-  if has_leaves(phi):
-    phi_adapted, transfer_losses = _sgd_scan(
-        lambda p, r: transfer_loss(theta_adapted, p, batch, r), phi,
-        jax.random.fold_in(rng, RNG_TRANSFER), beta, inner_steps, first_order, remat)
-    stats['transfer_loss'] = transfer_losses[0]
-  else:
-    phi_adapted = phi
-  return {'theta': theta_adapted, 'phi': phi_adapted}, stats
+  stages = mmtl_stages(inner_loss, transfer_loss, alpha=alpha, beta=beta,
+                       inner_steps=inner_steps)
+  adapted, stats = adapt_stages(stages, params, batch, rng, first_order=first_order,
+                                remat=remat)
+  return adapted, mmtl_stats(stats)
+
+
+__all__ = ['RNG_INNER', 'RNG_METRICS', 'RNG_OUTER', 'RNG_TRANSFER', 'InnerLoss', 'TransferLoss',
+           'check_params', 'has_leaves', 'inner_adapt', 'mmtl_stages', 'mmtl_stats']

@@ -8,8 +8,10 @@ A mode is `mode(params, adapt, outer) -> (direction, outer_loss, adapted, stats)
   adapted: the adapted params with gradients stopped (for metrics).
 Built in: 'exact' (second order), 'first_order' (FOMAML, the `MetaConfig` default), 'reptile'
 (Nichol et al. 2018) and 'reptile_emotion' (Reptile plus FOMAML: the paper's reference code).
-A new mode is one function plus `MODES.register(name, fn)`; `MetaConfig(mode=name)` then
-accepts it and every task strategy runs it.
+A new mode is one function plus `MODES.register(name, fn)`; `MetaConfig(mode=name)` and
+`MetaSpec(mode=name)` then accept it and every task strategy runs it. A mode must call `outer`
+on what `adapt` returned (possibly after stop_gradient): the stage engine hands `outer` the
+model state and multi-step trajectory of the latest `adapt` call.
 """
 
 from typing import Any, Callable, Dict, Tuple

@@ -8,16 +8,12 @@ import optax
 from mmtl_jax.meta import strategy as strategy_lib
 from mmtl_jax.meta.config import MetaConfig
 from mmtl_jax.meta.inner import InnerLoss, Params, PyTree, TransferLoss, check_params
+from mmtl_jax.meta.optim import param_labels
 from mmtl_jax.meta.outer import meta_gradient
 
 InitFn = Callable[[Params], optax.OptState]
 StepFn = Callable[[Params, optax.OptState, PyTree, jax.Array],
                   Tuple[Params, optax.OptState, Dict[str, jax.Array]]]
-
-
-def param_labels(params: Params) -> Params:
-  """Labels every leaf by its top-level NAME ('theta' or 'phi'), never by position."""
-  return {name: jax.tree.map(lambda _, n=name: n, sub) for name, sub in params.items()}
 
 
 def outer_optimizer(gamma: float = 1e-3, gamma_phi: Optional[float] = None

@@ -1,48 +1,22 @@
 """Compares exact and first-order meta-gradients and the Reptile direction, layer by layer.
 
-Used by experiments/compare_gradients.py. Everything runs in float64 (jax x64 enabled inside a
-context, restored after) so a central finite difference can check the exact gradient.
+Used by experiments/compare_gradients.py: a thin caller of `mmtl_jax.meta.diagnostics` on the
+MMTL spec of the SER model (`meta.mmtl_spec`). Everything runs in float64 (jax x64 enabled
+inside a context, restored after) so a central finite difference can check the exact gradient.
 """
 
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from mmtl_jax import meta
+from mmtl_jax.meta import diagnostics
 from mmtl_jax.ser import losses as ser
 
 
 # The three gradients the layer table sets side by side.
 COMPARED = ('exact', 'first_order', 'reptile')
-
-def _leaves_with_names(tree: Any) -> List:
-  flat, _ = jax.tree_util.tree_flatten_with_path(tree)
-  names = ['/'.join(str(getattr(k, 'key', k)) for k in path) for path, _ in flat]
-  return list(zip(names, [np.asarray(v, np.float64).ravel() for _, v in flat]))
-
-
-def _stats(approx: np.ndarray, exact: np.ndarray) -> Dict[str, float]:
-  ne, na = np.linalg.norm(exact), np.linalg.norm(approx)
-  denom = max(ne * na, 1e-300)
-  return {'cosine': float(approx @ exact / denom), 'norm_ratio': float(na / max(ne, 1e-300)),
-          'relative_error': float(np.linalg.norm(approx - exact) / max(ne, 1e-300))}
-
-
-def layer_table(exact: Any, first_order: Any, reptile: Any) -> List[Dict[str, Any]]:
-  """Per-leaf stats of first_order (top-level keys) and reptile (reptile_*) vs exact."""
-  rows = []
-  for (name, e), (_, f), (_, r) in zip(*map(_leaves_with_names, (exact, first_order, reptile))):
-    row = {'name': name, 'size': int(e.size), 'exact_norm': float(np.linalg.norm(e))}
-    row.update(_stats(f, e))
-    row.update({f'reptile_{k}': v for k, v in _stats(r, e).items()})
-    rows.append(row)
-  return rows
-
-
-def _to64(tree: Any) -> Any:
-  return jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), tree)
 
 
 def _float64_batch(config: Any) -> Dict[str, np.ndarray]:
@@ -53,69 +27,20 @@ def _float64_batch(config: Any) -> Dict[str, np.ndarray]:
   return {k: v.astype(np.float64) if v.dtype == np.float32 else v for k, v in batch.items()}
 
 
-def _gradients_fn(batch: Dict[str, Any], rng: jax.Array, losses: tuple,
-                  cfgs: Dict[str, Any]) -> Callable[[Any], Dict[str, Any]]:
-  """jit: params -> {mode: meta-gradient} for every mode of COMPARED, in float64."""
-  inner_loss, transfer_loss = losses
-  steps = cfgs['exact'].inner_steps
-
-  @jax.jit
-  def gradients(p):
-    p = _to64(p)
-    grads = {mode: meta.meta_gradient(p, batch, rng, inner_loss, transfer_loss, c)[0]
-             for mode, c in cfgs.items()}
-    # Reptile's direction is lr * steps * (a gradient): rescale so norms are comparable.
-    grads['reptile'] = {
-        'theta': jax.tree.map(lambda g: g / (cfgs['exact'].alpha * steps),
-                              grads['reptile']['theta']),
-        'phi': jax.tree.map(lambda g: g / (cfgs['exact'].beta * steps),
-                            grads['reptile']['phi'])}
-    return grads
-
-  return gradients
-
-
-def _finite_difference_fn(batch: Dict[str, Any], rng: jax.Array, losses: tuple,
-                          exact: Any, cc: Any) -> Callable[[Any, Dict[str, Any]], tuple]:
-  """jit: (params, grads) -> (fd, <grads['exact'], d>, <grads['first_order'], d>).
-
-  fd is the central finite difference of the `exact` meta objective along a random unit
-  direction d (fixed by cc.direction_seed), so it checks the exact gradient's projection.
-  """
-  inner_loss, transfer_loss = losses
-
-  @jax.jit
-  def finite_difference(p, grads):
-    p = _to64(p)
-    leaves, treedef = jax.tree.flatten(p)
-    keys = jax.random.split(jax.random.PRNGKey(cc.direction_seed), len(leaves))
-    direction = [jax.random.normal(k, l.shape, jnp.float64) for k, l in zip(keys, leaves)]
-    norm = jnp.sqrt(sum(jnp.sum(d ** 2) for d in direction))
-    direction = treedef.unflatten([d / norm for d in direction])
-    objective = lambda q: meta.meta_objective(q, batch, rng, inner_loss, transfer_loss, exact)
-    shift = lambda s: jax.tree.map(lambda x, d: x + s * cc.fd_eps * d, p, direction)
-    fd = (objective(shift(1.0)) - objective(shift(-1.0))) / (2 * cc.fd_eps)
-    dot = lambda g: sum(jnp.vdot(a, b) for a, b in zip(jax.tree.leaves(g),
-                                                        jax.tree.leaves(direction)))
-    return fd, dot(grads['exact']), dot(grads['first_order'])
-
-  return finite_difference
-
-
-def _analyse(p: Any, gradients: Callable, finite_difference: Callable,
-             fd_eps: float) -> Dict[str, Any]:
-  """{'finite_difference', 'layers', 'global'} of `compare` at params `p`."""
-  grads = gradients(p)
-  fd, analytic, first_order = map(float, finite_difference(p, grads))
-  flat = lambda g: np.concatenate([v for _, v in _leaves_with_names(g)])
-  return {
-      'finite_difference': {
-          'eps': fd_eps, 'fd': fd, 'exact': analytic, 'first_order': first_order,
-          'relative_error': abs(fd - analytic) / max(abs(fd), 1e-300)},
-      'layers': layer_table(grads['exact'], grads['first_order'], grads['reptile']),
-      'global': {'first_order': _stats(flat(grads['first_order']), flat(grads['exact'])),
-                 'reptile': _stats(flat(grads['reptile']), flat(grads['exact']))},
-  }
+def _tool_format(report: Dict[str, Any]) -> Dict[str, Any]:
+  """The diagnostics report in this tool's keys: first-order stats at the top level of each
+  layer row, Reptile's prefixed 'reptile_'."""
+  layers = []
+  for row in report['layers']:
+    out = {k: row[k] for k in ('name', 'size', 'exact_norm')}
+    out.update(row['first_order'])
+    out.update({f'reptile_{k}': v for k, v in row['reptile'].items()})
+    layers.append(out)
+  fd = report['finite_difference']
+  return {'finite_difference': {k: fd[k] for k in ('eps', 'fd', 'exact', 'first_order',
+                                                     'relative_error')},
+          'layers': layers,
+          'global': {m: report['global'][m] for m in ('first_order', 'reptile')}}
 
 
 def compare(config: Any, params: Optional[Dict[str, Any]] = None,
@@ -125,26 +50,22 @@ def compare(config: Any, params: Optional[Dict[str, Any]] = None,
   Returns {'finite_difference': {...,'relative_error'}, 'layers': [...], 'global': {...},
   'checkpoints': [{'layers', 'global', 'finite_difference'}] for each extra params}.
   """
-  with jax.enable_x64(True):
-    cc = config.compare
-    model = config.model
-    batch = _float64_batch(config)
-    losses = ser.make_losses(model)
-    rng = jax.random.PRNGKey(config.seed)
-    cfgs = {mode: meta.MetaConfig.from_config(dict(config.meta.to_dict(), mode=mode))
-            for mode in COMPARED}
-    gradients = _gradients_fn(batch, rng, losses, cfgs)
-    finite_difference = _finite_difference_fn(batch, rng, losses, cfgs['exact'], cc)
-    if params is None:
-      params = ser.init_params(model, jax.random.PRNGKey(config.seed), (1, cc.frames, cc.bins))
-    result = _analyse(params, gradients, finite_difference, cc.fd_eps)
-    result['checkpoints'] = [_analyse(p, gradients, finite_difference, cc.fd_eps)
-                             for p in checkpoints]
-    result['settings'] = {'alpha': cfgs['exact'].alpha, 'beta': cfgs['exact'].beta,
-                          'inner_steps': cfgs['exact'].inner_steps,
-                          'reptile_scaled_by': '1/(lr*inner_steps)',
-                          'batch': [cc.tasks, cc.segments, cc.frames, cc.bins]}
-    return result
+  cc = config.compare
+  cfg = meta.MetaConfig.from_config(dict(config.meta.to_dict(), mode='exact'))
+  spec = meta.mmtl_spec(*ser.make_losses(config.model), cfg)
+  report = diagnostics.make_gradient_report(
+      spec, _float64_batch(config), jax.random.PRNGKey(config.seed), modes=COMPARED,
+      fd_eps=cc.fd_eps, direction_seed=cc.direction_seed)
+  if params is None:
+    with jax.enable_x64(True):  # a float64 model initialises in float64
+      params = ser.init_params(config.model, jax.random.PRNGKey(config.seed),
+                               (1, cc.frames, cc.bins))
+  result = _tool_format(report(params))
+  result['checkpoints'] = [_tool_format(report(p)) for p in checkpoints]
+  result['settings'] = {'alpha': cfg.alpha, 'beta': cfg.beta, 'inner_steps': cfg.inner_steps,
+                        'reptile_scaled_by': '1/(lr*inner_steps)',
+                        'batch': [cc.tasks, cc.segments, cc.frames, cc.bins]}
+  return result
 
 
 def plot(result: Dict[str, Any], path: str) -> None:

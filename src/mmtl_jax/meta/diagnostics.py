@@ -1,0 +1,186 @@
+"""Gradient diagnostics for any `MetaSpec`: how far are the cheap meta-gradients from exact?
+
+  report = gradient_report(spec, params, task_batch, rng)            # float64, offline
+  report_fn = make_gradient_report(spec, task_batch, rng)            # compiled once, reused
+  hook = make_gradient_hook(spec)                                    # during training
+  metrics.update(jax.jit(hook)(params, task_batch, rng))             # every N steps
+
+`gradient_report` computes the meta-gradient of every mode in `modes` ('exact', 'first_order',
+'reptile', 'implicit'; implicit only for one-stage specs) and compares each with 'exact', per
+leaf and globally (cosine, norm ratio, relative error), plus a central finite difference of
+the exact meta-objective along a random unit direction. Reptile's direction is lr * steps
+times a gradient, so it is divided by lr * steps of the stage adapting each group (stages
+with a plain lr) to make norms comparable.
+"""
+
+import contextlib
+import dataclasses
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from mmtl_jax.meta.engine import stage_meta_gradient, stage_objective
+from mmtl_jax.meta.implicit import tree_vdot
+from mmtl_jax.meta.spec import IMPLICIT, MetaSpec
+from mmtl_jax.types import Params, PyTree
+
+COMPARED = ('exact', 'first_order', 'reptile', IMPLICIT)
+_TINY = 1e-30
+
+
+def leaf_names(tree: PyTree) -> List[str]:
+  """'group/layer/leaf' path names of the leaves, in jax.tree.leaves order."""
+  flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+  part = lambda k: getattr(k, 'key', getattr(k, 'idx', getattr(k, 'name', k)))
+  return ['/'.join(str(part(k)) for k in path) for path, _ in flat]
+
+
+def similarity(approx: PyTree, exact: PyTree) -> Dict[str, jax.Array]:
+  """{'cosine', 'norm_ratio', 'relative_error'} of two trees taken as flat vectors (jit-able):
+  cos(approx, exact), |approx| / |exact| and |approx - exact| / |exact|."""
+  dot, na2, ne2 = tree_vdot(approx, exact), tree_vdot(approx, approx), tree_vdot(exact, exact)
+  ne, na = jnp.sqrt(ne2), jnp.sqrt(na2)
+  diff = jax.tree.map(jnp.subtract, approx, exact)
+  return {'cosine': dot / jnp.maximum(ne * na, _TINY), 'norm_ratio': na / jnp.maximum(ne, _TINY),
+          'relative_error': jnp.sqrt(tree_vdot(diff, diff)) / jnp.maximum(ne, _TINY)}
+
+
+def reptile_scale(spec: MetaSpec, direction: Params) -> Params:
+  """Reptile's direction per group divided by lr * steps of the stage adapting it."""
+  out = dict(direction)
+  for stage in spec.stages:
+    if stage.lr is not None:
+      for group in stage.groups:
+        out[group] = jax.tree.map(lambda d, s=stage: d / (s.lr * s.steps), out[group])
+  return out
+
+
+def _supported(spec: MetaSpec, mode: str) -> bool:
+  return mode != IMPLICIT or (len(spec.stages) == 1 and not spec.multi_step
+                              and not spec.learned_rates)
+
+
+def mode_gradients(spec: MetaSpec, params: Params, task_batch: PyTree, rng: jax.Array,
+                   modes: Sequence[str] = COMPARED, **kwargs) -> Dict[str, Params]:
+  """{mode: meta-gradient} of spec under each supported mode (reptile rescaled); kwargs
+  (state, step, mesh) go to `stage_meta_gradient`. Pure: jit it."""
+  base = dataclasses.replace(spec, first_order_until=0)
+  grads = {}
+  for mode in modes:
+    if _supported(spec, mode):
+      g = stage_meta_gradient(dataclasses.replace(base, mode=mode), params, task_batch, rng,
+                              **kwargs)[0]
+      grads[mode] = reptile_scale(spec, g) if mode == 'reptile' else g
+  return grads
+
+
+def random_direction(params: PyTree, seed: int) -> PyTree:
+  """A unit-norm random direction shaped like params (normal per leaf, keys split from seed)."""
+  leaves, treedef = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
+  d = [jax.random.normal(k, jnp.shape(l), jnp.result_type(l)) for k, l in zip(keys, leaves)]
+  norm = jnp.sqrt(sum(jnp.sum(x ** 2) for x in d))
+  return treedef.unflatten([x / norm for x in d])
+
+
+def finite_difference(objective: Callable[[PyTree], jax.Array], params: PyTree,
+                      direction: PyTree, eps: float) -> jax.Array:
+  """Central difference (f(p + eps d) - f(p - eps d)) / (2 eps), the projection <grad f, d>."""
+  shift = lambda s: jax.tree.map(lambda p, d: p + s * eps * d, params, direction)
+  return (objective(shift(1.0)) - objective(shift(-1.0))) / (2 * eps)
+
+
+def compare_gradients(grads: Dict[str, Params], reference: str = 'exact') -> Dict[str, Any]:
+  """{'global': {mode: similarity}, 'layers': [{'name', 'size', 'exact_norm', mode: {...}}]}
+  of every mode of `grads` against grads[reference] (host floats)."""
+  ref = grads[reference]
+  others = [m for m in grads if m != reference]
+  out = {'global': {m: _floats(similarity(grads[m], ref)) for m in others}, 'layers': []}
+  per_mode = {m: jax.tree.leaves(grads[m]) for m in others}
+  for i, (name, leaf) in enumerate(zip(leaf_names(ref), jax.tree.leaves(ref))):
+    row = {'name': name, 'size': int(jnp.size(leaf)),
+           'exact_norm': float(jnp.linalg.norm(jnp.ravel(leaf)))}
+    row.update({m: _floats(similarity(per_mode[m][i], leaf)) for m in others})
+    out['layers'].append(row)
+  return out
+
+
+def _floats(tree: Dict[str, jax.Array]) -> Dict[str, float]:
+  return {k: float(v) for k, v in tree.items()}
+
+
+def _to64(tree: PyTree) -> PyTree:
+  return jax.tree.map(lambda x: jnp.asarray(x, jnp.float64)
+                      if jnp.issubdtype(jnp.result_type(x), jnp.floating) else x, tree)
+
+
+def make_gradient_report(spec: MetaSpec, task_batch: PyTree, rng: jax.Array, *,
+                         modes: Sequence[str] = COMPARED, fd_eps: float = 1e-6,
+                         direction_seed: int = 0, float64: bool = True, state: Any = None,
+                         step: Any = None) -> Callable[[Params], Dict[str, Any]]:
+  """report(params) -> the full offline comparison (module docstring), compiled once and
+  reusable for many params (e.g. checkpoints). By default in float64: jax x64 is enabled
+  inside a context on every call and restored after; float params, batch and state are cast.
+
+  The report is {'global', 'layers'} of `compare_gradients` and 'finite_difference': {'eps',
+  'fd' (central difference of the exact objective along a unit random direction d), 'exact'
+  and each other mode (<grad, d>), 'relative_error' |fd - exact| / |fd|}.
+  """
+  context = (lambda: jax.enable_x64(True)) if float64 else contextlib.nullcontext
+  cast = _to64 if float64 else (lambda tree: tree)
+  exact = dataclasses.replace(spec, mode='exact', first_order_until=0)
+  with context():
+    task_batch, state = cast(task_batch), cast(state)
+  kwargs = {'state': state, 'step': step}
+  gradients = jax.jit(lambda p: mode_gradients(spec, p, task_batch, rng, modes, **kwargs))
+  objective = lambda p: stage_objective(exact, p, task_batch, rng, **kwargs)
+  fd_fn = jax.jit(lambda p, d: finite_difference(objective, p, d, fd_eps))
+
+  def report(params: Params) -> Dict[str, Any]:
+    with context():
+      params = cast(params)
+      grads = gradients(params)
+      direction = random_direction(params, direction_seed)
+      fd = float(fd_fn(params, direction))
+      out = compare_gradients(grads)
+      dots = {m: float(tree_vdot(g, direction)) for m, g in grads.items()}
+      out['finite_difference'] = dict(dots, eps=fd_eps, fd=fd, relative_error=abs(
+          fd - dots['exact']) / max(abs(fd), _TINY))
+      return out
+
+  return report
+
+
+def gradient_report(spec: MetaSpec, params: Params, task_batch: PyTree, rng: jax.Array,
+                    **kwargs) -> Dict[str, Any]:
+  """`make_gradient_report(spec, task_batch, rng, **kwargs)(params)`: one comparison."""
+  return make_gradient_report(spec, task_batch, rng, **kwargs)(params)
+
+
+def make_gradient_hook(spec: MetaSpec, modes: Sequence[str] = ('first_order',),
+                       per_group: bool = True) -> Callable[..., Dict[str, jax.Array]]:
+  """A pure, jit-able hook(params, task_batch, rng, state=None, step=None) -> {name: scalar}
+  to call every N training steps: for each mode, '{mode}/cosine', '{mode}/norm_ratio' and
+  '{mode}/relative_error' against the exact meta-gradient, and with per_group the same per
+  params group ('{mode}/{group}/cosine', ...). Costs one meta-gradient per mode plus exact."""
+
+  def hook(params, task_batch, rng, state=None, step=None):
+    grads = mode_gradients(spec, params, task_batch, rng, ('exact',) + tuple(modes),
+                           state=state, step=step)
+    out = {}
+    for mode in grads:
+      if mode == 'exact':
+        continue
+      out.update({f'{mode}/{k}': v for k, v in similarity(grads[mode], grads['exact']).items()})
+      for group in (params if per_group else ()):
+        stats = similarity(grads[mode][group], grads['exact'][group])
+        out.update({f'{mode}/{group}/{k}': v for k, v in stats.items()})
+    return out
+
+  return hook
+
+
+__all__ = ['COMPARED', 'compare_gradients', 'finite_difference', 'gradient_report',
+           'leaf_names', 'make_gradient_hook', 'make_gradient_report', 'mode_gradients',
+           'random_direction', 'reptile_scale', 'similarity']
