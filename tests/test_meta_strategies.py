@@ -189,3 +189,15 @@ def test_params_must_be_named_theta_and_phi():
   with pytest.raises(ValueError, match="'theta' and 'phi'"):
     meta.meta_gradient({'w': jnp.zeros(2)}, {'a': jnp.zeros((1, 2))}, jax.random.PRNGKey(0),
                        lambda t, b, r: 0.0, lambda t, p, b, r: 0.0, meta.MetaConfig())
+
+
+def test_pad_tasks_appends_copies_of_task_zero():
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:1] * 1), ('tasks',))
+  assert meta.strategy.padded_num_tasks(5, mesh) == 5
+  batch = {'x': np.arange(6, dtype=np.float32).reshape(3, 2), 'y': np.arange(3)}
+  padded = meta.strategy.pad_tasks(batch, 5)
+  np.testing.assert_array_equal(padded['x'], [[0, 1], [2, 3], [4, 5], [0, 1], [0, 1]])
+  np.testing.assert_array_equal(padded['y'], [0, 1, 2, 0, 0])
+  assert meta.strategy.pad_tasks(batch, 3) is batch
+  with pytest.raises(ValueError, match='cannot pad 3 tasks down to 2'):
+    meta.strategy.pad_tasks(batch, 2)

@@ -1,8 +1,10 @@
 """Task-axis strategies: how per-task results are computed and summed over the meta-batch.
 
-  vmap:    all tasks at once under jax.vmap. Best on accelerators. On XLA:CPU, vmapping
-           per-task adapted weights turns convolutions into grouped convolutions, which
-           XLA:CPU runs far below its usual rate.
+  vmap:    all tasks at once under jax.vmap. Best on accelerators. Vmapping per-task
+           adapted weights turns lax convolutions into grouped convolutions, which XLA:CPU
+           runs far below its usual rate; models/conv.py's convolutions have a vmap rule
+           that loops over the tasks instead, which makes vmap as fast as 'loop' on CPU
+           (a model of your own with plain lax convolutions does not get it).
   map:     one task at a time under lax.scan inside the jit, accumulating the sum, so only
            one task's activations are alive at once; compile time independent of the number
            of tasks. On XLA:CPU somewhat slower than 'loop', but it compiles fastest and uses
@@ -22,9 +24,18 @@
   auto:    'loop' on CPU, 'vmap' elsewhere.
 `task_chunk` > 0 (vmap / sharded) processes that many tasks at a time, accumulating the sum.
 All strategies give the same sums up to float reassociation.
+
+Padding ('sharded'): n tasks that are not a multiple of the d devices are padded, inside the
+jitted function, with copies of task 0 up to the next multiple of d. Each padded task's
+outputs are multiplied by 0 before the device-local sum and the psum, so every sum is over the
+n real tasks only, and callers still divide by n (`num_tasks` of the batch they passed).
+`on_task_shards` rescales the per-device means of its grad_fn accordingly. The padded tasks
+cost compute (up to d - 1 extra tasks), nothing else.
 """
 
-from typing import Any, Callable, Optional, Tuple
+import contextlib
+import threading
+from typing import Any, Callable, Iterator, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -69,10 +80,52 @@ def _mesh_axis(mesh: Mesh) -> str:
   return mesh.axis_names[0]
 
 
-def _check_divisible(n: int, mesh: Mesh) -> None:
-  if n % mesh.devices.size:
-    raise ValueError(f'{n} tasks cannot be split evenly over {mesh.devices.size} devices '
-                     f'(the number of tasks must be a multiple of the number of devices)')
+def padded_num_tasks(n: int, mesh: Mesh) -> int:
+  """n rounded up to a multiple of the mesh's device count (the padded task count)."""
+  d = mesh.devices.size
+  return -(-n // d) * d
+
+
+def pad_tasks(task_batch: PyTree, size: int) -> PyTree:
+  """task_batch with copies of task 0 appended on the leading axis up to `size` tasks.
+
+  The copies are real data (finite losses), so weighting their outputs by 0 gives exact 0s.
+  """
+  n = num_tasks(task_batch)
+  if size == n:
+    return task_batch
+  if size < n:
+    raise ValueError(f'cannot pad {n} tasks down to {size}')
+  return jax.tree.map(
+      lambda x: jnp.concatenate([x, jnp.broadcast_to(x[:1], (size - n,) + x.shape[1:])]),
+      task_batch)
+
+
+# The number of real tasks while a padded shard_map body is traced (None: no padding). Set by
+# `_real_tasks` around the trace; read by `sum_over_tasks` on a device's shard.
+_PADDING = threading.local()
+
+
+@contextlib.contextmanager
+def _real_tasks(n: Optional[int]) -> Iterator[None]:
+  previous = getattr(_PADDING, 'n', None)
+  _PADDING.n = n
+  try:
+    yield
+  finally:
+    _PADDING.n = previous
+
+
+def _zero_padded(fn: TaskFn, real: Optional[int]) -> TaskFn:
+  """fn whose outputs are multiplied by 0 for task indices >= real (the padded tasks)."""
+  if real is None:
+    return fn
+
+  def weighted(batch, task_index):
+    keep = task_index < real
+    return jax.tree.map(lambda o: o * keep.astype(o.dtype), fn(batch, task_index))
+
+  return weighted
 
 
 def _global_array(value: Any, sharding: NamedSharding) -> jax.Array:
@@ -97,14 +150,15 @@ def shard_task_batch(task_batch: PyTree, mesh: Mesh) -> PyTree:
 
   Returns:
     The same pytree of global jax.Arrays; task t lives on mesh device t // (n // devices).
+    When n is not a multiple of the number of devices, the batch is replicated instead
+    (NamedSharding P()): the sharded step pads it inside the jit (module docstring).
 
   Raises:
-    ValueError: a mesh that is not 1-D, leaves disagreeing on n, or n not a multiple of the
-      number of devices.
+    ValueError: a mesh that is not 1-D, or leaves disagreeing on n.
   """
   axis = _mesh_axis(mesh)
-  _check_divisible(num_tasks(task_batch), mesh)
-  sharding = NamedSharding(mesh, P(axis))
+  even = num_tasks(task_batch) % mesh.devices.size == 0
+  sharding = NamedSharding(mesh, P(axis) if even else P())
   return jax.tree.map(lambda leaf: _global_array(leaf, sharding), task_batch)
 
 
@@ -162,7 +216,10 @@ def _loop_sum(fn: TaskFn, batch: PyTree, ids: jax.Array) -> PyTree:
   return total
 
 
-def _local_sum(fn: TaskFn, batch: PyTree, ids: jax.Array, strategy: str, chunk: int) -> PyTree:
+def _local_sum(fn: TaskFn, batch: PyTree, ids: jax.Array, strategy: str, chunk: int,
+               real: Optional[int] = None) -> PyTree:
+  """Sum of fn over this device's tasks; tasks with ids >= real (padding) contribute 0."""
+  fn = _zero_padded(fn, real)
   n = ids.shape[0]
   if strategy == 'map':
     return _scan_sum(fn, batch, ids)
@@ -203,18 +260,21 @@ def sum_over_tasks(fn: TaskFn, task_batch: PyTree, strategy: str = 'auto', task_
     raise ValueError(f'unknown task strategy {strategy!r}')
   mesh = mesh or default_mesh()
   axis = _mesh_axis(mesh)
-  if in_task_shard(mesh):  # already on one device's shard
+  local_strategy = _shard_local(task_chunk)
+  if in_task_shard(mesh):  # already on one device's shard (of a batch padded by the caller)
     global_ids = jax.lax.axis_index(axis) * n + ids
-    return _local_sum(fn, task_batch, global_ids, _shard_local(task_chunk), task_chunk)
-  _check_divisible(n, mesh)
+    return _local_sum(fn, task_batch, global_ids, local_strategy, task_chunk,
+                      getattr(_PADDING, 'n', None))
+  padded = padded_num_tasks(n, mesh)
+  real = n if padded != n else None
 
   def local(batch, local_ids):
-    return jax.lax.psum(_local_sum(fn, batch, local_ids, _shard_local(task_chunk), task_chunk),
+    return jax.lax.psum(_local_sum(fn, batch, local_ids, local_strategy, task_chunk, real),
                         axis)
 
   sharded = jax.shard_map(local, mesh=mesh, in_specs=(P(axis), P(axis)), out_specs=P(),
                           check_vma=False)
-  return sharded(task_batch, ids)
+  return sharded(pad_tasks(task_batch, padded), jnp.arange(padded, dtype=jnp.int32))
 
 
 def on_task_shards(grad_fn: Callable[..., Tuple[PyTree, PyTree]], mesh: Optional[Mesh] = None,
@@ -229,21 +289,33 @@ def on_task_shards(grad_fn: Callable[..., Tuple[PyTree, PyTree]], mesh: Optional
   closed-over arrays placed on the mesh (e.g. by `replicate`, or the previous jitted step's
   output) are rejected inside shard_map, so params must come in as explicit inputs.
 
-  Raises:
-    ValueError (at call): the number of tasks is not a multiple of the number of devices.
+  n tasks not a multiple of the d devices are padded to m (module docstring): grad_fn's
+  per-task sums then hold the real tasks only, and its means (sums / (m / d)) are rescaled
+  by m / n, which assumes grad_fn's outputs are its task sums divided by its own task count
+  (or, for 'sum', the sums), as `meta_gradient`'s are.
   """
 
   def wrapped(params, task_batch, rng):
     m = mesh or default_mesh()
     axis = _mesh_axis(m)
-    _check_divisible(num_tasks(task_batch), m)
+    n = num_tasks(task_batch)
+    padded = padded_num_tasks(n, m)
+    real = n if padded != n else None
     reduce_grads = jax.lax.psum if task_reduce == 'sum' else jax.lax.pmean
+    grad_scale = 1.0 if task_reduce == 'sum' else padded / n
 
     def local(params, task_batch, rng):
-      grads, metrics = grad_fn(params, task_batch, rng)
+      with _real_tasks(real):
+        grads, metrics = grad_fn(params, task_batch, rng)
       return reduce_grads(grads, axis), jax.lax.pmean(metrics, axis)
 
-    return jax.shard_map(local, mesh=m, in_specs=(P(), P(axis), P()), out_specs=P(),
-                         check_vma=False)(params, task_batch, rng)
+    grads, metrics = jax.shard_map(local, mesh=m, in_specs=(P(), P(axis), P()), out_specs=P(),
+                                   check_vma=False)(params, pad_tasks(task_batch, padded), rng)
+    if real is None:
+      return grads, metrics
+    # Integer leaves (counters in a model state) are not means: left as they are.
+    scale = lambda s: (lambda x: x * jnp.asarray(s, x.dtype)
+                       if jnp.issubdtype(x.dtype, jnp.inexact) else x)
+    return jax.tree.map(scale(grad_scale), grads), jax.tree.map(scale(padded / n), metrics)
 
   return wrapped

@@ -16,7 +16,14 @@ Record fields (one per combination; JSON `records`):
                           ('loop'), so that strategies that loop (map) are not undercounted;
                           XLA counts a while-loop body once, so the BiLSTM's time scan is
                           counted for one timestep (under 1% of the work at these shapes)
+  peak_fraction           gflops_per_s / matmul_peak_gflops (below)
   iters_s, backend, device, default_strategy, compile_flops_gflop (this strategy's own count)
+
+`matmul_peak_gflops()` measures, in its own fresh subprocess, the float32 matmul rate that jax
+reaches on the default device (square matmuls of 1024 and 2048, median of 10 calls each,
+the faster size): the step's GFLOP/s is reported as a fraction of it, so a figure means the
+same on every machine. `run()` measures it first; experiments/benchmark.py writes it at the
+top of its JSON.
 """
 
 import dataclasses
@@ -40,15 +47,14 @@ SHAPES = {
 MODES = ('first_order', 'exact', 'reptile')
 STRATEGIES = ('loop', 'vmap', 'map', 'sharded')
 
-# Seconds per meta-iteration of earlier implementations, bench shape, 2-core AMD EPYC CPU:
-# summary() reports the speed-ups against them (docs/PERFORMANCE.md gives their origin).
-REFERENCE_CPU_S = {
-    'pytorch_reference_first_order': 4.3,
-    'torch_func_first_order': 4.9,
-    'torch_func_exact': 9.8,
-    'naive_jax_loop_first_order': 2.0,
-    'naive_jax_loop_exact': 11.7,
+# Targets of summary(), as ratios measured within one run (docs/PERFORMANCE.md):
+TARGETS = {
+    'first_order_peak_fraction': 0.75,  # default strategy's GFLOP/s / matmul_peak_gflops, >=
+    'exact_over_first_order': 2.2,      # time, default strategy, <=
+    'vmap_over_loop': 1.25,             # time, first_order and exact, <=
+    'default_over_best': 1.10,          # time, every mode, <=
 }
+PEAK_SIZES = (1024, 2048)
 
 
 @dataclasses.dataclass
@@ -200,7 +206,103 @@ def measure(job: Job) -> Dict[str, Any]:
   return record
 
 
+def measure_matmul_peak(sizes: Sequence[int] = PEAK_SIZES, calls: int = 10) -> Dict[str, Any]:
+  """float32 [n, n] @ [n, n] with jax on the default device, in THIS process: for each n the
+  median rate of `calls` calls after a warm-up; returns the best size's rate and all rates."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  rates = {}
+  for n in sizes:
+    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
+    b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.float32)
+    matmul = jax.jit(jnp.matmul)
+    matmul(a, b).block_until_ready()
+    times = []
+    for _ in range(calls):
+      start = time.perf_counter()
+      matmul(a, b).block_until_ready()
+      times.append(time.perf_counter() - start)
+    rates[str(n)] = 2 * n**3 / statistics.median(times) / 1e9
+  return {'matmul_peak_gflops': max(rates.values()), 'matmul_gflops_by_size': rates,
+          'backend': jax.default_backend(), 'device': jax.devices()[0].device_kind}
+
+
+def matmul_peak_gflops(timeout_s: float = 300) -> Dict[str, Any]:
+  """`measure_matmul_peak()` in a fresh subprocess (so the parent never loads jax)."""
+  cmd = [sys.executable, '-m', 'mmtl_jax.tools.benchmark', 'peak']
+  try:
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+  except subprocess.TimeoutExpired:
+    return {'error': f'peak: timeout after {timeout_s:.0f} s'}
+  for line in out.stdout.splitlines():
+    if line.startswith('RESULT '):
+      return json.loads(line[len('RESULT '):])
+  return {'error': 'peak: ' + ' | '.join((out.stderr or out.stdout).strip().splitlines()[-3:])}
+
+
+def conv_rates(config: Any, shape: str, calls: int = 20) -> List[Dict[str, Any]]:
+  """Each convolution of ONE task's meta-learner pass, alone and jitted, in THIS process:
+  forward, input gradient (not for the first block: the spectrogram needs none) and filter
+  gradient of every conv block of config.model at `shape`'s segments x frames x bins.
+
+  Returns one dict per op: block, op, gflop, wall_ms and cpu_ms (medians of `calls` calls;
+  CPU time adds every thread's, so it stays meaningful when other jobs share the cores),
+  gflops_per_cpu_s.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  # The custom-VJP convolutions' own building blocks, as the step runs them.
+  from mmtl_jax.models import conv as conv_lib  # pylint: disable=g-import-not-at-top
+  _, n, h, w = SHAPES[shape]
+  c_in, rows = 1, []
+  for block, (c_out, kernel) in enumerate(zip(config.model.conv_features,
+                                              config.model.conv_kernels)):
+    kernel = tuple(kernel)
+    key = jax.random.PRNGKey(block)
+    x = jax.random.normal(key, (n, h, w, c_in))
+    dy = jax.random.normal(key, (n, h, w, c_out))
+    kern = jax.random.normal(key, kernel + (c_in, c_out))
+    # pylint: disable=protected-access
+    pads = conv_lib._same_pads(kernel)
+    ops = {'forward': (lambda a, b, p=pads: conv_lib._conv(a, b, p), (x, kern)),
+           'input_grad': (conv_lib._input_grad, (dy, kern)),
+           'filter_grad': (conv_lib._filter_grad_for(kernel), (x, dy))}
+    # pylint: enable=protected-access
+    gflop = 2 * n * h * w * c_in * c_out * kernel[0] * kernel[1] / 1e9
+    for op, (fn, args) in ops.items():
+      if op == 'input_grad' and block == 0:
+        continue
+      wall, cpu = _time_calls(jax.jit(fn), args, calls)
+      rows.append({'block': block, 'kernel': kernel, 'channels': (c_in, c_out), 'op': op,
+                   'gflop': gflop, 'wall_ms': wall * 1e3, 'cpu_ms': cpu * 1e3,
+                   'gflops_per_cpu_s': gflop / cpu})
+    c_in, h, w = c_out, h // 2, w // 2
+  return rows
+
+
+def _time_calls(fn: Any, args: Sequence[Any], calls: int) -> tuple:
+  """(median wall s, median process CPU s) of `calls` calls of fn(*args) after a warm-up."""
+  import jax  # pylint: disable=g-import-not-at-top
+  jax.block_until_ready(fn(*args))
+  wall, cpu = [], []
+  for _ in range(calls):
+    start, start_cpu = time.perf_counter(), time.process_time()
+    jax.block_until_ready(fn(*args))
+    wall.append(time.perf_counter() - start)
+    cpu.append(time.process_time() - start_cpu)
+  return statistics.median(wall), statistics.median(cpu)
+
+
+def add_peak_fraction(records: Sequence[Dict[str, Any]], peak_gflops: Optional[float]) -> None:
+  """Sets record['peak_fraction'] = gflops_per_s / peak_gflops on every timed record."""
+  for r in records:
+    if peak_gflops and 'gflops_per_s' in r:
+      r['peak_fraction'] = r['gflops_per_s'] / peak_gflops
+
+
 def _worker(argv: Sequence[str]) -> None:
+  if argv[0] == 'peak':
+    print('RESULT ' + json.dumps(measure_matmul_peak()), flush=True)
+    return
   job = Job(**json.loads(argv[0]))
   print('RESULT ' + json.dumps(measure(job)), flush=True)
 
@@ -224,7 +326,8 @@ def run_isolated(job: Job, timeout_s: float, env: Optional[Dict[str, str]] = Non
 
 def run(config: Any, modes: Sequence[str], strategies: Sequence[str], shape: str,
         iters: int = 5, timeout_s: float = 600, cache_root: Optional[str] = None,
-        progress: Any = print) -> List[Dict[str, Any]]:
+        progress: Any = print, peak_gflops: Optional[float] = None,
+        cached: bool = True) -> List[Dict[str, Any]]:
   """Measures every (mode, strategy); returns one record per combination.
 
   Args:
@@ -236,6 +339,8 @@ def run(config: Any, modes: Sequence[str], strategies: Sequence[str], shape: str
     timeout_s: per subprocess.
     cache_root: where the per-combination cache directories go (default: a temp dir).
     progress: called with one line of text per finished phase.
+    peak_gflops: the machine's matmul peak (`matmul_peak_gflops()`), for 'peak_fraction'.
+    cached: also measure the compile from the warm cache (a second subprocess per job).
   """
   if shape not in SHAPES:
     raise ValueError(f'shape {shape!r} not in {sorted(SHAPES)}')
@@ -255,7 +360,7 @@ def run(config: Any, modes: Sequence[str], strategies: Sequence[str], shape: str
       cache_dir = tempfile.mkdtemp(prefix=f'{mode}_{strategy}_', dir=cache_root)
       job = Job(config_json, mode, strategy, shape, iters, cache_dir, 'cold')
       record = run_isolated(job, timeout_s)
-      if 'error' not in record:
+      if 'error' not in record and cached:
         cached = run_isolated(dataclasses.replace(job, phase='cached'), timeout_s)
         record['compile_cached_s'] = cached.get('compile_s', float('nan'))
         if 'error' in cached:
@@ -263,13 +368,14 @@ def run(config: Any, modes: Sequence[str], strategies: Sequence[str], shape: str
       record.setdefault('mode', mode)
       record.setdefault('strategy', strategy)
       record['shape'] = shape
+      add_peak_fraction([record], peak_gflops)
       records.append(record)
       progress(format_row(record))
   return records
 
 
 _COLUMNS = ('mode', 'strategy', 'compile_s', 'compile_cached_s', 's_per_iter', 'peak_mem_mb',
-            'gflops_per_s')
+            'gflops_per_s', 'peak_fraction')
 
 
 def format_row(r: Dict[str, Any]) -> str:
@@ -277,17 +383,46 @@ def format_row(r: Dict[str, Any]) -> str:
     return f'{r["mode"]:<12} {r["strategy"]:<8} ERROR {r["error"]}'
   return (f'{r["mode"]:<12} {r["strategy"]:<8} {r["compile_s"]:>9.1f} '
           f'{r.get("compile_cached_s", float("nan")):>10.1f} {r["s_per_iter"]:>10.3f} '
-          f'{r["peak_mem_mb"]:>9.0f} {r["gflops_per_s"]:>8.1f}')
+          f'{r["peak_mem_mb"]:>9.0f} {r["gflops_per_s"]:>8.1f} '
+          f'{r.get("peak_fraction", float("nan")):>6.2f}')
 
 
 def format_table(records: Sequence[Dict[str, Any]]) -> str:
   header = (f'{"mode":<12} {"strategy":<8} {"compile_s":>9} {"cached_s":>10} '
-            f'{"s_per_iter":>10} {"peak_MB":>9} {"GFLOP/s":>8}')
+            f'{"s_per_iter":>10} {"peak_MB":>9} {"GFLOP/s":>8} {"/peak":>6}')
   return '\n'.join([header] + [format_row(r) for r in records])
 
 
-def summary(records: Sequence[Dict[str, Any]]) -> List[str]:
-  """The performance targets, as lines of measured ratios (bench shape, CPU references)."""
+def _ratio_line(name: str, value: float, target: float, below: bool) -> str:
+  met = value <= target if below else value >= target
+  return f'{name}: {value:.2f} (target {"<=" if below else ">="} {target}: ' + (
+      'met)' if met else 'NOT met)')
+
+
+def _mode_lines(by: Dict[Any, Dict[str, Any]], default: str) -> List[str]:
+  """Per mode: default vs best strategy, and vmap vs loop."""
+  lines = []
+  for mode in MODES:
+    runs = {s: r for (m, s), r in by.items() if m == mode}
+    if not runs:
+      continue
+    best_s, best = min(runs.items(), key=lambda kv: kv[1]['s_per_iter'])
+    if default in runs:
+      lines.append(_ratio_line(
+          f'{mode}: default {default} {runs[default]["s_per_iter"]:.3f} s / best {best_s} '
+          f'{best["s_per_iter"]:.3f} s', runs[default]['s_per_iter'] / best['s_per_iter'],
+          TARGETS['default_over_best'], True))
+    if 'vmap' in runs and 'loop' in runs:
+      lines.append(_ratio_line(
+          f'{mode}: vmap {runs["vmap"]["s_per_iter"]:.3f} s / loop '
+          f'{runs["loop"]["s_per_iter"]:.3f} s', runs['vmap']['s_per_iter']
+          / runs['loop']['s_per_iter'], TARGETS['vmap_over_loop'], True))
+  return lines
+
+
+def summary(records: Sequence[Dict[str, Any]], peak: Optional[Dict[str, Any]] = None
+            ) -> List[str]:
+  """The performance targets (TARGETS), as lines of ratios measured in this run."""
   ok = [r for r in records if 'error' not in r]
   if not ok:
     return ['no successful record']
@@ -295,28 +430,21 @@ def summary(records: Sequence[Dict[str, Any]]) -> List[str]:
   by = {(r['mode'], r['strategy']): r for r in ok}
   lines = [f'backend {ok[0]["backend"]} ({ok[0]["device"]}, {ok[0]["devices"]} device(s)); '
            f'default strategy: {default}']
-  for mode in MODES:
-    runs = {s: r for (m, s), r in by.items() if m == mode}
-    if not runs:
-      continue
-    best_s, best = min(runs.items(), key=lambda kv: kv[1]['s_per_iter'])
-    if default in runs:
-      lines.append(f'{mode}: default {default} {runs[default]["s_per_iter"]:.3f} s vs best '
-                   f'{best_s} {best["s_per_iter"]:.3f} s: '
-                   f'{runs[default]["s_per_iter"] / best["s_per_iter"]:.2f}x (target <= 1.10)')
+  if peak and 'matmul_peak_gflops' in peak:
+    lines.append(f'float32 matmul peak (jax): {peak["matmul_peak_gflops"]:.0f} GFLOP/s')
+  lines += _mode_lines(by, default)
   fo, ex = by.get(('first_order', default)), by.get(('exact', default))
-  if fo and ok[0]['shape'] == 'bench' and ok[0]['backend'] == 'cpu':
-    for name in ('pytorch_reference_first_order', 'torch_func_first_order'):
-      lines.append(f'first_order speed-up vs {name} '
-                   f'({REFERENCE_CPU_S[name]} s before the project): '
-                   f'{REFERENCE_CPU_S[name] / fo["s_per_iter"]:.2f}x (target >= 4)')
+  if fo and 'peak_fraction' in fo:
+    lines.append(_ratio_line(f'first_order ({default}) {fo["gflops_per_s"]:.0f} GFLOP/s / '
+                             'matmul peak', fo['peak_fraction'],
+                             TARGETS['first_order_peak_fraction'], False))
   if fo and ex:
-    lines.append(f'exact / first_order ({default}): time {ex["s_per_iter"] / fo["s_per_iter"]:.2f}'
-                 f' (target <= 2.5; naive JAX 5.9, torch.func 2.0), FLOPs '
-                 f'{ex["work_gflop"] / fo["work_gflop"]:.2f}')
-  lines.append(f'max cold compile {max(r["compile_s"] for r in ok):.1f} s (target <= 20); '
-               f'max cached compile '
-               f'{max(r.get("compile_cached_s", float("nan")) for r in ok):.1f} s (target <= 3)')
+    lines.append(_ratio_line(f'exact / first_order ({default}), time (FLOPs '
+                             f'{ex["work_gflop"] / fo["work_gflop"]:.2f})',
+                             ex['s_per_iter'] / fo['s_per_iter'],
+                             TARGETS['exact_over_first_order'], True))
+  lines.append(f'max cold compile {max(r["compile_s"] for r in ok):.1f} s; max cached compile '
+               f'{max(r.get("compile_cached_s", float("nan")) for r in ok):.1f} s')
   return lines
 
 
