@@ -23,6 +23,7 @@ ALLOWED = {
     'configs': {'meta'},
     'tools': {'types', 'registry', 'meta', 'models', 'data', 'run', 'ser', 'configs'},
     'examples': {'types', 'registry', 'meta', 'models', 'run'},
+    'fewshot': {'types', 'registry', 'meta', 'models', 'run'},
 }
 MAX_CODE_LINES = 45  # per function, without docstring, comments and blank lines
 

@@ -1,0 +1,115 @@
+"""Meta-training and evaluation of one method on one N-way K-shot setting.
+
+Training draws batch `it` of the train split from (seed, 'train', it), so every method sees
+the same episodes; the outer step is one jitted `meta.make_stage_step`. Evaluation adapts
+the meta-trained params to each test episode's support set with the method's own test-time
+stages and scores the query images: accuracy is the mean over episodes of the per-episode
+query accuracy, ci95 = 1.96 * std / sqrt(episodes) (in percent).
+"""
+
+import time
+from typing import Any, Callable, Dict, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mmtl_jax import meta
+from mmtl_jax.fewshot import episodes
+from mmtl_jax.fewshot.methods import Losses, Method
+from mmtl_jax.types import Params
+
+# on_step(it, params, task_batch, rng): called before outer step `it` (diagnostics).
+StepHook = Callable[[int, Params, Dict[str, np.ndarray], jax.Array], None]
+
+
+def train(method: Method, params: Params, alphabet: np.ndarray, classes: np.ndarray, *,
+          way: int, shot: int, config: Any, progress: Optional[Any] = None,
+          on_step: Optional[StepHook] = None, meta_batch: Optional[int] = None
+          ) -> Tuple[Params, Dict[str, float]]:
+  """config.train.iterations outer steps of `method` from `params`.
+
+  Args:
+    meta_batch: tasks per outer step (default config.train.meta_batch).
+    progress: a tqdm bar (or None); advanced once per step, loss in its postfix.
+    on_step: optional hook (diagnostics), its time not counted in s_per_iter.
+
+  Returns:
+    (params, info): info 'compile_s' (first step, compile included), 's_per_iter' (mean wall
+    time of the later steps: episode sampling + jitted step, blocked until done; the first
+    step's when there is only one), 'train_s', 'final_outer_loss'.
+  """
+  init_fn, step_fn = meta.make_stage_step(method.spec, method.optimizer)
+  state = init_fn(params)
+  step = jax.jit(step_fn, donate_argnums=(0, 1))
+  key = jax.random.fold_in(jax.random.PRNGKey(int(config.seed)), 1)
+  tc = config.train
+  tasks = int(tc.meta_batch if meta_batch is None else meta_batch)
+  times, loss = [], float('nan')
+  for it in range(int(tc.iterations)):
+    batch = episodes.sample_tasks(alphabet, classes,
+                                  episodes.episode_rng(int(config.seed), 'train', it),
+                                  tasks=tasks, way=way, shot=shot,
+                                  query=int(tc.query))
+    rng = jax.random.fold_in(key, it)
+    if on_step is not None:
+      on_step(it, params, batch, rng)
+    start = time.perf_counter()
+    params, state, metrics = step(params, state, batch, rng)
+    loss = float(jax.block_until_ready(metrics['outer_loss']))
+    times.append(time.perf_counter() - start)
+    if progress is not None:
+      progress.update(1)
+      if it % max(int(tc.log_every), 1) == 0:
+        progress.set_postfix(loss=f'{loss:.3f}')
+  later = times[1:] or times
+  return params, {'compile_s': times[0], 's_per_iter': float(np.mean(later)),
+                  'train_s': float(np.sum(times)), 'final_outer_loss': loss}
+
+
+def make_scorer(method: Method, losses: Losses) -> Callable[..., jax.Array]:
+  """jitted score(params, episodes, rng) -> query accuracy [E] of E episodes (leading axis),
+  each adapted on its support set with method.eval_stages; episode e uses fold_in(rng, e)."""
+
+  def one(params, episode, rng):
+    adapted, _ = meta.adapt_stages(method.eval_stages(params), params, episode, rng)
+    logits = losses.logits(adapted, episode['query_x'])
+    return jnp.mean((jnp.argmax(logits, -1) == episode['query_y']).astype(jnp.float32))
+
+  @jax.jit
+  def score(params, batch, rng):
+    n = jax.tree.leaves(batch)[0].shape[0]
+    # Sequential over episodes: XLA:CPU runs a vmap over per-episode conv weights far slower.
+    return jax.lax.map(lambda a: one(params, a[0], jax.random.fold_in(rng, a[1])),
+                       (batch, jnp.arange(n)))
+
+  return score
+
+
+def evaluate(method: Method, losses: Losses, params: Params, alphabet: np.ndarray,
+             classes: np.ndarray, *, way: int, shot: int, eval_config: Any
+             ) -> Dict[str, Any]:
+  """Accuracy over eval_config.episodes test episodes (same episodes for every method).
+
+  Returns {'accuracy', 'ci95' (percent), 'episodes', 'per_episode' (list of fractions)}.
+  """
+  score = make_scorer(method, losses)
+  total, chunk = int(eval_config.episodes), int(eval_config.chunk)
+  accs = []
+  for i, start in enumerate(range(0, total, chunk)):
+    batch = episodes.sample_tasks(alphabet, classes,
+                                  episodes.episode_rng(int(eval_config.seed), 'test', i),
+                                  tasks=min(chunk, total - start), way=way, shot=shot,
+                                  query=int(eval_config.query))
+    accs.append(np.asarray(score(params, batch, jax.random.PRNGKey(i))))
+  accs = np.concatenate(accs)
+  return {'accuracy': 100.0 * float(accs.mean()), 'ci95': ci95(accs), 'episodes': len(accs),
+          'per_episode': accs.tolist()}
+
+
+def ci95(values: np.ndarray) -> float:
+  """1.96 * std / sqrt(n), in percent of fractions `values` (0 for fewer than 2 values)."""
+  values = np.asarray(values, np.float64)
+  if values.size < 2:
+    return 0.0
+  return float(100.0 * 1.96 * values.std() / np.sqrt(values.size))

@@ -1,0 +1,56 @@
+"""The 4-block convolutional classifier of few-shot learning (Vinyals et al. 2016; Finn et al.
+2017, section 5.2), with BatchNorm.
+
+  [conv 3x3 `channels` (SAME) -> BatchNorm -> ReLU -> 2x2 max pool] x 4 -> Dense `way`
+
+A 28 x 28 image shrinks to 14, 7, 3, 1 pixels, so the head sees `channels` features. Param
+names are fixed so that meta-learning can adapt groups by name: 'conv0'..'conv3', 'bn0'..'bn3'
+(BatchNorm scale and bias) and 'head'; collection 'batch_stats' holds 'bn0'..'bn3'.
+
+Not registered in `models.MODELS`: that registry's contract is a stateless segment classifier
+[B, T, F] -> logits trained by the speech systems, which do not thread BatchNorm statistics.
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mmtl_jax.models.meta_learner import max_pool_2x2
+
+BLOCKS = 4
+
+
+class Conv4(nn.Module):
+  """Images [B, H, W] or [B, H, W, C] -> logits [B, way].
+
+  Attributes:
+    way: number of output classes (N of an N-way task).
+    channels: filters of every conv layer (64 in Finn et al. for Omniglot).
+    momentum: BatchNorm running-average momentum (used only when train=False).
+    dtype: compute dtype; params stay float32.
+
+  `__call__(x, train=True)` normalises with the batch's own statistics (MAML's transductive
+  BatchNorm) and then needs `mutable=['batch_stats']`; train=False uses the running averages.
+  """
+
+  way: int = 5
+  channels: int = 64
+  momentum: float = 0.9
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
+    if x.ndim == 3:
+      x = x[..., None]
+    if x.ndim != 4:
+      raise ValueError(f'Conv4 expects images [B, H, W] or [B, H, W, C], got {x.shape}')
+    y = x.astype(self.dtype)
+    for i in range(BLOCKS):
+      y = nn.Conv(self.channels, (3, 3), padding='SAME', dtype=self.dtype, name=f'conv{i}')(y)
+      y = nn.BatchNorm(use_running_average=not train, momentum=self.momentum, dtype=self.dtype,
+                       name=f'bn{i}')(y)
+      y = max_pool_2x2(nn.relu(y))
+    y = y.reshape(y.shape[0], -1)
+    return nn.Dense(self.way, dtype=self.dtype, name='head')(y).astype(jnp.float32)
