@@ -71,11 +71,48 @@ def _assert_trees_close(a, b, rtol=2e-5, atol=1e-7):
 
 
 @pytest.mark.parametrize('mode', ['exact', 'reptile'])  # differentiated / not
-def test_vmap_map_loop_and_chunks_agree(problem, mode):
-  reference = _grads(problem, mode=mode, strategy='vmap')
+def test_vmap_map_loop_chunks_and_groups_agree(problem, mode):
+  # One vmap over all 4 tasks is the reference; groups of 2 + 2 (auto on a 2-core CPU: capped
+  # at 4, one task each), uneven 1 + 2 + 1 (3 groups), and 4 of one task each must give the
+  # same sums: a group dropped, counted twice or sliced off by one would not.
+  reference = _grads(problem, mode=mode, strategy='vmap', task_groups=1)
   for kwargs in (dict(strategy='map'), dict(strategy='loop'),
-                 dict(strategy='vmap', task_chunk=2)):
+                 dict(strategy='vmap', task_chunk=2), dict(strategy='vmap'),
+                 dict(strategy='vmap', task_groups=2), dict(strategy='vmap', task_groups=3),
+                 dict(strategy='vmap', task_groups=4)):
     _assert_trees_close(_grads(problem, mode=mode, **kwargs), reference)
+
+
+def test_task_groups_resolution(monkeypatch):
+  from mmtl_jax.meta import strategy
+  assert strategy.resolve_groups(3, 8) == 3
+  assert strategy.resolve_groups(16, 8) == 8  # capped at the task count
+  monkeypatch.setattr(strategy, '_cpu_cores', lambda: 2)
+  expected = 4 if jax.default_backend() == 'cpu' else 1  # two per core on CPU only
+  assert strategy.resolve_groups(0, 8) == expected
+  assert strategy.resolve_groups(0, 3) == min(3, expected)
+  with pytest.raises(ValueError, match='task_groups'):
+    meta.MetaConfig(task_groups=-1)
+
+
+def test_grouped_vmap_runs_the_groups_as_separate_vmaps():
+  # The gain on CPU comes from independent groups; a version that quietly fell back to one
+  # vmap would still give equal sums, so count the vmapped calls by batch size.
+  from mmtl_jax.meta import strategy
+
+  def fn(batch, task_index):
+    return jnp.sum(batch) * (task_index + 1)
+
+  batch = jnp.arange(5 * 2, dtype=jnp.float32).reshape(5, 2)
+  total = strategy.sum_over_tasks(fn, batch, 'vmap', task_groups=2)
+  expected = sum(float(batch[t].sum()) * (t + 1) for t in range(5))
+  assert float(total) == pytest.approx(expected)
+  grouped = []
+  jaxpr = jax.make_jaxpr(lambda b: strategy.sum_over_tasks(fn, b, 'vmap', task_groups=2))(batch)
+  for eqn in jaxpr.jaxpr.eqns:
+    if eqn.primitive.name in ('jit', 'pjit'):  # renamed across jax versions
+      grouped.append(eqn.invars[0].aval.shape[0])
+  assert sorted(grouped) == [2, 3]  # 5 tasks as near-equal groups of 2 and 3
 
 
 def test_auto_strategy_is_loop_on_cpu():

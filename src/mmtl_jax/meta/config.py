@@ -32,6 +32,9 @@ class MetaConfig:
     gamma: outer (Adam) learning rate of eqs. 6-7.
     remat: rematerialise each inner step in the backward pass (exact mode memory).
     task_chunk: process this many tasks at a time and accumulate (0 = all at once).
+    task_groups: 'vmap' without task_chunk splits the tasks into this many vmapped groups that
+      XLA can run side by side (0 = auto: two per CPU core on CPU, 1 on accelerators; see
+      `mmtl_jax.meta.strategy.resolve_groups`). Changes sums only by float reassociation.
     task_reduce: 'mean' (default) or 'sum' (what eqs. 6-7 write) over tasks. With Adam the
       two differ only by a constant gradient scale, which Adam is invariant to (up to eps).
     log_inner_after: also report the auxiliary loss at the adapted theta (one extra forward
@@ -46,6 +49,7 @@ class MetaConfig:
   gamma: float = 0.001
   remat: bool = False
   task_chunk: int = 0
+  task_groups: int = 0
   task_reduce: str = 'mean'
   log_inner_after: bool = True
 
@@ -59,6 +63,8 @@ class MetaConfig:
       raise ValueError(f'inner_steps must be >= 1, got {self.inner_steps}')
     if self.task_chunk < 0:
       raise ValueError(f'task_chunk must be >= 0, got {self.task_chunk}')
+    if self.task_groups < 0:
+      raise ValueError(f'task_groups must be >= 0, got {self.task_groups}')
 
   @classmethod
   def from_config(cls, meta_config: Any) -> 'MetaConfig':

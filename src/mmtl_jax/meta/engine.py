@@ -70,7 +70,8 @@ def _over_tasks(spec: MetaSpec, mode: str, params: Params, task_batch: PyTree, r
 
   n = strategy_lib.num_tasks(task_batch)
   grads, metrics, new_state = strategy_lib.sum_over_tasks(per_task, task_batch, spec.strategy,
-                                                          spec.task_chunk, mesh)
+                                                          spec.task_chunk, mesh,
+                                                          spec.task_groups)
   scale = 1.0 if spec.task_reduce == 'sum' else 1.0 / n
   grads = jax.tree.map(lambda g: g * jnp.asarray(scale, g.dtype), grads)
   return grads, jax.tree.map(lambda m: m / n, metrics), _mean_state(new_state, n)

@@ -36,7 +36,7 @@ def mmtl_spec(inner_loss: InnerLoss, transfer_loss: TransferLoss, meta_config: A
                        inner_steps=cfg.inner_steps, log_inner_after=cfg.log_inner_after)
   return MetaSpec(stages, lambda p, b, r: outer_loss(p['theta'], p['phi'], b, r),
                   mode=cfg.mode, strategy=cfg.strategy, task_chunk=cfg.task_chunk,
-                  task_reduce=cfg.task_reduce, remat=cfg.remat)
+                  task_groups=cfg.task_groups, task_reduce=cfg.task_reduce, remat=cfg.remat)
 
 
 def task_meta_gradient(params: Params, batch: PyTree, rng: jax.Array, inner_loss: InnerLoss,

@@ -33,7 +33,7 @@ class MetaSpec:
       loop so that the rates get their gradient; params still see the identity Jacobian.
     strategy: task strategy, as `MetaConfig.strategy` ('auto', 'vmap', 'map', 'loop',
       'sharded').
-    task_chunk, task_reduce, remat: as in `MetaConfig`.
+    task_chunk, task_groups, task_reduce, remat: as in `MetaConfig`.
     multi_step: MAML++ multi-step loss: the outer loss is sum_s w_s outer(params after step s
       of the LAST stage), w = `multi_step_weights(step, steps, multi_step_anneal)`.
     multi_step_anneal: outer steps over which w moves from uniform to the last step only.
@@ -48,6 +48,7 @@ class MetaSpec:
   mode: str = 'exact'
   strategy: str = 'auto'
   task_chunk: int = 0
+  task_groups: int = 0
   task_reduce: str = 'mean'
   remat: bool = False
   multi_step: bool = False
@@ -70,8 +71,10 @@ class MetaSpec:
       raise ValueError("first_order_until (derivative-order annealing) needs mode='exact'")
     if self.mode == IMPLICIT:
       _check_implicit(self)
-    if self.multi_step_anneal < 1 or self.first_order_until < 0 or self.task_chunk < 0:
-      raise ValueError('multi_step_anneal must be >= 1, first_order_until and task_chunk >= 0')
+    if (self.multi_step_anneal < 1 or self.first_order_until < 0 or self.task_chunk < 0
+        or self.task_groups < 0):
+      raise ValueError('multi_step_anneal must be >= 1; first_order_until, task_chunk and '
+                       'task_groups >= 0')
 
   @property
   def learned_rates(self) -> bool:

@@ -35,7 +35,7 @@ def make_meta_step(inner_loss: InnerLoss, transfer_loss: TransferLoss, meta_conf
     transfer_loss: transfer_loss(theta, phi, batch, rng) -> scalar, eq. 5 and, unless
       outer_loss is given, the outer loss of eqs. 6-7.
     meta_config: `MetaConfig` or `config.meta` (mode, strategy, inner_steps, alpha, beta,
-      gamma, remat, task_chunk, task_reduce, log_inner_after).
+      gamma, remat, task_chunk, task_groups, task_reduce, log_inner_after).
     optimizer: outer optimiser; default `outer_optimizer(gamma)` (Adam on theta and phi).
     outer_loss: optional separate outer loss with transfer_loss's signature.
     mesh: for strategy 'sharded' (default: `strategy.default_mesh()`, all global devices).

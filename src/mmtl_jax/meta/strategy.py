@@ -3,8 +3,11 @@
   vmap:    all tasks at once under jax.vmap. Best on accelerators. Vmapping per-task
            adapted weights turns lax convolutions into grouped convolutions, which XLA:CPU
            runs far below its usual rate; models/conv.py's convolutions have a vmap rule
-           that loops over the tasks instead, which makes vmap as fast as 'loop' on CPU
-           (a model of your own with plain lax convolutions does not get it).
+           that loops over the tasks instead (a model of your own with plain lax
+           convolutions does not get it). On CPU the tasks are also split into
+           `task_groups` vmapped groups (default: two per core), unrolled in the jit: one
+           vmap makes every pool, BiLSTM step and loss a single operation that XLA:CPU runs
+           on one core, while independent groups run side by side (docs/PERFORMANCE.md).
   map:     one task at a time under lax.scan inside the jit, accumulating the sum, so only
            one task's activations are alive at once; compile time independent of the number
            of tasks. On XLA:CPU somewhat slower than 'loop', but it compiles fastest and uses
@@ -22,7 +25,8 @@
            inputs (`on_task_shards`): closed-over arrays placed on a mesh are rejected
            inside shard_map.
   auto:    'loop' on CPU, 'vmap' elsewhere.
-`task_chunk` > 0 (vmap / sharded) processes that many tasks at a time, accumulating the sum.
+`task_chunk` > 0 (vmap / sharded) processes that many tasks at a time, accumulating the sum
+(sequentially, to bound memory; `task_groups` then does not apply).
 All strategies give the same sums up to float reassociation.
 
 Padding ('sharded'): n tasks that are not a multiple of the d devices are padded, inside the
@@ -34,6 +38,7 @@ cost compute (up to d - 1 extra tasks), nothing else.
 """
 
 import contextlib
+import os
 import threading
 from typing import Any, Callable, Iterator, Optional, Tuple
 
@@ -216,8 +221,47 @@ def _loop_sum(fn: TaskFn, batch: PyTree, ids: jax.Array) -> PyTree:
   return total
 
 
+def _cpu_cores() -> int:
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:  # not on Linux
+    return os.cpu_count() or 1
+
+
+def resolve_groups(task_groups: int, n: int) -> int:
+  """How many vmapped groups 'vmap' splits n tasks into.
+
+  task_groups > 0 is taken as it is; 0 (auto) is two per CPU core on the CPU backend and 1
+  (one vmap over all tasks) on accelerators, where one wide batch is what they run best. Two
+  per core rather than one: on the 2-core bench shape (first_order, 8 tasks) vmap / loop in
+  wall time was 1.30 with 1 group, 1.13 with 2 and 1.04 with 4 or 8 (docs/PERFORMANCE.md).
+  The result is capped at n.
+  """
+  if task_groups < 0:
+    raise ValueError(f'task_groups must be >= 0, got {task_groups}')
+  if task_groups == 0:
+    task_groups = 2 * _cpu_cores() if jax.default_backend() == 'cpu' else 1
+  return max(1, min(n, task_groups))
+
+
+def _grouped_vmap_sum(fn: TaskFn, batch: PyTree, ids: jax.Array, groups: int) -> PyTree:
+  """Sum of fn over the leading axis as `groups` vmaps over near-equal consecutive slices.
+
+  The groups are independent chains of operations in one jit (their sums are added at the
+  end), so XLA's executor can run them at once. One nested jax.jit per group size, as in
+  `_loop_sum`, so that each size is traced once.
+  """
+  group_sum = jax.jit(lambda b, i: _tree_sum0(jax.vmap(fn)(b, i)))
+  bounds = np.linspace(0, ids.shape[0], groups + 1).round().astype(int)
+  total = None
+  for start, stop in zip(bounds[:-1], bounds[1:]):
+    out = group_sum(jax.tree.map(lambda x, a=start, b=stop: x[a:b], batch), ids[start:stop])
+    total = out if total is None else jax.tree.map(jnp.add, total, out)
+  return total
+
+
 def _local_sum(fn: TaskFn, batch: PyTree, ids: jax.Array, strategy: str, chunk: int,
-               real: Optional[int] = None) -> PyTree:
+               real: Optional[int] = None, groups: int = 0) -> PyTree:
   """Sum of fn over this device's tasks; tasks with ids >= real (padding) contribute 0."""
   fn = _zero_padded(fn, real)
   n = ids.shape[0]
@@ -226,6 +270,9 @@ def _local_sum(fn: TaskFn, batch: PyTree, ids: jax.Array, strategy: str, chunk: 
   if strategy == 'loop':
     return _loop_sum(fn, batch, ids)
   if chunk <= 0 or chunk >= n:
+    groups = resolve_groups(groups, n)
+    if groups > 1:
+      return _grouped_vmap_sum(fn, batch, ids, groups)
     return _tree_sum0(jax.vmap(fn)(batch, ids))
   if n % chunk:
     raise ValueError(f'task_chunk={chunk} must divide the number of tasks ({n} here)')
@@ -235,7 +282,7 @@ def _local_sum(fn: TaskFn, batch: PyTree, ids: jax.Array, strategy: str, chunk: 
 
 
 def sum_over_tasks(fn: TaskFn, task_batch: PyTree, strategy: str = 'auto', task_chunk: int = 0,
-                   mesh: Optional[Mesh] = None) -> PyTree:
+                   mesh: Optional[Mesh] = None, task_groups: int = 0) -> PyTree:
   """Returns sum_t fn(task_batch[t], t) over the leading task axis, per `strategy`.
 
   With 'sharded', called inside a shard_map over `mesh` (e.g. from `on_task_shards`),
@@ -250,12 +297,14 @@ def sum_over_tasks(fn: TaskFn, task_batch: PyTree, strategy: str = 'auto', task_
     strategy: 'auto' | 'vmap' | 'map' | 'loop' | 'sharded'.
     task_chunk: tasks per chunk for 'vmap' and 'sharded' (per device); 0 = all at once.
     mesh: 1-D mesh for 'sharded' (default: `default_mesh()`, all global devices).
+    task_groups: for 'vmap' without task_chunk, the number of vmapped groups the tasks are
+      split into (0: `resolve_groups`' default for the backend; 1: one vmap over all).
   """
   strategy = resolve(strategy)
   n = num_tasks(task_batch)
   ids = jnp.arange(n, dtype=jnp.int32)
   if strategy in ('vmap', 'map', 'loop'):
-    return _local_sum(fn, task_batch, ids, strategy, task_chunk)
+    return _local_sum(fn, task_batch, ids, strategy, task_chunk, groups=task_groups)
   if strategy != 'sharded':
     raise ValueError(f'unknown task strategy {strategy!r}')
   mesh = mesh or default_mesh()
@@ -264,13 +313,13 @@ def sum_over_tasks(fn: TaskFn, task_batch: PyTree, strategy: str = 'auto', task_
   if in_task_shard(mesh):  # already on one device's shard (of a batch padded by the caller)
     global_ids = jax.lax.axis_index(axis) * n + ids
     return _local_sum(fn, task_batch, global_ids, local_strategy, task_chunk,
-                      getattr(_PADDING, 'n', None))
+                      getattr(_PADDING, 'n', None), task_groups)
   padded = padded_num_tasks(n, mesh)
   real = n if padded != n else None
 
   def local(batch, local_ids):
-    return jax.lax.psum(_local_sum(fn, batch, local_ids, local_strategy, task_chunk, real),
-                        axis)
+    return jax.lax.psum(
+        _local_sum(fn, batch, local_ids, local_strategy, task_chunk, real, task_groups), axis)
 
   sharded = jax.shard_map(local, mesh=mesh, in_specs=(P(axis), P(axis)), out_specs=P(),
                           check_vma=False)

@@ -42,7 +42,8 @@ _LISTS = (
 _COUNTS = (
     ('train.steps', 1), ('train.segments_per_speaker', 1), ('train.eval_every', 1),
     ('train.checkpoint_every', 1), ('train.log_every', 1), ('meta.inner_steps', 1),
-    ('meta.task_chunk', 0), ('eval.batch_size', 1), ('eval.finetune_steps', 0),
+    ('meta.task_chunk', 0), ('meta.task_groups', 0), ('eval.batch_size', 1),
+    ('eval.finetune_steps', 0),
     ('features.sample_rate', 1), ('features.n_fft', 1), ('features.n_frames', 1),
     ('features.workers', 0), ('model.num_outputs', 1),
     ('data.manifest.min_utterances_per_speaker', 1),

@@ -18,6 +18,7 @@ Record fields (one per combination; JSON `records`):
                           counted for one timestep (under 1% of the work at these shapes)
   peak_fraction           gflops_per_s / matmul_peak_gflops (below)
   iters_s, backend, device, default_strategy, compile_flops_gflop (this strategy's own count)
+  task_groups             'vmap' only: the vmapped groups the tasks ran as (`resolve_groups`)
 
 `matmul_peak_gflops()` measures, in its own fresh subprocess, the float32 matmul rate that jax
 reaches on the default device (square matmuls of 1024 and 2048, median of 10 calls each,
@@ -130,7 +131,10 @@ def _compile_record(job: Job, config: Any, compiled: Any, compile_s: float) -> D
           'phase': job.phase, 'compile_s': compile_s,
           'compile_flops_gflop': _flops(compiled.cost_analysis()) / 1e9,
           'backend': jax.default_backend(), 'device': jax.devices()[0].device_kind,
-          'devices': jax.device_count(), 'default_strategy': strategy_lib.resolve('auto')}
+          'devices': jax.device_count(), 'default_strategy': strategy_lib.resolve('auto'),
+          'task_groups': (strategy_lib.resolve_groups(int(config.meta.get('task_groups', 0)),
+                                                      SHAPES[job.shape][0])
+                          if config.meta.strategy == 'vmap' else None)}
 
 
 def _time_iterations(job: Job, compiled: Any, params: Any, opt_state: Any, batch: Any,
