@@ -49,8 +49,21 @@ def make_tiny_config(corpus_root, models=('mmtl', 'cnn_lstm', 'cnn_lstm_mtl'), s
   c.folds.which = (0,)
   c.eval.finetune_steps = 1
   c.eval.batch_size = 32
-  c.compilation_cache_dir = ''  # hermetic: no cache shared across tests or in $HOME
+  # A compilation cache of this pytest run only (none in $HOME, none across runs): the demo
+  # loop's tests compile many of the same tiny programs.
+  c.compilation_cache_dir = _RUN_CACHE['dir']
   return c
+
+
+_RUN_CACHE = {'dir': ''}
+
+
+@pytest.fixture(scope='session', autouse=True)
+def _run_compilation_cache(tmp_path_factory):
+  """Points make_tiny_config at one cache directory per pytest run, shared by its xdist
+  workers (the parent of their base temp directories is per run)."""
+  _RUN_CACHE['dir'] = str(tmp_path_factory.getbasetemp().parent / 'jax-compilation-cache')
+  yield
 
 
 @pytest.fixture(scope='session')
