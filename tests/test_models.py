@@ -131,15 +131,16 @@ def test_lengths_make_logits_independent_of_padding(conv_vjp):
     model = MetaLearner(**TINY, dtype=jnp.float64, conv_vjp=conv_vjp)
     params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 8)))['params']
     params = jax.tree.map(lambda p: p.astype(jnp.float64), params)
-    alone = np.concatenate([model.apply({'params': params}, seg[None]) for seg in segments])
+    apply = jax.jit(model.apply)  # eager custom_vjp convolutions re-trace on every call
+    alone = np.concatenate([apply({'params': params}, seg[None]) for seg in segments])
     for frames in (13, 14, 16, 23):
-      padded = model.apply({'params': params}, _padded(segments, frames), lengths=lengths)
+      padded = apply({'params': params}, _padded(segments, frames), lengths=lengths)
       np.testing.assert_allclose(padded, alone, rtol=1e-12, atol=1e-12)
     # Without lengths the padding leaks into the summary: what the masking fixes.
-    leaky = model.apply({'params': params}, _padded(segments, 16))
+    leaky = apply({'params': params}, _padded(segments, 16))
     assert np.abs(leaky - alone).max(axis=1).min() > 1e-3
     # L = 3 and L = 0 leave no frame for the BiLSTM after two pools: the zero summary.
-    empty = model.apply({'params': params}, _padded(segments[:2], 16), lengths=np.array([3, 0]))
+    empty = apply({'params': params}, _padded(segments[:2], 16), lengths=np.array([3, 0]))
     np.testing.assert_allclose(empty[0], empty[1], rtol=1e-12, atol=1e-12)
 
 
@@ -197,9 +198,10 @@ def test_gradients_with_lengths_ignore_padding(conv_vjp):
     return jnp.sum(model.apply({'params': p}, x, lengths=lengths) ** 2)
 
   x = jnp.asarray(_padded([seg], 16), jnp.float32)
-  g_alone = jax.grad(loss)(params, seg[None])
-  g_padded = jax.grad(loss)(params, x, jnp.array([11]))
+  grad = jax.jit(jax.grad(loss))  # eager custom_vjp convolutions re-trace on every call
+  g_alone = grad(params, seg[None])
+  g_padded = grad(params, x, jnp.array([11]))
   for a, b in zip(jax.tree.leaves(g_alone), jax.tree.leaves(g_padded)):
     np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6)
-  g_x = jax.grad(loss, argnums=1)(params, x, jnp.array([11]))
+  g_x = jax.jit(jax.grad(loss, argnums=1))(params, x, jnp.array([11]))
   assert np.all(g_x[0, 11:] == 0) and np.any(g_x[0, :11] != 0)
