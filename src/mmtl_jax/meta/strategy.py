@@ -214,9 +214,14 @@ def _loop_sum(fn: TaskFn, batch: PyTree, ids: jax.Array) -> PyTree:
   hit, which is mostly trace + lower.
   """
   fn = jax.jit(fn)
+  return _add_all(fn(jax.tree.map(lambda x, i=i: x[i], batch), ids[i])
+                  for i in range(ids.shape[0]))
+
+
+def _add_all(outputs: Iterator[PyTree]) -> PyTree:
+  """The sum of a non-empty sequence of same-shaped pytrees, in order."""
   total = None
-  for i in range(ids.shape[0]):
-    out = fn(jax.tree.map(lambda x, i=i: x[i], batch), ids[i])
+  for out in outputs:
     total = out if total is None else jax.tree.map(jnp.add, total, out)
   return total
 
@@ -231,11 +236,10 @@ def _cpu_cores() -> int:
 def resolve_groups(task_groups: int, n: int) -> int:
   """How many vmapped groups 'vmap' splits n tasks into.
 
-  task_groups > 0 is taken as it is; 0 (auto) is two per CPU core on the CPU backend and 1
-  (one vmap over all tasks) on accelerators, where one wide batch is what they run best. Two
-  per core rather than one: on the 2-core bench shape (first_order, 8 tasks) vmap / loop in
-  wall time was 1.30 with 1 group, 1.13 with 2 and 1.04 with 4 or 8 (docs/PERFORMANCE.md).
-  The result is capped at n.
+  task_groups > 0 is taken as it is; 0 (auto) is two per CPU core on the CPU backend (what
+  was fastest against one per core, or more, at the bench shape: docs/PERFORMANCE.md, "What
+  each choice bought", item 10) and 1 (one vmap over all tasks) on accelerators, where one
+  wide batch is what they run best. The result is capped at n.
   """
   if task_groups < 0:
     raise ValueError(f'task_groups must be >= 0, got {task_groups}')
@@ -253,11 +257,8 @@ def _grouped_vmap_sum(fn: TaskFn, batch: PyTree, ids: jax.Array, groups: int) ->
   """
   group_sum = jax.jit(lambda b, i: _tree_sum0(jax.vmap(fn)(b, i)))
   bounds = np.linspace(0, ids.shape[0], groups + 1).round().astype(int)
-  total = None
-  for start, stop in zip(bounds[:-1], bounds[1:]):
-    out = group_sum(jax.tree.map(lambda x, a=start, b=stop: x[a:b], batch), ids[start:stop])
-    total = out if total is None else jax.tree.map(jnp.add, total, out)
-  return total
+  return _add_all(group_sum(jax.tree.map(lambda x, a=a, b=b: x[a:b], batch), ids[a:b])
+                  for a, b in zip(bounds[:-1], bounds[1:]))
 
 
 def _local_sum(fn: TaskFn, batch: PyTree, ids: jax.Array, strategy: str, chunk: int,
