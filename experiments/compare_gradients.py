@@ -12,7 +12,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-from mmtl_jax.tools import gradient_check
+from mmtl_jax.tools import compare_gradients as gradient_comparison
 from mmtl_jax.configs import config_path
 
 FLAGS = flags.FLAGS
@@ -31,7 +31,7 @@ def _restore(path: str):
 def main(argv):
   del argv
   checkpoints = [_restore(p) for p in FLAGS.checkpoints]
-  result = gradient_check.compare(FLAGS.config, checkpoints=checkpoints)
+  result = gradient_comparison.compare(FLAGS.config, checkpoints=checkpoints)
   for path, entry in zip(FLAGS.checkpoints, result['checkpoints']):
     entry['path'] = path
   fd = result['finite_difference']
@@ -47,7 +47,7 @@ def main(argv):
     with open(FLAGS.json, 'w') as f:
       json.dump(result, f, indent=1)
   if FLAGS.plot:
-    gradient_check.plot(result, FLAGS.plot)
+    gradient_comparison.plot(result, FLAGS.plot)
 
 
 if __name__ == '__main__':

@@ -7,11 +7,7 @@ command line, e.g.::
       --config.data.root=/data/IEMOCAP_full_release --config.meta.mode=exact
 """
 
-import dataclasses
-
 import ml_collections
-
-from mmtl_jax.meta import config as meta_config
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -90,8 +86,23 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.dtype = 'float32'  # compute dtype; 'bfloat16' for accelerators
 
   # ---- meta-learning (section 2, eqs. 4-7) -------------------------------------------------
-  # Every field and its default are MetaConfig's (mmtl_jax/meta/config.py documents them).
-  c.meta = ml_collections.ConfigDict(dataclasses.asdict(meta_config.MetaConfig()))
+  # Turned into a MetaSpec by mmtl_jax.ser.losses.mmtl_spec (meta.recipes.mmtl).
+  c.meta = ml_collections.ConfigDict()
+  # 'first_order' (FOMAML: theta gets the outer loss's gradient at theta'), 'exact' (through
+  # eqs. 4-5), 'reptile' (params - adapted; with one inner step theta never sees the outer
+  # loss), 'reptile_emotion' (Reptile + first_order: the reference code), or a registered one.
+  c.meta.mode = 'first_order'
+  # The task axis: 'auto' (CPU: loop, else vmap), 'vmap', 'map', 'loop', 'sharded' (devices).
+  c.meta.strategy = 'auto'
+  c.meta.inner_steps = 1  # steps of eq. 4 and, after them, of eq. 5
+  c.meta.alpha = 0.01  # inner rate of eq. 4 (theta)
+  c.meta.beta = 0.01  # inner rate of eq. 5 (phi)
+  c.meta.gamma = 0.001  # outer Adam rate of eqs. 6-7
+  c.meta.remat = False  # recompute each inner step in the backward pass (exact mode memory)
+  c.meta.task_chunk = 0  # tasks per chunk, accumulated (0 = all at once)
+  c.meta.task_groups = 0  # vmap's concurrent groups of tasks (0 = 2 per CPU core / 1)
+  c.meta.task_reduce = 'mean'  # or 'sum' (what eqs. 6-7 write; Adam is invariant to it)
+  c.meta.log_inner_after = True  # also report the auxiliary loss at theta' (metrics only)
 
   # ---- training ----------------------------------------------------------------------------
   c.train = ml_collections.ConfigDict()

@@ -26,7 +26,6 @@ def get_config() -> ml_collections.ConfigDict:
   c.meta.strategy = 'vmap'  # a 1-40-40-1 MLP has no convolutions: vmap is fastest everywhere
   c.meta.inner_steps = 1
   c.meta.alpha = 0.01
-  c.meta.beta = 0.01  # unused: phi = {} (plain MAML)
   c.meta.gamma = 0.001
   c.meta.remat = False
   c.meta.task_chunk = 0

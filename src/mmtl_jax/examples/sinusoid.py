@@ -1,13 +1,14 @@
 """Few-shot sinusoid regression (Finn et al. 2017, 5.1): the meta package on a second domain.
 
 A task is y = A sin(x - p), A ~ U[0.1, 5], p ~ U[0, pi], x ~ U[-5, 5]. The model is a
-1-40-40-1 ReLU MLP; theta is its params and phi = {} (plain MAML: no transfer learner), so
-inner_loss is the MSE on K support points and transfer_loss the MSE on the query points.
+1-40-40-1 ReLU MLP whose params are the group 'theta', meta-trained by `meta.recipes.maml`
+(any mode): the inner loss is the MSE on K support points, the outer loss the MSE on the
+query points.
 Everything is sampled on device inside the jitted training scan.
 """
 
 import time
-from typing import Any, Dict, Sequence, Tuple
+from typing import Any, Callable, Dict, Sequence, Tuple
 
 import flax.linen as nn
 import jax
@@ -50,25 +51,29 @@ def sample_tasks(rng: jax.Array, num_tasks: int, num_points: Dict[str, int],
   return out
 
 
-def make_losses(model: MLP) -> Tuple[meta.inner.InnerLoss, meta.inner.TransferLoss]:
-  """MSE on the support set (inner, eq. 4) and on the query set (outer; phi unused)."""
+def make_losses(model: MLP) -> Tuple[Callable, Callable]:
+  """MSE on the support set (the inner loss) and on the query set (the outer loss), both
+  over params {'theta': MLP params}."""
 
-  def mse(theta, x, y):
-    return jnp.mean((model.apply({'params': theta}, x) - y) ** 2)
+  def mse(params, x, y):
+    return jnp.mean((model.apply({'params': params['theta']}, x) - y) ** 2)
 
-  def inner_loss(theta, batch, rng):
+  def support_loss(params, batch, rng):
     del rng
-    return mse(theta, batch['support_x'], batch['support_y'])
+    return mse(params, batch['support_x'], batch['support_y'])
 
-  def transfer_loss(theta, phi, batch, rng):
-    del phi, rng
-    return mse(theta, batch['query_x'], batch['query_y'])
+  def query_loss(params, batch, rng):
+    del rng
+    return mse(params, batch['query_x'], batch['query_y'])
 
-  return inner_loss, transfer_loss
+  return support_loss, query_loss
 
 
-def _meta_config(config: Any, mode: str) -> meta.MetaConfig:
-  return meta.MetaConfig.from_config(dict(config.meta.to_dict(), mode=mode))
+def _spec(config: Any, mode: str, losses: Tuple[Callable, Callable]) -> meta.MetaSpec:
+  m = config.meta
+  return meta.recipes.maml(*losses, groups='theta', steps=int(m.inner_steps),
+                           lr=float(m.alpha), mode=mode, strategy=str(m.strategy),
+                           task_chunk=int(m.task_chunk), remat=bool(m.remat))
 
 
 def train(config: Any, mode: str, theta: Any) -> Tuple[Any, Dict[str, float]]:
@@ -77,10 +82,10 @@ def train(config: Any, mode: str, theta: Any) -> Tuple[Any, Dict[str, float]]:
   Returns (theta, info) with the last step's loss and the wall time.
   """
   model = MLP(tuple(config.model.hidden))
-  inner_loss, transfer_loss = make_losses(model)
+  losses = make_losses(model)
   points = {'support': config.task.k_support, 'query': config.task.k_query}
   key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)  # training task stream
-  params = {'theta': theta, 'phi': {}}
+  params = {'theta': theta}
   if mode == 'pretrained':
     optimizer = optax.adam(config.meta.gamma)
 
@@ -97,7 +102,8 @@ def train(config: Any, mode: str, theta: Any) -> Tuple[Any, Dict[str, float]]:
 
     opt_state = optimizer.init(params)
   else:
-    init_fn, step_fn = meta.make_meta_step(inner_loss, transfer_loss, _meta_config(config, mode))
+    init_fn, step_fn = meta.make_step(
+        _spec(config, mode, losses), meta.group_optimizer({'theta': optax.adam(config.meta.gamma)}))
     opt_state = init_fn(params)
 
   @jax.jit

@@ -1,7 +1,7 @@
 """Meta-training and evaluation of one method on one N-way K-shot setting.
 
 Training draws batch `it` of the train split from (seed, 'train', it), so every method sees
-the same episodes; the outer step is one jitted `meta.make_stage_step`. Evaluation adapts
+the same episodes; the outer step is one jitted `meta.make_step`. Evaluation adapts
 the meta-trained params to each test episode's support set with the method's own test-time
 stages and scores the query images: accuracy is the mean over episodes of the per-episode
 query accuracy, ci95 = 1.96 * std / sqrt(episodes) (in percent).
@@ -39,7 +39,7 @@ def train(method: Method, params: Params, alphabet: np.ndarray, classes: np.ndar
     time of the later steps: episode sampling + jitted step, blocked until done; the first
     step's when there is only one), 'train_s', 'final_outer_loss'.
   """
-  init_fn, step_fn = meta.make_stage_step(method.spec, method.optimizer)
+  init_fn, step_fn = meta.make_step(method.spec, method.optimizer)
   state = init_fn(params)
   step = jax.jit(step_fn, donate_argnums=(0, 1))
   key = jax.random.fold_in(jax.random.PRNGKey(int(config.seed)), 1)

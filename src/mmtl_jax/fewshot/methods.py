@@ -28,7 +28,6 @@ import jax.numpy as jnp
 import optax
 
 from mmtl_jax import meta
-from mmtl_jax.meta.implicit import proximal_stage
 from mmtl_jax.models.conv4 import Conv4
 from mmtl_jax.registry import Registry
 from mmtl_jax.types import Params
@@ -161,7 +160,7 @@ def imaml(cfg: Any, losses: Losses, iterations: int) -> Method:
 
   def eval_stages(params):
     center = {g: params[g] for g in NET}
-    return tuple(proximal_stage(s, center, lam) for s in test)
+    return tuple(meta.proximal_stage(s, center, lam) for s in test)
 
   return Method('imaml', spec, opt, eval_stages)
 

@@ -1,60 +1,45 @@
-"""A general JAX meta-learning library (stages of adaptation), with MMTL (Cai et al. 2020,
-eqs. 4-7) as its convenience layer. Nothing here knows about speech.
+"""A general JAX meta-learning library; nothing here knows about speech.
 
-General API (docs/META_API.md has a recipe for MAML, FOMAML, Reptile, ANIL, Meta-SGD, MAML++,
-iMAML and MMTL): params are a dict of named groups; adaptation is a sequence of `Stage`s,
-each adapting one group with its own loss, steps and inner optimiser (plain SGD, any optax
-transformation, or learned Meta-SGD / LSLR rates living in a group of their own):
+Params are a dict of named groups; the inner adaptation is a sequence of `Stage`s, each
+adapting one group with its own loss, steps and inner rule (SGD, any optax transformation, or
+learned Meta-SGD / LSLR rates in a group of their own); a `MetaSpec` adds the outer loss, the
+gradient estimator (`mode`: 'exact', 'first_order', 'reptile', 'reptile_emotion', a
+registered one, or 'implicit') and the task strategy. `recipes` builds the usual ones:
 
-  spec = MetaSpec(stages=(Stage('net', support_loss, steps=5, lr=0.01),),
-                  outer_loss=query_loss, mode='exact')   # or first_order, reptile, implicit
-  init_fn, step_fn = make_stage_step(spec, group_optimizer({'net': optax.adam(1e-3)}))
-  state = init_fn(params)                                 # init_fn(params, batch_stats)
+  spec = meta.recipes.maml(support_loss, query_loss, groups=('body', 'head'), steps=5,
+                           lr=0.01)                       # or fomaml, reptile, anil, meta_sgd,
+                                                          # maml_plus_plus, imaml, mmtl
+  init_fn, step_fn = meta.make_step(spec, meta.group_optimizer({'body': optax.adam(1e-3),
+                                                                'head': optax.adam(1e-3)}))
+  state = init_fn(params)                                 # MetaState(opt, step, model)
   params, state, metrics = jax.jit(step_fn)(params, state, task_batch, rng)
 
-Lower level: `adapt_stages` (one task), `stage_meta_gradient` / `stage_objective` (a
-meta-batch, every task strategy), `diagnostics` (exact vs approximate meta-gradients).
+  grads, metrics, new_state = meta.meta_gradient(spec, params, task_batch, rng)
 
-MMTL: bring two pure per-task losses over parameter pytrees and get a jit-able meta-step:
-
-  inner_loss(theta, batch, rng) -> scalar             eq. 4 (e.g. mean of auxiliary losses)
-  transfer_loss(theta, phi, batch, rng) -> scalar     eq. 5 and the outer loss of eqs. 6-7
-
-  init_fn, step_fn = make_meta_step(inner_loss, transfer_loss, MetaConfig(mode='exact'))
-  opt_state = init_fn({'theta': theta, 'phi': phi})
-  params, opt_state, metrics = jax.jit(step_fn, donate_argnums=(0, 1))(
-      params, opt_state, task_batch, jax.random.fold_in(key, step))
-
-It runs the two `mmtl_stages` on the stage engine, bit-identical to the original MMTL code.
-Modes, by name from the `MODES` registry (`MODES.register(name, fn)` adds one): 'exact' |
-'first_order' (default) | 'reptile' | 'reptile_emotion' (and, for a `MetaSpec`, 'implicit').
-Task strategies: 'vmap' | 'map' | 'loop' | 'sharded' | 'auto'. See docs/META_API.md.
+Task strategies ('vmap', 'map', 'loop', 'sharded', 'auto') and the placement helpers for a
+device mesh (`default_mesh`, `replicate`, `shard_task_batch`) are in the task axis;
+`diagnostics` compares exact and approximate meta-gradients. docs/META_API.md has a worked
+recipe for each learner. Modules whose names start with '_' are internal.
 """
 
-from mmtl_jax.meta import diagnostics
-from mmtl_jax.meta.config import STRATEGIES, MetaConfig
-from mmtl_jax.meta.engine import multi_step_weights, stage_meta_gradient, stage_objective
-from mmtl_jax.meta.implicit import conjugate_gradient
-from mmtl_jax.meta.inner import inner_adapt, mmtl_stages
-from mmtl_jax.meta.inner_opt import lslr_rates, meta_sgd_rates
-from mmtl_jax.meta.modes import MODES
-from mmtl_jax.meta.optim import group_optimizer
-from mmtl_jax.meta.outer import (meta_gradient, meta_objective, mmtl_spec, task_meta_gradient,
-                                 task_rng)
-from mmtl_jax.meta.spec import MetaSpec
-from mmtl_jax.meta.stage_step import make_stage_step
-from mmtl_jax.meta.stages import Stage, adapt_stages
-from mmtl_jax.meta.step import make_meta_step, outer_optimizer, param_labels
-from mmtl_jax.meta.strategy import default_mesh, num_tasks, replicate, resolve as resolve_strategy
-from mmtl_jax.meta.strategy import shard_task_batch, sum_over_tasks
-from mmtl_jax.meta.task import task_stage_gradient
+from mmtl_jax.meta import diagnostics, recipes
+from mmtl_jax.meta._adaptation import adapt_stages
+from mmtl_jax.meta._estimators import MODES
+from mmtl_jax.meta._implicit import conjugate_gradient, proximal_stage
+from mmtl_jax.meta._inner_optim import lslr_rates, meta_sgd_rates
+from mmtl_jax.meta._tasks import default_mesh, num_tasks, replicate
+from mmtl_jax.meta._tasks import resolve as resolve_strategy
+from mmtl_jax.meta._tasks import resolve_groups as resolve_task_groups
+from mmtl_jax.meta._tasks import shard_task_batch, sum_over_tasks
+from mmtl_jax.meta.gradient import MetaGradient, meta_gradient, meta_objective
+from mmtl_jax.meta.gradient import multi_step_weights
+from mmtl_jax.meta.spec import IMPLICIT, STRATEGIES, TASK_REDUCES, MetaSpec, Stage
+from mmtl_jax.meta.step import MetaState, group_optimizer, make_step
 
 __all__ = [
-    'MODES', 'STRATEGIES', 'MetaConfig', 'MetaSpec', 'Stage', 'adapt_stages',
-    'conjugate_gradient', 'default_mesh', 'diagnostics', 'group_optimizer', 'inner_adapt',
-    'lslr_rates', 'make_meta_step', 'make_stage_step', 'meta_gradient', 'meta_objective',
-    'meta_sgd_rates', 'mmtl_spec', 'mmtl_stages', 'multi_step_weights', 'num_tasks',
-    'outer_optimizer', 'param_labels', 'replicate', 'resolve_strategy', 'shard_task_batch',
-    'stage_meta_gradient', 'stage_objective', 'sum_over_tasks', 'task_meta_gradient',
-    'task_rng', 'task_stage_gradient',
+    'IMPLICIT', 'MODES', 'STRATEGIES', 'TASK_REDUCES', 'MetaGradient', 'MetaSpec', 'MetaState',
+    'Stage', 'adapt_stages', 'conjugate_gradient', 'default_mesh', 'diagnostics',
+    'group_optimizer', 'lslr_rates', 'make_step', 'meta_gradient', 'meta_objective',
+    'meta_sgd_rates', 'multi_step_weights', 'num_tasks', 'proximal_stage', 'recipes',
+    'replicate', 'resolve_strategy', 'resolve_task_groups', 'shard_task_batch', 'sum_over_tasks',
 ]

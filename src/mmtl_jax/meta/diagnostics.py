@@ -20,10 +20,10 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import jax
 import jax.numpy as jnp
 
-from mmtl_jax.meta.engine import stage_meta_gradient, stage_objective
-from mmtl_jax.meta.implicit import tree_vdot
-from mmtl_jax.meta.spec import IMPLICIT, MetaSpec
-from mmtl_jax.types import Params, PyTree
+import optax
+
+from mmtl_jax.meta.gradient import meta_gradient, meta_objective
+from mmtl_jax.meta.spec import IMPLICIT, MetaSpec, Params, PyTree
 
 COMPARED = ('exact', 'first_order', 'reptile', IMPLICIT)
 _TINY = 1e-30
@@ -32,18 +32,17 @@ _TINY = 1e-30
 def leaf_names(tree: PyTree) -> List[str]:
   """'group/layer/leaf' path names of the leaves, in jax.tree.leaves order."""
   flat, _ = jax.tree_util.tree_flatten_with_path(tree)
-  part = lambda k: getattr(k, 'key', getattr(k, 'idx', getattr(k, 'name', k)))
-  return ['/'.join(str(part(k)) for k in path) for path, _ in flat]
+  return [jax.tree_util.keystr(path, simple=True, separator='/') for path, _ in flat]
 
 
 def similarity(approx: PyTree, exact: PyTree) -> Dict[str, jax.Array]:
   """{'cosine', 'norm_ratio', 'relative_error'} of two trees taken as flat vectors (jit-able):
   cos(approx, exact), |approx| / |exact| and |approx - exact| / |exact|."""
-  dot, na2, ne2 = tree_vdot(approx, exact), tree_vdot(approx, approx), tree_vdot(exact, exact)
+  dot, na2, ne2 = optax.tree.vdot(approx, exact), optax.tree.vdot(approx, approx), optax.tree.vdot(exact, exact)
   ne, na = jnp.sqrt(ne2), jnp.sqrt(na2)
   diff = jax.tree.map(jnp.subtract, approx, exact)
   return {'cosine': dot / jnp.maximum(ne * na, _TINY), 'norm_ratio': na / jnp.maximum(ne, _TINY),
-          'relative_error': jnp.sqrt(tree_vdot(diff, diff)) / jnp.maximum(ne, _TINY)}
+          'relative_error': jnp.sqrt(optax.tree.vdot(diff, diff)) / jnp.maximum(ne, _TINY)}
 
 
 def reptile_scale(spec: MetaSpec, direction: Params) -> Params:
@@ -64,13 +63,13 @@ def _supported(spec: MetaSpec, mode: str) -> bool:
 def mode_gradients(spec: MetaSpec, params: Params, task_batch: PyTree, rng: jax.Array,
                    modes: Sequence[str] = COMPARED, **kwargs) -> Dict[str, Params]:
   """{mode: meta-gradient} of spec under each supported mode (reptile rescaled); kwargs
-  (state, step, mesh) go to `stage_meta_gradient`. Pure: jit it."""
+  (state, step, mesh) go to `meta_gradient`. Pure: jit it."""
   base = dataclasses.replace(spec, first_order_until=0)
   grads = {}
   for mode in modes:
     if _supported(spec, mode):
-      g = stage_meta_gradient(dataclasses.replace(base, mode=mode), params, task_batch, rng,
-                              **kwargs)[0]
+      g = meta_gradient(dataclasses.replace(base, mode=mode), params, task_batch, rng,
+                        **kwargs).grads
       grads[mode] = reptile_scale(spec, g) if mode == 'reptile' else g
   return grads
 
@@ -134,7 +133,7 @@ def make_gradient_report(spec: MetaSpec, task_batch: PyTree, rng: jax.Array, *,
     task_batch, state = cast(task_batch), cast(state)
   kwargs = {'state': state, 'step': step}
   gradients = jax.jit(lambda p: mode_gradients(spec, p, task_batch, rng, modes, **kwargs))
-  objective = lambda p: stage_objective(exact, p, task_batch, rng, **kwargs)
+  objective = lambda p: meta_objective(exact, p, task_batch, rng, **kwargs)
   fd_fn = jax.jit(lambda p, d: finite_difference(objective, p, d, fd_eps))
 
   def report(params: Params) -> Dict[str, Any]:
@@ -144,7 +143,7 @@ def make_gradient_report(spec: MetaSpec, task_batch: PyTree, rng: jax.Array, *,
       direction = random_direction(params, direction_seed)
       fd = float(fd_fn(params, direction))
       out = compare_gradients(grads)
-      dots = {m: float(tree_vdot(g, direction)) for m, g in grads.items()}
+      dots = {m: float(optax.tree.vdot(g, direction)) for m, g in grads.items()}
       out['finite_difference'] = dict(dots, eps=fd_eps, fd=fd, relative_error=abs(
           fd - dots['exact']) / max(abs(fd), _TINY))
       return out

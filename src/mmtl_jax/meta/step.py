@@ -1,72 +1,87 @@
-"""One meta-iteration: meta-gradient (eqs. 4-7) then the outer optimiser (Adam, lr gamma)."""
+"""One meta-iteration: `meta_gradient`, then the outer optimiser.
 
-from typing import Any, Callable, Dict, Optional, Tuple
+  init_fn, step_fn = make_step(spec, group_optimizer({'net': optax.adam(1e-3)}))
+  state = init_fn(params)                       # or init_fn(params, batch_stats)
+  step = jax.jit(step_fn, donate_argnums=(0, 1))
+  params, state, metrics = step(params, state, task_batch, jax.random.fold_in(key, i))
+
+The step state is a `MetaState(opt, step, model)`; `step` drives the MAML++ schedules
+(multi-step loss weights, derivative-order annealing) inside the jitted step, so the step
+compiles once.
+"""
+
+from typing import Any, Callable, Dict, Mapping, NamedTuple, Optional, Tuple
 
 import jax
+import jax.numpy as jnp
 import optax
 
-from mmtl_jax.meta import strategy as strategy_lib
-from mmtl_jax.meta.config import MetaConfig
-from mmtl_jax.meta.inner import InnerLoss, Params, PyTree, TransferLoss, check_params
-from mmtl_jax.meta.optim import param_labels
-from mmtl_jax.meta.outer import meta_gradient
-
-InitFn = Callable[[Params], optax.OptState]
-StepFn = Callable[[Params, optax.OptState, PyTree, jax.Array],
-                  Tuple[Params, optax.OptState, Dict[str, jax.Array]]]
+from mmtl_jax.meta.gradient import meta_gradient
+from mmtl_jax.meta.spec import MetaSpec, Params, PyTree
 
 
-def outer_optimizer(gamma: float = 1e-3, gamma_phi: Optional[float] = None
-                    ) -> optax.GradientTransformation:
-  """Adam on theta and on phi (eqs. 6-7), partitioned by name so each can get its own lr."""
-  gamma_phi = gamma if gamma_phi is None else gamma_phi
-  return optax.multi_transform({'theta': optax.adam(gamma), 'phi': optax.adam(gamma_phi)},
-                               param_labels)
+class MetaState(NamedTuple):
+  """The state of `make_step`'s step.
 
-
-def make_meta_step(inner_loss: InnerLoss, transfer_loss: TransferLoss, meta_config: Any,
-                   optimizer: Optional[optax.GradientTransformation] = None,
-                   outer_loss: Optional[TransferLoss] = None,
-                   mesh: Optional[jax.sharding.Mesh] = None) -> Tuple[InitFn, StepFn]:
-  """Builds the pure meta-update.
-
-  Args:
-    inner_loss: inner_loss(theta, batch, rng) -> scalar, eq. 4 (one task, no task axis).
-    transfer_loss: transfer_loss(theta, phi, batch, rng) -> scalar, eq. 5 and, unless
-      outer_loss is given, the outer loss of eqs. 6-7.
-    meta_config: `MetaConfig` or `config.meta` (mode, strategy, inner_steps, alpha, beta,
-      gamma, remat, task_chunk, task_groups, task_reduce, log_inner_after).
-    optimizer: outer optimiser; default `outer_optimizer(gamma)` (Adam on theta and phi).
-    outer_loss: optional separate outer loss with transfer_loss's signature.
-    mesh: for strategy 'sharded' (default: `strategy.default_mesh()`, all global devices).
-
-  Returns:
-    init_fn(params) -> opt_state, and
-    step_fn(params, opt_state, task_batch, rng) -> (params, opt_state, metrics): pure, meant
-    for `jax.jit(step_fn, donate_argnums=(0, 1))`. task_batch is any pytree with a leading
-    task axis; rng is this iteration's key (e.g. fold_in(key, step)). Metrics (means over
-    tasks): inner_loss_before, inner_loss_after, transfer_loss (if phi), outer_loss, and
-    grad_norm (global norm of the reduced meta-gradient / Reptile direction).
+  opt: the outer optimiser's state.
+  step: int32 scalar, outer steps taken.
+  model: the model state (e.g. BatchNorm running averages: the mean over tasks of the adapted
+    states), or None when the losses take none.
   """
-  cfg = MetaConfig.from_config(meta_config)
-  optimizer = optimizer or outer_optimizer(cfg.gamma)
+  opt: optax.OptState
+  step: jax.Array
+  model: Any = None
 
-  def init_fn(params: Params) -> optax.OptState:
-    check_params(params)
-    return optimizer.init(params)
 
-  def gradient(params, task_batch, rng):
-    return meta_gradient(params, task_batch, rng, inner_loss, transfer_loss, cfg, outer_loss,
-                         mesh)
+InitFn = Callable[..., MetaState]
+StepFn = Callable[[Params, MetaState, PyTree, jax.Array],
+                  Tuple[Params, MetaState, Dict[str, jax.Array]]]
 
-  if strategy_lib.resolve(cfg.strategy) == 'sharded':  # params enter the shard_map explicitly
-    gradient = strategy_lib.on_task_shards(gradient, mesh, cfg.task_reduce)
 
-  def step_fn(params, opt_state, task_batch, rng):
-    grads, metrics = gradient(params, task_batch, rng)
-    updates, opt_state = optimizer.update(grads, opt_state, params)
+def param_labels(params: Params) -> Params:
+  """Labels every leaf by its top-level group NAME (e.g. 'theta'), never by position."""
+  return {name: jax.tree.map(lambda _, n=name: n, sub) for name, sub in params.items()}
+
+
+def group_optimizer(transforms: Mapping[str, optax.GradientTransformation]
+                    ) -> optax.GradientTransformation:
+  """optax.multi_transform by group name, e.g. {'net': optax.adam(1e-3), 'lr':
+  optax.adam(1e-4)}; init raises a ValueError naming any params group without a transform."""
+  transforms = dict(transforms)
+  inner = optax.multi_transform(transforms, param_labels)
+
+  def init(params):
+    missing = sorted(set(params) - set(transforms))
+    if missing:
+      raise ValueError(f'no outer transform for params group(s) {missing}; '
+                       f'transforms are for {sorted(transforms)}')
+    return inner.init(params)
+
+  return optax.GradientTransformation(init, inner.update)
+
+
+def make_step(spec: MetaSpec, optimizer: optax.GradientTransformation,
+              mesh: Optional[jax.sharding.Mesh] = None) -> Tuple[InitFn, StepFn]:
+  """Builds init_fn(params, model_state=None) -> MetaState and the pure
+  step_fn(params, state, task_batch, rng) -> (params, state, metrics).
+
+  metrics: `meta_gradient`'s means over tasks plus 'grad_norm' (global norm of the reduced
+  direction). For jax.jit(step_fn, donate_argnums=(0, 1)); rng is this iteration's key
+  (e.g. fold_in(key, step)). mesh: for strategy 'sharded' (default: all devices).
+  """
+
+  def init_fn(params: Params, model_state: Any = None) -> MetaState:
+    return MetaState(optimizer.init(params), jnp.zeros((), jnp.int32), model_state)
+
+  def step_fn(params, state, task_batch, rng):
+    out = meta_gradient(spec, params, task_batch, rng, state=state.model, step=state.step,
+                        mesh=mesh)
+    updates, opt = optimizer.update(out.grads, state.opt, params)
     params = optax.apply_updates(params, updates)
-    metrics = dict(metrics, grad_norm=optax.tree.norm(grads))
-    return params, opt_state, metrics
+    metrics = dict(out.metrics, grad_norm=optax.tree.norm(out.grads))
+    return params, MetaState(opt, state.step + 1, out.state), metrics
 
   return init_fn, step_fn
+
+
+__all__ = ['MetaState', 'group_optimizer', 'make_step', 'param_labels']

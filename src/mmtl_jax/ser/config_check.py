@@ -5,8 +5,7 @@
 
 Names are checked against the registries at call time, so entries that user code registers
 (`CORPORA`, `MODELS`, `SYSTEMS`, `MODES`) are accepted. A field that the config lacks is skipped
-(older and partial configs), so the checker itself never fails on a missing field; `None` under
-`meta` means the `MetaConfig` default.
+(older and partial configs), so the checker itself never fails on a missing field.
 """
 
 import numbers
@@ -14,8 +13,7 @@ from typing import Any, List, Sequence
 
 from mmtl_jax.data.corpus import CORPORA
 from mmtl_jax.data.iemocap import VAD_NAMES
-from mmtl_jax.meta import MODES, STRATEGIES
-from mmtl_jax.meta.config import TASK_REDUCES
+from mmtl_jax.meta import MODES, STRATEGIES, TASK_REDUCES
 from mmtl_jax.models import DTYPES, MODELS
 from mmtl_jax.ser.evaluate import PROTOCOLS
 from mmtl_jax.ser.systems import SYSTEMS

@@ -13,7 +13,7 @@ Class weights (w'_{i,c} = (N_i / N_{i,c}) / max_c, section 3.1.3) come from the 
 """
 
 import inspect
-from typing import Any, Optional, Sequence, Tuple
+from typing import Any, Callable, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -21,11 +21,11 @@ import ml_collections
 import numpy as np
 
 from mmtl_jax import meta, models
-from mmtl_jax.meta.inner import InnerLoss, TransferLoss
-from mmtl_jax.meta.step import InitFn, StepFn
 from mmtl_jax.types import Params
 
 Batch = Any
+InnerLoss = Callable[[Params, Batch, jax.Array], jax.Array]
+TransferLoss = Callable[[Params, Params, Batch, jax.Array], jax.Array]
 
 
 def weighted_cross_entropy(logits: jax.Array, labels: jax.Array,
@@ -130,17 +130,30 @@ def predict_logits(params: Params, x: jax.Array, model_config: Any,
   return models.transfer_learner(model_config).apply({'params': params['phi']}, logits)
 
 
-def make_mmtl_step(config: ml_collections.ConfigDict, optimizer=None,
-                   mesh: Optional[jax.sharding.Mesh] = None
-                   ) -> Tuple[InitFn, StepFn]:
-  """(init_fn, step_fn) of MMTL from a full config (uses config.model and config.meta).
-
-  step_fn(params, opt_state, batch, rng) -> (params, opt_state, metrics) is pure; jit it with
-  `jax.jit(step_fn, donate_argnums=(0, 1))`. `batch` follows the module's batch contract.
-  """
+def mmtl_spec(config: ml_collections.ConfigDict) -> meta.MetaSpec:
+  """MMTL's `MetaSpec` (`meta.recipes.mmtl`) from a full config: the losses of
+  config.model, and config.meta's mode, alpha, beta, inner_steps, log_inner_after and task
+  axis / memory options (configs/base.py documents them)."""
+  m = config.meta
   inner_loss, transfer_loss = make_losses(config.model)
-  return meta.make_meta_step(inner_loss, transfer_loss, config.meta, optimizer=optimizer,
-                             mesh=mesh)
+  return meta.recipes.mmtl(
+      inner_loss, transfer_loss, alpha=float(m.alpha), beta=float(m.beta),
+      inner_steps=int(m.inner_steps), mode=str(m.mode), log_inner_after=bool(m.log_inner_after),
+      strategy=str(m.strategy), task_chunk=int(m.task_chunk), task_groups=int(m.task_groups),
+      task_reduce=str(m.task_reduce), remat=bool(m.remat))
+
+
+def make_mmtl_step(config: ml_collections.ConfigDict, optimizer=None,
+                   mesh: Optional[jax.sharding.Mesh] = None):
+  """(init_fn, step_fn) of MMTL from a full config: `meta.make_step` of `mmtl_spec(config)`
+  with Adam(config.meta.gamma) on theta and phi unless `optimizer` is given.
+
+  init_fn(params) -> meta.MetaState; step_fn(params, state, batch, rng) -> (params, state,
+  metrics) is pure; jit it with `jax.jit(step_fn, donate_argnums=(0, 1))`. `batch` follows
+  the module's batch contract.
+  """
+  optimizer = optimizer or meta.recipes.mmtl_optimizer(float(config.meta.gamma))
+  return meta.make_step(mmtl_spec(config), optimizer, mesh)
 
 
 def random_batch(num_tasks: int, batch_size: int, frames: int, bins: int, num_aux: int = 3,
@@ -166,5 +179,5 @@ def random_batch(num_tasks: int, batch_size: int, frames: int, bins: int, num_au
 
 
 __all__ = ['accepts_lengths', 'apply_model', 'init_params', 'make_losses', 'make_mmtl_step',
-           'predict_logits', 'random_batch', 'weighted_cross_entropy']
+           'mmtl_spec', 'predict_logits', 'random_batch', 'weighted_cross_entropy']
 

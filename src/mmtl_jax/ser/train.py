@@ -48,10 +48,10 @@ import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
+from mmtl_jax import meta
 from mmtl_jax.data import folds as folds_lib
 from mmtl_jax.data import sampler as sampler_lib
 from mmtl_jax.data import store as store_lib
-from mmtl_jax.meta import strategy as strategy_lib
 from mmtl_jax.run import checkpoint as ckpt_lib
 from mmtl_jax.run import lock as lock_lib
 from mmtl_jax.run import metric_log
@@ -84,7 +84,7 @@ def task_mesh(config: ml_collections.ConfigDict) -> Optional[jax.sharding.Mesh]:
     ValueError: several JAX processes with another strategy (each would train alone).
   """
   if str(config.meta.get('strategy', 'auto')) == 'sharded':
-    return strategy_lib.default_mesh()
+    return meta.default_mesh()
   if jax.process_count() > 1:
     raise ValueError(f"{jax.process_count()} JAX processes need config.meta.strategy='sharded'"
                      f', got {config.meta.get("strategy", "auto")!r}')
@@ -97,8 +97,8 @@ def placement(mesh: Optional[jax.sharding.Mesh]) -> Tuple[Callable[[Any], Any],
   identities without a mesh (every strategy other than 'sharded': nothing is moved)."""
   if mesh is None:
     return (lambda tree: tree), (lambda tree: tree)
-  return (lambda tree: strategy_lib.replicate(tree, mesh),
-          lambda batch: strategy_lib.shard_task_batch(batch, mesh))
+  return (lambda tree: meta.replicate(tree, mesh),
+          lambda batch: meta.shard_task_batch(batch, mesh))
 
 
 def is_primary() -> bool:

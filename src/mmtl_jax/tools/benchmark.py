@@ -92,10 +92,10 @@ def _flops(cost: Any) -> float:
 def _job_config(job: Job) -> Any:
   """The job's ConfigDict with its meta mode and its strategy ('auto' resolved) set."""
   import ml_collections  # pylint: disable=g-import-not-at-top
-  from mmtl_jax.meta import strategy as strategy_lib  # pylint: disable=g-import-not-at-top
+  from mmtl_jax import meta  # pylint: disable=g-import-not-at-top
   config = ml_collections.ConfigDict(json.loads(job.config_json))
   config.meta.mode = job.mode
-  config.meta.strategy = strategy_lib.resolve(job.strategy)
+  config.meta.strategy = meta.resolve_strategy(job.strategy)
   return config
 
 
@@ -106,17 +106,17 @@ def _build_step(job: Job, config: Any) -> tuple:
   """
   import jax  # pylint: disable=g-import-not-at-top
   from mmtl_jax.ser import losses as ser  # pylint: disable=g-import-not-at-top
-  from mmtl_jax.meta import strategy as strategy_lib  # pylint: disable=g-import-not-at-top
+  from mmtl_jax import meta  # pylint: disable=g-import-not-at-top
   tasks, segments, frames, bins = SHAPES[job.shape]
   batch = ser.random_batch(tasks, segments, frames, bins, num_aux=3,
                            num_classes=int(config.model.num_outputs))
-  mesh = strategy_lib.default_mesh() if config.meta.strategy == 'sharded' else None
+  mesh = meta.default_mesh() if config.meta.strategy == 'sharded' else None
   init_fn, step_fn = ser.make_mmtl_step(config, mesh=mesh)
   params = ser.init_params(config.model, jax.random.PRNGKey(0), (1, frames, bins))
   opt_state = init_fn(params)
   if mesh is not None:
-    params, opt_state = strategy_lib.replicate((params, opt_state), mesh)
-    batch = strategy_lib.shard_task_batch(batch, mesh)
+    params, opt_state = meta.replicate((params, opt_state), mesh)
+    batch = meta.shard_task_batch(batch, mesh)
   else:
     batch = jax.device_put(batch)
   key = jax.random.PRNGKey(1)
@@ -126,13 +126,13 @@ def _build_step(job: Job, config: Any) -> tuple:
 def _compile_record(job: Job, config: Any, compiled: Any, compile_s: float) -> Dict[str, Any]:
   """The record fields every phase reports: what ran, where, and the compile time."""
   import jax  # pylint: disable=g-import-not-at-top
-  from mmtl_jax.meta import strategy as strategy_lib  # pylint: disable=g-import-not-at-top
+  from mmtl_jax import meta  # pylint: disable=g-import-not-at-top
   return {'mode': job.mode, 'strategy': config.meta.strategy, 'shape': job.shape,
           'phase': job.phase, 'compile_s': compile_s,
           'compile_flops_gflop': _flops(compiled.cost_analysis()) / 1e9,
           'backend': jax.default_backend(), 'device': jax.devices()[0].device_kind,
-          'devices': jax.device_count(), 'default_strategy': strategy_lib.resolve('auto'),
-          'task_groups': (strategy_lib.resolve_groups(int(config.meta.get('task_groups', 0)),
+          'devices': jax.device_count(), 'default_strategy': meta.resolve_strategy('auto'),
+          'task_groups': (meta.resolve_task_groups(int(config.meta.get('task_groups', 0)),
                                                       SHAPES[job.shape][0])
                           if config.meta.strategy == 'vmap' else None)}
 

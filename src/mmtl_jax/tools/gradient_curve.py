@@ -88,7 +88,7 @@ def curve(config: ml_collections.ConfigDict, workdir: str, every: int = 10,
   for mode in modes:
     meta.MODES.get(mode)  # ValueError naming the registered modes
   s = setup(config, workdir)
-  spec = meta.mmtl_spec(*ser.make_losses(config.model), config.meta)
+  spec = ser.mmtl_spec(config)
   hook = jax.jit(diagnostics.make_gradient_hook(spec, modes))
   diag_batch = s.sampler.batch(0)  # training draws steps 1..steps: this batch stays unseen
   init_key = jax.random.fold_in(s.key, 0)  # train.create_state's
@@ -102,10 +102,10 @@ def curve(config: ml_collections.ConfigDict, workdir: str, every: int = 10,
                                    jax.random.fold_in(s.key, step))
     if _due(step, every, steps):
       records += records_of(hook(params, diag_batch, diag_key), step, modes)
-  cfg = meta.MetaConfig.from_config(config.meta)
+  m = config.meta
   settings = {'fold': s.fold.index, 'steps': steps, 'every': every, 'modes': list(modes),
-              'train_mode': cfg.mode, 'alpha': cfg.alpha, 'beta': cfg.beta,
-              'inner_steps': cfg.inner_steps, 'gamma': cfg.gamma,
+              'train_mode': str(m.mode), 'alpha': float(m.alpha), 'beta': float(m.beta),
+              'inner_steps': int(m.inner_steps), 'gamma': float(m.gamma),
               'diagnostic_batch': list(diag_batch['x'].shape),
               'reptile_scaled_by': '1/(lr*inner_steps) per group'}
   return {'records': records, 'settings': settings}

@@ -25,7 +25,7 @@ from typing import Any, Dict, Optional, Sequence
 import jax
 import ml_collections
 
-from mmtl_jax.meta import strategy as strategy_lib
+from mmtl_jax import meta
 from mmtl_jax.ser import losses as ser
 
 # Peak rates assumed for the estimate (H100 SXM5, dense): float32 on CUDA cores, TF32 and
@@ -43,7 +43,7 @@ def roofline_s(flops: float, bytes_accessed: float, tflops: float, tb_per_s: flo
 
 def _step_config(config: Any, mode: str, strategy: str, remat: bool) -> Any:
   c = ml_collections.ConfigDict(json.loads(config.to_json_best_effort()))
-  c.meta.mode, c.meta.strategy, c.meta.remat = mode, strategy_lib.resolve(strategy), remat
+  c.meta.mode, c.meta.strategy, c.meta.remat = mode, meta.resolve_strategy(strategy), remat
   return c
 
 

@@ -1,7 +1,7 @@
 """Compares exact and first-order meta-gradients and the Reptile direction, layer by layer.
 
 Used by experiments/compare_gradients.py: a thin caller of `mmtl_jax.meta.diagnostics` on the
-MMTL spec of the SER model (`meta.mmtl_spec`). Everything runs in float64 (jax x64 enabled
+MMTL spec of the SER model (`ser.mmtl_spec`). Everything runs in float64 (jax x64 enabled
 inside a context, restored after) so a central finite difference can check the exact gradient.
 """
 
@@ -10,7 +10,8 @@ from typing import Any, Dict, Optional, Sequence
 import jax
 import numpy as np
 
-from mmtl_jax import meta
+import ml_collections
+
 from mmtl_jax.meta import diagnostics
 from mmtl_jax.ser import losses as ser
 
@@ -51,8 +52,9 @@ def compare(config: Any, params: Optional[Dict[str, Any]] = None,
   'checkpoints': [{'layers', 'global', 'finite_difference'}] for each extra params}.
   """
   cc = config.compare
-  cfg = meta.MetaConfig.from_config(dict(config.meta.to_dict(), mode='exact'))
-  spec = meta.mmtl_spec(*ser.make_losses(config.model), cfg)
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.meta.mode = 'exact'
+  spec = ser.mmtl_spec(config)
   report = diagnostics.make_gradient_report(
       spec, _float64_batch(config), jax.random.PRNGKey(config.seed), modes=COMPARED,
       fd_eps=cc.fd_eps, direction_seed=cc.direction_seed)
@@ -62,7 +64,9 @@ def compare(config: Any, params: Optional[Dict[str, Any]] = None,
                                (1, cc.frames, cc.bins))
   result = _tool_format(report(params))
   result['checkpoints'] = [_tool_format(report(p)) for p in checkpoints]
-  result['settings'] = {'alpha': cfg.alpha, 'beta': cfg.beta, 'inner_steps': cfg.inner_steps,
+  m = config.meta
+  result['settings'] = {'alpha': float(m.alpha), 'beta': float(m.beta),
+                        'inner_steps': int(m.inner_steps),
                         'reptile_scaled_by': '1/(lr*inner_steps)',
                         'batch': [cc.tasks, cc.segments, cc.frames, cc.bins]}
   return result

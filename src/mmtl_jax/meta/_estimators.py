@@ -1,17 +1,18 @@
-"""Meta modes by name: how one task's outer direction is formed from its adaptation.
+"""Gradient estimators ("modes"): how one task's outer direction is formed from its adaptation.
 
 A mode is `mode(params, adapt, outer) -> (direction, outer_loss, adapted, stats)`:
-  adapt(params, first_order) -> (adapted params, stats): the task's inner adaptation (eqs.
-    4-5); first_order=True stops the gradient through the inner gradients.
-  outer(adapted) -> scalar: the task's outer loss at adapted params (eqs. 6-7).
+  adapt(params, first_order) -> (adapted params, stats): the task's inner adaptation;
+    first_order=True holds every inner update constant.
+  outer(adapted) -> scalar: the task's outer loss at the adapted params.
   direction: shaped like params, handed to the outer optimiser as if it were a gradient.
   adapted: the adapted params with gradients stopped (for metrics).
-Built in: 'exact' (second order), 'first_order' (FOMAML, the `MetaConfig` default), 'reptile'
-(Nichol et al. 2018) and 'reptile_emotion' (Reptile plus FOMAML: the paper's reference code).
-A new mode is one function plus `MODES.register(name, fn)`; `MetaConfig(mode=name)` and
-`MetaSpec(mode=name)` then accept it and every task strategy runs it. A mode must call `outer`
-on what `adapt` returned (possibly after stop_gradient): the stage engine hands `outer` the
-model state and multi-step trajectory of the latest `adapt` call.
+Built in: 'exact' (second order), 'first_order' (FOMAML), 'reptile' (Nichol et al. 2018) and
+'reptile_emotion' (Reptile plus FOMAML: the MMTL paper's reference code). 'implicit' (iMAML)
+is not a mode function: it replaces the adaptation itself (meta/_implicit.py). A new mode is
+one function plus `MODES.register(name, fn)`; `MetaSpec(mode=name)` then accepts it and every
+task strategy runs it. A mode must call `outer` on what `adapt` returned (possibly after
+stop_gradient): the engine hands `outer` the model state and multi-step trajectory of the
+latest `adapt` call.
 """
 
 from typing import Any, Callable, Dict, Tuple
@@ -20,19 +21,19 @@ import jax
 import jax.numpy as jnp
 
 from mmtl_jax.registry import Registry
-from mmtl_jax.types import Params
 
+Params = Dict[str, Any]
 Adapt = Callable[[Params, bool], Tuple[Params, Dict[str, Any]]]
 Outer = Callable[[Params], jax.Array]
 ModeResult = Tuple[Params, jax.Array, Params, Dict[str, Any]]
 Mode = Callable[[Params, Adapt, Outer], ModeResult]
 
-MODES: Registry[Mode] = Registry('meta mode', 'config.meta.mode')
+MODES: Registry[Mode] = Registry('meta mode', 'MetaSpec.mode / config.meta.mode')
 
 
 @MODES.register('exact')
 def exact(params: Params, adapt: Adapt, outer: Outer) -> ModeResult:
-  """grad_params outer(adapt(params)), differentiating through eqs. 4-5 (what eqs. 6-7 write)."""
+  """grad_params outer(adapt(params)), differentiating through every inner step."""
   def objective(p):
     adapted, stats = adapt(p, False)
     return outer(adapted), (adapted, stats)
@@ -43,8 +44,8 @@ def exact(params: Params, adapt: Adapt, outer: Outer) -> ModeResult:
 
 @MODES.register('first_order')
 def first_order(params: Params, adapt: Adapt, outer: Outer) -> ModeResult:
-  """FOMAML: inner gradients held constant, so the inner updates' Jacobians are the identity
-  and the direction is grad outer evaluated at the adapted params."""
+  """FOMAML: inner updates held constant, so the inner steps' Jacobians are the identity and
+  the direction is grad outer evaluated at the adapted params."""
   adapted, stats = adapt(params, True)
   adapted = jax.lax.stop_gradient(adapted)
   loss, grads = jax.value_and_grad(outer)(adapted)
@@ -63,17 +64,20 @@ def reptile(params: Params, adapt: Adapt, outer: Outer) -> ModeResult:
 def reptile_emotion(params: Params, adapt: Adapt, outer: Outer) -> ModeResult:
   """Reptile direction plus the FOMAML gradient: (params - adapted) + grad outer(adapted).
 
-  This reproduces the combination in the paper's public PyTorch reference code, whose
-  fine-tuning block adds a first-order gradient of the outer (emotion) loss, taken at the
-  adapted params, to ALL parameters on top of the Reptile step; one reading of Algorithm 1,
-  line 11, "aggregates the loss in the above two stages". It exists so that code can be
-  reproduced, not because it is what eqs. 6-7 write ('exact') or their cheap approximation
-  ('first_order'). With one inner step theta's direction is alpha * grad inner(theta) +
+  The combination of the MMTL paper's public PyTorch code, whose fine-tuning block adds a
+  first-order gradient of the outer (emotion) loss at the adapted params to ALL parameters on
+  top of the Reptile step (one reading of Algorithm 1, line 11). It exists so that code can
+  be reproduced. With one inner step theta's direction is alpha * grad inner(theta) +
   grad_theta outer(theta', phi'), so unlike plain 'reptile' theta does see the outer loss.
-  The inner gradients are stopped (first order); outer_loss is the loss at the adapted params.
   """
   adapted, stats = adapt(params, True)
   adapted = jax.lax.stop_gradient(adapted)
   loss, grads = jax.value_and_grad(outer)(adapted)
   direction = jax.tree.map(lambda p, a, g: p - a + g, params, adapted, grads)
   return direction, loss, adapted, stats
+
+
+def first_order_through(params: Params, adapt: Adapt, outer: Outer) -> ModeResult:
+  """'first_order' with learned inner rates: differentiate through the stopped inner loop,
+  so params get grad outer(adapted) (identity Jacobian) and the rates d outer / d rate."""
+  return exact(params, lambda p, _: adapt(p, True), outer)

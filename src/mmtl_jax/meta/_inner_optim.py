@@ -1,14 +1,14 @@
-"""Inner optimisers of a `Stage`: plain SGD, any optax transformation, learned rates.
+"""Inner update rules of a `Stage`: plain SGD, any optax transformation, learned rates.
 
 One inner step of a stage maps (group params p, gradient g, optimiser state) to p':
-  lr only:                p' = p - lr * g              (the MMTL formula, bit for bit)
+  lr only:                p' = p - lr * g
   optimizer (optax):      p' = p + u,  (u, state') = optimizer.update(g, state, p)
   learned_lr (+/- optax): p' = p + r * u,  u = optimizer's update or -g; r the learned rates
 Everything is differentiable (exact mode differentiates through the optimiser's state too;
 prefer `optax.adam(..., eps_root=1e-8)` there: sqrt has an infinite derivative at 0). The
-optimiser state is created per task by `init_state` inside the per-task function.
+optimiser state is created per task inside the per-task function.
 
-First order (`first_order=True`): the update u (and the optimiser state it came from) is held
+First order (`first_order=True`): the update u (and the state it came from) is held
 constant, so d p'/d p = I; learned rates r are NOT stopped, so d p'/d r = u and Meta-SGD /
 MAML++ rates still get a gradient.
 
@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mmtl_jax.types import PyTree
+PyTree = Any
 
 
 def meta_sgd_rates(group: PyTree, init: float = 0.01) -> PyTree:
@@ -63,7 +63,6 @@ def init_state(optimizer: Optional[optax.GradientTransformation], group: PyTree)
 
 
 def _sgd(params: PyTree, grads: PyTree, lr: float) -> PyTree:
-  """p - lr * g, written exactly as the pre-stage MMTL code did (bit-identical results)."""
   return jax.tree.map(lambda p, g: p - jnp.asarray(lr, p.dtype) * g.astype(p.dtype),
                       params, grads)
 

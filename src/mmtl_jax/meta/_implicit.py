@@ -2,15 +2,13 @@
 
 For the spec's single stage adapting group theta (other groups b, e.g. ANIL's body):
   phi*(theta, b) = argmin_phi  L_in(phi, b) + lam/2 ||phi - theta||^2
-solved approximately by the stage's own steps and inner optimiser, with every gradient stopped
-(first order: memory does not grow with the number of steps). With H = Hessian of L_in in
-phi at phi* and g = grad_phi L_out(phi*), the implicit function theorem gives
+solved approximately by the stage's own steps and inner rule, with every gradient stopped
+(memory does not grow with the number of steps). With H = Hessian of L_in in phi at phi* and
+g = grad_phi L_out(phi*), the implicit function theorem gives
   d L_out / d theta = v,   v = (I + H / lam)^{-1} g       (conjugate gradient, cg_steps fixed
                                                            iterations, Hessian-vector products)
   d L_out / d b     = grad_b L_out - grad_b <grad_phi L_in(phi*, b), v / lam>
 The second line is what makes ANIL-style stages exact; it is one more backward pass.
-The Hessian-vector products use the stage key folded with `steps` (deterministic losses do
-not care) and the adapted model state.
 """
 
 import dataclasses
@@ -18,15 +16,11 @@ from typing import Any, Callable, Dict, Tuple
 
 import jax
 import jax.numpy as jnp
+import optax
 
-from mmtl_jax.meta.stages import (RNG_OUTER, adapt_stages, after_losses, call_loss, get_group,
-                                  put_group, stage_tag)
-from mmtl_jax.types import Params, PyTree
-
-
-def tree_vdot(a: PyTree, b: PyTree) -> jax.Array:
-  """sum over leaves of <a, b>."""
-  return sum(jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+from mmtl_jax.meta._adaptation import (adapt_stages, after_losses, call_loss, get_group,
+                                       put_group, stage_key)
+from mmtl_jax.meta.spec import RNG_OUTER, Params, PyTree, Stage
 
 
 def conjugate_gradient(matvec: Callable[[PyTree], PyTree], b: PyTree, steps: int) -> PyTree:
@@ -38,23 +32,24 @@ def conjugate_gradient(matvec: Callable[[PyTree], PyTree], b: PyTree, steps: int
   def body(_, carry):
     x, r, p, rs = carry
     ap = matvec(p)
-    denom = tree_vdot(p, ap)
+    denom = optax.tree.vdot(p, ap)
     alpha = jnp.where(denom > 0, rs / jnp.where(denom > 0, denom, 1), 0)
     x, r = axpy(alpha, p, x), axpy(-alpha, ap, r)
-    rs_new = tree_vdot(r, r)
+    rs_new = optax.tree.vdot(r, r)
     beta = jnp.where(rs > 0, rs_new / jnp.where(rs > 0, rs, 1), 0)
     return x, r, axpy(beta, p, r), rs_new
 
-  return jax.lax.fori_loop(0, steps, body, (zeros, b, b, tree_vdot(b, b)))[0]
+  return jax.lax.fori_loop(0, steps, body, (zeros, b, b, optax.tree.vdot(b, b)))[0]
 
 
-def proximal_stage(stage, center: PyTree, lam: float):
-  """The stage on L_in + lam/2 ||group - center||^2 (center held constant)."""
+def proximal_stage(stage: Stage, center: PyTree, lam: float) -> Stage:
+  """The stage on L_in + lam/2 ||group - center||^2 (center held constant): iMAML's inner
+  problem, also what a test-time adaptation around the meta-params solves."""
 
   def loss(full, *args):
     value = stage.loss(full, *args)
     diff = jax.tree.map(jnp.subtract, get_group(full, stage), center)
-    penalty = 0.5 * lam * tree_vdot(diff, diff)
+    penalty = 0.5 * lam * optax.tree.vdot(diff, diff)
     return (value[0] + penalty, value[1]) if isinstance(value, tuple) else value + penalty
 
   return dataclasses.replace(stage, loss=loss, log_after=False)
@@ -62,8 +57,8 @@ def proximal_stage(stage, center: PyTree, lam: float):
 
 def task_gradient(spec, params: Params, batch: PyTree, rng: jax.Array, *, state: Any = None
                   ) -> Tuple[Params, Dict[str, jax.Array], Any]:
-  """iMAML direction of ONE task (see the module docstring); returns (grads, metrics, state)
-  like `task_stage_gradient`."""
+  """iMAML direction of ONE task (module docstring); `rng` is the task's key. Returns
+  (grads, metrics, adapted model state)."""
   stage, lam = spec.stages[0], spec.implicit_lam
   params = jax.lax.stop_gradient(params)
   prox = proximal_stage(stage, get_group(params, stage), lam)
@@ -73,7 +68,7 @@ def task_gradient(spec, params: Params, batch: PyTree, rng: jax.Array, *, state:
   outer_rng = jax.random.fold_in(rng, RNG_OUTER)
   loss, g_out = jax.value_and_grad(
       lambda a: call_loss(spec.outer_loss, a, new_state, batch, outer_rng)[0])(adapted)
-  hvp_rng = jax.random.fold_in(jax.random.fold_in(rng, stage_tag(0)), stage.steps)
+  hvp_rng = jax.random.fold_in(stage_key(rng, 0), stage.steps)
 
   def inner_grad(full):
     fn = lambda sub: call_loss(stage.loss, put_group(full, stage, sub), new_state, batch,
@@ -86,12 +81,8 @@ def task_gradient(spec, params: Params, batch: PyTree, rng: jax.Array, *, state:
     return jax.tree.map(lambda a, h: a + h / lam, v, hv)
 
   v = conjugate_gradient(matvec, get_group(g_out, stage), spec.cg_steps)
-  cross = jax.grad(lambda full: tree_vdot(inner_grad(full), v) / lam)(adapted)
-  grads = jax.tree.map(jnp.subtract, g_out, cross)
-  grads = put_group(grads, stage, v)
+  cross = jax.grad(lambda full: optax.tree.vdot(inner_grad(full), v) / lam)(adapted)
+  grads = put_group(jax.tree.map(jnp.subtract, g_out, cross), stage, v)
   metrics = dict(stats, outer_loss=loss)
   metrics.update(after_losses(spec.stages, adapted, batch, rng, new_state))
   return grads, metrics, new_state
-
-
-__all__ = ['conjugate_gradient', 'proximal_stage', 'task_gradient', 'tree_vdot']

@@ -1,4 +1,5 @@
-"""Task-axis strategies: how per-task results are computed and summed over the meta-batch.
+"""The task axis: how per-task results are computed and summed over a meta-batch, and how
+inputs are placed on a device mesh (`replicate`, `shard_task_batch`).
 
   vmap:    all tasks at once under jax.vmap. Best on accelerators. Vmapping per-task
            adapted weights turns lax convolutions into grouped convolutions, which XLA:CPU
@@ -21,9 +22,9 @@
            The default mesh spans jax.devices(), i.e. every host's devices after
            jax.distributed.initialize(); place the inputs with `replicate` and
            `shard_task_batch` so that the jitted step receives global arrays.
-           `make_meta_step` and `meta_gradient` hand the params to the shard_map as explicit
-           inputs (`on_task_shards`): closed-over arrays placed on a mesh are rejected
-           inside shard_map.
+           `meta_gradient` hands the params to the shard_map as explicit inputs
+           (`on_task_shards`): closed-over arrays placed on a mesh are rejected inside
+           shard_map.
   auto:    'loop' on CPU, 'vmap' elsewhere.
 `task_chunk` > 0 (vmap / sharded) processes that many tasks at a time, accumulating the sum
 (sequentially, to bound memory; `task_groups` then does not apply).
@@ -47,7 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from mmtl_jax.types import PyTree
+PyTree = Any
 
 TaskFn = Callable[[PyTree, jax.Array], PyTree]  # (one task's batch, task index) -> outputs
 
@@ -241,8 +242,6 @@ def resolve_groups(task_groups: int, n: int) -> int:
   each choice bought", item 10) and 1 (one vmap over all tasks) on accelerators, where one
   wide batch is what they run best. The result is capped at n.
   """
-  if task_groups < 0:
-    raise ValueError(f'task_groups must be >= 0, got {task_groups}')
   if task_groups == 0:
     task_groups = 2 * _cpu_cores() if jax.default_backend() == 'cpu' else 1
   return max(1, min(n, task_groups))

@@ -1,0 +1,118 @@
+"""The usual meta-learners as `MetaSpec`s, each a few lines over `Stage` (as optax's alias.py
+builds `adam` from transforms).
+
+  spec = recipes.maml(support_loss, query_loss, groups=('body', 'head'), steps=5, lr=0.01)
+  init_fn, step_fn = make_step(spec, group_optimizer({'body': optax.adam(1e-3),
+                                                      'head': optax.adam(1e-3)}))
+
+Every recipe takes the loss contracts of meta/spec.py: support_loss(params, batch, rng) (or
+with model state), the inner loss, and query_loss, the outer loss at the adapted params.
+`groups` names the params groups adapted in the inner loop (a name or a tuple of names).
+The keyword `**options` go to `MetaSpec` (strategy, task_chunk, task_groups, task_reduce,
+remat, ...), and `mode` may replace a recipe's estimator (e.g. to compare gradients).
+"""
+
+from typing import Any, Callable, Optional
+
+import optax
+
+from mmtl_jax.meta.spec import Group, Loss, MetaSpec, Stage
+from mmtl_jax.meta.step import group_optimizer
+
+
+def _rule(lr: Optional[float], optimizer: Optional[optax.GradientTransformation]) -> dict:
+  if (lr is None) == (optimizer is None):
+    raise ValueError('give exactly one inner rule: lr (plain SGD) or optimizer (optax)')
+  return {'lr': lr} if optimizer is None else {'optimizer': optimizer}
+
+
+def maml(support_loss: Loss, query_loss: Loss, *, groups: Group, steps: int = 1,
+         lr: Optional[float] = None, optimizer: Optional[optax.GradientTransformation] = None,
+         mode: str = 'exact', **options: Any) -> MetaSpec:
+  """MAML (Finn et al. 2017): `steps` inner steps of SGD(lr) (or an optax optimiser) on the
+  support loss, differentiated through (second order)."""
+  stage = Stage(groups, support_loss, steps=steps, **_rule(lr, optimizer))
+  return MetaSpec((stage,), query_loss, mode=mode, **options)
+
+
+def fomaml(support_loss: Loss, query_loss: Loss, **kwargs: Any) -> MetaSpec:
+  """First-order MAML: MAML with the inner updates held constant."""
+  return maml(support_loss, query_loss, **dict(kwargs, mode=kwargs.get('mode', 'first_order')))
+
+
+def reptile(support_loss: Loss, query_loss: Loss, **kwargs: Any) -> MetaSpec:
+  """Reptile (Nichol et al. 2018): the direction params - adapted params (give it to plain
+  SGD: the outer rate is Reptile's epsilon); the query loss is only reported."""
+  return maml(support_loss, query_loss, **dict(kwargs, mode=kwargs.get('mode', 'reptile')))
+
+
+def anil(support_loss: Loss, query_loss: Loss, *, head: Group = 'head', steps: int = 1,
+         lr: float = 0.1, mode: str = 'exact', **options: Any) -> MetaSpec:
+  """ANIL (Raghu et al. 2020): only `head` adapts; the rest (the body) is meta-trained
+  through the head's adaptation."""
+  return maml(support_loss, query_loss, groups=head, steps=steps, lr=lr, mode=mode, **options)
+
+
+def meta_sgd(support_loss: Loss, query_loss: Loss, *, groups: Group, rates: str = 'lr',
+             steps: int = 1, mode: str = 'exact', **options: Any) -> MetaSpec:
+  """Meta-SGD (Li et al. 2017): learned per-entry rates in params[rates] (start them with
+  `meta_sgd_rates`), meta-trained by the outer optimiser like any group."""
+  stage = Stage(groups, support_loss, steps=steps, learned_lr=rates)
+  return MetaSpec((stage,), query_loss, mode=mode, **options)
+
+
+def maml_plus_plus(support_loss: Loss, query_loss: Loss, *, groups: Group, steps: int,
+                   rates: str = 'lslr', multi_step_anneal: int = 100,
+                   first_order_until: int = 0, mode: str = 'exact',
+                   **options: Any) -> MetaSpec:
+  """MAML++ (Antoniou et al. 2019): per-layer per-step learned rates (params[rates], start
+  them with `lslr_rates`), the multi-step loss annealed over `multi_step_anneal` outer steps,
+  and first order for outer steps < first_order_until (one compilation)."""
+  stage = Stage(groups, support_loss, steps=steps, learned_lr=rates, per_step_lr=True)
+  return MetaSpec((stage,), query_loss, mode=mode, multi_step=True,
+                  multi_step_anneal=multi_step_anneal, first_order_until=first_order_until,
+                  **options)
+
+
+def imaml(support_loss: Loss, query_loss: Loss, *, groups: Group, steps: int,
+          lr: Optional[float] = None, optimizer: Optional[optax.GradientTransformation] = None,
+          lam: float = 1.0, cg_steps: int = 10, **options: Any) -> MetaSpec:
+  """iMAML (Rajeswaran et al. 2019): the proximal inner problem support + lam/2 ||phi -
+  params||^2 solved first order, the implicit meta-gradient by `cg_steps` conjugate-gradient
+  iterations; memory flat in `steps`."""
+  stage = Stage(groups, support_loss, steps=steps, **_rule(lr, optimizer))
+  return MetaSpec((stage,), query_loss, mode='implicit', implicit_lam=lam, cg_steps=cg_steps,
+                  **options)
+
+
+def mmtl(inner_loss: Callable, transfer_loss: Callable, *, alpha: float, beta: float,
+         inner_steps: int = 1, mode: str = 'first_order', outer_loss: Optional[Callable] = None,
+         log_inner_after: bool = False, **options: Any) -> MetaSpec:
+  """MMTL (Cai et al. 2020, eqs. 4-7) over params {'theta', 'phi'}.
+
+  Stage 'inner' adapts theta by SGD(alpha) on inner_loss(theta, batch, rng) (eq. 4; the MEAN
+  of the k auxiliary losses, so alpha * grad is the paper's (alpha/k) sum_j), then stage
+  'transfer' adapts phi by SGD(beta) on transfer_loss(theta', phi, batch, rng) (eq. 5),
+  `inner_steps` steps each; the outer loss is outer_loss (default transfer_loss) at
+  (theta', phi'). phi may be {} (plain MAML: eq. 5 is skipped). Metrics: inner_loss_before,
+  inner_loss_after (log_inner_after), transfer_loss_before, outer_loss.
+  """
+  outer_loss = outer_loss or transfer_loss
+  stages = (Stage('theta', lambda p, b, r: inner_loss(p['theta'], b, r), steps=inner_steps,
+                  lr=alpha, name='inner', log_after=log_inner_after),
+            Stage('phi', lambda p, b, r: transfer_loss(p['theta'], p['phi'], b, r),
+                  steps=inner_steps, lr=beta, name='transfer'))
+  return MetaSpec(stages, lambda p, b, r: outer_loss(p['theta'], p['phi'], b, r), mode=mode,
+                  **options)
+
+
+def mmtl_optimizer(gamma: float = 1e-3, gamma_phi: Optional[float] = None
+                   ) -> optax.GradientTransformation:
+  """MMTL's outer optimiser (eqs. 6-7): Adam(gamma) on theta, Adam(gamma_phi, default gamma)
+  on phi."""
+  gamma_phi = gamma if gamma_phi is None else gamma_phi
+  return group_optimizer({'theta': optax.adam(gamma), 'phi': optax.adam(gamma_phi)})
+
+
+__all__ = ['anil', 'fomaml', 'imaml', 'maml', 'maml_plus_plus', 'meta_sgd', 'mmtl',
+           'mmtl_optimizer', 'reptile']
