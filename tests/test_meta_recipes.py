@@ -1,10 +1,12 @@
-"""Every recipe of docs/META_API.md runs as written: the setup block, then each recipe in a
-fresh copy of its namespace; each must train (finite outer loss, params moved)."""
+"""Every recipe of docs/META_API.md runs as written (the setup block, then each recipe in a
+fresh copy of its namespace) and shows that it learns: on held-out tasks, inner adaptation
+lowers the query loss at the meta-trained params, and the meta-trained params beat the
+untrained ones after the same adaptation. A recipe whose settings diverge (ANIL's head rate
+of 0.1 took the query loss from 4.5 to 27) or whose meta-gradient is wrong fails here."""
 
 import pathlib
 import re
 
-import jax
 import numpy as np
 import pytest
 
@@ -28,8 +30,7 @@ def recipe_blocks():
 @pytest.fixture(name='setup', scope='module')
 def fixture_setup():
   scope = {}
-  code = compile(recipe_blocks()['Setup'], 'META_API.md:Setup', 'exec')
-  exec(code, scope)  # pylint: disable=exec-used
+  exec(compile(recipe_blocks()['Setup'], 'META_API.md:Setup', 'exec'), scope)  # pylint: disable=exec-used
   return scope
 
 
@@ -37,20 +38,24 @@ def test_the_doc_has_every_recipe():
   assert set(recipe_blocks()) == {'Setup', *RECIPES}
 
 
+def test_every_recipe_builds_a_spec(setup):
+  """Fast tier: each block up to its training call builds a valid MetaSpec."""
+  for name in RECIPES:
+    scope = dict(setup)
+    code = recipe_blocks()[name].split('trained, metrics = train(')[0]
+    exec(compile(code, f'META_API.md:{name}', 'exec'), scope)  # pylint: disable=exec-used
+    assert isinstance(scope['spec'], scope['meta'].MetaSpec), name
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize('name', RECIPES)
-def test_recipe_runs_and_trains(setup, name):
+def test_recipe_learns(setup, name):
   scope = dict(setup)
-  code = compile(recipe_blocks()[name], f'META_API.md:{name}', 'exec')
-  exec(code, scope)  # pylint: disable=exec-used
-  assert np.isfinite(float(scope['metrics']['outer_loss']))
-  assert np.isfinite(float(scope['metrics']['grad_norm'])) and scope['metrics']['grad_norm'] > 0
-  if name == 'MMTL':
-    before = {'theta': dict(setup['params']['body']), 'phi': setup['params']['head']}
-    after = {'theta': {k: v for k, v in scope['mmtl_params']['theta'].items() if k != 'aux'},
-             'phi': scope['mmtl_params']['phi']}
-    assert isinstance(scope['spec'], scope['meta'].MetaSpec)
-  else:
-    before, after = setup['params'], {g: scope['new_params'][g] for g in ('body', 'head')}
-  moved = max(float(np.abs(a - b).max())
-              for a, b in zip(jax.tree.leaves(after), jax.tree.leaves(before)))
-  assert moved > 1e-5, moved
+  exec(compile(recipe_blocks()[name], f'META_API.md:{name}', 'exec'), scope)  # pylint: disable=exec-used
+  metrics = scope['metrics']
+  assert np.isfinite(float(metrics['outer_loss']))
+  assert np.isfinite(float(metrics['grad_norm'])) and float(metrics['grad_norm']) > 0
+  before, after, untrained = scope['result']
+  assert after < before, f'{name}: adaptation raised the query loss ({before} -> {after})'
+  assert after < untrained, (f'{name}: meta-training did not help ({after} after adaptation '
+                             f'vs {untrained} from the untrained params)')
