@@ -4,7 +4,7 @@ recognition, in JAX/Flax.
 Subpackages:
   data:    corpora (IEMOCAP layout, CSV manifests, synthetic), features, folds, task batches.
   models:  Flax modules of Table 1 (meta learner, transfer learner).
-  meta:    the reusable, SER-independent meta-update (exact / first-order MAML, Reptile).
+  meta:    the reusable, SER-independent meta-learning library (recipes over one engine).
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -46,6 +46,11 @@ _STATE = 'state'
 _EXTRA = 'extra'
 _BUNDLE_FORMAT = 'mmtl_jax.inference_bundle'
 _BUNDLE_VERSION = 1
+# The layout of what a training checkpoint holds. 2 (mmtl_jax 0.2.0): MMTL's optimiser state
+# is `meta.MetaState(opt, step, model)`; 1 (mmtl_jax 0.1.0 and before): a bare optax state.
+CHECKPOINT_FORMAT = 2
+_FORMAT_KEY = 'checkpoint_format'  # in `extra`; absent = format 1
+_LAST_VERSION_OF_FORMAT = {1: '0.1.0'}
 _SHOWN = 12  # mismatching leaves listed in an error
 
 
@@ -73,6 +78,22 @@ def _host_copy(leaf: Any) -> Any:
 
 class CheckpointMismatchError(ValueError):
   """A checkpoint's tree structure or shapes differ from the target's."""
+
+
+class CheckpointFormatError(CheckpointMismatchError):
+  """A checkpoint written in another checkpoint format (by another mmtl_jax version)."""
+
+
+def _check_format(where: str, extra: dict[str, Any]) -> None:
+  found = extra.pop(_FORMAT_KEY, 1)
+  if found == CHECKPOINT_FORMAT:
+    return
+  from mmtl_jax import __version__  # pylint: disable=g-import-not-at-top
+  other = _LAST_VERSION_OF_FORMAT.get(found, 'another version')
+  raise CheckpointFormatError(
+      f'{where} was written by checkpoint format {found} (mmtl_jax {other}); mmtl_jax '
+      f'{__version__} reads format {CHECKPOINT_FORMAT}: retrain (a new --workdir, or '
+      f'--config.train.on_changed_config=restart), or finish that run with mmtl_jax {other}.')
 
 
 class CheckpointDamagedError(RuntimeError):
@@ -213,7 +234,7 @@ class Checkpointer:
     extra = {} if extra is None else extra
     if not isinstance(extra, Mapping):
       raise TypeError(f'extra must be a dict, got {type(extra).__name__}.')
-    extra = files.to_jsonable(dict(extra), strict=True)
+    extra = files.to_jsonable(dict(extra, **{_FORMAT_KEY: CHECKPOINT_FORMAT}), strict=True)
     json.dumps(extra, allow_nan=False)  # fail here, not in the background thread
     latest = self.latest_step()
     # orbax raises StepAlreadyExistsError for an existing step even with force=True; a
@@ -255,7 +276,8 @@ class Checkpointer:
     Raises:
       FileNotFoundError: an explicit `step` that has no complete checkpoint.
       CheckpointMismatchError (a ValueError): `target`'s tree structure or shapes differ
-        from the checkpoint's.
+        from the checkpoint's; CheckpointFormatError (one of them) when the step was written
+        in another checkpoint format (`CHECKPOINT_FORMAT`), checked before anything else.
       CheckpointDamagedError: the explicit `step`, or every kept step, cannot be read.
     """
     if step is not None:
@@ -285,6 +307,7 @@ class Checkpointer:
     extra = _damage_guard(where, lambda: self._manager.restore(
         step, args=ocp.args.Composite(**{_EXTRA: ocp.args.JsonRestore()}))[_EXTRA])
     extra = dict(extra or {})
+    _check_format(where, extra)
     if check_extra is not None:
       check_extra(extra)
     abstract = None

@@ -20,6 +20,7 @@ import os
 from typing import Any, Mapping
 
 from mmtl_jax import __version__
+from mmtl_jax.run import checkpoint as ckpt_lib
 from mmtl_jax.run import files
 
 FILENAME = 'fingerprint.json'
@@ -116,6 +117,10 @@ def mismatch_message(stale: Mapping[str, list[str]], workdir: str) -> str:
   for fold_dir, diffs in stale.items():
     lines.append(f'  {os.path.relpath(fold_dir, workdir)}:')
     lines += [f'    {d}' for d in diffs]
+  if any(d.startswith('mmtl_jax_version:') for diffs in stale.values() for d in diffs):
+    lines.append('Folds of another mmtl_jax version cannot be resumed: their checkpoints may '
+                 f'be of another checkpoint format (this version writes format '
+                 f'{ckpt_lib.CHECKPOINT_FORMAT}; mmtl_jax 0.1.0 wrote format 1).')
   lines.append('To go on: use a new --workdir, or pass --config.train.on_changed_config=restart '
                'to move these folds aside (to <fold>.stale-<n>) and train them again.')
   return '\n'.join(lines)
