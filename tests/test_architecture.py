@@ -1,6 +1,7 @@
 """The package layout of docs/ARCHITECTURE.md, checked from the source: the imports of every
 module (also those inside functions) form no cycle, each layer imports only the layers below
-it, and functions stay short enough to read."""
+it, functions stay short enough to read, meta/ has one step builder, and no module imports
+a private name (a `_module` or a `_name`) of another package at module level."""
 
 import ast
 import pathlib
@@ -20,7 +21,7 @@ ALLOWED = {
     'data': {'types', 'registry'},
     'run': {'types', 'registry'},
     'ser': {'types', 'registry', 'meta', 'models', 'data', 'run'},
-    'configs': {'meta'},
+    'configs': set(),
     'tools': {'types', 'registry', 'meta', 'models', 'data', 'run', 'ser', 'configs'},
     'examples': {'types', 'registry', 'meta', 'models', 'run'},
     'fewshot': {'types', 'registry', 'meta', 'models', 'run'},
@@ -141,3 +142,62 @@ def test_functions_are_short(part):
         if n > MAX_CODE_LINES:
           long.append(f'{path.relative_to(SRC)}:{node.lineno} {node.name}: {n} code lines')
   assert not long, '\n'.join(long)
+
+
+def private_imports(path: pathlib.Path, own_package: str) -> list:
+  """Module-level `from mmtl_jax.X import Y` of a private module or name (a path component
+  or Y starting with '_') whose package is not `own_package` or inside it."""
+  bad = []
+  for node in ast.parse(path.read_text(encoding='utf-8')).body:
+    if not (isinstance(node, ast.ImportFrom) and node.module and node.level == 0):
+      continue
+    parts = node.module.split('.')
+    if parts[0] != PACKAGE:
+      continue
+    for alias in node.names:
+      full = parts + alias.name.split('.')
+      first_private = next((i for i, p in enumerate(full) if p.startswith('_')
+                            and not p.startswith('__')), None)
+      if first_private is None:
+        continue
+      owner = full[:first_private]  # the package that holds the private item
+      if not SRC.joinpath(*owner).is_dir():
+        owner = owner[:-1]
+      owner = '.'.join(owner)
+      if own_package != owner and not own_package.startswith(owner + '.'):
+        bad.append(f'{path.name}:{node.lineno} imports {node.module}.{alias.name}')
+  return bad
+
+
+def test_private_import_detector_can_fail(tmp_path):
+  bad = tmp_path / 'bad.py'
+  bad.write_text('from mmtl_jax.meta._tasks import pad_tasks\n'
+                 'from mmtl_jax.meta.gradient import _mode_fn\n'
+                 'from mmtl_jax.meta import make_step\n'
+                 'def f():\n  from mmtl_jax.meta._tasks import pad_tasks\n')
+  assert len(private_imports(bad, 'mmtl_jax.ser')) == 2
+  assert not private_imports(bad, 'mmtl_jax.meta')
+
+
+def test_no_private_import_from_another_package():
+  roots = [(p, module_name(p).rsplit('.', 1)[0] if p.name != '__init__.py' else module_name(p))
+           for p in (SRC / PACKAGE).rglob('*.py')]
+  experiments = SRC.parent / 'experiments'
+  roots += [(p, 'experiments') for p in experiments.glob('*.py')]
+  bad = [line for path, package in roots for line in private_imports(path, package)]
+  assert not bad, '\n'.join(bad)
+
+
+def step_builders() -> list:
+  """'module.function' of every function in meta/ that builds a meta-step."""
+  found = []
+  for path in (SRC / PACKAGE / 'meta').rglob('*.py'):
+    for node in ast.walk(ast.parse(path.read_text(encoding='utf-8'))):
+      if isinstance(node, ast.FunctionDef) and node.name.startswith('make_') \
+          and 'step' in node.name:
+        found.append(f'{module_name(path)}.{node.name}')
+  return found
+
+
+def test_meta_has_one_step_builder():
+  assert step_builders() == ['mmtl_jax.meta.step.make_step']
