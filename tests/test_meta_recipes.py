@@ -59,3 +59,14 @@ def test_recipe_learns(setup, name):
   assert after < before, f'{name}: adaptation raised the query loss ({before} -> {after})'
   assert after < untrained, (f'{name}: meta-training did not help ({after} after adaptation '
                              f'vs {untrained} from the untrained params)')
+
+
+def test_readme_example_runs():
+  """The README's meta-update example runs as written and takes meta-steps."""
+  readme = DOC.parents[1] / 'README.md'
+  section = readme.read_text(encoding='utf-8').split('## The meta-update in your own research')[1]
+  code = re.search(r'```python\n(.*?)```', section, re.S).group(1)
+  scope = {}
+  exec(compile(code, 'README.md:meta', 'exec'), scope)  # pylint: disable=exec-used
+  assert int(scope['state'].step) == 3
+  assert np.isfinite(float(scope['metrics']['outer_loss']))
