@@ -27,11 +27,7 @@ def scale_down(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.model.fc_hidden = 32
   # Not 'reptile': with one inner step, Reptile's theta direction ignores the emotion loss.
   c.meta.mode = 'first_order'
-  # Learning rates chosen on DEV speakers only (experiments/sweep.py over {0.001, 0.003, 0.01},
-  # 5 folds, seed 0; mean dev UA in %): MMTL gamma 0.003 (44.86 / 50.82 / 47.77), CNN-LSTM
-  # 0.001 (46.62 / 44.26 / 33.89), CNN-LSTM+MTL 0.003 (48.53 / 56.52 / 46.51). The mode stays
-  # first_order: the cheapest non-degenerate one (exact costs ~2.3x per step), not chosen on
-  # any score.
+  # Learning rates chosen on dev speakers only (docs/SETTINGS.md has the sweep's figures).
   c.meta.gamma = 0.003
   c.train.baseline_lr.cnn_lstm = 0.001
   c.train.baseline_lr.cnn_lstm_mtl = 0.003

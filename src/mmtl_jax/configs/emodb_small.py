@@ -13,10 +13,7 @@ from mmtl_jax.configs import emodb
 
 def get_config() -> ml_collections.ConfigDict:
   c = demo.scale_down(emodb.get_config())
-  # Chosen on DEV speakers only (experiments/sweep.py over {0.001, 0.003, 0.01}, folds 0-2,
-  # seed 0; mean dev UA in %): MMTL gamma 0.003 (74.81 / 83.14 / 74.98, the demo's too),
-  # CNN-LSTM 0.01 (80.00 / 79.66 / 82.88), CNN-LSTM+MTL 0.01 (81.49 / 77.67 / 87.62). Both
-  # baselines chose the grid's largest rate: a larger one might do better still.
+  # Chosen on dev speakers only (docs/SETTINGS.md has the sweep's figures).
   c.meta.gamma = 0.003
   c.train.baseline_lr.cnn_lstm = 0.01
   c.train.baseline_lr.cnn_lstm_mtl = 0.01
