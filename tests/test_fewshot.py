@@ -12,7 +12,7 @@ import pytest
 
 from mmtl_jax import meta
 from mmtl_jax.configs import fewshot as fewshot_config
-from mmtl_jax.fewshot import episodes, experiment, glyphs, loop, methods, report
+from mmtl_jax.fewshot import episodes, experiment, glyphs, loop, report, systems
 from mmtl_jax.models.conv4 import Conv4
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -125,16 +125,16 @@ def _tiny_config():
   return c
 
 
-@pytest.mark.parametrize('name', fewshot_config.METHODS)
+@pytest.mark.parametrize('name', fewshot_config.SYSTEMS)
 def test_each_method_takes_outer_steps(name):
   c = _tiny_config()
   alphabet = glyphs.render_alphabet(12, samples=4, size=16)
   splits = episodes.split_classes(12, (0.5, 0.25, 0.25))
   model = Conv4(way=3, channels=4)
-  net, stats = methods.init_network(model, jax.random.PRNGKey(0), (16, 16, 1))
-  losses = methods.make_losses(model, stats)
-  method = methods.build(name, c.method[name], losses, c.train.iterations)
-  params = methods.method_params(method, net, c.method[name])
+  net, stats = systems.init_network(model, jax.random.PRNGKey(0), (16, 16, 1))
+  losses = systems.make_losses(model, stats)
+  method = systems.build(name, c.method[name], losses, c.train.iterations)
+  params = systems.method_params(method, net, c.method[name])
   before = jax.tree.map(np.asarray, params)
   trained, info = loop.train(method, params, alphabet, splits['train'], way=3, shot=1, config=c)
   assert np.isfinite(info['final_outer_loss']) and info['s_per_iter'] > 0
@@ -213,14 +213,14 @@ def test_diagnostics_hook_writes_the_curve(tmp_path):
   alphabet = glyphs.render_alphabet(12, samples=4, size=16)
   classes = episodes.split_classes(12, (0.5, 0.25, 0.25))['train']
   model = Conv4(way=3, channels=4)
-  net, stats = methods.init_network(model, jax.random.PRNGKey(0), (16, 16, 1))
-  losses = methods.make_losses(model, stats)
-  method = methods.build('fomaml', c.method.fomaml, losses, 3)
+  net, stats = systems.init_network(model, jax.random.PRNGKey(0), (16, 16, 1))
+  losses = systems.make_losses(model, stats)
+  method = systems.build('fomaml', c.method.fomaml, losses, 3)
   hook, finish = diagnostics.hook_factory(c, str(tmp_path))('fomaml', 3, 1, method, losses)
   batch = episodes.sample_tasks(alphabet, classes, episodes.episode_rng(0, 'train', 0), tasks=2,
                                 way=3, shot=1, query=2)
   for it in range(3):  # as loop.train calls it before each outer step
-    hook(it, methods.method_params(method, net, c.method.fomaml), batch, jax.random.PRNGKey(it))
+    hook(it, systems.method_params(method, net, c.method.fomaml), batch, jax.random.PRNGKey(it))
   summary = finish()
   data = json.loads(pathlib.Path(summary['json']).read_text())
   assert [p['step'] for p in data['points']] == [0, 2]

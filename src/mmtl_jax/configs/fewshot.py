@@ -13,7 +13,7 @@ classes with rotations) are rendered in every variant.
 
 import ml_collections
 
-METHODS = ('maml', 'fomaml', 'reptile', 'imaml', 'meta_sgd', 'anil')
+SYSTEMS = ('maml', 'fomaml', 'reptile', 'imaml', 'meta_sgd', 'anil')
 
 
 def _method(**kwargs) -> ml_collections.ConfigDict:
@@ -38,7 +38,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict()
   c.model.channels = 16  # Finn et al.: 64
 
-  c.methods = METHODS
+  c.methods = SYSTEMS
   c.ways = (5, 5, 20)  # paired with shots: 5-way 1-shot, 5-way 5-shot, 20-way 1-shot
   c.shots = (1, 5, 1)
 
@@ -49,7 +49,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.train.query = 5  # query images per class in training episodes
   c.train.log_every = 20
 
-  # One block per method (methods.py says what each field means for it). lr: inner rate;
+  # One block per method (systems.py says what each field means for it). lr: inner rate;
   # steps / eval_steps: inner steps in training / at test; outer_lr: Adam (Reptile: the
   # outer SGD step size, annealed linearly to 0).
   c.method = ml_collections.ConfigDict()
@@ -94,5 +94,5 @@ def paper(c: ml_collections.ConfigDict) -> None:
   c.train.meta_batch_by_way = ((20, 16),)
   c.eval.episodes = 600
   c.method.reptile.steps = 5
-  for name in METHODS:
+  for name in SYSTEMS:
     c.method[name].strategy = 'vmap'

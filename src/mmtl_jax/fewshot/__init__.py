@@ -3,7 +3,7 @@ for the meta-learning library (`mmtl_jax.meta`), Omniglot-style.
 
   glyphs.py      random stroke characters rendered with numpy; rotations as new classes
   episodes.py    character-level train/val/test split; N-way K-shot task batches
-  methods.py     maml, fomaml, reptile, imaml, meta_sgd, anil as `meta.MetaSpec`s (METHODS)
+  systems.py     maml, fomaml, reptile, imaml, meta_sgd, anil as `meta.MetaSpec`s (SYSTEMS)
   loop.py        meta-training (s/iteration) and evaluation (accuracy, 95% CI)
   measure.py     peak RSS of a block of work
   experiment.py  every method x setting -> records

@@ -22,7 +22,7 @@ from typing import Any, Callable, Dict, List, Tuple
 import jax
 
 from mmtl_jax import meta
-from mmtl_jax.fewshot.methods import NET, Losses
+from mmtl_jax.fewshot.systems import NET, Losses
 from mmtl_jax.run.files import atomic_write_json, to_jsonable
 
 MODES = ('first_order', 'reptile', 'implicit')  # the default of config.diagnostics_modes

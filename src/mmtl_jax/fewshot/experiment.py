@@ -13,7 +13,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import jax
 import numpy as np
 
-from mmtl_jax.fewshot import episodes, glyphs, loop, methods
+from mmtl_jax.fewshot import episodes, glyphs, loop, systems
 from mmtl_jax.fewshot.measure import PeakRSS
 from mmtl_jax.models.conv4 import Conv4
 
@@ -52,7 +52,7 @@ def meta_batch_of(config: Any, way: int) -> int:
 def check_methods(names: Sequence[str]) -> List[str]:
   """The names, each a registered method (ValueError listing the known ones otherwise)."""
   for name in names:
-    methods.METHODS.get(name)
+    systems.SYSTEMS.get(name)
   return list(names)
 
 
@@ -73,10 +73,10 @@ def run_one(name: str, way: int, shot: int, config: Any, alphabet: np.ndarray,
   key = jax.random.fold_in(jax.random.PRNGKey(int(config.seed)), way * 1000 + shot)
   cfg = config.method[name]
   with PeakRSS() as peak:
-    net, batch_stats = methods.init_network(model, key, image_shape)
-    losses = methods.make_losses(model, batch_stats)
-    method = methods.build(name, cfg, losses, int(config.train.iterations))
-    params = methods.method_params(method, net, cfg)
+    net, batch_stats = systems.init_network(model, key, image_shape)
+    losses = systems.make_losses(model, batch_stats)
+    method = systems.build(name, cfg, losses, int(config.train.iterations))
+    params = systems.method_params(method, net, cfg)
     hook, finish = make_hook(name, way, shot, method, losses) if make_hook else (None, None)
     params, info = loop.train(method, params, alphabet, splits['train'], way=way, shot=shot,
                               config=config, progress=progress, on_step=hook,

@@ -16,14 +16,14 @@ import numpy as np
 
 from mmtl_jax import meta
 from mmtl_jax.fewshot import episodes
-from mmtl_jax.fewshot.methods import Losses, Method
+from mmtl_jax.fewshot.systems import Losses, System
 from mmtl_jax.types import Params
 
 # on_step(it, params, task_batch, rng): called before outer step `it` (diagnostics).
 StepHook = Callable[[int, Params, Dict[str, np.ndarray], jax.Array], None]
 
 
-def train(method: Method, params: Params, alphabet: np.ndarray, classes: np.ndarray, *,
+def train(method: System, params: Params, alphabet: np.ndarray, classes: np.ndarray, *,
           way: int, shot: int, config: Any, progress: Optional[Any] = None,
           on_step: Optional[StepHook] = None, meta_batch: Optional[int] = None
           ) -> Tuple[Params, Dict[str, float]]:
@@ -67,7 +67,7 @@ def train(method: Method, params: Params, alphabet: np.ndarray, classes: np.ndar
                   'train_s': float(np.sum(times)), 'final_outer_loss': loss}
 
 
-def make_scorer(method: Method, losses: Losses) -> Callable[..., jax.Array]:
+def make_scorer(method: System, losses: Losses) -> Callable[..., jax.Array]:
   """jitted score(params, episodes, rng) -> query accuracy [E] of E episodes (leading axis),
   each adapted on its support set with method.eval_stages; episode e uses fold_in(rng, e)."""
 
@@ -86,7 +86,7 @@ def make_scorer(method: Method, losses: Losses) -> Callable[..., jax.Array]:
   return score
 
 
-def evaluate(method: Method, losses: Losses, params: Params, alphabet: np.ndarray,
+def evaluate(method: System, losses: Losses, params: Params, alphabet: np.ndarray,
              classes: np.ndarray, *, way: int, shot: int, eval_config: Any
              ) -> Dict[str, Any]:
   """Accuracy over eval_config.episodes test episodes (same episodes for every method).

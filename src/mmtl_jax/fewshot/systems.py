@@ -1,4 +1,6 @@
-"""The six meta-learners as stage specs of the meta library (`mmtl_jax.meta`).
+"""The six meta-learners compared on glyphs, as stage specs of the meta library
+(`mmtl_jax.meta`). Like the SER layer's `mmtl_jax.ser.systems`, they are "systems": named,
+registered learners that one experiment trains and evaluates side by side.
 
 Params are named groups {'body': conv0..conv3 and bn0..bn3, 'head': the Dense layer} (plus
 'lr' for Meta-SGD's learned rates), so that ANIL can adapt the head alone:
@@ -16,8 +18,9 @@ Params are named groups {'body': conv0..conv3 and bn0..bn3, 'head': the Dense la
 Inner loops are unrolled one-step stages (see `unrolled`), except iMAML's training stage.
 BatchNorm is transductive, as in Finn et al.'s code: every forward pass (inner steps, outer
 loss, evaluation) normalises with the statistics of the images it is given and running
-averages are never used, so the losses take no model state. `METHODS` maps a name to a
-builder `(method_config, losses, iterations) -> Method`; register one to add a method.
+averages are never used, so the losses take no model state. `SYSTEMS` maps a name to a
+builder `(method_config, losses, iterations) -> System`; register one to add a system
+(listed in config.methods).
 """
 
 import dataclasses
@@ -51,7 +54,7 @@ class Losses:
 
 
 @dataclasses.dataclass(frozen=True)
-class Method:
+class System:
   """A meta-learner: its meta-update, outer optimiser and test-time adaptation.
 
   spec: the `meta.MetaSpec` of one meta-iteration.
@@ -67,7 +70,7 @@ class Method:
   learned_lr: bool = False
 
 
-METHODS: Registry[Callable[..., Method]] = Registry('few-shot method', 'config.methods')
+SYSTEMS: Registry[Callable[..., System]] = Registry('few-shot system', 'config.methods')
 
 
 def to_groups(variables_params: Dict[str, Any]) -> Params:
@@ -117,23 +120,23 @@ def _adam(cfg: Any) -> optax.GradientTransformation:
   return optax.adam(float(cfg.outer_lr))
 
 
-@METHODS.register('maml')
-def maml(cfg: Any, losses: Losses, iterations: int, mode: str = 'exact') -> Method:
+@SYSTEMS.register('maml')
+def maml(cfg: Any, losses: Losses, iterations: int, mode: str = 'exact') -> System:
   stages = lambda steps: unrolled(NET, losses.support, steps, lr=float(cfg.lr))
   spec = meta.MetaSpec(stages=stages(int(cfg.steps)), outer_loss=losses.query, mode=mode,
                        strategy=str(cfg.strategy))
   opt = meta.group_optimizer({'body': _adam(cfg), 'head': _adam(cfg)})
-  return Method('maml' if mode == 'exact' else 'fomaml', spec, opt,
+  return System('maml' if mode == 'exact' else 'fomaml', spec, opt,
                 _fixed(stages(int(cfg.eval_steps))))
 
 
-@METHODS.register('fomaml')
-def fomaml(cfg: Any, losses: Losses, iterations: int) -> Method:
+@SYSTEMS.register('fomaml')
+def fomaml(cfg: Any, losses: Losses, iterations: int) -> System:
   return maml(cfg, losses, iterations, mode='first_order')
 
 
-@METHODS.register('reptile')
-def reptile(cfg: Any, losses: Losses, iterations: int) -> Method:
+@SYSTEMS.register('reptile')
+def reptile(cfg: Any, losses: Losses, iterations: int) -> System:
   """Nichol et al.'s Reptile with plain SGD inner steps on all of the task's images (their
   Omniglot runs used Adam; an optax optimiser's state would need one multi-step, i.e. looped,
   stage); the outer step params += eps * mean(adapted - params), eps annealed linearly from
@@ -142,12 +145,12 @@ def reptile(cfg: Any, losses: Losses, iterations: int) -> Method:
                        outer_loss=losses.query, mode='reptile', strategy=str(cfg.strategy))
   eps = optax.linear_schedule(float(cfg.outer_lr), 0.0, max(int(iterations), 1))
   opt = meta.group_optimizer({'body': optax.sgd(eps), 'head': optax.sgd(eps)})
-  return Method('reptile', spec, opt,
+  return System('reptile', spec, opt,
                 _fixed(unrolled(NET, losses.support, int(cfg.eval_steps), lr=float(cfg.lr))))
 
 
-@METHODS.register('imaml')
-def imaml(cfg: Any, losses: Losses, iterations: int) -> Method:
+@SYSTEMS.register('imaml')
+def imaml(cfg: Any, losses: Losses, iterations: int) -> System:
   """Mode 'implicit' needs exactly one stage, so training loops over its steps (lax.scan);
   test time solves the same proximal problem around the meta-params, unrolled."""
   lam = float(cfg.lam)
@@ -162,11 +165,11 @@ def imaml(cfg: Any, losses: Losses, iterations: int) -> Method:
     center = {g: params[g] for g in NET}
     return tuple(meta.proximal_stage(s, center, lam) for s in test)
 
-  return Method('imaml', spec, opt, eval_stages)
+  return System('imaml', spec, opt, eval_stages)
 
 
-@METHODS.register('meta_sgd')
-def meta_sgd(cfg: Any, losses: Losses, iterations: int) -> Method:
+@SYSTEMS.register('meta_sgd')
+def meta_sgd(cfg: Any, losses: Losses, iterations: int) -> System:
   """Rates (params['lr'], one per entry of body and head, initialised to cfg.lr) are
   meta-trained with Adam at cfg.rate_outer_lr; every inner step uses the same rates."""
   stages = lambda steps: unrolled(NET, losses.support, steps, learned_lr='lr')
@@ -174,16 +177,16 @@ def meta_sgd(cfg: Any, losses: Losses, iterations: int) -> Method:
                        strategy=str(cfg.strategy))
   opt = meta.group_optimizer({'body': _adam(cfg), 'head': _adam(cfg),
                               'lr': optax.adam(float(cfg.rate_outer_lr))})
-  return Method('meta_sgd', spec, opt, _fixed(stages(int(cfg.eval_steps))), learned_lr=True)
+  return System('meta_sgd', spec, opt, _fixed(stages(int(cfg.eval_steps))), learned_lr=True)
 
 
-@METHODS.register('anil')
-def anil(cfg: Any, losses: Losses, iterations: int) -> Method:
+@SYSTEMS.register('anil')
+def anil(cfg: Any, losses: Losses, iterations: int) -> System:
   stages = lambda steps: unrolled('head', losses.support, steps, lr=float(cfg.lr))
   spec = meta.MetaSpec(stages=stages(int(cfg.steps)), outer_loss=losses.query, mode='exact',
                        strategy=str(cfg.strategy))
   opt = meta.group_optimizer({'body': _adam(cfg), 'head': _adam(cfg)})
-  return Method('anil', spec, opt, _fixed(stages(int(cfg.eval_steps))))
+  return System('anil', spec, opt, _fixed(stages(int(cfg.eval_steps))))
 
 
 def init_network(model: Conv4, rng: jax.Array, image_shape: Tuple[int, ...]
@@ -193,7 +196,7 @@ def init_network(model: Conv4, rng: jax.Array, image_shape: Tuple[int, ...]
   return to_groups(variables['params']), variables['batch_stats']
 
 
-def method_params(method: Method, net: Params, cfg: Any) -> Params:
+def method_params(method: System, net: Params, cfg: Any) -> Params:
   """The params `method` trains: the network groups, plus for Meta-SGD an 'lr' group that
   mirrors (body, head) and starts at cfg.lr everywhere."""
   params = dict(net)
@@ -202,10 +205,10 @@ def method_params(method: Method, net: Params, cfg: Any) -> Params:
   return params
 
 
-def build(name: str, cfg: Any, losses: Losses, iterations: int) -> Method:
-  """The method `name` (a METHODS entry) from its config block.
+def build(name: str, cfg: Any, losses: Losses, iterations: int) -> System:
+  """The method `name` (a SYSTEMS entry) from its config block.
 
   Raises:
     ValueError: an unknown name (listing the registered ones).
   """
-  return METHODS.get(name)(cfg, losses, iterations)
+  return SYSTEMS.get(name)(cfg, losses, iterations)
