@@ -10,20 +10,22 @@ import pytest
 SRC = pathlib.Path(__file__).resolve().parents[1] / 'src'
 PACKAGE = 'mmtl_jax'
 
-# What each top-level part of the package may import besides itself. `types` and `registry`
-# import no sibling; `meta` knows nothing of speech.
+# What each top-level part of the package may import besides itself. `records` and
+# `registry` import no sibling; `meta` knows nothing of speech.
 ALLOWED = {
-    'types': set(),
+    'records': set(),
     'registry': set(),
-    'meta': {'types', 'registry'},
-    'models': {'types', 'registry'},
-    'data': {'types', 'registry'},
-    'run': {'types', 'registry'},
-    'ser': {'types', 'registry', 'meta', 'models', 'data', 'run'},
+    # Temporary: types.py re-exports records until meta/ stops importing it.
+    'types': {'records'},
+    'meta': {'records', 'types', 'registry'},
+    'models': {'records', 'registry'},
+    'data': {'records', 'registry'},
+    'run': {'records', 'registry'},
+    'ser': {'records', 'registry', 'meta', 'models', 'data', 'run'},
     'configs': {'meta'},
-    'tools': {'types', 'registry', 'meta', 'models', 'data', 'run', 'ser', 'configs'},
-    'examples': {'types', 'registry', 'meta', 'models', 'run'},
-    'fewshot': {'types', 'registry', 'meta', 'models', 'run'},
+    'tools': {'records', 'registry', 'meta', 'models', 'data', 'run', 'ser', 'configs'},
+    'examples': {'records', 'registry', 'meta', 'models', 'run'},
+    'fewshot': {'records', 'registry', 'meta', 'models', 'run'},
 }
 MAX_CODE_LINES = 45  # per function, without docstring, comments and blank lines
 

@@ -50,7 +50,7 @@ import numpy as np
 import psutil
 import tqdm
 
-from mmtl_jax import types
+from mmtl_jax import records
 from mmtl_jax.data import corpus as corpus_lib
 from mmtl_jax.data import features as features_lib
 
@@ -114,7 +114,7 @@ class FeatureStore:
 
 
 def config_hash(config: ml_collections.ConfigDict,
-                utterances: Sequence[types.Utterance]) -> str:
+                utterances: Sequence[records.Utterance]) -> str:
   """16 hex digits of sha256 over the data/features config and the utterance table."""
   features = config.features.to_dict()
   features.pop('workers', None)  # does not change the result
@@ -224,8 +224,8 @@ def _counts(speakers: Sequence[str], labels: Sequence[str]) -> dict[str, dict[st
   return {s: dict(sorted(c.items())) for s, c in sorted(counts.items())}
 
 
-def _read_all(utterances: Sequence[types.Utterance], fcfg: dict, workers: int, key: str
-              ) -> tuple[list[tuple[types.Utterance, np.ndarray, np.ndarray]], list[dict]]:
+def _read_all(utterances: Sequence[records.Utterance], fcfg: dict, workers: int, key: str
+              ) -> tuple[list[tuple[records.Utterance, np.ndarray, np.ndarray]], list[dict]]:
   """([(utterance, its [S, T, F] segments, their [S] valid frames)] in input order,
   [{path, utt_id, reason}] skipped).
 
@@ -245,7 +245,7 @@ def _read_all(utterances: Sequence[types.Utterance], fcfg: dict, workers: int, k
   return kept, skipped
 
 
-def _utterance_row(u: types.Utterance, n_segments: int) -> dict:
+def _utterance_row(u: records.Utterance, n_segments: int) -> dict:
   """One utterances.json row."""
   return {'utt_id': u.utt_id, 'speaker': u.speaker, 'label': u.label, 'path': u.path,
           'session': u.session, 'dialog': u.dialog, 'aux': list(u.aux),
@@ -253,7 +253,7 @@ def _utterance_row(u: types.Utterance, n_segments: int) -> dict:
 
 
 def _write_segments(directory: str,
-                    kept: Sequence[tuple[types.Utterance, np.ndarray, np.ndarray]],
+                    kept: Sequence[tuple[records.Utterance, np.ndarray, np.ndarray]],
                     shape: tuple[int, ...], dtype: np.dtype, speakers: list[str],
                     classes: tuple[str, ...], num_aux: int) -> None:
   """Writes features.npy [N_seg, T, F], the [N_seg] arrays of _ARRAYS and utterances.json.
@@ -283,7 +283,7 @@ def _write_segments(directory: str,
     json.dump(table, f, indent=0)
 
 
-def _manifest_counts(kept: Sequence[tuple[types.Utterance, np.ndarray, np.ndarray]]) -> dict:
+def _manifest_counts(kept: Sequence[tuple[records.Utterance, np.ndarray, np.ndarray]]) -> dict:
   """{'utterances' | 'segments': {speaker: {label: count}}}."""
   seg_speakers = [u.speaker for u, feats, _ in kept for _ in range(len(feats))]
   seg_labels = [u.label for u, feats, _ in kept for _ in range(len(feats))]
@@ -292,7 +292,7 @@ def _manifest_counts(kept: Sequence[tuple[types.Utterance, np.ndarray, np.ndarra
 
 
 def _write(directory: str, config: ml_collections.ConfigDict, key: str,
-           utterances: Sequence[types.Utterance], problems: list) -> None:
+           utterances: Sequence[records.Utterance], problems: list) -> None:
   """Computes every utterance's segments and writes the store into `directory`."""
   fcfg = config.features.to_dict()
   kept, skipped = _read_all(utterances, fcfg, config.features.workers, key)
@@ -344,7 +344,7 @@ def load_store(directory: str, cache_hit: bool = True) -> FeatureStore:
 
 
 def build_feature_store(config: ml_collections.ConfigDict, workdir: str,
-                        utterances: Optional[Sequence[types.Utterance]] = None
+                        utterances: Optional[Sequence[records.Utterance]] = None
                         ) -> FeatureStore:
   """The store of `config`'s corpus under `workdir`/features/<hash>/, built if absent.
 

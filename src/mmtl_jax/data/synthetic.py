@@ -42,7 +42,7 @@ import soundfile as sf
 
 from mmtl_jax.data import iemocap
 from mmtl_jax.data.iemocap import RELEASE_DIR
-from mmtl_jax.types import Problem, Utterance
+from mmtl_jax.records import Problem, Utterance
 
 SAMPLE_RATE = 16000
 MARKER = 'SYNTHETIC.json'  # written inside IEMOCAP_full_release; marks a complete corpus

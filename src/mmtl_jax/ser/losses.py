@@ -23,7 +23,7 @@ import numpy as np
 from mmtl_jax import meta, models
 from mmtl_jax.meta.inner import InnerLoss, TransferLoss
 from mmtl_jax.meta.step import InitFn, StepFn
-from mmtl_jax.types import Params
+from mmtl_jax.records import Params
 
 Batch = Any
 
