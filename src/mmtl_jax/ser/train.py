@@ -53,8 +53,10 @@ from mmtl_jax.data import sampler as sampler_lib
 from mmtl_jax.data import store as store_lib
 from mmtl_jax.meta import strategy as strategy_lib
 from mmtl_jax.run import checkpoint as ckpt_lib
+from mmtl_jax.run import files
 from mmtl_jax.run import lock as lock_lib
 from mmtl_jax.run import metric_log
+from mmtl_jax.run import provenance as provenance_lib
 from mmtl_jax.ser import config_check
 from mmtl_jax.ser import evaluate as eval_lib
 from mmtl_jax.ser import fingerprint as fingerprint_lib
@@ -384,7 +386,7 @@ def _fold_result(system, evaluator, step_fn, store, fold, config, fold_dir, posi
   result['seconds'] = time.time() - t_fold
   result[fingerprint_lib.RESULT_KEY] = expected
   if is_primary():
-    results_lib.atomic_write_json(result_path, results_lib.to_jsonable(result))
+    files.atomic_write_json(result_path, files.to_jsonable(result))
   return result
 
 
@@ -484,8 +486,9 @@ def _write_tables(workdir: str, config: ml_collections.ConfigDict, classes: List
   returns <workdir>/results.json once written (every process)."""
   runs = results_lib.aggregate_runs(fold_records, classes)
   if is_primary():
-    paths = results_lib.write_results(workdir, config, runs, notes=_NOTES,
-                                      provenance_info=results_lib.provenance(t0, time.time()))
+    paths = results_lib.write_results(
+        workdir, config, runs, notes=_NOTES,
+        provenance_info=provenance_lib.provenance(t0, time.time()))
     with open(paths['markdown'], encoding='utf-8') as f:
       print(f.read(), flush=True)
     print(f'total {time.time() - t0:.1f} s; results: {paths["json"]}', flush=True)
