@@ -19,7 +19,7 @@ ALLOWED = {
     'types': {'records'},
     'meta': {'records', 'types', 'registry'},
     'models': {'records', 'registry'},
-    'data': {'records', 'registry'},
+    'data': {'records', 'registry', 'run'},
     'run': {'records', 'registry'},
     'ser': {'records', 'registry', 'meta', 'models', 'data', 'run'},
     'configs': {'meta'},

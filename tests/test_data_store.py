@@ -16,6 +16,7 @@ import pytest
 from mmtl_jax.configs import base
 from mmtl_jax.data import corpus, folds, sampler, store as store_lib, synthetic
 from mmtl_jax.data import features as features_lib
+from mmtl_jax.run import tmp_dirs
 
 IMPRO = {'neu': 2, 'ang': 1, 'hap': 1, 'sad': 2, 'exc': 1, 'fru': 1, 'xxx': 1}
 SCRIPT = {'neu': 1, 'hap': 1}
@@ -305,10 +306,10 @@ def test_remove_stale_tmp_keeps_live_and_foreign_builds(tmp_path):
   done = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'],
                         capture_output=True, text=True, check=True)
   dead, live = int(done.stdout), os.getppid()  # the parent started before the directory
-  host = store_lib._host()  # pylint: disable=protected-access
+  host = tmp_dirs.host_name()
   names = {'dead': f'.tmp-{"a" * 16}-{host}-{dead}', 'live': f'.tmp-{"b" * 16}-{host}-{live}',
            'foreign': f'.tmp-{"c" * 16}-not{host}-{dead}', 'store': 'c' * 16}
   for name in names.values():
     (tmp_path / name).mkdir()
-  assert store_lib.remove_stale_tmp(str(tmp_path)) == [str(tmp_path / names['dead'])]
+  assert tmp_dirs.remove_stale_tmp(str(tmp_path)) == [str(tmp_path / names['dead'])]
   assert sorted(os.listdir(tmp_path)) == sorted(v for k, v in names.items() if k != 'dead')
