@@ -20,7 +20,7 @@ ALLOWED = {
     'meta': {'records', 'types', 'registry'},
     'models': {'records', 'registry'},
     'data': {'records', 'registry', 'run'},
-    'run': {'records', 'registry'},
+    'run': {'records', 'registry', 'meta'},
     'ser': {'records', 'registry', 'meta', 'models', 'data', 'run'},
     'configs': {'meta'},
     'tools': {'records', 'registry', 'meta', 'models', 'data', 'run', 'ser', 'configs'},
