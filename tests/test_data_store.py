@@ -3,6 +3,7 @@
 import filecmp
 import json
 import os
+import pathlib
 import shutil
 import signal
 import subprocess
@@ -18,6 +19,7 @@ from mmtl_jax.data import corpus, folds, sampler, store as store_lib, synthetic
 from mmtl_jax.data import features as features_lib
 from mmtl_jax.run import tmp_dirs
 
+REPO = pathlib.Path(__file__).resolve().parents[1]
 IMPRO = {'neu': 2, 'ang': 1, 'hap': 1, 'sad': 2, 'exc': 1, 'fru': 1, 'xxx': 1}
 SCRIPT = {'neu': 1, 'hap': 1}
 
@@ -87,6 +89,19 @@ def test_writer_is_deterministic(small_corpus, tmp_path):
         all(same(s) for s in d.subdirs.values())
 
   assert same(cmp)
+
+
+def test_make_synthetic_console_script_is_an_absl_entry_point():
+  """pyproject's `mmtl-make-synthetic` target exists and parses its command line with absl
+  (run in a subprocess: its flags must not enter this process's absl FLAGS)."""
+  tomllib = pytest.importorskip('tomllib')  # Python >= 3.11
+  with open(REPO / 'pyproject.toml', 'rb') as f:
+    target = tomllib.load(f)['project']['scripts']['mmtl-make-synthetic']
+  module, function = target.split(':')
+  # As the console script calls it: no arguments; absl reads sys.argv (here ['-c', '--seed=1']).
+  done = subprocess.run([sys.executable, '-c', f'from {module} import {function}; {function}()',
+                         '--seed=1'], capture_output=True, text=True, timeout=120, check=False)
+  assert done.returncode == 1 and 'exactly one ROOT' in done.stderr, done.stderr
 
 
 def test_default_corpus_has_what_real_data_has(tmp_path):
