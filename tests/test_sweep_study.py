@@ -1,5 +1,5 @@
-"""Dev-only selection (tools/sweep), paired significance (ser/significance) and the multi-arm
-study (tools/study)."""
+"""Dev-only selection (ser/sweep), paired significance (ser/significance) and the multi-arm
+study (ser/study)."""
 
 import json
 import os
@@ -9,9 +9,9 @@ import pytest
 from scipy import stats
 
 from mmtl_jax.ser import significance
+from mmtl_jax.ser import study
+from mmtl_jax.ser import sweep
 from mmtl_jax.ser import train
-from mmtl_jax.tools import study
-from mmtl_jax.tools import sweep
 
 
 def _run(model, uas, protocol='paper', seeds=(0,), dev=None):

@@ -22,7 +22,7 @@ import ml_collections
 from mmtl_jax.run import files
 from mmtl_jax.ser import report
 from mmtl_jax.ser import significance
-from mmtl_jax.tools import sweep
+from mmtl_jax.ser import sweep
 
 
 @dataclasses.dataclass(frozen=True)
