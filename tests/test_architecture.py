@@ -1,9 +1,13 @@
 """The package layout of docs/ARCHITECTURE.md, checked from the source: the imports of every
 module (also those inside functions) form no cycle, each layer imports only the layers below
-it, and functions stay short enough to read."""
+it, functions stay short enough to read, and every third-party package imported is declared
+in pyproject.toml."""
 
 import ast
+import importlib.metadata
 import pathlib
+import re
+import sys
 
 import pytest
 
@@ -143,3 +147,28 @@ def test_functions_are_short(part):
         if n > MAX_CODE_LINES:
           long.append(f'{path.relative_to(SRC)}:{node.lineno} {node.name}: {n} code lines')
   assert not long, '\n'.join(long)
+
+
+def _distribution(name: str) -> str:
+  return re.sub(r'[-_.]+', '-', name).lower()  # PEP 503 normalisation
+
+
+def test_every_package_imported_by_src_is_declared():
+  """pyproject.toml's dependencies name the distribution of every third-party module that src
+  imports directly (not only through another dependency)."""
+  tomllib = pytest.importorskip('tomllib')  # Python >= 3.11
+  with open(SRC.parent / 'pyproject.toml', 'rb') as f:
+    declared = {_distribution(re.split(r'[\[<>=!~; ]', d, 1)[0])
+                for d in tomllib.load(f)['project']['dependencies']}
+  imported = set()
+  for path in (SRC / PACKAGE).rglob('*.py'):
+    for node in ast.walk(ast.parse(path.read_text(encoding='utf-8'))):
+      if isinstance(node, ast.Import):
+        imported |= {a.name.split('.')[0] for a in node.names}
+      elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+        imported.add(node.module.split('.')[0])
+  imported -= set(sys.stdlib_module_names) | {PACKAGE}
+  owners = importlib.metadata.packages_distributions()
+  missing = {m: owners.get(m) for m in imported
+             if not {_distribution(d) for d in owners.get(m, [m])} & declared}
+  assert not missing, f'imported by src/ but not declared in pyproject.toml: {missing}'
