@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from absl import app
 from absl import flags
 
+from mmtl_jax.run import files
 from mmtl_jax.ser import results
 
 _WORKDIRS = flags.DEFINE_list('workdirs', [], 'Workdirs to compare (also accepted as '
@@ -29,7 +30,7 @@ def main(argv: Sequence[str]) -> None:
   table = results.gather(workdirs, skip_missing=_SKIP_MISSING.value)
   print(table, end='')
   if _OUT.value:
-    results.atomic_write_text(_OUT.value, table)
+    files.atomic_write_text(_OUT.value, table)
 
 
 if __name__ == '__main__':

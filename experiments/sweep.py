@@ -20,8 +20,8 @@ from ml_collections import config_flags
 
 from mmtl_jax import configs
 from mmtl_jax.ser import config_check
+from mmtl_jax.ser import sweep
 from mmtl_jax.ser import train
-from mmtl_jax.tools import sweep
 
 _CONFIG = config_flags.DEFINE_config_file('config', configs.config_path('demo'),
                                           'Experiment config file (get_config()).')

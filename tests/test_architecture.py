@@ -1,30 +1,34 @@
 """The package layout of docs/ARCHITECTURE.md, checked from the source: the imports of every
 module (also those inside functions) form no cycle, each layer imports only the layers below
-it, functions stay short enough to read, meta/ has one step builder, and no module imports
-a private name (a `_module` or a `_name`) of another package at module level."""
+it, functions stay short enough to read, meta/ has one step builder, no module imports a
+private name (a `_module` or a `_name`) of another package at module level, and every
+third-party package imported is declared in pyproject.toml."""
 
 import ast
+import importlib.metadata
 import pathlib
+import re
+import sys
 
 import pytest
 
 SRC = pathlib.Path(__file__).resolve().parents[1] / 'src'
 PACKAGE = 'mmtl_jax'
 
-# What each top-level part of the package may import besides itself. `types` and `registry`
-# import no sibling; `meta` knows nothing of speech.
+# What each top-level part of the package may import besides itself. `records` and
+# `registry` import no sibling; `meta` knows nothing of speech.
 ALLOWED = {
-    'types': set(),
+    'records': set(),
     'registry': set(),
-    'meta': {'types', 'registry'},
-    'models': {'types', 'registry'},
-    'data': {'types', 'registry'},
-    'run': {'types', 'registry'},
-    'ser': {'types', 'registry', 'meta', 'models', 'data', 'run'},
+    'meta': {'registry'},
+    'models': {'records', 'registry'},
+    'data': {'records', 'registry', 'run'},
+    'run': {'records', 'registry', 'meta'},
+    'ser': {'records', 'registry', 'meta', 'models', 'data', 'run'},
     'configs': set(),
-    'tools': {'types', 'registry', 'meta', 'models', 'data', 'run', 'ser', 'configs'},
-    'examples': {'types', 'registry', 'meta', 'models', 'run'},
-    'fewshot': {'types', 'registry', 'meta', 'models', 'run'},
+    'tools': {'records', 'registry', 'meta', 'models', 'data', 'run', 'ser', 'configs'},
+    'examples': {'records', 'registry', 'meta', 'models', 'run'},
+    'fewshot': {'records', 'registry', 'meta', 'models', 'run'},
 }
 MAX_CODE_LINES = 45  # per function, without docstring, comments and blank lines
 
@@ -201,3 +205,28 @@ def step_builders() -> list:
 
 def test_meta_has_one_step_builder():
   assert step_builders() == ['mmtl_jax.meta.step.make_step']
+
+
+def _distribution(name: str) -> str:
+  return re.sub(r'[-_.]+', '-', name).lower()  # PEP 503 normalisation
+
+
+def test_every_package_imported_by_src_is_declared():
+  """pyproject.toml's dependencies name the distribution of every third-party module that src
+  imports directly (not only through another dependency)."""
+  tomllib = pytest.importorskip('tomllib')  # Python >= 3.11
+  with open(SRC.parent / 'pyproject.toml', 'rb') as f:
+    declared = {_distribution(re.split(r'[\[<>=!~; ]', d, 1)[0])
+                for d in tomllib.load(f)['project']['dependencies']}
+  imported = set()
+  for path in (SRC / PACKAGE).rglob('*.py'):
+    for node in ast.walk(ast.parse(path.read_text(encoding='utf-8'))):
+      if isinstance(node, ast.Import):
+        imported |= {a.name.split('.')[0] for a in node.names}
+      elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+        imported.add(node.module.split('.')[0])
+  imported -= set(sys.stdlib_module_names) | {PACKAGE}
+  owners = importlib.metadata.packages_distributions()
+  missing = {m: owners.get(m) for m in imported
+             if not {_distribution(d) for d in owners.get(m, [m])} & declared}
+  assert not missing, f'imported by src/ but not declared in pyproject.toml: {missing}'

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from mmtl_jax.models.conv import Conv, conv2d_same
-from mmtl_jax.models.meta_learner import MetaLearner, max_pool_2x2
+from mmtl_jax.models.cnn_bilstm import MetaLearner, max_pool_2x2
 
 
 def _lax_conv(x, w):

@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from mmtl_jax import types
+from mmtl_jax import records
 from mmtl_jax.configs import base
 from mmtl_jax.data import corpus, iemocap
 
@@ -143,5 +143,5 @@ def test_read_corpus_dispatch(corpus_root):
 
 def test_bin_index_edges_go_up():
   edges = (1.0, 2.0, 3.0, 4.0, 6.0)
-  assert [types.bin_index(v, edges, 'x') for v in (1.0, 1.99, 2.0, 3.0, 4.0, 5.0, 5.99)] == \
+  assert [records.bin_index(v, edges, 'x') for v in (1.0, 1.99, 2.0, 3.0, 4.0, 5.0, 5.99)] == \
       [0, 0, 1, 2, 3, 3, 3]

@@ -3,6 +3,7 @@
 import filecmp
 import json
 import os
+import pathlib
 import shutil
 import signal
 import subprocess
@@ -16,7 +17,9 @@ import pytest
 from mmtl_jax.configs import base
 from mmtl_jax.data import corpus, folds, sampler, store as store_lib, synthetic
 from mmtl_jax.data import features as features_lib
+from mmtl_jax.run import tmp_dirs
 
+REPO = pathlib.Path(__file__).resolve().parents[1]
 IMPRO = {'neu': 2, 'ang': 1, 'hap': 1, 'sad': 2, 'exc': 1, 'fru': 1, 'xxx': 1}
 SCRIPT = {'neu': 1, 'hap': 1}
 
@@ -86,6 +89,19 @@ def test_writer_is_deterministic(small_corpus, tmp_path):
         all(same(s) for s in d.subdirs.values())
 
   assert same(cmp)
+
+
+def test_make_synthetic_console_script_is_an_absl_entry_point():
+  """pyproject's `mmtl-make-synthetic` target exists and parses its command line with absl
+  (run in a subprocess: its flags must not enter this process's absl FLAGS)."""
+  tomllib = pytest.importorskip('tomllib')  # Python >= 3.11
+  with open(REPO / 'pyproject.toml', 'rb') as f:
+    target = tomllib.load(f)['project']['scripts']['mmtl-make-synthetic']
+  module, function = target.split(':')
+  # As the console script calls it: no arguments; absl reads sys.argv (here ['-c', '--seed=1']).
+  done = subprocess.run([sys.executable, '-c', f'from {module} import {function}; {function}()',
+                         '--seed=1'], capture_output=True, text=True, timeout=120, check=False)
+  assert done.returncode == 1 and 'exactly one ROOT' in done.stderr, done.stderr
 
 
 def test_default_corpus_has_what_real_data_has(tmp_path):
@@ -305,10 +321,10 @@ def test_remove_stale_tmp_keeps_live_and_foreign_builds(tmp_path):
   done = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'],
                         capture_output=True, text=True, check=True)
   dead, live = int(done.stdout), os.getppid()  # the parent started before the directory
-  host = store_lib._host()  # pylint: disable=protected-access
+  host = tmp_dirs.host_name()
   names = {'dead': f'.tmp-{"a" * 16}-{host}-{dead}', 'live': f'.tmp-{"b" * 16}-{host}-{live}',
            'foreign': f'.tmp-{"c" * 16}-not{host}-{dead}', 'store': 'c' * 16}
   for name in names.values():
     (tmp_path / name).mkdir()
-  assert store_lib.remove_stale_tmp(str(tmp_path)) == [str(tmp_path / names['dead'])]
+  assert tmp_dirs.remove_stale_tmp(str(tmp_path)) == [str(tmp_path / names['dead'])]
   assert sorted(os.listdir(tmp_path)) == sorted(v for k, v in names.items() if k != 'dead')

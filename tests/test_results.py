@@ -9,6 +9,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from mmtl_jax.run import files
 from mmtl_jax.ser import results
 
 CLASSES = ('neu', 'ang', 'hap', 'sad')
@@ -125,19 +126,19 @@ def test_write_results_schema_and_files(tmp_path):
 
 def test_atomic_write_keeps_old_file_on_failure(tmp_path):
   path = tmp_path / 'results.json'
-  results.atomic_write_json(path, {'ok': 1})
+  files.atomic_write_json(path, {'ok': 1})
   with pytest.raises(ValueError):  # NaN is rejected before anything replaces the old file
-    results.atomic_write_json(path, {'bad': float('nan')})
+    files.atomic_write_json(path, {'bad': float('nan')})
   assert json.loads(path.read_text()) == {'ok': 1}
   assert sorted(p.name for p in tmp_path.iterdir()) == ['results.json']
 
 
 def test_to_jsonable():
-  out = results.to_jsonable({'a': (1, np.int32(2)), 'b': np.array([[0.5]]),
+  out = files.to_jsonable({'a': (1, np.int32(2)), 'b': np.array([[0.5]]),
                              'c': float('nan'), 1: np.bool_(True)})
   assert out == {'a': [1, 2], 'b': [[0.5]], 'c': None, '1': True}
   with pytest.raises(TypeError):
-    results.to_jsonable({'f': object()}, strict=True)
+    files.to_jsonable({'f': object()}, strict=True)
 
 
 def _fake_workdir(root, name, aux, mode, ua):

@@ -1,5 +1,5 @@
-"""Dev-only selection (tools/sweep), paired significance (ser/significance) and the multi-arm
-study (tools/study)."""
+"""Dev-only selection (ser/sweep), paired significance (ser/significance) and the multi-arm
+study (ser/study)."""
 
 import json
 import os
@@ -9,9 +9,9 @@ import pytest
 from scipy import stats
 
 from mmtl_jax.ser import significance
+from mmtl_jax.ser import study
+from mmtl_jax.ser import sweep
 from mmtl_jax.ser import train
-from mmtl_jax.tools import study
-from mmtl_jax.tools import sweep
 
 
 def _run(model, uas, protocol='paper', seeds=(0,), dev=None):
@@ -170,7 +170,7 @@ def test_study_labels_arms_and_compares_with_the_reference(tiny_config, corpus_r
 def test_results_markdown_states_budgets_and_pairs_mmtl_with_baselines():
   from mmtl_jax.configs import demo, reference_finetune
   from mmtl_jax.run.files import to_jsonable
-  from mmtl_jax.ser import results
+  from mmtl_jax.ser import report, results
   y = np.array([0, 1, 2, 3, 0, 1, 2, 3])
   recs = []
   for fold in range(3):
@@ -180,11 +180,11 @@ def test_results_markdown_states_budgets_and_pairs_mmtl_with_baselines():
       recs += [results.fold_record('mmtl', 'paper', fold, y, good, seed=seed),
                results.fold_record('cnn_lstm', 'paper', fold, y, bad, seed=seed)]
   runs = results.aggregate_runs(recs, ['a', 'b', 'c', 'd'])
-  md = results.results_markdown(to_jsonable(demo.get_config()), runs)
+  md = report.results_markdown(to_jsonable(demo.get_config()), runs)
   assert '## Protocol budgets' in md
   assert '3 steps on minibatches of 12 segments of sgd at lr 0.003' in md
   assert '| mmtl | cnn_lstm | paper | 6 |' in md  # 3 folds x 2 seeds, paired
-  ref = results.results_markdown(to_jsonable(reference_finetune.get_config('demo')), runs)
+  ref = report.results_markdown(to_jsonable(reference_finetune.get_config('demo')), runs)
   assert '300 epochs' in ref and 'adam' in ref
 
 

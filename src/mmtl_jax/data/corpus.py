@@ -2,7 +2,7 @@
 
 A reader is `read(data, workdir) -> (utterances, problems)`: `data` is config.data, `workdir`
 the experiment directory (where a reader that writes files, like the synthetic corpus, puts
-them; may be None). It returns `mmtl_jax.types.Utterance`s and `Problem`s
+them; may be None). It returns `mmtl_jax.records.Utterance`s and `Problem`s
 ({'path', 'reason'}). Readers never open the audio: a missing or unreadable wav is found, and
 recorded as skipped, by the feature store. A new corpus is one reader file plus one entry in
 `CORPORA` (or `CORPORA.register(kind, read)` from user code).
@@ -17,7 +17,7 @@ import ml_collections
 
 from mmtl_jax.data import iemocap, manifest, synthetic
 from mmtl_jax.registry import Registry
-from mmtl_jax.types import Problem, Utterance
+from mmtl_jax.records import Problem, Utterance
 
 CorpusReader = Callable[[ml_collections.ConfigDict, Optional[str]],
                         tuple[list[Utterance], list[Problem]]]

@@ -25,7 +25,7 @@ from typing import Optional
 
 import ml_collections
 
-from mmtl_jax.types import Problem, Utterance, bin_index
+from mmtl_jax.records import Problem, Utterance, bin_index
 
 RELEASE_DIR = 'IEMOCAP_full_release'
 VAD_NAMES = ('valence', 'activation', 'dominance')

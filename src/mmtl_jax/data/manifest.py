@@ -31,7 +31,7 @@ from typing import Any, Optional
 
 import ml_collections
 
-from mmtl_jax.types import Problem, Utterance, absolute, bin_index
+from mmtl_jax.records import Problem, Utterance, absolute, bin_index
 
 
 def read(data: ml_collections.ConfigDict, workdir: Optional[str] = None

@@ -21,38 +21,31 @@ listed, never dropped silently.
 
 Interrupted builds leave nothing running and, in the end, nothing on disk: the feature
 workers die with the process that started them (SIGKILL included: Linux's parent-death
-signal, and a watchdog thread elsewhere); SIGTERM and Ctrl-C stop the workers and remove the
-temporary directory; one left by a killed process is removed by the next build on the host.
+signal, and a watchdog thread elsewhere; mmtl_jax.run.workers); SIGTERM and Ctrl-C stop the
+workers and remove the temporary directory; one left by a killed process is removed by the
+next build on the host (mmtl_jax.run.tmp_dirs).
 """
 
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
-import ctypes
 import dataclasses
 import hashlib
 import json
 import logging
-import multiprocessing
 import os
-import re
 import shutil
-import signal
-import socket
-import sys
-import threading
-import time
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import ml_collections
 import numpy as np
-import psutil
 import tqdm
 
-from mmtl_jax import types
+from mmtl_jax import records
 from mmtl_jax.data import corpus as corpus_lib
 from mmtl_jax.data import features as features_lib
+from mmtl_jax.run import tmp_dirs
+from mmtl_jax.run import workers as workers_lib
 
 _ARRAYS = ('utt_index', 'speaker', 'label', 'aux', 'length')
 
@@ -114,7 +107,7 @@ class FeatureStore:
 
 
 def config_hash(config: ml_collections.ConfigDict,
-                utterances: Sequence[types.Utterance]) -> str:
+                utterances: Sequence[records.Utterance]) -> str:
   """16 hex digits of sha256 over the data/features config and the utterance table."""
   features = config.features.to_dict()
   features.pop('workers', None)  # does not change the result
@@ -141,72 +134,14 @@ def _features_or_reason(job: tuple[str, dict]
     return None, f'unreadable: {type(e).__name__}: {e}'
 
 
-_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
-
-
-def _watch_parent(parent: int) -> None:
-  """Worker thread: exits the worker once its parent is gone (it is re-parented)."""
-  while os.getppid() == parent:
-    time.sleep(1.0)
-  os._exit(1)  # pylint: disable=protected-access
-
-
-def _die_with_parent(parent: int) -> None:
-  """Pool worker initializer: the worker dies with the process that started it, however
-  that one ends (SIGKILL included), so no orphan keeps computing features.
-
-  On Linux the kernel sends SIGKILL when the parent dies (prctl PR_SET_PDEATHSIG); everywhere
-  a daemon thread polls os.getppid() as a fallback. A parent that died before this ran is
-  caught by the first getppid check.
-  """
-  if sys.platform.startswith('linux'):
-    try:
-      ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
-    except (OSError, AttributeError):
-      pass  # no prctl in this libc: the polling thread still works
-  if os.getppid() != parent:
-    os._exit(1)  # pylint: disable=protected-access
-  threading.Thread(target=_watch_parent, args=(parent,), daemon=True,
-                   name='mmtl-feature-worker-watchdog').start()
-
-
-def _stop_workers(pool: concurrent.futures.ProcessPoolExecutor) -> None:
-  """Kills the pool's workers now (no waiting for queued jobs) and reaps them."""
-  processes = list((getattr(pool, '_processes', None) or {}).values())
-  for p in processes:
-    p.kill()
-  pool.shutdown(wait=False, cancel_futures=True)
-  for p in processes:
-    p.join(timeout=5)
-
-
-def _in_pool(jobs: list, workers: int, method: str, desc: str) -> list:
-  """`_features_or_reason` over jobs in a process pool whose workers die with this process;
-  on any exception (KeyboardInterrupt, SystemExit from SIGTERM) they are killed at once."""
-  pool = concurrent.futures.ProcessPoolExecutor(
-      min(workers, len(jobs)), multiprocessing.get_context(method),
-      initializer=_die_with_parent, initargs=(os.getpid(),))
-  try:
-    chunk = max(1, min(16, len(jobs) // (4 * workers)))
-    results = list(tqdm.tqdm(pool.map(_features_or_reason, jobs, chunksize=chunk),
-                             total=len(jobs), desc=desc, unit='utt'))
-  except BaseException:
-    _stop_workers(pool)
-    raise
-  pool.shutdown()
-  return results
-
-
 def _compute(paths: list[str], features: dict, workers: int, desc: str) -> list:
   jobs = [(p, features) for p in paths]
   workers = workers or os.cpu_count() or 1
   if workers == 1 or len(jobs) < 2:
     return [_features_or_reason(j) for j in tqdm.tqdm(jobs, desc=desc, unit='utt')]
-  # Fork is fast and works from any __main__ (stdin, notebooks), but copying a process that
-  # runs JAX's threads is unsafe: once JAX is imported, spawn fresh interpreters instead.
-  method = 'spawn' if ('jax' in sys.modules or os.name != 'posix') else 'fork'
+  method = workers_lib.start_method()
   try:
-    return _in_pool(jobs, workers, method, desc)
+    return workers_lib.map_in_pool(_features_or_reason, jobs, workers, method, desc)
   except concurrent.futures.process.BrokenProcessPool:
     # Typically a spawned worker re-ran a __main__ script that lacks the
     # `if __name__ == '__main__':` guard. The result does not depend on the workers.
@@ -224,8 +159,8 @@ def _counts(speakers: Sequence[str], labels: Sequence[str]) -> dict[str, dict[st
   return {s: dict(sorted(c.items())) for s, c in sorted(counts.items())}
 
 
-def _read_all(utterances: Sequence[types.Utterance], fcfg: dict, workers: int, key: str
-              ) -> tuple[list[tuple[types.Utterance, np.ndarray, np.ndarray]], list[dict]]:
+def _read_all(utterances: Sequence[records.Utterance], fcfg: dict, workers: int, key: str
+              ) -> tuple[list[tuple[records.Utterance, np.ndarray, np.ndarray]], list[dict]]:
   """([(utterance, its [S, T, F] segments, their [S] valid frames)] in input order,
   [{path, utt_id, reason}] skipped).
 
@@ -245,7 +180,7 @@ def _read_all(utterances: Sequence[types.Utterance], fcfg: dict, workers: int, k
   return kept, skipped
 
 
-def _utterance_row(u: types.Utterance, n_segments: int) -> dict:
+def _utterance_row(u: records.Utterance, n_segments: int) -> dict:
   """One utterances.json row."""
   return {'utt_id': u.utt_id, 'speaker': u.speaker, 'label': u.label, 'path': u.path,
           'session': u.session, 'dialog': u.dialog, 'aux': list(u.aux),
@@ -253,7 +188,7 @@ def _utterance_row(u: types.Utterance, n_segments: int) -> dict:
 
 
 def _write_segments(directory: str,
-                    kept: Sequence[tuple[types.Utterance, np.ndarray, np.ndarray]],
+                    kept: Sequence[tuple[records.Utterance, np.ndarray, np.ndarray]],
                     shape: tuple[int, ...], dtype: np.dtype, speakers: list[str],
                     classes: tuple[str, ...], num_aux: int) -> None:
   """Writes features.npy [N_seg, T, F], the [N_seg] arrays of _ARRAYS and utterances.json.
@@ -283,7 +218,7 @@ def _write_segments(directory: str,
     json.dump(table, f, indent=0)
 
 
-def _manifest_counts(kept: Sequence[tuple[types.Utterance, np.ndarray, np.ndarray]]) -> dict:
+def _manifest_counts(kept: Sequence[tuple[records.Utterance, np.ndarray, np.ndarray]]) -> dict:
   """{'utterances' | 'segments': {speaker: {label: count}}}."""
   seg_speakers = [u.speaker for u, feats, _ in kept for _ in range(len(feats))]
   seg_labels = [u.label for u, feats, _ in kept for _ in range(len(feats))]
@@ -292,7 +227,7 @@ def _manifest_counts(kept: Sequence[tuple[types.Utterance, np.ndarray, np.ndarra
 
 
 def _write(directory: str, config: ml_collections.ConfigDict, key: str,
-           utterances: Sequence[types.Utterance], problems: list) -> None:
+           utterances: Sequence[records.Utterance], problems: list) -> None:
   """Computes every utterance's segments and writes the store into `directory`."""
   fcfg = config.features.to_dict()
   kept, skipped = _read_all(utterances, fcfg, config.features.workers, key)
@@ -344,7 +279,7 @@ def load_store(directory: str, cache_hit: bool = True) -> FeatureStore:
 
 
 def build_feature_store(config: ml_collections.ConfigDict, workdir: str,
-                        utterances: Optional[Sequence[types.Utterance]] = None
+                        utterances: Optional[Sequence[records.Utterance]] = None
                         ) -> FeatureStore:
   """The store of `config`'s corpus under `workdir`/features/<hash>/, built if absent.
 
@@ -368,11 +303,11 @@ def build_feature_store(config: ml_collections.ConfigDict, workdir: str,
   final = os.path.join(root, key)
   if os.path.exists(os.path.join(final, 'manifest.json')):
     return load_store(final, cache_hit=True)
-  remove_stale_tmp(root)
-  tmp = os.path.join(root, f'.tmp-{key}-{_host()}-{os.getpid()}')
+  tmp_dirs.remove_stale_tmp(root)
+  tmp = os.path.join(root, tmp_dirs.tmp_dir_name(key))
   shutil.rmtree(tmp, ignore_errors=True)
   os.makedirs(tmp)
-  with _sigterm_raises():
+  with workers_lib.sigterm_raises():
     try:
       _write(tmp, config, key, utterances, problems)
       try:
@@ -383,73 +318,6 @@ def build_feature_store(config: ml_collections.ConfigDict, workdir: str,
     finally:
       shutil.rmtree(tmp, ignore_errors=True)
   return load_store(final, cache_hit=False)
-
-
-_TMP = re.compile(r'^\.tmp-(?P<key>[0-9a-f]{16})-(?P<host>.+)-(?P<pid>\d+)$')
-
-
-def _host() -> str:
-  """This machine's name as it goes into temporary directory names ([A-Za-z0-9_.] only)."""
-  return re.sub(r'[^A-Za-z0-9_.]', '_', socket.gethostname()) or 'host'
-
-
-def _running_since(pid: int, before: float) -> bool:
-  """Whether process `pid` runs and started before time `before` (so it is not a later
-  process that reuses the pid of a dead one)."""
-  try:
-    process = psutil.Process(pid)
-    return process.status() != psutil.STATUS_ZOMBIE and process.create_time() <= before + 1.0
-  except psutil.AccessDenied:
-    return True  # someone else's live process: not ours to judge
-  except psutil.NoSuchProcess:  # ZombieProcess included
-    return False
-
-
-def remove_stale_tmp(root: str) -> list[str]:
-  """Removes the `.tmp-<key>-<host>-<pid>` directories under `root` left by processes of this
-  host that are gone (killed while building a store); returns the removed paths.
-
-  A directory of a live process (same pid, started before the directory was last written) is
-  kept: it is still being built. Directories of other hosts (a shared file system) are kept.
-  """
-  removed = []
-  for name in os.listdir(root) if os.path.isdir(root) else ():
-    match = _TMP.match(name)
-    if not match or match['host'] != _host() or int(match['pid']) == os.getpid():
-      continue
-    path = os.path.join(root, name)
-    try:
-      modified = os.stat(path).st_mtime
-    except FileNotFoundError:
-      continue  # its owner just renamed or removed it
-    if not _running_since(int(match['pid']), modified):
-      shutil.rmtree(path, ignore_errors=True)
-      removed.append(path)
-  return removed
-
-
-@contextlib.contextmanager
-def _sigterm_raises() -> Iterator[None]:
-  """While building, SIGTERM raises SystemExit(143) instead of ending the process at once,
-  so the temporary directory is removed and the workers are stopped on the way out.
-
-  Only in the main thread and only where SIGTERM has its default action: a handler the
-  application installed is left alone.
-  """
-  if (threading.current_thread() is not threading.main_thread()
-      or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL):
-    yield
-    return
-
-  def handler(signum, frame):
-    del frame
-    raise SystemExit(128 + signum)
-
-  signal.signal(signal.SIGTERM, handler)
-  try:
-    yield
-  finally:
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def format_summary(store: FeatureStore) -> str:

@@ -17,7 +17,7 @@ import numpy as np
 from mmtl_jax import meta
 from mmtl_jax.fewshot import episodes
 from mmtl_jax.fewshot.systems import Losses, System
-from mmtl_jax.types import Params
+from mmtl_jax.records import Params
 
 # on_step(it, params, task_batch, rng): called before outer step `it` (diagnostics).
 StepHook = Callable[[int, Params, Dict[str, np.ndarray], jax.Array], None]

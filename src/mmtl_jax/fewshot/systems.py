@@ -33,7 +33,7 @@ import optax
 from mmtl_jax import meta
 from mmtl_jax.models.conv4 import Conv4
 from mmtl_jax.registry import Registry
-from mmtl_jax.types import Params
+from mmtl_jax.records import Params
 
 Loss = Callable[[Params, Any, jax.Array], jax.Array]
 NET = ('body', 'head')

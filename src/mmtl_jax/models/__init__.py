@@ -7,7 +7,7 @@ registered here is a Flax module whose constructor takes those fields and whose
 the CNN-LSTM+MTL baseline too, it takes `features_only=True` (then returns [B, D] features)
 and `dropout` (active when train=True, drawing from the 'dropout' rng).
 
-  'cnn_bilstm': the meta learner of Table 1 (`MetaLearner`).
+  'cnn_bilstm': the meta learner of Table 1 (`MetaLearner`, in models/cnn_bilstm.py).
 
 The transfer learner phi (`TransferLearner`, Table 1's FC 4 -> 4) is fixed by the paper and
 built directly.
@@ -17,7 +17,7 @@ from typing import Any
 
 import flax.linen as nn
 
-from mmtl_jax.models.meta_learner import DTYPES, BiLSTM, MetaLearner, compute_dtype
+from mmtl_jax.models.cnn_bilstm import DTYPES, BiLSTM, MetaLearner, compute_dtype
 from mmtl_jax.models.transfer import TransferLearner
 from mmtl_jax.registry import Registry
 

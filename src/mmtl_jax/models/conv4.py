@@ -17,7 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mmtl_jax.models.meta_learner import max_pool_2x2
+from mmtl_jax.models.cnn_bilstm import max_pool_2x2
 
 BLOCKS = 4
 

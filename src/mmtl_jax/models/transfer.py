@@ -4,7 +4,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mmtl_jax.models.meta_learner import Dtype
+from mmtl_jax.models.cnn_bilstm import Dtype
 
 
 class TransferLearner(nn.Module):

@@ -1,2 +1,4 @@
 """Run infrastructure, independent of speech: atomic JSON files, orbax checkpoints and
-inference bundles, metric logs (TensorBoard + JSON lines)."""
+inference bundles, metric logs (TensorBoard + JSON lines), the workdir lock, the provenance
+of results, the JAX process (mesh, placement, primary process, compilation cache), worker
+processes that die with their parent, and temporary directories left by killed builds."""

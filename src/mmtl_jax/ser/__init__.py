@@ -1,3 +1,4 @@
 """Speech emotion recognition on top of `meta`, `models` and `data`: the MMTL losses, the
-systems of the paper's Table 2, the meta-test protocols, UA/WA, result tables, the experiment
-loop and prediction on wav files."""
+systems of the paper's Table 2, the meta-test protocols, UA/WA, result files and tables, the
+experiment loop (train.py) and its drivers (sweep.py: a grid chosen on dev; study.py: several
+arms over seeds, compared pairwise), and prediction on wav files."""

@@ -21,7 +21,7 @@ import ml_collections
 import numpy as np
 
 from mmtl_jax import meta, models
-from mmtl_jax.types import Params
+from mmtl_jax.records import Params
 
 Batch = Any
 InnerLoss = Callable[[Params, Batch, jax.Array], jax.Array]

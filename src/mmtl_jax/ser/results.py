@@ -1,4 +1,6 @@
-"""Result files of an experiment: results.json, results.md, confusion matrices, and gathering.
+"""Result files of an experiment: fold records aggregated into runs, results.json, results.md
+and the confusion files (their text: ser/report.py; their plots: ser/confusion_plot.py), and
+gathering several workdirs into one table.
 
 The training loop produces one *fold record* per (model, protocol, fold, seed): the utterance
 level true and predicted labels of that fold's test speaker, plus optional dev metrics. This
@@ -20,10 +22,7 @@ results.json (the contract other tools read; all metrics are fractions in [0, 1]
       "confusion": {"counts": [[C ints] x C], "normalised": [[C floats] x C],
                     "classes": [C names]},
       "per_class_recall": {name: float | null}}, ...],
-   "provenance": {"packages": {distribution: version | null}, "python": str,
-                  "git_commit": str | null, "git_dirty": bool | null, "backend": str,
-                  "devices": [str], "process_count": int, "command": [str] (sys.argv),
-                  "started": ISO 8601, "ended": ISO 8601, "seconds": float}}
+   "provenance": {...mmtl_jax.run.provenance.provenance(started, ended)...}}
 
 Definitions:
   * UA / WA: see mmtl_jax.ser.metrics (UA averages recall over the classes present).
@@ -33,7 +32,8 @@ Definitions:
     0 for a single record. dev_* are null unless every record carries them.
   * confusion: counts summed over all records (an utterance counts once per seed); normalised
     = counts divided by their row sums (rows are true classes).
-  * provenance (see `provenance`): what produced the file; absent when the writer gave none.
+  * provenance (see mmtl_jax.run.provenance): what produced the file (versions, git commit,
+    devices, command, times); absent when the writer gave none.
 
 Every file is written atomically (temporary file in the same directory, then os.replace), so a
 crash never leaves a truncated results.json.
@@ -41,29 +41,22 @@ crash never leaves a truncated results.json.
 
 from __future__ import annotations
 
-import datetime
-import importlib.metadata
 import json
 import os
-import re
-import subprocess
-import sys
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from mmtl_jax.run.files import atomic_write, atomic_write_json, atomic_write_text, to_jsonable
-from mmtl_jax.ser import budgets
+from mmtl_jax.run.files import atomic_write_json, atomic_write_text, to_jsonable
 from mmtl_jax.ser import metrics
-from mmtl_jax.ser import significance
+from mmtl_jax.ser import report
+from mmtl_jax.ser.confusion_plot import CONFUSION_DIR, confusion_basename, plot_confusion
 
 RESULTS_JSON = 'results.json'
 RESULTS_MD = 'results.md'
-CONFUSION_DIR = 'confusion'
 
 _RECORD_KEYS = ('model', 'protocol', 'fold', 'seed', 'y_true', 'y_pred', 'dev_UA', 'dev_WA',
                 'utt_ids')
-_AUX_ABBREV = {'valence': 'V', 'activation': 'A', 'arousal': 'A', 'dominance': 'D'}
 
 
 # ---- Records and runs --------------------------------------------------------------------
@@ -266,195 +259,6 @@ def aggregate_runs(fold_records: Iterable[Mapping[str, Any]],
 # ---- Writing -----------------------------------------------------------------------------
 
 
-def _pct(x: float | None) -> str:
-  return '–' if x is None else f'{100.0 * x:.2f}'
-
-
-def _pm(mean: float | None, std: float | None) -> str:
-  return '–' if mean is None else f'{_pct(mean)} ± {_pct(std)}'
-
-
-def _md_cell(value: Any) -> str:
-  return str(value).replace('|', r'\|').replace('\n', ' ')
-
-
-def _slug(text: str) -> str:
-  return re.sub(r'[^A-Za-z0-9._+-]+', '_', str(text)).strip('_') or 'x'
-
-
-def confusion_basename(model: str, protocol: str) -> str:
-  """File stem of a run's confusion PNG/JSON under <workdir>/confusion/."""
-  return f'{_slug(model)}__{_slug(protocol)}'
-
-
-def _get(cfg: Mapping[str, Any] | None, dotted: str, default: Any = None) -> Any:
-  node: Any = cfg
-  for part in dotted.split('.'):
-    if not isinstance(node, Mapping) or part not in node:
-      return default
-    node = node[part]
-  return node
-
-
-def aux_label(config: Mapping[str, Any] | None) -> str:
-  """'V+A+D'-style label of config.data.aux_tasks (unknown names are kept as they are)."""
-  tasks = _get(config, 'data.aux_tasks')
-  if tasks is None:
-    return '?'
-  if isinstance(tasks, str):
-    tasks = [tasks]
-  if not tasks:
-    return 'none'
-  return '+'.join(_AUX_ABBREV.get(str(t).lower(), str(t)) for t in tasks)
-
-
-_DEFINITIONS = (
-    'UA = mean per-class recall over the classes present in the test set; WA = accuracy. '
-    '**Pooled** = metrics over the union of all folds\' test utterances (each utterance scored '
-    'once; with several seeds, the mean over seeds of the pooled values). '
-    '**mean ± std** = over folds (× seeds), sample std (ddof=1). All values in %.')
-
-_SUMMARY_HEADER = ('| Model | Protocol | UA (pooled) | WA (pooled) | UA mean ± std | '
-                   'WA mean ± std | Folds × seeds |\n'
-                   '|---|---|---:|---:|---:|---:|---:|')
-
-
-def _summary_row(run: Mapping[str, Any], prefix: Sequence[str] = ()) -> str:
-  cells = [*prefix, run['model'], run['protocol'], _pct(run['pooled']['UA']),
-           _pct(run['pooled']['WA']), _pm(run['mean']['UA'], run['std']['UA']),
-           _pm(run['mean']['WA'], run['std']['WA']),
-           f"{run['n_folds']} × {len(run['seeds'])}"]
-  return '| ' + ' | '.join(_md_cell(c) for c in cells) + ' |'
-
-
-# Public names for other tables built from results.json runs (gather, tools/study).
-SUMMARY_HEADER, DEFINITIONS, summary_row = _SUMMARY_HEADER, _DEFINITIONS, _summary_row
-
-
-def results_markdown(config: Mapping[str, Any] | None, runs: Sequence[Mapping[str, Any]],
-                     notes: str | None = None) -> str:
-  """The text of results.md: a Table 2/3-style summary, then per-fold tables per run."""
-  lines = ['# Results', '']
-  if config:
-    lines += [f"Auxiliary tasks: {aux_label(config)}; meta mode: "
-              f"{_get(config, 'meta.mode', '?')}; seed: {_get(config, 'seed', '?')}.", '']
-  if notes:
-    lines += [notes, '']
-  lines += [_SUMMARY_HEADER, *(_summary_row(r) for r in runs), '', _DEFINITIONS, '',
-            '## Protocol budgets', '', *budgets.protocol_budgets(config), '']
-  lines += _comparison_lines(runs)
-  lines += _fold_tables(runs)
-  return '\n'.join(lines)
-
-
-def _comparison_lines(runs: Sequence[Mapping[str, Any]]) -> list[str]:
-  """MMTL against each baseline, paired over (fold, seed); [] without MMTL or a baseline."""
-  comparisons = significance.compare_with(runs, 'mmtl')
-  if not comparisons:
-    return []
-  return ['## MMTL against each baseline (paired)', '', significance.markdown(comparisons), '']
-
-
-def _fold_tables(runs: Sequence[Mapping[str, Any]]) -> list[str]:
-  """Per run: its per-fold table, per-class recall and confusion figure."""
-  lines: list[str] = []
-  for run in runs:
-    lines += [f"## {_md_cell(run['model'])} / {_md_cell(run['protocol'])}", '',
-              '| Fold | Seed | UA | WA | dev UA | dev WA | n |',
-              '|---|---:|---:|---:|---:|---:|---:|']
-    for f in run['folds']:
-      cells = [f['fold'], f['seed'], _pct(f['UA']), _pct(f['WA']), _pct(f.get('dev_UA')),
-               _pct(f.get('dev_WA')), f['n']]
-      lines.append('| ' + ' | '.join(_md_cell(c) for c in cells) + ' |')
-    recall = ', '.join(f'{k} {_pct(v)}' for k, v in run['per_class_recall'].items())
-    stem = confusion_basename(run['model'], run['protocol'])
-    lines += ['', f'Per-class recall (pooled confusion): {recall}.', '',
-              f'![confusion {stem}]({CONFUSION_DIR}/{stem}.png)', '']
-  return lines
-
-
-def plot_confusion(path: str | os.PathLike, counts: Any, classes: Sequence[str],
-                   title: str = '') -> None:
-  """Writes a confusion-matrix PNG: colour = row-normalised rate, text = count and rate.
-
-  Uses matplotlib's object API with the Agg canvas, so no global backend is changed.
-  """
-  from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=g-import-not-at-top
-  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
-
-  cm = np.asarray(counts, dtype=np.int64)
-  norm = metrics.row_normalise(cm)
-  n = len(classes)
-  fig = Figure(figsize=(1.2 * n + 2.0, 1.1 * n + 1.4))
-  FigureCanvasAgg(fig)
-  ax = fig.subplots()
-  im = ax.imshow(norm, vmin=0.0, vmax=1.0, cmap='Blues')
-  fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label='row-normalised rate')
-  ax.set_xticks(range(n), labels=list(classes))
-  ax.set_yticks(range(n), labels=list(classes))
-  ax.set_xlabel('Predicted')
-  ax.set_ylabel('True')
-  if title:
-    ax.set_title(title, fontsize=9)
-  for i in range(n):
-    for j in range(n):
-      ax.text(j, i, f'{cm[i, j]}\n{100 * norm[i, j]:.1f}%', ha='center', va='center',
-              fontsize=8, color='white' if norm[i, j] > 0.5 else 'black')
-  fig.tight_layout()
-  atomic_write(path, lambda f: fig.savefig(f, format='png', dpi=120))
-
-
-# ---- Provenance --------------------------------------------------------------------------
-
-PROVENANCE_PACKAGES = ('mmtl_jax', 'jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint',
-                       'numpy', 'librosa')
-
-
-def _package_version(name: str) -> str | None:
-  try:
-    return importlib.metadata.version(name)
-  except importlib.metadata.PackageNotFoundError:
-    return None
-
-
-def git_state(directory: str) -> tuple[str | None, bool | None]:
-  """(HEAD commit, whether tracked files differ from it) of the git checkout holding
-  `directory`'s own files; (None, None) when they are not tracked by git (an installed
-  copy, even one inside some repository's ignored venv) or git is unavailable."""
-  def git(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(['git', '-C', directory, *args], capture_output=True, text=True,
-                          timeout=10, check=False)
-  try:
-    if git('ls-files', '--error-unmatch', '__init__.py').returncode != 0:
-      return None, None
-    head = git('rev-parse', 'HEAD')
-    if head.returncode != 0:
-      return None, None
-    return head.stdout.strip(), git('diff', '--quiet', 'HEAD', '--', '.').returncode != 0
-  except (OSError, subprocess.SubprocessError):
-    return None, None
-
-
-def _iso(timestamp: float) -> str:
-  return datetime.datetime.fromtimestamp(timestamp, datetime.timezone.utc).isoformat()
-
-
-def provenance(started: float, ended: float) -> dict[str, Any]:
-  """What produced a results.json: package versions, the mmtl_jax git commit (None outside
-  a git checkout), the JAX backend and devices, sys.argv, and start / end times.
-
-  Args:
-    started, ended: time.time() values of the run's start and end.
-  """
-  import jax  # pylint: disable=g-import-not-at-top  (only here: results.py reads files)
-  commit, dirty = git_state(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  return {'packages': {name: _package_version(name) for name in PROVENANCE_PACKAGES},
-          'python': sys.version.split()[0], 'git_commit': commit, 'git_dirty': dirty,
-          'backend': jax.default_backend(), 'devices': [str(d) for d in jax.devices()],
-          'process_count': jax.process_count(), 'command': list(sys.argv),
-          'started': _iso(started), 'ended': _iso(ended), 'seconds': ended - started}
-
-
 def write_results(workdir: str | os.PathLike, config: Any,
                   runs: Sequence[Mapping[str, Any]], notes: str | None = None,
                   provenance_info: Mapping[str, Any] | None = None) -> dict[str, str]:
@@ -465,7 +269,8 @@ def write_results(workdir: str | os.PathLike, config: Any,
     config: the experiment config (ConfigDict or mapping); stored as plain JSON.
     runs: as returned by `aggregate_runs`.
     notes: optional markdown paragraph put at the top of results.md (e.g. protocol notes).
-    provenance_info: `provenance(...)` of the run, stored under 'provenance' (or nothing).
+    provenance_info: `mmtl_jax.run.provenance.provenance(...)` of the run, stored under
+      'provenance' (or nothing).
 
   Returns:
     {'json': path, 'markdown': path, '<model>__<protocol>.png': path, ...}.
@@ -481,12 +286,12 @@ def write_results(workdir: str | os.PathLike, config: Any,
     json_path = os.path.join(workdir, CONFUSION_DIR, stem + '.json')
     png_path = os.path.join(workdir, CONFUSION_DIR, stem + '.png')
     atomic_write_json(json_path, conf)
-    title = (f"{run['model']} / {run['protocol']}: UA {_pct(run['pooled']['UA'])}%, "
-             f"WA {_pct(run['pooled']['WA'])}% (pooled)")
+    title = (f"{run['model']} / {run['protocol']}: UA {report.pct(run['pooled']['UA'])}%, "
+             f"WA {report.pct(run['pooled']['WA'])}% (pooled)")
     plot_confusion(png_path, run['confusion']['counts'], run['confusion']['classes'], title)
     paths[stem + '.json'] = json_path
     paths[stem + '.png'] = png_path
-  atomic_write_text(paths['markdown'], results_markdown(cfg, runs, notes))
+  atomic_write_text(paths['markdown'], report.results_markdown(cfg, runs, notes))
   # results.json last: its presence tells gather() that the rest is complete.
   content = {'config': cfg, 'runs': runs}
   if provenance_info is not None:
@@ -516,10 +321,7 @@ def gather(workdirs: Sequence[str | os.PathLike], skip_missing: bool = False) ->
     skip_missing: if True, list workdirs without results.json under the table instead of
       raising FileNotFoundError.
   """
-  header = ('| Workdir | Aux tasks | Meta mode | Model | Protocol | UA (pooled) | WA (pooled) | '
-            'UA mean ± std | WA mean ± std | Folds × seeds |\n'
-            '|---|---|---|---|---|---:|---:|---:|---:|---:|')
-  rows, missing = [], []
+  found, missing = [], []
   for wd in workdirs:
     wd = os.fspath(wd)
     name = os.path.basename(os.path.normpath(wd)) or wd
@@ -529,10 +331,5 @@ def gather(workdirs: Sequence[str | os.PathLike], skip_missing: bool = False) ->
         continue
       raise FileNotFoundError(f'No {RESULTS_JSON} in {wd}.')
     data = load_results(wd)
-    cfg = data.get('config') or {}
-    prefix = (name, aux_label(cfg), _get(cfg, 'meta.mode', '?'))
-    rows += [_summary_row(run, prefix) for run in data['runs']]
-  lines = [header, *rows, '', _DEFINITIONS]
-  if missing:
-    lines += ['', 'No results yet: ' + ', '.join(missing) + '.']
-  return '\n'.join(lines) + '\n'
+    found.append((name, data.get('config') or {}, data['runs']))
+  return report.workdirs_table(found, missing)

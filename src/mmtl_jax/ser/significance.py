@@ -42,6 +42,9 @@ def paired_scores(run_a: Mapping[str, Any], run_b: Mapping[str, Any], metric: st
 def bootstrap_interval(diffs: np.ndarray, seed: int = 0, samples: int = BOOTSTRAP_SAMPLES,
                        level: float = 0.95) -> tuple[float, float]:
   """Percentile bootstrap interval of mean(diffs), resampling the pairs with replacement."""
+  # Not scipy.stats.bootstrap(method='percentile'): with the same generator it draws the same
+  # resamples, but its quantile differs from np.quantile in the last bit of some endpoints
+  # (109 of 400 random cases, 1 ulp), it refuses a single pair, and its `rng` needs scipy 1.15.
   diffs = np.asarray(diffs, np.float64)
   rng = np.random.default_rng(seed)
   means = diffs[rng.integers(0, diffs.size, size=(samples, diffs.size))].mean(axis=1)

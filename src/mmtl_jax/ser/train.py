@@ -29,10 +29,10 @@ a killed and resumed run ends with the same results as an uninterrupted one.
 Several devices / hosts (config.meta.strategy='sharded'): one 1-D mesh over jax.devices()
 (every host's, after jax.distributed.initialize()); params and optimiser state are placed
 replicated and every task batch sharded on its task axis before the jitted step (the
-baselines then train data-parallel over the same split). Every process runs this same loop
-on the same batches. Orbax checkpoints are written collectively by all processes; the JSON
-results, the tables and the inference bundles by process 0 only. The workdir must be on a
-file system shared by all hosts.
+baselines then train data-parallel over the same split; see mmtl_jax.run.process). Every
+process runs this same loop on the same batches. Orbax checkpoints are written collectively
+by all processes; the JSON results, the tables and the inference bundles by process 0 only.
+The workdir must be on a file system shared by all hosts.
 """
 
 import dataclasses
@@ -48,13 +48,15 @@ import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
-from mmtl_jax import meta
 from mmtl_jax.data import folds as folds_lib
 from mmtl_jax.data import sampler as sampler_lib
 from mmtl_jax.data import store as store_lib
 from mmtl_jax.run import checkpoint as ckpt_lib
+from mmtl_jax.run import files
 from mmtl_jax.run import lock as lock_lib
 from mmtl_jax.run import metric_log
+from mmtl_jax.run import process
+from mmtl_jax.run import provenance as provenance_lib
 from mmtl_jax.ser import config_check
 from mmtl_jax.ser import evaluate as eval_lib
 from mmtl_jax.ser import fingerprint as fingerprint_lib
@@ -75,43 +77,6 @@ class NonFiniteLossError(FloatingPointError):
 
 def _fold_name(fold: Any) -> str:
   return f'fold{fold.index}' if not getattr(fold, 'name', None) else str(fold.name)
-
-
-def task_mesh(config: ml_collections.ConfigDict) -> Optional[jax.sharding.Mesh]:
-  """The 1-D mesh of strategy 'sharded' (all devices of all hosts); None otherwise.
-
-  Raises:
-    ValueError: several JAX processes with another strategy (each would train alone).
-  """
-  if str(config.meta.get('strategy', 'auto')) == 'sharded':
-    return meta.default_mesh()
-  if jax.process_count() > 1:
-    raise ValueError(f"{jax.process_count()} JAX processes need config.meta.strategy='sharded'"
-                     f', got {config.meta.get("strategy", "auto")!r}')
-  return None
-
-
-def placement(mesh: Optional[jax.sharding.Mesh]) -> Tuple[Callable[[Any], Any],
-                                                          Callable[[Any], Any]]:
-  """(place_state, place_batch): replicate / shard on the task axis over `mesh`, or
-  identities without a mesh (every strategy other than 'sharded': nothing is moved)."""
-  if mesh is None:
-    return (lambda tree: tree), (lambda tree: tree)
-  return (lambda tree: meta.replicate(tree, mesh),
-          lambda batch: meta.shard_task_batch(batch, mesh))
-
-
-def is_primary() -> bool:
-  """True in the process that writes results and bundles (process 0; always on one host)."""
-  return jax.process_index() == 0
-
-
-def enable_compilation_cache(config: ml_collections.ConfigDict) -> None:
-  """Turns on JAX's persistent compilation cache (config.compilation_cache_dir; '' = off)."""
-  path = config.get('compilation_cache_dir', '')
-  if path:
-    jax.config.update('jax_compilation_cache_dir', os.path.expanduser(path))
-    jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
 
 
 def _due(step: int, every: int, steps: int) -> bool:
@@ -211,7 +176,7 @@ class FoldRun:
       opt_state, metrics); it donates params and opt_state.
     sampler: the fold's TaskSampler; `sampler.batch(step)` depends on (seed, step) only.
     key: jax.random.key(config.seed); step s trains with fold_in(key, s).
-    place_batch: puts a task batch where the step wants it (see `placement`).
+    place_batch: puts a task batch where the step wants it (see `run.process.placement`).
     evaluator: the system's Evaluator; dev_speaker: the fold's model-selection speaker.
     protocols: config.eval.protocols; seed: config.seed.
     steps, log_every, eval_every, checkpoint_every: the schedule from config.train.
@@ -320,7 +285,7 @@ def finish_fold(state: TrainState, system: systems_lib.System, evaluator: eval_l
   bundle_config.classes = tuple(store.classes)
   if mesh is not None:  # host copies: the bundle must not depend on this run's devices
     bundle_params = jax.device_get(bundle_params)
-  if is_primary():
+  if process.is_primary():
     ckpt_lib.save_inference_bundle(os.path.join(fold_dir, 'bundle'), bundle_params,
                                    bundle_config)
   return {'fold': fold.index, 'name': _fold_name(fold), 'dev_speaker': fold.dev_speaker,
@@ -340,8 +305,8 @@ def train_fold(system: systems_lib.System, evaluator: eval_lib.Evaluator, step_f
     store: the FeatureStore; fold: a `folds.Fold`; config: the full config.
     fold_dir: <workdir>/<model>/<fold>.
     position: text for the progress bar, e.g. 'mmtl 2/5'.
-    mesh: `task_mesh(config)`: params and optimiser state go replicated on it and each task
-      batch sharded on its task axis; None (default) leaves them where they are.
+    mesh: `process.task_mesh(config)`: params and optimiser state go replicated on it and
+      each task batch sharded on its task axis; None (default) leaves them where they are.
     fingerprint: the fold's fingerprint, stored in each checkpoint and compared on restore.
 
   Returns:
@@ -349,7 +314,7 @@ def train_fold(system: systems_lib.System, evaluator: eval_lib.Evaluator, step_f
   """
   seed = int(config.seed)
   sampler = sampler_lib.TaskSampler(store, fold.train_speakers, config, seed)
-  place_state, place_batch = placement(mesh)
+  place_state, place_batch = process.placement(mesh)
   state = create_state(system, store, config, place_state)
   checkpointer = ckpt_lib.Checkpointer(os.path.join(fold_dir, 'checkpoints'), max_to_keep=2,
                                        save_interval_steps=1)
@@ -383,8 +348,8 @@ def _fold_result(system, evaluator, step_fn, store, fold, config, fold_dir, posi
                       mesh, expected)
   result['seconds'] = time.time() - t_fold
   result[fingerprint_lib.RESULT_KEY] = expected
-  if is_primary():
-    results_lib.atomic_write_json(result_path, results_lib.to_jsonable(result))
+  if process.is_primary():
+    files.atomic_write_json(result_path, files.to_jsonable(result))
   return result
 
 
@@ -462,7 +427,7 @@ def check_fold_dirs(config: ml_collections.ConfigDict, store: Any, folds: List[A
         stale[fold_dir] = diffs
   if stale and config.train.get('on_changed_config', 'error') != 'restart':
     raise StaleRunError(fingerprint_lib.mismatch_message(stale, workdir))
-  if is_primary():
+  if process.is_primary():
     for fold_dir in stale:
       print(f'config changed: {fold_dir} moved to {fingerprint_lib.move_aside(fold_dir)}',
             flush=True)
@@ -483,9 +448,10 @@ def _write_tables(workdir: str, config: ml_collections.ConfigDict, classes: List
   """Aggregates the fold records into the tables, which process 0 writes and prints;
   returns <workdir>/results.json once written (every process)."""
   runs = results_lib.aggregate_runs(fold_records, classes)
-  if is_primary():
-    paths = results_lib.write_results(workdir, config, runs, notes=_NOTES,
-                                      provenance_info=results_lib.provenance(t0, time.time()))
+  if process.is_primary():
+    paths = results_lib.write_results(
+        workdir, config, runs, notes=_NOTES,
+        provenance_info=provenance_lib.provenance(t0, time.time()))
     with open(paths['markdown'], encoding='utf-8') as f:
       print(f.read(), flush=True)
     print(f'total {time.time() - t0:.1f} s; results: {paths["json"]}', flush=True)
@@ -509,7 +475,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   config_check.check_config(config)  # every problem at once, before any work
   t0 = time.time()
   os.makedirs(workdir, exist_ok=True)
-  if not is_primary():  # one lock per run: the hosts of one run share the workdir
+  if not process.is_primary():  # one lock per run: the hosts of one run share the workdir
     return _train_and_evaluate(config, workdir, t0)
   with lock_lib.WorkdirLock(workdir):
     return _train_and_evaluate(config, workdir, t0)
@@ -518,11 +484,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, t0: float
                         ) -> Dict[str, Any]:
   """The body of `train_and_evaluate`, run while the workdir is locked."""
-  enable_compilation_cache(config)
+  process.enable_compilation_cache(config)
   store = store_lib.build_feature_store(config, workdir)
   print(store_lib.format_summary(store), flush=True)
   folds = folds_lib.make_folds(store, config)
-  mesh = task_mesh(config)  # built once: every system and fold shares it (and its compilation)
+  # Built once: every system and fold shares the mesh (and so their compilations).
+  mesh = process.task_mesh(config)
   seeds = tuple(int(x) for x in config.train.get('seeds', ())) or (int(config.seed),)
   check_fold_dirs(config, store, folds, seeds, workdir)
   fold_records: List[Dict[str, Any]] = []

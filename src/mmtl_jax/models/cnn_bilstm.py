@@ -1,4 +1,5 @@
-"""The meta learner of Table 1: CNN blocks, a BiLSTM over time, two FC layers.
+"""The meta learner of Table 1 (registered as 'cnn_bilstm'): CNN blocks, a BiLSTM over
+time, two FC layers.
 
 Pure Flax (linen) modules: parameters in, logits out. Dropout, when enabled, draws from an
 explicit 'dropout' rng passed to `apply`; nothing else is stateful (no batch norm).

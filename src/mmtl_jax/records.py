@@ -1,4 +1,4 @@
-"""Types shared across the layers; this module imports none of its siblings.
+"""Records and types shared across the layers; this module imports none of its siblings.
 
 `Utterance` and `Problem` are the corpus contract (every reader returns them), `bin_index`
 the one binning rule of auxiliary labels, and `PyTree` / `Params` the parameter types of

@@ -20,9 +20,9 @@ from typing import Any, Mapping, Sequence
 import ml_collections
 
 from mmtl_jax.run import files
-from mmtl_jax.ser import results as results_lib
+from mmtl_jax.ser import report
 from mmtl_jax.ser import significance
-from mmtl_jax.tools import sweep
+from mmtl_jax.ser import sweep
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,10 +89,10 @@ def run_study(config: ml_collections.ConfigDict, arms: Sequence[Arm], study_dir:
 
 def markdown(content: Mapping[str, Any]) -> str:
   """study.md: one summary row per system and protocol, then the paired comparisons."""
-  rows = [results_lib.summary_row(dict(run, model=run['label'])) for run in content['runs']]
+  rows = [report.summary_row(dict(run, model=run['label'])) for run in content['runs']]
   return '\n'.join([
       '# Study', '', f"Seeds: {content['seeds']}. Arms: "
       + '; '.join(f"{a['name']} ({a['overrides']})" for a in content['arms']) + '.', '',
-      results_lib.SUMMARY_HEADER, *rows, '', results_lib.DEFINITIONS, '',
+      report.SUMMARY_HEADER, *rows, '', report.DEFINITIONS, '',
       f"## {content['reference']} against each other system", '',
       significance.markdown(content['comparisons']), '']) + '\n'
