@@ -3,12 +3,14 @@
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+import pytest
 
-from mmtl_jax.ser import losses as ser
-from mmtl_jax.tools import gradient_check
 from mmtl_jax.configs import compare_gradients
+from mmtl_jax.ser import losses as ser
+from mmtl_jax.tools import compare_gradients as compare_tool
 
 
+@pytest.mark.slow  # float64 finite differences
 def test_compare_reports_layers_fd_and_checkpoints(tiny_model, tmp_path):
   config = compare_gradients.get_config()
   config.model = tiny_model(dtype=config.model.dtype)  # float64, for the FD check
@@ -18,7 +20,7 @@ def test_compare_reports_layers_fd_and_checkpoints(tiny_model, tmp_path):
   params = ser.init_params(config.model, jax.random.PRNGKey(config.seed), (1, 8, 8))
   ocp.PyTreeCheckpointer().save(str(tmp_path / 'ckpt'), params)
   restored = ocp.PyTreeCheckpointer().restore(str(tmp_path / 'ckpt'))
-  result = gradient_check.compare(config, checkpoints=[restored])
+  result = compare_tool.compare(config, checkpoints=[restored])
 
   assert result['finite_difference']['relative_error'] < 1e-6
   names = [layer['name'] for layer in result['layers']]
@@ -34,5 +36,5 @@ def test_compare_reports_layers_fd_and_checkpoints(tiny_model, tmp_path):
   np.testing.assert_allclose([l['cosine'] for l in again['layers']],
                              [l['cosine'] for l in result['layers']], rtol=1e-9)
 
-  gradient_check.plot(result, str(tmp_path / 'grads.png'))
+  compare_tool.plot(result, str(tmp_path / 'grads.png'))
   assert (tmp_path / 'grads.png').stat().st_size > 1000

@@ -2,7 +2,7 @@
 
 Four subprocesses run concurrently, each on the same tiny SER model (one conv block, dropout
 on, so per-task keys must match) and the same 3 speaker tasks, which do not divide the 2
-devices: 'sharded' pads them with a zero-weight task (meta/strategy.py).
+devices: 'sharded' pads them with a zero-weight task (meta/_tasks.py).
   unsharded:      1 process, 1 device, strategy 'loop' (no mesh, no padding);
   devices2:       1 process, 2 fake CPU devices (XLA_FLAGS), strategy 'sharded';
   process0/1:     2 processes joined by `jax.distributed.initialize` with the coordinator on
@@ -22,6 +22,8 @@ import jax
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow  # subprocesses, fake CPU devices, jax.distributed
+
 TOLERANCE = 1e-5  # max relative difference (float reassociation only)
 
 # argv: strategy, [process_id, port]
@@ -34,6 +36,7 @@ _SCRIPT = textwrap.dedent('''
                                  process_id=int(sys.argv[2]), initialization_timeout=120)
     import ml_collections, numpy as np
     from mmtl_jax import meta
+    from mmtl_jax.configs import base
     from mmtl_jax.ser import losses as ser
 
     STRATEGY = sys.argv[1]
@@ -48,8 +51,8 @@ _SCRIPT = textwrap.dedent('''
     def config(mode):
       c = ml_collections.ConfigDict()
       c.model = model
-      c.meta = ml_collections.ConfigDict(dict(mode=mode, strategy=STRATEGY, alpha=0.3,
-                                              beta=0.2, gamma=1e-2))
+      c.meta = base.get_config().meta
+      c.meta.update(dict(mode=mode, strategy=STRATEGY, alpha=0.3, beta=0.2, gamma=1e-2))
       return c
 
     def host(tree):
@@ -58,11 +61,9 @@ _SCRIPT = textwrap.dedent('''
     params = ser.init_params(model, jax.random.PRNGKey(0), (1, FRAMES, BINS))
     init = host(params)  # before the jitted step donates them
     batches = [ser.random_batch(TASKS, SEGMENTS, FRAMES, BINS, seed=i) for i in range(STEPS)]
-    inner_loss, transfer_loss = ser.make_losses(model)
-    cfg = config('exact').meta
-    grads, _ = jax.jit(lambda p, b: meta.meta_gradient(
-        p, b, jax.random.PRNGKey(3), inner_loss, transfer_loss, cfg))(
-            place_state(params), place_batch(batches[0]))
+    spec = ser.mmtl_spec(config('exact'))
+    grads = jax.jit(lambda p, b: meta.meta_gradient(spec, p, b, jax.random.PRNGKey(3)).grads)(
+        place_state(params), place_batch(batches[0]))
     init_fn, step_fn = ser.make_mmtl_step(config('first_order'))
     state = place_state((params, init_fn(params)))
     step = jax.jit(step_fn, donate_argnums=(0, 1))

@@ -24,6 +24,7 @@ def _config(tiny_config, corpus_root, alpha, steps):
   return config
 
 
+@pytest.mark.slow  # MMTL meta-training on tiny data, end to end
 def test_curve_records_move_with_training_and_plot(tiny_config, corpus_root, workdir,
                                                    tmp_path):
   # alpha = beta = 0.3: the second-order terms first-order drops are visible.
@@ -51,6 +52,7 @@ def test_curve_records_move_with_training_and_plot(tiny_config, corpus_root, wor
   assert len(table) == 2 + 3 and table[-1].split()[0] == '4'
 
 
+@pytest.mark.slow  # MMTL meta-training on tiny data, end to end
 def test_no_inner_step_makes_first_order_exact(tiny_config, corpus_root, workdir):
   # alpha = beta -> 0: adaptation is the identity, so first-order IS the exact meta-gradient
   # (the second-order term is O(alpha), below float32 resolution at 1e-7; the config check

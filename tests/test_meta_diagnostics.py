@@ -36,6 +36,7 @@ def test_similarity_of_known_vectors():
   assert float(diagnostics.similarity(b, b)['relative_error']) == 0.0
 
 
+@pytest.mark.slow  # float64 finite differences
 def test_report_checks_exact_by_finite_differences_and_compares_every_mode():
   spec, params, batch, support = _maml()
   report = diagnostics.gradient_report(spec, params, batch, RNG, fd_eps=1e-6)
@@ -58,6 +59,7 @@ def test_report_checks_exact_by_finite_differences_and_compares_every_mode():
       np.testing.assert_allclose(got, w, rtol=1e-10)
 
 
+@pytest.mark.slow  # float64 finite differences
 def test_report_skips_implicit_for_several_stages_and_reuses_its_compilation():
   spec, params, batch, support = _maml()
   two = meta.MetaSpec((meta.Stage('net', support, lr=0.1),) * 2, spec.outer_loss,
@@ -70,6 +72,7 @@ def test_report_skips_implicit_for_several_stages_and_reuses_its_compilation():
   assert second['finite_difference']['fd'] != first['finite_difference']['fd']
 
 
+@pytest.mark.slow  # over 5 s alone
 def test_the_training_hook_is_jittable_and_agrees_with_the_report():
   spec, params, batch, _ = _maml()
   hook = jax.jit(diagnostics.make_gradient_hook(spec, modes=('first_order', 'implicit')))

@@ -1,4 +1,5 @@
-"""Meta-gradient correctness on a tiny SER model WITH a BiLSTM (exact, first-order, inner scan)."""
+"""Meta-gradient correctness on a tiny SER model WITH a BiLSTM (exact, first-order, inner scan),
+through MMTL's `MetaSpec` (`meta.recipes.mmtl`)."""
 
 import jax
 import jax.numpy as jnp
@@ -11,8 +12,14 @@ from mmtl_jax.ser import losses as ser
 ALPHA, BETA = 0.3, 0.2  # large inner steps so second-order terms are not negligible
 
 
-def cfg(mode, **kw):
-  return meta.MetaConfig(mode=mode, strategy='map', alpha=ALPHA, beta=BETA, **kw)
+def mmtl(losses, mode, **kw):
+  """MMTL's spec of `losses` = (inner_loss, transfer_loss) at this file's rates."""
+  return meta.recipes.mmtl(*losses, alpha=ALPHA, beta=BETA, mode=mode, strategy='map', **kw)
+
+
+def _adapt_key(task_rng, stage, step):
+  """The documented key of stage `stage`, inner step `step` (meta/spec.py)."""
+  return jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(task_rng, 0), stage), step)
 
 
 @pytest.fixture(scope='module')
@@ -26,12 +33,13 @@ def problem(tiny_model):
 
 @pytest.fixture(scope='module')
 def exact_and_first_order(problem):
-  params, batch, inner_loss, transfer_loss = problem
-  grad = jax.jit(lambda p, c: meta.meta_gradient(p, batch, jax.random.PRNGKey(2), inner_loss,
-                                                   transfer_loss, c)[0], static_argnums=1)
-  return grad(params, cfg('exact')), grad(params, cfg('first_order'))
+  params, batch, *losses = problem
+  grad = lambda spec: jax.jit(lambda p: meta.meta_gradient(
+      spec, p, batch, jax.random.PRNGKey(2)).grads)(params)
+  return grad(mmtl(losses, 'exact')), grad(mmtl(losses, 'first_order'))
 
 
+@pytest.mark.slow  # float64 finite differences
 def test_exact_meta_gradient_matches_central_finite_differences(tiny_model):
   with jax.enable_x64(True):
     model = tiny_model('float64')
@@ -39,12 +47,9 @@ def test_exact_meta_gradient_matches_central_finite_differences(tiny_model):
     params = jax.tree.map(lambda x: x.astype(jnp.float64), params)
     batch = ser.random_batch(num_tasks=2, batch_size=3, frames=8, bins=8, num_aux=3, seed=1)
     batch = {k: v.astype(np.float64) if v.dtype == np.float32 else v for k, v in batch.items()}
-    inner_loss, transfer_loss = ser.make_losses(model)
-    key, c = jax.random.PRNGKey(2), cfg('exact', inner_steps=2)
-    grads, _ = jax.jit(lambda p: meta.meta_gradient(p, batch, key, inner_loss, transfer_loss,
-                                                    c))(params)
-    objective = jax.jit(lambda p: meta.meta_objective(p, batch, key, inner_loss, transfer_loss,
-                                                      c))
+    key, spec = jax.random.PRNGKey(2), mmtl(ser.make_losses(model), 'exact', inner_steps=2)
+    grads = jax.jit(lambda p: meta.meta_gradient(spec, p, batch, key).grads)(params)
+    objective = jax.jit(lambda p: meta.meta_objective(spec, p, batch, key))
     leaves, treedef = jax.tree.flatten(params)
     keys = jax.random.split(jax.random.PRNGKey(3), len(leaves))
     direction = treedef.unflatten([jax.random.normal(k, l.shape, jnp.float64)
@@ -60,20 +65,20 @@ def test_exact_meta_gradient_matches_central_finite_differences(tiny_model):
   assert not jax.config.jax_enable_x64  # restored for the other tests
 
 
+@pytest.mark.slow  # over 5 s alone
 def test_first_order_equals_exact_with_inner_gradients_stopped(problem, exact_and_first_order):
   params, batch, inner_loss, transfer_loss = problem
   key = jax.random.PRNGKey(2)
 
   def hand_objective(p, task_batch, task_index):
-    # Eqs. 4-5 written out with jax.lax.stop_gradient on the inner gradients, then eqs. 6-7.
+    # Eqs. 4-5 written out with jax.lax.stop_gradient on the inner gradients, then eqs. 6-7,
+    # with the keys of meta/spec.py: stage i step s, then the outer loss at fold_in(r, 1).
     r = jax.random.fold_in(key, task_index)
-    g = jax.grad(inner_loss)(p['theta'], task_batch,
-                             jax.random.fold_in(jax.random.fold_in(r, 0), 0))
+    g = jax.grad(inner_loss)(p['theta'], task_batch, _adapt_key(r, 0, 0))
     theta = jax.tree.map(lambda t, gt: t - ALPHA * jax.lax.stop_gradient(gt), p['theta'], g)
-    g = jax.grad(transfer_loss, argnums=1)(theta, p['phi'], task_batch,
-                                           jax.random.fold_in(jax.random.fold_in(r, 1), 0))
+    g = jax.grad(transfer_loss, argnums=1)(theta, p['phi'], task_batch, _adapt_key(r, 1, 0))
     phi = jax.tree.map(lambda t, gt: t - BETA * jax.lax.stop_gradient(gt), p['phi'], g)
-    return transfer_loss(theta, phi, task_batch, jax.random.fold_in(r, 2))
+    return transfer_loss(theta, phi, task_batch, jax.random.fold_in(r, 1))
 
   def hand_mean(p):
     losses = [hand_objective(p, jax.tree.map(lambda x, i=i: x[i], batch), i) for i in range(2)]
@@ -85,6 +90,7 @@ def test_first_order_equals_exact_with_inner_gradients_stopped(problem, exact_an
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.slow  # over 5 s alone
 def test_second_order_term_is_nonzero_through_the_lstm(exact_and_first_order):
   exact, first_order = exact_and_first_order
   for name in ('input_kernel', 'recurrent_kernel'):
@@ -95,39 +101,44 @@ def test_second_order_term_is_nonzero_through_the_lstm(exact_and_first_order):
   assert not np.allclose(exact['phi']['fc']['kernel'], first_order['phi']['fc']['kernel'])
 
 
+@pytest.mark.slow  # over 5 s alone
 def test_two_inner_steps_equal_two_manual_applications(tiny_model):
   model = tiny_model(dropout=0.3)  # dropout makes every step's rng matter
   params = ser.init_params(model, jax.random.PRNGKey(0), (1, 8, 8))
   batch = jax.tree.map(lambda x: x[0], ser.random_batch(1, 3, 8, 8, seed=4))
   inner_loss, transfer_loss = ser.make_losses(model)
   rng = jax.random.PRNGKey(5)
-  adapted, stats = jax.jit(lambda p: meta.inner_adapt(
-      p, batch, rng, inner_loss, transfer_loss, alpha=ALPHA, beta=BETA, inner_steps=2))(params)
+  stages = meta.recipes.mmtl(inner_loss, transfer_loss, alpha=ALPHA, beta=BETA,
+                             inner_steps=2).stages
+  adapted, stats = jax.jit(lambda p: meta.adapt_stages(stages, p, batch, rng))(params)
 
   @jax.jit
   def manual(params):
     theta, phi = params['theta'], params['phi']
-    inner_rng, transfer_rng = jax.random.fold_in(rng, 0), jax.random.fold_in(rng, 1)
-    first_inner_loss = inner_loss(theta, batch, jax.random.fold_in(inner_rng, 0))
+    first_inner_loss = inner_loss(theta, batch, _adapt_key(rng, 0, 0))
     for s in range(2):
-      g = jax.grad(inner_loss)(theta, batch, jax.random.fold_in(inner_rng, s))
+      g = jax.grad(inner_loss)(theta, batch, _adapt_key(rng, 0, s))
       theta = jax.tree.map(lambda t, gt: t - ALPHA * gt, theta, g)
+    first_transfer_loss = transfer_loss(theta, phi, batch, _adapt_key(rng, 1, 0))
     for s in range(2):
-      g = jax.grad(transfer_loss, argnums=1)(theta, phi, batch,
-                                             jax.random.fold_in(transfer_rng, s))
+      g = jax.grad(transfer_loss, argnums=1)(theta, phi, batch, _adapt_key(rng, 1, s))
       phi = jax.tree.map(lambda t, gt: t - BETA * gt, phi, g)
-    return {'theta': theta, 'phi': phi}, first_inner_loss
+    return {'theta': theta, 'phi': phi}, first_inner_loss, first_transfer_loss
 
-  expected, first_inner_loss = manual(params)
+  expected, first_inner_loss, first_transfer_loss = manual(params)
   for got, want in zip(jax.tree.leaves(adapted), jax.tree.leaves(expected)):
     np.testing.assert_allclose(got, want, rtol=2e-5, atol=1e-6)
+  assert set(stats) == {'inner_loss_before', 'transfer_loss_before'}
   np.testing.assert_allclose(stats['inner_loss_before'], first_inner_loss, rtol=1e-5)
+  np.testing.assert_allclose(stats['transfer_loss_before'], first_transfer_loss, rtol=1e-5)
 
 
+@pytest.mark.slow  # over 5 s alone
 def test_remat_does_not_change_the_exact_gradient(problem, exact_and_first_order):
-  params, batch, inner_loss, transfer_loss = problem
-  got, _ = jax.jit(lambda p: meta.meta_gradient(p, batch, jax.random.PRNGKey(2), inner_loss,
-                                                transfer_loss, cfg('exact', remat=True)))(params)
+  params, batch, *losses = problem
+  spec = mmtl(losses, 'exact', remat=True)
+  got = jax.jit(lambda p: meta.meta_gradient(spec, p, batch, jax.random.PRNGKey(2)).grads)(
+      params)
   exact, _ = exact_and_first_order
   for g, e in zip(jax.tree.leaves(got), jax.tree.leaves(exact)):
     np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-7)

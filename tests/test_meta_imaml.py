@@ -44,6 +44,7 @@ def _quadratic(tasks=2):
   return params, batch, inner, outer, closed_form
 
 
+@pytest.mark.slow  # over 5 s alone (300 float64 inner steps)
 @pytest.mark.parametrize('strategy', ['vmap', 'map', 'loop'])
 def test_implicit_gradient_equals_the_closed_form_of_the_proximal_problem(strategy):
   with jax.enable_x64(True):
@@ -52,17 +53,21 @@ def test_implicit_gradient_equals_the_closed_form_of_the_proximal_problem(strate
     stage = meta.Stage('head', inner, steps=300, lr=0.2)
     spec = meta.MetaSpec((stage,), outer, mode='implicit', implicit_lam=LAM, cg_steps=8,
                          strategy=strategy)
-    got, metrics = jax.jit(lambda p: meta.stage_meta_gradient(spec, p, batch, RNG))(params)
+    assert meta.recipes.imaml(inner, outer, groups='head', steps=300, lr=0.2, lam=LAM,
+                              cg_steps=8, strategy=strategy) == spec  # the recipe is this spec
+    got, metrics, state = jax.jit(lambda p: meta.meta_gradient(spec, p, batch, RNG))(params)
+    assert state is None  # no model state
     want = jax.grad(closed_form)(params)
     for name in ('head', 'body'):  # body: the cross term through phi*(theta, b)
       np.testing.assert_allclose(got[name], want[name], rtol=1e-9, atol=1e-11)
     np.testing.assert_allclose(metrics['outer_loss'], closed_form(params), rtol=1e-9)
     # ... and the first-order gradient (what iMAML replaces) is visibly different.
-    first = meta.stage_meta_gradient(meta.MetaSpec((stage,), outer, mode='first_order'),
-                                     params, batch, RNG)[0]
+    first = meta.meta_gradient(meta.MetaSpec((stage,), outer, mode='first_order'), params,
+                               batch, RNG).grads
     assert not np.allclose(first['head'], want['head'], rtol=1e-2)
 
 
+@pytest.mark.slow  # float64 finite differences
 def test_implicit_gradient_matches_finite_differences_on_a_nonlinear_net():
   with jax.enable_x64(True):
     k = jax.random.split(jax.random.PRNGKey(1), 4)
@@ -75,8 +80,8 @@ def test_implicit_gradient_matches_finite_differences_on_a_nonlinear_net():
     query = lambda p, b, r: jnp.mean((predict(p, b['x'][4:]) - b['y'][4:]) ** 2)
     spec = meta.MetaSpec((meta.Stage('net', support, steps=200, lr=0.1),), query,
                          mode='implicit', implicit_lam=5.0, cg_steps=12, strategy='map')
-    grads, _ = jax.jit(lambda p: meta.stage_meta_gradient(spec, p, batch, RNG))(params)
-    objective = jax.jit(lambda p: meta.stage_objective(spec, p, batch, RNG))
+    grads = jax.jit(lambda p: meta.meta_gradient(spec, p, batch, RNG).grads)(params)
+    objective = jax.jit(lambda p: meta.meta_objective(spec, p, batch, RNG))
     d = jax.tree.map(lambda l: jnp.cos(jnp.arange(l.size, dtype=jnp.float64)).reshape(l.shape),
                      params)
     eps = 1e-5
@@ -94,7 +99,7 @@ def _temp_bytes(mode, steps):
   loss = lambda p, b, r: jnp.mean(jnp.tanh(b['x'] @ p['net']['w']) ** 2)
   spec = meta.MetaSpec((meta.Stage('net', loss, steps=steps, lr=0.1),), loss, mode=mode,
                        strategy='map')
-  compiled = jax.jit(lambda p: meta.stage_meta_gradient(spec, p, batch, RNG)).lower(
+  compiled = jax.jit(lambda p: meta.meta_gradient(spec, p, batch, RNG)).lower(
       params).compile()
   return compiled.memory_analysis().temp_size_in_bytes
 

@@ -65,14 +65,15 @@ STAGES = {
 }
 
 
+@pytest.mark.slow  # float64 finite differences
 @pytest.mark.parametrize('name', sorted(STAGES))
 def test_exact_gradient_through_the_inner_optimizer_matches_finite_differences(name):
   with jax.enable_x64(True):
     params, batch, support, query = _problem(jnp.float64)
     stage, params = STAGES[name](support, params)
     spec = meta.MetaSpec((stage,), query, mode='exact', strategy='map')
-    grads, _ = jax.jit(lambda p: meta.stage_meta_gradient(spec, p, batch, RNG))(params)
-    objective = jax.jit(lambda p: meta.stage_objective(spec, p, batch, RNG))
+    grads = jax.jit(lambda p: meta.meta_gradient(spec, p, batch, RNG).grads)(params)
+    objective = jax.jit(lambda p: meta.meta_objective(spec, p, batch, RNG))
     leaves, treedef = jax.tree.flatten(params)
     keys = jax.random.split(jax.random.PRNGKey(9), len(leaves))
     d = treedef.unflatten([jax.random.normal(k, l.shape, jnp.float64)
@@ -87,14 +88,16 @@ def test_exact_gradient_through_the_inner_optimizer_matches_finite_differences(n
       assert float(optax.tree.norm(grads['lr'])) > 1e-3
 
 
+@pytest.mark.slow  # over 5 s alone
 def test_first_order_holds_the_inner_update_constant_but_not_the_learned_rates():
   params, batch, support, query = _problem()
   task = _task(batch)
   params = dict(params, lr=meta.meta_sgd_rates(params['net'], 0.2))
   stage = meta.Stage('net', support, steps=2, learned_lr='lr',
                      optimizer=optax.scale_by_adam(eps_root=1e-8))
-  grads, _, _ = meta.task_stage_gradient(
-      meta.MetaSpec((stage,), query, mode='first_order'), params, task, RNG)
+  one_task = jax.tree.map(lambda x: x[None], task)  # a meta-batch of this task alone
+  grads = meta.meta_gradient(meta.MetaSpec((stage,), query, mode='first_order'), params,
+                             one_task, RNG).grads
 
   def hand(p):  # the same two steps, the Adam direction wrapped in stop_gradient
     net, state, adam = p['net'], None, optax.scale_by_adam(eps_root=1e-8)
@@ -114,7 +117,7 @@ def test_first_order_holds_the_inner_update_constant_but_not_the_learned_rates()
     np.testing.assert_allclose(got, w, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(got, dr, rtol=1e-4, atol=1e-6)
   assert float(optax.tree.norm(grads['lr'])) > 1e-4
-  exact, _, _ = meta.task_stage_gradient(meta.MetaSpec((stage,), query), params, task, RNG)
+  exact = meta.meta_gradient(meta.MetaSpec((stage,), query), params, one_task, RNG).grads
   assert not np.allclose(exact['net']['w1'], grads['net']['w1'], rtol=1e-3)
 
 
@@ -140,14 +143,15 @@ def test_meta_sgd_rates_move_under_the_outer_optimizer(mode):
   params = dict(params, lr=meta.meta_sgd_rates(params['net'], 0.1))
   spec = meta.MetaSpec((meta.Stage('net', support, learned_lr='lr'),), query, mode=mode,
                        strategy='vmap')
-  init_fn, step_fn = meta.make_stage_step(
+  init_fn, step_fn = meta.make_step(
       spec, meta.group_optimizer({'net': optax.adam(1e-2), 'lr': optax.adam(1e-2)}))
   state = init_fn(params)
+  assert isinstance(state, meta.MetaState) and state.model is None
   step = jax.jit(step_fn)
   new = params
   for i in range(3):
     new, state, metrics = step(new, state, batch, jax.random.fold_in(RNG, i))
-  assert int(state['step']) == 3
+  assert int(state.step) == 3
   moved = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), new['lr'], params['lr'])
   assert min(jax.tree.leaves(moved)) > 1e-3, moved  # every rate leaf was trained
   assert np.isfinite(float(metrics['outer_loss']))

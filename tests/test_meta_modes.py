@@ -1,9 +1,11 @@
 """Meta modes on the tiny SER model: the default lets theta see the emotion loss (Reptile with
 one inner step does not), and 'reptile_emotion' is the Reptile direction plus FOMAML's gradient.
-Then MAML++'s multi-step loss and derivative-order annealing on a general `MetaSpec`.
+Then MAML++'s multi-step loss and derivative-order annealing on a general `MetaSpec`, and the
+MAML++ weights and objective under float64 (no float32 constant may creep in).
 """
 
 import dataclasses
+import inspect
 
 import jax
 import jax.numpy as jnp
@@ -13,29 +15,40 @@ import pytest
 
 from mmtl_jax import meta
 from mmtl_jax.configs import base
-from mmtl_jax.meta.inner import RNG_OUTER
+from mmtl_jax.meta.spec import RNG_OUTER
 from mmtl_jax.ser import losses as ser
 
 RNG = jax.random.PRNGKey(3)
 
+# recipes.mmtl's keywords as the old MetaConfig defaulted them (alpha, beta are required).
+DEFAULTS = dict(alpha=0.01, beta=0.01, inner_steps=1, mode='first_order')
+
 
 @pytest.fixture(name='setup', scope='module')
 def fixture_setup(tiny_model):
-  """(params, batch of 2 tasks, inner_loss, transfer_loss, {cfg: jitted meta-gradient}) on the
-  tiny model, dropout on so that the tests also see each loss's rng."""
+  """(params, batch of 2 tasks, inner_loss, transfer_loss, {options: jitted meta-gradient},
+  config.model) on the tiny model, dropout on so that the tests also see each loss's rng."""
   model = tiny_model(dropout=0.25)
   params = ser.init_params(model, jax.random.PRNGKey(0), (1, 8, 8))
   batch = ser.random_batch(2, 3, 8, 8, seed=0)
-  return (params, batch, *ser.make_losses(model), {})
+  return (params, batch, *ser.make_losses(model), {}, model)
 
 
-def _meta_gradient(setup, cfg, batch=None):
-  """The meta-gradient of `setup` (or of `batch`) under `cfg`, compiled once per cfg."""
-  params, default_batch, inner_loss, transfer_loss, jitted = setup
-  if cfg not in jitted:
-    jitted[cfg] = jax.jit(lambda p, b: meta.meta_gradient(p, b, RNG, inner_loss, transfer_loss,
-                                                          cfg)[0])
-  return jitted[cfg](params, default_batch if batch is None else batch)
+def _mmtl(setup, **options):
+  """MMTL's spec of the setup's losses: DEFAULTS updated by `options`."""
+  _, _, inner_loss, transfer_loss, _, _ = setup
+  return meta.recipes.mmtl(inner_loss, transfer_loss, **dict(DEFAULTS, **options))
+
+
+def _meta_gradient(setup, batch=None, spec=None, **options):
+  """The meta-gradient of `setup` (or of `batch`) under `spec` (default `_mmtl(setup,
+  **options)`), compiled once per spec / options."""
+  params, default_batch, _, _, jitted, _ = setup
+  key = spec if spec is not None else tuple(sorted(options.items()))
+  if key not in jitted:
+    spec = spec if spec is not None else _mmtl(setup, **options)
+    jitted[key] = jax.jit(lambda p, b: meta.meta_gradient(spec, p, b, RNG).grads)
+  return jitted[key](params, default_batch if batch is None else batch)
 
 
 def _assert_trees_close(got, want, rtol):
@@ -59,34 +72,38 @@ def _max_relative_change(a, b):
              for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
+@pytest.mark.slow  # over 5 s alone
 def test_default_mode_gives_theta_the_emotion_gradient(setup):
-  # Through config.meta as training builds it, so a mode set in configs/base.py is caught too.
-  config_meta = base.get_config().meta
-  config_meta.strategy = 'loop'
-  cfg = meta.MetaConfig.from_config(config_meta)
-  assert cfg.mode == meta.MetaConfig().mode
+  # Through config.meta as training builds it (ser.mmtl_spec), so a mode set in
+  # configs/base.py is caught too.
+  config = base.get_config()
+  config.model = setup[5]
+  config.meta.strategy = 'loop'
+  spec = ser.mmtl_spec(config)
+  assert spec.mode == inspect.signature(meta.recipes.mmtl).parameters['mode'].default
   batch = setup[1]
-  before = _meta_gradient(setup, cfg)
-  after = _meta_gradient(setup, cfg, _other_targets(batch))
+  before = _meta_gradient(setup, spec=spec)
+  after = _meta_gradient(setup, _other_targets(batch), spec=spec)
   # Every theta leaf moves when only the emotion labels change: theta sees the emotion loss.
   for name in before['theta']:
     assert _max_relative_change(before['theta'][name], after['theta'][name]) > 1e-2, name
 
 
+@pytest.mark.slow  # over 5 s alone
 def test_reptile_with_one_inner_step_gives_theta_no_emotion_gradient(setup):
   """The degeneracy the default avoids: theta - theta' = alpha * grad L_aux(theta)."""
-  cfg = meta.MetaConfig(mode='reptile', strategy='loop', inner_steps=1)
+  options = dict(mode='reptile', strategy='loop', inner_steps=1)
   batch = setup[1]
-  before = _meta_gradient(setup, cfg)
-  after = _meta_gradient(setup, cfg, _other_targets(batch))
+  before = _meta_gradient(setup, **options)
+  after = _meta_gradient(setup, _other_targets(batch), **options)
   _assert_trees_close(after['theta'], before['theta'], rtol=1e-6)
   assert _max_relative_change(before['phi'], after['phi']) > 1e-2  # the change did reach phi
 
 
+@pytest.mark.slow  # over 5 s alone
 def test_reptile_emotion_is_reptile_plus_first_order(setup):
   # Large inner rates, so that the Reptile part is not negligible next to the gradient.
-  grads = {mode: _meta_gradient(setup, meta.MetaConfig(mode=mode, strategy='loop', alpha=0.3,
-                                                       beta=0.3))
+  grads = {mode: _meta_gradient(setup, mode=mode, strategy='loop', alpha=0.3, beta=0.3)
            for mode in ('reptile', 'first_order', 'reptile_emotion')}
   expected = jax.tree.map(jnp.add, grads['reptile'], grads['first_order'])
   _assert_trees_close(grads['reptile_emotion'], expected, rtol=1e-6)
@@ -94,25 +111,25 @@ def test_reptile_emotion_is_reptile_plus_first_order(setup):
     assert _max_relative_change(grads['reptile_emotion'], grads[part]) > 1e-2, part
 
 
+@pytest.mark.slow  # over 5 s alone
 def test_reptile_emotion_agrees_across_task_strategies(setup):
-  grads = {s: _meta_gradient(setup, meta.MetaConfig(mode='reptile_emotion', strategy=s))
+  grads = {s: _meta_gradient(setup, mode='reptile_emotion', strategy=s)
            for s in ('loop', 'vmap', 'map')}
   for s in ('vmap', 'map'):
     _assert_trees_close(grads[s], grads['loop'], rtol=1e-5)
 
 
+@pytest.mark.slow  # over 5 s alone
 def test_reptile_emotion_matches_a_plain_loop_over_tasks(setup):
   """By hand: per task, adapt first order, take the outer gradient at the adapted params with
   the task's outer key, add params - adapted; mean over tasks."""
-  params, batch, inner_loss, transfer_loss, _ = setup
-  cfg = meta.MetaConfig(mode='reptile_emotion', strategy='loop', inner_steps=2, alpha=0.2,
-                        beta=0.1)
+  params, batch, _, transfer_loss, _, _ = setup
+  options = dict(mode='reptile_emotion', strategy='loop', inner_steps=2, alpha=0.2, beta=0.1)
+  stages = _mmtl(setup, **options).stages
 
   @jax.jit
   def one_task(task, rng):
-    adapted, _ = meta.inner_adapt(params, task, rng, inner_loss, transfer_loss,
-                                  alpha=cfg.alpha, beta=cfg.beta, inner_steps=cfg.inner_steps,
-                                  first_order=True)
+    adapted, _ = meta.adapt_stages(stages, params, task, rng, first_order=True)
     grad = jax.grad(lambda a: transfer_loss(a['theta'], a['phi'], task,
                                             jax.random.fold_in(rng, RNG_OUTER)))(adapted)
     return jax.tree.map(lambda p, a, g: p - a + g, params, adapted, grad)
@@ -121,7 +138,7 @@ def test_reptile_emotion_matches_a_plain_loop_over_tasks(setup):
   directions = [one_task(jax.tree.map(lambda leaf, t=t: leaf[t], batch),
                          jax.random.fold_in(RNG, t)) for t in range(num_tasks)]
   expected = jax.tree.map(lambda *d: sum(d) / num_tasks, *directions)
-  _assert_trees_close(_meta_gradient(setup, cfg), expected, rtol=1e-5)
+  _assert_trees_close(_meta_gradient(setup, **options), expected, rtol=1e-5)
 
 
 # ---- MAML++ on a general MetaSpec: multi-step loss and derivative-order annealing -------------
@@ -147,13 +164,14 @@ def test_multi_step_weights_anneal_from_uniform_toward_the_last_step():
   np.testing.assert_allclose(w[3], [0.0075] * 3 + [1 - 3 * 0.0075], rtol=1e-6)
 
 
+@pytest.mark.slow  # float64 finite differences
 def test_multi_step_exact_gradient_matches_finite_differences():
   with jax.enable_x64(True):
     params, batch, support, query = _regression(jnp.float64)
     spec = meta.MetaSpec((meta.Stage('net', support, steps=3, lr=0.3),), query,
                          multi_step=True, multi_step_anneal=4, strategy='map')
-    grads, _ = meta.stage_meta_gradient(spec, params, batch, RNG, step=1)
-    objective = lambda p: meta.stage_objective(spec, p, batch, RNG, step=1)
+    grads = meta.meta_gradient(spec, params, batch, RNG, step=1).grads
+    objective = lambda p: meta.meta_objective(spec, p, batch, RNG, step=1)
     d = jax.tree.map(lambda l: jnp.cos(jnp.arange(l.size, dtype=jnp.float64)).reshape(l.shape),
                      params)
     eps = 1e-6
@@ -161,8 +179,8 @@ def test_multi_step_exact_gradient_matches_finite_differences():
           - objective(jax.tree.map(lambda p, v: p - eps * v, params, d))) / (2 * eps)
     analytic = sum(jnp.vdot(g, v) for g, v in zip(jax.tree.leaves(grads), jax.tree.leaves(d)))
     assert abs(float(fd - analytic)) <= 1e-7 * abs(float(analytic))
-    plain = meta.stage_meta_gradient(dataclasses.replace(spec, multi_step=False), params, batch,
-                                     RNG)[0]
+    plain = meta.meta_gradient(dataclasses.replace(spec, multi_step=False), params, batch,
+                               RNG).grads
     assert not np.allclose(plain['net']['w1'], grads['net']['w1'], rtol=1e-3)
 
 
@@ -172,7 +190,7 @@ def test_first_order_multi_step_is_the_weighted_sum_of_gradients_after_each_step
                        mode='first_order', multi_step=True, multi_step_anneal=4,
                        strategy='loop')
   weights = meta.multi_step_weights(2, 3, 4)
-  grads, _ = meta.stage_meta_gradient(spec, params, batch, RNG, step=2)
+  grads = meta.meta_gradient(spec, params, batch, RNG, step=2).grads
   want = []
   for t in range(2):
     task, net = jax.tree.map(lambda x, t=t: x[t], batch), params['net']
@@ -187,22 +205,64 @@ def test_first_order_multi_step_is_the_weighted_sum_of_gradients_after_each_step
   _assert_trees_close(grads['net'], want, rtol=1e-5)
 
 
+@pytest.mark.slow  # over 5 s alone
 def test_derivative_order_annealing_switches_at_k_and_compiles_once():
   params, batch, support, query = _regression()
   stage = meta.Stage('net', support, steps=2, lr=0.3)
   spec = meta.MetaSpec((stage,), query, mode='exact', first_order_until=2, strategy='vmap')
-  fo = meta.stage_meta_gradient(dataclasses.replace(spec, first_order_until=0,
-                                                    mode='first_order'), params, batch, RNG)[0]
-  exact = meta.stage_meta_gradient(dataclasses.replace(spec, first_order_until=0), params,
-                                   batch, RNG)[0]
-  grad_at = jax.jit(lambda p, step: meta.stage_meta_gradient(spec, p, batch, RNG, step=step)[0])
+  fo = meta.meta_gradient(dataclasses.replace(spec, first_order_until=0, mode='first_order'),
+                          params, batch, RNG).grads
+  exact = meta.meta_gradient(dataclasses.replace(spec, first_order_until=0), params, batch,
+                             RNG).grads
+  grad_at = jax.jit(lambda p, step: meta.meta_gradient(spec, p, batch, RNG, step=step).grads)
   for step, want in ((0, fo), (1, fo), (2, exact), (5, exact)):
     _assert_trees_close(grad_at(params, jnp.int32(step)), want, rtol=1e-5)
   assert grad_at._cache_size() == 1  # pylint: disable=protected-access
   assert not np.allclose(fo['net']['w1'], exact['net']['w1'], rtol=1e-3)
   # The whole meta-step too: one compilation across the switch.
-  init_fn, step_fn = meta.make_stage_step(spec, meta.group_optimizer({'net': optax.sgd(0.1)}))
+  init_fn, step_fn = meta.make_step(spec, meta.group_optimizer({'net': optax.sgd(0.1)}))
   step, state, p = jax.jit(step_fn), init_fn(params), params
   for i in range(4):
     p, state, _ = step(p, state, batch, RNG)
-  assert step._cache_size() == 1 and int(state['step']) == 4  # pylint: disable=protected-access
+  assert step._cache_size() == 1 and int(state.step) == 4  # pylint: disable=protected-access
+
+
+# ---- float64: MAML++'s weights and objective carry no float32 constant ----------------------
+def test_multi_step_weights_are_float64_under_x64_and_equal_the_closed_form():
+  with jax.enable_x64(True):
+    w = meta.multi_step_weights(3, 4, 10)
+    assert w.dtype == jnp.float64
+    # Step 3 of 4 inner steps annealed over 10: decay 1/(4 * 10) per outer step.
+    non_final, final = 1 / 4 - 3 / 40, 1 / 4 + 3 * 3 / 40
+    np.testing.assert_allclose(np.asarray(w), [non_final] * 3 + [final], rtol=0, atol=1e-15)
+    late = meta.multi_step_weights(50, 4, 10)  # clipped: 0.03 / steps and its complement
+    assert late.dtype == jnp.float64
+    np.testing.assert_allclose(np.asarray(late), [0.03 / 4] * 3 + [1 - 3 * 0.03 / 4], rtol=0,
+                               atol=1e-15)
+
+
+def test_maml_plus_plus_objective_is_the_float64_weighted_sum_of_per_step_losses():
+  """meta_objective of recipes.maml_plus_plus at outer step 2 against the loop written out:
+  3 steps of SGD at each step's learned rate, the query loss after each step, weighted by the
+  closed-form MAML++ weights, mean over the tasks; all in float64."""
+  with jax.enable_x64(True):
+    params, batch, support, query = _regression(jnp.float64)
+    steps, anneal, outer_step = 3, 4, 2
+    params = dict(params, lslr=jax.tree.map(
+        lambda r: r * jnp.array([1.0, 0.5, 0.25], jnp.float64),
+        meta.lslr_rates(params['net'], steps, 0.3)))
+    spec = meta.recipes.maml_plus_plus(support, query, groups='net', steps=steps,
+                                       multi_step_anneal=anneal, strategy='map')
+    got = meta.meta_objective(spec, params, batch, RNG, step=outer_step)
+    assert got.dtype == jnp.float64
+    # Weights at outer step 2 of 4: non-final 1/3 - 2/12 = 1/6, final 1/3 + 2 * 2/12 = 2/3.
+    weights = (1 / 6, 1 / 6, 2 / 3)
+    total = 0.0
+    for t in range(2):
+      task, net = jax.tree.map(lambda x, t=t: x[t], batch), params['net']
+      for s in range(steps):
+        g = jax.grad(lambda n: support({'net': n}, task, None))(net)
+        net = jax.tree.map(lambda n, gg, r: n - r[s] * gg, net, g, params['lslr'])
+        total += weights[s] * float(query({'net': net}, task, None))
+    want = total / 2
+    np.testing.assert_allclose(float(got), want, rtol=1e-14)

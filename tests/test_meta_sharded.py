@@ -39,6 +39,7 @@ _SCRIPT = textwrap.dedent('''
     import ml_collections, numpy as np
     from jax.sharding import PartitionSpec as P
     from mmtl_jax import meta
+    from mmtl_jax.configs import base
     from mmtl_jax.ser import losses as ser
 
     STRATEGIES, MODES = sys.argv[1].split(','), sys.argv[2].split(',')
@@ -53,14 +54,15 @@ _SCRIPT = textwrap.dedent('''
     def config(mode, strategy):
       c = ml_collections.ConfigDict()
       c.model = model
-      c.meta = ml_collections.ConfigDict(dict(mode=mode, strategy=strategy, alpha=0.3,
-                                              beta=0.2, gamma=1e-2))
+      c.meta = base.get_config().meta
+      c.meta.update(dict(mode=mode, strategy=strategy, alpha=0.3, beta=0.2, gamma=1e-2))
       return c
 
     def train(mode, strategy):
       init_fn, step_fn = ser.make_mmtl_step(config(mode, strategy))
       params = init_params()
       opt_state = init_fn(params)
+      assert isinstance(opt_state, meta.MetaState)
       place_state, place_batch = (lambda t: t), (lambda b: b)
       if strategy == 'sharded':
         place_state = lambda t: meta.replicate(t, mesh)
@@ -101,17 +103,16 @@ _SCRIPT = textwrap.dedent('''
         p, _, m = jax.jit(step_fn)(params, init_fn(params), b, jax.random.PRNGKey(1))
         padded[strategy] = [np.asarray(leaf).tolist() for leaf in jax.tree.leaves((p, m))]
       out['padded'] = padded
-      # meta_gradient called alone (not through make_meta_step) on params placed on the mesh.
-      inner_loss, transfer_loss = ser.make_losses(model)
+      # meta_gradient called alone (not through make_step) on params placed on the mesh.
       batch = ser.random_batch(TASKS, SEGMENTS, FRAMES, BINS, seed=5)
       grads = {}
       for strategy in ('sharded', 'vmap'):
         p, b = params, batch
         if strategy == 'sharded':
           p, b = meta.replicate(params, mesh), meta.shard_task_batch(batch, mesh)
-        cfg = config('first_order', strategy).meta
-        g, _ = jax.jit(lambda p, b: meta.meta_gradient(
-            p, b, jax.random.PRNGKey(3), inner_loss, transfer_loss, cfg))(p, b)
+        spec = ser.mmtl_spec(config('first_order', strategy))
+        g = jax.jit(lambda p, b: meta.meta_gradient(spec, p, b, jax.random.PRNGKey(3)).grads)(
+            p, b)
         grads[strategy] = [np.asarray(leaf).tolist() for leaf in jax.tree.leaves(g)]
       out['direct'] = grads
     print('RESULT ' + json.dumps(out))
@@ -161,6 +162,7 @@ def runs(tiny_model):
   return results
 
 
+@pytest.mark.slow  # subprocesses, 8 fake CPU devices
 @pytest.mark.parametrize('mode', ['first_order', 'exact'])
 def test_sharded_steps_match_vmap_on_one_device(runs, mode):
   assert runs['devices8']['mesh'] == {'tasks': 8}
@@ -174,6 +176,7 @@ def test_sharded_steps_match_vmap_on_one_device(runs, mode):
       f'{mode}: max relative differences of the final params {diffs} (tolerance {TOLERANCE})')
 
 
+@pytest.mark.slow  # subprocesses, 2 processes x 2 fake CPU devices
 def test_sharded_over_two_processes_matches_one_device(runs):
   assert runs['hosts2']['mesh'] == {'tasks': 4}
   sharded = runs['hosts2']['first_order']['sharded']
@@ -185,12 +188,14 @@ def test_sharded_over_two_processes_matches_one_device(runs):
       f'(tolerance {TOLERANCE})')
 
 
+@pytest.mark.slow  # subprocesses, 8 fake CPU devices
 def test_meta_gradient_alone_accepts_params_placed_on_the_mesh(runs):
   direct = runs['devices8']['direct']
   diff = _rel_diff(direct['sharded'], direct['vmap'])
   assert diff < TOLERANCE, f'sharded vs vmap meta-gradient: {diff}'
 
 
+@pytest.mark.slow  # subprocesses, 8 fake CPU devices
 def test_tasks_not_a_multiple_of_the_devices_are_padded(runs):
   """6 tasks on 8 devices: the 2 padding tasks (copies of task 0) must weigh nothing, and the
   mean must be over the 6 real tasks (a mean over 8, or task 0 counted 3 times, fails)."""

@@ -1,9 +1,6 @@
-"""The stage API: MMTL through it is bit-identical to the original two-loop code; stages see
-the groups adapted before them; ANIL leaves the body alone; errors are clear.
-
-The reference below is the pre-stage MMTL implementation (meta/inner.py and meta/outer.py as
-they were), frozen here verbatim but for names, so that any drift of the stage path (rng
-derivation, update formula, loop structure) shows up as a changed bit.
+"""The stage API: MMTL through its stages follows eqs. 4-7 with the documented keys (a loop
+written out by hand); stages see the groups adapted before them; ANIL leaves the body alone;
+errors are clear; every mode agrees under every task strategy; model state is threaded.
 """
 
 import json
@@ -20,90 +17,8 @@ import optax
 import pytest
 
 from mmtl_jax import meta
-from mmtl_jax.meta import strategy as strategy_lib
-from mmtl_jax.ser import losses as ser
 
 RNG = jax.random.PRNGKey(7)
-
-
-# ---- frozen reference: the MMTL code before the stage API --------------------------------
-def _ref_sgd(params, grads, lr):
-  return jax.tree.map(lambda p, g: p - jnp.asarray(lr, p.dtype) * g.astype(p.dtype),
-                      params, grads)
-
-
-def _ref_sgd_scan(loss_fn, params, rng, lr, steps, first_order, remat):
-  def step(p, s):
-    loss, g = jax.value_and_grad(loss_fn)(p, jax.random.fold_in(rng, s))
-    if first_order:
-      g = jax.lax.stop_gradient(g)
-    return _ref_sgd(p, g, lr), loss
-
-  if remat:
-    step = jax.checkpoint(step, prevent_cse=False)
-  if steps == 1:
-    params, loss = step(params, jnp.int32(0))
-    return params, loss[None]
-  return jax.lax.scan(step, params, jnp.arange(steps))
-
-
-def _ref_inner_adapt(params, batch, rng, inner_loss, transfer_loss, *, alpha, beta,
-                     inner_steps=1, first_order=False, remat=False):
-  theta, phi = params['theta'], params['phi']
-  theta_adapted, inner_losses = _ref_sgd_scan(
-      lambda t, r: inner_loss(t, batch, r), theta, jax.random.fold_in(rng, 0), alpha,
-      inner_steps, first_order, remat)
-  stats = {'inner_loss_before': inner_losses[0]}
-  if jax.tree.leaves(phi):
-    phi_adapted, transfer_losses = _ref_sgd_scan(
-        lambda p, r: transfer_loss(theta_adapted, p, batch, r), phi,
-        jax.random.fold_in(rng, 1), beta, inner_steps, first_order, remat)
-    stats['transfer_loss'] = transfer_losses[0]
-  else:
-    phi_adapted = phi
-  return {'theta': theta_adapted, 'phi': phi_adapted}, stats
-
-
-def _ref_task_meta_gradient(params, batch, rng, inner_loss, transfer_loss, cfg):
-  outer_rng = jax.random.fold_in(rng, 2)
-
-  def adapt(p, first_order):
-    return _ref_inner_adapt(p, batch, rng, inner_loss, transfer_loss, alpha=cfg.alpha,
-                            beta=cfg.beta, inner_steps=cfg.inner_steps,
-                            first_order=first_order, remat=cfg.remat)
-
-  def outer(adapted):
-    return transfer_loss(adapted['theta'], adapted['phi'], batch, outer_rng)
-
-  grads, loss, adapted, stats = meta.MODES.get(cfg.mode)(params, adapt, outer)
-  metrics = dict(stats, outer_loss=loss)
-  if cfg.log_inner_after:
-    metrics['inner_loss_after'] = inner_loss(adapted['theta'], batch,
-                                             jax.random.fold_in(rng, 3))
-  return grads, metrics
-
-
-def _ref_meta_gradient(params, task_batch, rng, inner_loss, transfer_loss, cfg):
-  def per_task(batch, task_index):
-    return _ref_task_meta_gradient(params, batch, jax.random.fold_in(rng, task_index),
-                                   inner_loss, transfer_loss, cfg)
-
-  n = strategy_lib.num_tasks(task_batch)
-  grads, metrics = strategy_lib.sum_over_tasks(per_task, task_batch, cfg.strategy,
-                                               cfg.task_chunk)
-  scale = 1.0 if cfg.task_reduce == 'sum' else 1.0 / n
-  grads = jax.tree.map(lambda g: g * jnp.asarray(scale, g.dtype), grads)
-  return grads, jax.tree.map(lambda m: m / n, metrics)
-# ---- end of the frozen reference ---------------------------------------------------------
-
-
-@pytest.fixture(name='ser_setup', scope='module')
-def fixture_ser_setup(tiny_model):
-  model = tiny_model(dropout=0.25)  # dropout: every loss's key matters
-  model.conv_features, model.conv_kernels = (2,), ((3, 3),)  # one conv block: compiles faster
-  params = ser.init_params(model, jax.random.PRNGKey(0), (1, 8, 8))
-  batch = ser.random_batch(2, 3, 8, 8, seed=2)
-  return params, batch, *ser.make_losses(model)
 
 
 def _mlp_mmtl():
@@ -129,44 +44,83 @@ def _mlp_mmtl():
   return params, batch, inner_loss, transfer_loss
 
 
-def _assert_bit_identical(setup, cfg):
-  params, batch, inner_loss, transfer_loss = setup
-  want = jax.jit(lambda p: _ref_meta_gradient(p, batch, RNG, inner_loss, transfer_loss,
-                                              cfg))(params)
-  got = jax.jit(lambda p: meta.meta_gradient(p, batch, RNG, inner_loss, transfer_loss,
-                                             cfg))(params)
-  assert jax.tree.structure(got) == jax.tree.structure(want)
-  for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
-    np.testing.assert_array_equal(g, w)
-  assert float(optax.tree.norm(got[0])) > 0
+def _key(task_rng, *tags):
+  """fold_in of task_rng by each tag in turn (meta/spec.py's derivation)."""
+  for tag in tags:
+    task_rng = jax.random.fold_in(task_rng, tag)
+  return task_rng
 
 
-@pytest.mark.parametrize('mode', ['exact', 'first_order', 'reptile', 'reptile_emotion'])
-@pytest.mark.parametrize('strategy,steps', [('loop', 2), ('vmap', 1), ('vmap', 3)])
-def test_mmtl_through_stages_is_bit_identical_to_the_original_code(mode, strategy, steps):
-  cfg = meta.MetaConfig(mode=mode, strategy=strategy, inner_steps=steps, alpha=0.3, beta=0.2)
-  _assert_bit_identical(_mlp_mmtl(), cfg)
+def _hand_mmtl(params, batch, rng, inner_loss, transfer_loss, *, alpha, beta, steps,
+               first_order):
+  """Eqs. 4-7 written out, task by task, with meta/spec.py's keys: task t's key r_t =
+  fold_in(rng, t); stage i (0: theta by inner_loss, 1: phi by transfer_loss), step s:
+  fold_in(fold_in(fold_in(r_t, 0), i), s); outer loss fold_in(r_t, 1); inner loss after
+  adaptation (log_inner_after) fold_in(fold_in(r_t, 2), 0). Returns (mean outer loss, mean
+  metrics)."""
+  sgd = lambda p, g, lr: jax.tree.map(
+      lambda a, b: a - lr * (jax.lax.stop_gradient(b) if first_order else b), p, g)
+  outer, metrics = [], []
+  for t in range(batch['x'].shape[0]):
+    b, r = jax.tree.map(lambda x, t=t: x[t], batch), jax.random.fold_in(rng, t)
+    theta, phi = params['theta'], params['phi']
+    inner_before = inner_loss(theta, b, _key(r, 0, 0, 0))
+    for s in range(steps):
+      theta = sgd(theta, jax.grad(inner_loss)(theta, b, _key(r, 0, 0, s)), alpha)
+    transfer_before = transfer_loss(theta, phi, b, _key(r, 0, 1, 0))
+    for s in range(steps):
+      phi = sgd(phi, jax.grad(transfer_loss, argnums=1)(theta, phi, b, _key(r, 0, 1, s)), beta)
+    outer.append(transfer_loss(theta, phi, b, _key(r, 1)))
+    metrics.append({'inner_loss_before': inner_before, 'transfer_loss_before': transfer_before,
+                    'outer_loss': outer[-1],
+                    'inner_loss_after': inner_loss(theta, b, _key(r, 2, 0))})
+  n = len(outer)
+  return sum(outer) / n, jax.tree.map(lambda *m: sum(m) / n, *metrics)
 
 
-def test_mmtl_on_the_ser_model_is_bit_identical_to_the_original_code(ser_setup):
-  _assert_bit_identical(ser_setup, meta.MetaConfig(mode='exact', strategy='loop',
-                                                   inner_steps=2, alpha=0.3, beta=0.2))
+@pytest.mark.parametrize('strategy,steps,mode', [('loop', 2, 'exact'), ('vmap', 1, 'exact'),
+                                                 ('vmap', 3, 'first_order')])
+@pytest.mark.slow  # over 5 s alone
+def test_mmtl_through_stages_follows_the_hand_written_loop_and_documented_keys(strategy, steps,
+                                                                              mode):
+  params, batch, inner_loss, transfer_loss = _mlp_mmtl()
+  kw = dict(alpha=0.3, beta=0.2)
+  spec = meta.recipes.mmtl(inner_loss, transfer_loss, inner_steps=steps, mode=mode,
+                           strategy=strategy, log_inner_after=True, **kw)
+  got = jax.jit(lambda p: meta.meta_gradient(spec, p, batch, RNG))(params)
+  assert got.state is None
+  hand = lambda p: _hand_mmtl(p, batch, RNG, inner_loss, transfer_loss, steps=steps,
+                              first_order=mode == 'first_order', **kw)
+  (_, metrics), grads = jax.jit(jax.value_and_grad(hand, has_aux=True))(params)
+  assert jax.tree.structure(got.grads) == jax.tree.structure(grads)
+  for g, w in zip(jax.tree.leaves(got.grads), jax.tree.leaves(grads)):
+    np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5 * float(np.abs(w).max()))
+  assert set(got.metrics) == set(metrics)
+  for name, value in metrics.items():
+    np.testing.assert_allclose(got.metrics[name], value, rtol=1e-5, err_msg=name)
+  assert float(optax.tree.norm(got.grads)) > 0
 
 
-def test_mmtl_inner_adapt_is_bit_identical_with_empty_phi():
+@pytest.mark.slow  # over 5 s alone
+def test_mmtl_with_empty_phi_skips_eq_5():
   params, batch, inner_loss, transfer_loss = _mlp_mmtl()
   params = {'theta': params['theta'], 'phi': {}}
   task = jax.tree.map(lambda x: x[0], batch)
-  inner_only = lambda theta, b, r: inner_loss(theta, b, r)
+  stages = meta.recipes.mmtl(inner_loss, transfer_loss, alpha=0.3, beta=0.2,
+                             inner_steps=2).stages
   for first_order in (False, True):
-    kw = dict(alpha=0.3, beta=0.2, inner_steps=2, first_order=first_order)
-    want = jax.jit(lambda p: _ref_inner_adapt(p, task, RNG, inner_only, transfer_loss,
-                                              **kw))(params)
-    got = jax.jit(lambda p: meta.inner_adapt(p, task, RNG, inner_only, transfer_loss,
-                                             **kw))(params)
-    assert set(got[1]) == {'inner_loss_before'}  # eq. 5 skipped: no transfer_loss stat
-    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
-      np.testing.assert_array_equal(g, w)
+    adapted, stats = jax.jit(lambda p, fo=first_order: meta.adapt_stages(
+        stages, p, task, RNG, first_order=fo))(params)
+    assert set(stats) == {'inner_loss_before'}  # eq. 5 skipped: no transfer_loss stat
+    assert adapted['phi'] == {}
+    theta = params['theta']
+    for s in range(2):
+      g = jax.grad(inner_loss)(theta, task, _key(RNG, 0, 0, s))
+      theta = jax.tree.map(lambda a, b: a - 0.3 * b, theta, g)
+    for g, w in zip(jax.tree.leaves(adapted['theta']), jax.tree.leaves(theta)):
+      np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(stats['inner_loss_before'],
+                               inner_loss(params['theta'], task, _key(RNG, 0, 0, 0)), rtol=1e-6)
 
 
 def _linear_setup():
@@ -200,11 +154,11 @@ def test_anil_adapts_only_the_head_and_the_body_gets_a_second_order_gradient():
   adapted, _ = meta.adapt_stages(spec.stages, params, batch, RNG)
   np.testing.assert_array_equal(adapted['body'], params['body'])
   assert not np.allclose(adapted['head'], params['head'])
-  exact, _ = meta.stage_meta_gradient(spec, params, task_batch, RNG)
-  first = meta.stage_meta_gradient(
+  exact = meta.meta_gradient(spec, params, task_batch, RNG).grads
+  first = meta.meta_gradient(
       meta.MetaSpec(spec.stages, loss, mode='first_order', strategy='loop'), params,
-      task_batch, RNG)[0]
-  want = jax.grad(lambda p: meta.stage_objective(spec, p, task_batch, RNG))(params)
+      task_batch, RNG).grads
+  want = jax.grad(lambda p: meta.meta_objective(spec, p, task_batch, RNG))(params)
   for name in ('body', 'head'):
     np.testing.assert_allclose(exact[name], want[name], rtol=1e-5, atol=1e-6)
   # first order: the body only sees d outer / d body at the adapted head.
@@ -242,11 +196,22 @@ def test_bad_params_and_specs_raise_clear_errors():
     meta.adapt_stages((meta.Stage('net', loss, lr=0.1),), params, batch, RNG)
   with pytest.raises(ValueError, match='non-empty sequence of Stage'):
     meta.MetaSpec((), loss)
-  with pytest.raises(ValueError, match='not registered|unknown|exact'):
+  with pytest.raises(ValueError, match="invalid MetaSpec: mode: unknown 'nope'"):
     meta.MetaSpec((meta.Stage('head', loss, lr=0.1),), loss, mode='nope')
+  # One ValueError lists every problem of the spec.
+  with pytest.raises(ValueError, match='invalid MetaSpec: ') as error:
+    meta.MetaSpec((meta.Stage('head', loss, lr=0.1),), loss, mode='nope', strategy='nowhere',
+                  task_reduce='max', task_chunk=-1, task_groups=-2, multi_step_anneal=0,
+                  implicit_lam=0.0)
+  message = str(error.value)
+  for problem in ("mode: unknown 'nope'", "strategy: 'nowhere' not in",
+                  "task_reduce: 'max' not in", 'task_chunk: must be >= 0, got -1',
+                  'task_groups: must be >= 0, got -2', 'multi_step_anneal: must be >= 1',
+                  'implicit_lam must be > 0'):
+    assert problem in message, (problem, message)
   with pytest.raises(ValueError, match='needs the outer step'):
     spec = meta.MetaSpec((meta.Stage('head', loss, lr=0.1),), loss, multi_step=True)
-    meta.stage_meta_gradient(spec, params, jax.tree.map(lambda x: x[None], batch), RNG)
+    meta.meta_gradient(spec, params, jax.tree.map(lambda x: x[None], batch), RNG)
   with pytest.raises(ValueError, match=r"no outer transform for params group\(s\) \['head'\]"):
     meta.group_optimizer({'body': optax.adam(1e-3)}).init(params)
 
@@ -293,7 +258,7 @@ def gradients(strategy, modes, mesh=None):
   out = {}
   for mode in modes:
     spec = spec_for(mode, strategy, support, query)
-    fn = jax.jit(lambda p, s, b, t: meta.stage_meta_gradient(
+    fn = jax.jit(lambda p, s, b, t: meta.meta_gradient(
         spec, p, b, jax.random.PRNGKey(3), state=s, step=t, mesh=mesh))
     for t in ((0, 2) if mode == 'maml++' else (0,)):
       out[f'{mode}{t}'] = [np.asarray(l).tolist()
@@ -311,6 +276,7 @@ def _close(a, b, rtol=1e-5):
     np.testing.assert_allclose(x, y, rtol=rtol, atol=rtol * max(1.0, float(np.abs(y).max())))
 
 
+@pytest.mark.slow  # over 5 s alone
 def test_every_mode_agrees_across_local_strategies():
   scope = {}
   exec(_GENERAL, scope)  # pylint: disable=exec-used
@@ -322,6 +288,7 @@ def test_every_mode_agrees_across_local_strategies():
   assert not np.allclose(results['loop']['maml++0'][0], results['loop']['maml++2'][0])
 
 
+@pytest.mark.slow  # a subprocess on 2 fake CPU devices
 def test_every_mode_agrees_between_sharded_and_vmap_on_two_devices():
   script = _GENERAL + textwrap.dedent('''
       import json
@@ -368,6 +335,7 @@ def _bn_problem(dtype=jnp.float32):
   return model, params, state, batch, loss
 
 
+@pytest.mark.slow  # over 5 s alone
 def test_batchnorm_statistics_are_threaded_through_the_inner_steps():
   _, params, state, batch, loss = _bn_problem()
   task = jax.tree.map(lambda x: x[0], batch)
@@ -388,18 +356,19 @@ def test_batchnorm_statistics_are_threaded_through_the_inner_steps():
   assert not np.allclose(one['model_state']['BatchNorm_0']['mean'], st['BatchNorm_0']['mean'])
 
 
+@pytest.mark.slow  # float64 finite differences
 def test_the_meta_step_returns_the_mean_adapted_state_and_exact_matches_fd():
   with jax.enable_x64(True):
     _, params, state, batch, loss = _bn_problem(jnp.float64)
     spec = meta.MetaSpec((meta.Stage('net', loss, steps=2, lr=0.2),), loss, strategy='loop')
-    grads, _, new_state = meta.stage_meta_gradient(spec, params, batch, RNG, state=state)
+    grads, _, new_state = meta.meta_gradient(spec, params, batch, RNG, state=state)
     per_task = [meta.adapt_stages(spec.stages, params, jax.tree.map(lambda x, t=t: x[t], batch),
                                   jax.random.fold_in(RNG, t), state=state)[1]['model_state']
                 for t in range(2)]
     want = jax.tree.map(lambda a, b: (a + b) / 2, *per_task)
     for got, w in zip(jax.tree.leaves(new_state), jax.tree.leaves(want)):
       np.testing.assert_allclose(got, w, rtol=1e-12)
-    objective = lambda p: meta.stage_objective(spec, p, batch, RNG, state=state)
+    objective = lambda p: meta.meta_objective(spec, p, batch, RNG, state=state)
     d = jax.tree.map(lambda l: jnp.sin(jnp.arange(l.size, dtype=jnp.float64)).reshape(l.shape),
                      params)
     eps = 1e-6

@@ -1,7 +1,11 @@
 """Task-axis strategies agree; Reptile matches its closed form; the step is traced once.
 
 The meta package is model-agnostic, so these tests use a tiny generic conv model (fast to
-compile); the SER model is exercised in test_meta_gradients.py and test_ser.py.
+compile) through MMTL's spec (`meta.recipes.mmtl`); the SER model is exercised in
+test_meta_gradients.py and test_ser.py.
+
+Internals tested (imported inside the tests that use them): `mmtl_jax.meta._tasks`'s
+`_cpu_cores` (monkeypatched under `resolve_groups`), `padded_num_tasks` and `pad_tasks`.
 """
 
 import json
@@ -57,11 +61,11 @@ def problem():
   return (*conv_problem(4), *conv_losses())
 
 
-def _grads(problem, **cfg):
+def _grads(problem, **options):
   params, batch, inner_loss, transfer_loss = problem
-  c = meta.MetaConfig(alpha=0.3, beta=0.2, **cfg)
-  return jax.jit(lambda p: meta.meta_gradient(p, batch, jax.random.PRNGKey(7), inner_loss,
-                                              transfer_loss, c))(params)
+  spec = meta.recipes.mmtl(inner_loss, transfer_loss, alpha=0.3, beta=0.2, **options)
+  return jax.jit(lambda p: meta.meta_gradient(spec, p, batch, jax.random.PRNGKey(7)).grads)(
+      params)
 
 
 def _assert_trees_close(a, b, rtol=2e-5, atol=1e-7):
@@ -70,6 +74,7 @@ def _assert_trees_close(a, b, rtol=2e-5, atol=1e-7):
     np.testing.assert_allclose(x, y, rtol=rtol, atol=atol)
 
 
+@pytest.mark.slow  # over 5 s alone
 @pytest.mark.parametrize('mode', ['exact', 'reptile'])  # differentiated / not
 def test_vmap_map_loop_chunks_and_groups_agree(problem, mode):
   # One vmap over all 4 tasks is the reference; the default groups (on a 2-core CPU: 4 of
@@ -83,31 +88,30 @@ def test_vmap_map_loop_chunks_and_groups_agree(problem, mode):
 
 
 def test_task_groups_resolution(monkeypatch):
-  from mmtl_jax.meta import strategy
-  assert strategy.resolve_groups(3, 8) == 3
-  assert strategy.resolve_groups(16, 8) == 8  # capped at the task count
-  monkeypatch.setattr(strategy, '_cpu_cores', lambda: 2)
+  from mmtl_jax.meta import _tasks  # internal: the core count behind resolve_task_groups
+  assert meta.resolve_task_groups(3, 8) == 3
+  assert meta.resolve_task_groups(16, 8) == 8  # capped at the task count
+  monkeypatch.setattr(_tasks, '_cpu_cores', lambda: 2)
   expected = 4 if jax.default_backend() == 'cpu' else 1  # two per core on CPU only
-  assert strategy.resolve_groups(0, 8) == expected
-  assert strategy.resolve_groups(0, 3) == min(3, expected)
-  with pytest.raises(ValueError, match='task_groups'):
-    meta.MetaConfig(task_groups=-1)
+  assert meta.resolve_task_groups(0, 8) == expected
+  assert meta.resolve_task_groups(0, 3) == min(3, expected)
+  loss = lambda *args: 0.0
+  with pytest.raises(ValueError, match='invalid MetaSpec: task_groups: must be >= 0'):
+    meta.recipes.mmtl(loss, loss, alpha=0.1, beta=0.1, task_groups=-1)
 
 
 def test_grouped_vmap_runs_the_groups_as_separate_vmaps():
   # The gain on CPU comes from independent groups; a version that quietly fell back to one
   # vmap would still give equal sums, so count the vmapped calls by batch size.
-  from mmtl_jax.meta import strategy
-
   def fn(batch, task_index):
     return jnp.sum(batch) * (task_index + 1)
 
   batch = jnp.arange(5 * 2, dtype=jnp.float32).reshape(5, 2)
-  total = strategy.sum_over_tasks(fn, batch, 'vmap', task_groups=2)
+  total = meta.sum_over_tasks(fn, batch, 'vmap', task_groups=2)
   expected = sum(float(batch[t].sum()) * (t + 1) for t in range(5))
   assert float(total) == pytest.approx(expected)
   grouped = []
-  jaxpr = jax.make_jaxpr(lambda b: strategy.sum_over_tasks(fn, b, 'vmap', task_groups=2))(batch)
+  jaxpr = jax.make_jaxpr(lambda b: meta.sum_over_tasks(fn, b, 'vmap', task_groups=2))(batch)
   for eqn in jaxpr.jaxpr.eqns:
     if eqn.primitive.name in ('jit', 'pjit'):  # renamed across jax versions
       grouped.append(eqn.invars[0].aval.shape[0])
@@ -132,9 +136,9 @@ _SHARDED_SCRIPT = textwrap.dedent('''
     params, batch = conv_problem(8)
     losses = conv_losses()
     def run(**kw):
-      cfg = meta.MetaConfig(mode='exact', alpha=0.3, beta=0.2, **kw)
-      return jax.jit(lambda p: meta.meta_gradient(p, batch, jax.random.PRNGKey(7), *losses,
-                                                  cfg))(params)
+      spec = meta.recipes.mmtl(*losses, mode='exact', alpha=0.3, beta=0.2, **kw)
+      return jax.jit(lambda p: meta.meta_gradient(spec, p, batch,
+                                                  jax.random.PRNGKey(7)).grads)(params)
     def diff(a, b):
       return max(float(np.max(np.abs(x - y)) / (np.max(np.abs(y)) + 1e-12))
                  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
@@ -146,6 +150,7 @@ _SHARDED_SCRIPT = textwrap.dedent('''
 ''' % os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow  # a subprocess on 4 fake CPU devices
 def test_sharded_over_four_fake_devices_agrees_with_vmap():
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4',
              JAX_PLATFORMS='cpu')
@@ -170,22 +175,24 @@ def test_reptile_direction_matches_closed_form_on_a_quadratic():
   b = jnp.array([[1.0, 2.0, 0.5], [0.0, -1.0, 3.0], [2.0, 2.0, 2.0]])
   inner_loss = lambda t, batch, rng: 0.5 * jnp.sum((t - batch['a']) ** 2)
   transfer_loss = lambda t, p, batch, rng: 0.5 * jnp.sum((p - batch['b'] * t) ** 2)
-  cfg = meta.MetaConfig(mode='reptile', strategy='vmap', inner_steps=2, alpha=alpha, beta=beta)
-  direction, _ = meta.meta_gradient({'theta': theta, 'phi': phi}, {'a': a, 'b': b},
-                                    jax.random.PRNGKey(0), inner_loss, transfer_loss, cfg)
+  spec = meta.recipes.mmtl(inner_loss, transfer_loss, mode='reptile', strategy='vmap',
+                           inner_steps=2, alpha=alpha, beta=beta)
+  direction = meta.meta_gradient(spec, {'theta': theta, 'phi': phi}, {'a': a, 'b': b},
+                                 jax.random.PRNGKey(0)).grads
   theta_i = a + (1 - alpha) ** 2 * (theta - a)
   phi_i = b * theta_i + (1 - beta) ** 2 * (phi - b * theta_i)
   np.testing.assert_allclose(direction['theta'], (theta - theta_i).mean(0), rtol=1e-6)
   np.testing.assert_allclose(direction['phi'], (phi - phi_i).mean(0), rtol=1e-6)
 
   # task_reduce='sum' is what eqs. 6-7 write: n times the mean.
-  summed, _ = meta.meta_gradient({'theta': theta, 'phi': phi}, {'a': a, 'b': b},
-                                 jax.random.PRNGKey(0), inner_loss, transfer_loss,
-                                 meta.MetaConfig(mode='reptile', strategy='map', inner_steps=2,
-                                                 alpha=alpha, beta=beta, task_reduce='sum'))
+  summed = meta.meta_gradient(
+      meta.recipes.mmtl(inner_loss, transfer_loss, mode='reptile', strategy='map',
+                        inner_steps=2, alpha=alpha, beta=beta, task_reduce='sum'),
+      {'theta': theta, 'phi': phi}, {'a': a, 'b': b}, jax.random.PRNGKey(0)).grads
   np.testing.assert_allclose(summed['theta'], 3 * direction['theta'], rtol=1e-6)
 
 
+@pytest.mark.slow  # over 5 s alone
 def test_step_applies_adam_by_name_and_is_traced_once(problem):
   params, batch, inner_loss, transfer_loss = problem
   traces = []
@@ -194,15 +201,18 @@ def test_step_applies_adam_by_name_and_is_traced_once(problem):
     traces.append(1)  # a Python side effect: runs only while tracing
     return inner_loss(theta, b, rng)
 
-  cfg = meta.MetaConfig(mode='first_order', strategy='vmap', alpha=0.3, beta=0.2, gamma=1e-2)
+  options = dict(mode='first_order', strategy='vmap', alpha=0.3, beta=0.2,
+                 log_inner_after=True)
+  spec = meta.recipes.mmtl(counting_inner_loss, transfer_loss, **options)
   # phi frozen through its own learning rate: proves the partition is by name.
-  init_fn, step_fn = meta.make_meta_step(counting_inner_loss, transfer_loss, cfg,
-                                         optimizer=meta.outer_optimizer(1e-2, gamma_phi=0.0))
+  init_fn, step_fn = meta.make_step(spec, meta.recipes.mmtl_optimizer(1e-2, gamma_phi=0.0))
   step = jax.jit(step_fn, donate_argnums=(0, 1))
   p = jax.tree.map(jnp.copy, params)
   opt_state = init_fn(p)
-  expected_grads, _ = jax.jit(lambda q: meta.meta_gradient(
-      q, batch, jax.random.PRNGKey(0), inner_loss, transfer_loss, cfg))(params)
+  assert isinstance(opt_state, meta.MetaState) and int(opt_state.step) == 0
+  plain = meta.recipes.mmtl(inner_loss, transfer_loss, **options)
+  expected_grads = jax.jit(lambda q: meta.meta_gradient(plain, q, batch,
+                                                        jax.random.PRNGKey(0)).grads)(params)
   p, opt_state, metrics = step(p, opt_state, batch, jax.random.PRNGKey(0))
   # Adam's first step: -gamma * g / (|g| + eps) on theta; phi frozen by its name's lr.
   first = jax.tree.map(lambda t, g: t - 1e-2 * g / (jnp.abs(g) + 1e-8), params['theta'],
@@ -215,25 +225,31 @@ def test_step_applies_adam_by_name_and_is_traced_once(problem):
     p, opt_state, metrics = step(p, opt_state, batch, jax.random.fold_in(jax.random.PRNGKey(0), i))
   assert len(traces) == n_traces  # no retracing from one step to the next
   assert step._cache_size() == 1  # pylint: disable=protected-access
-  assert set(metrics) == {'inner_loss_before', 'inner_loss_after', 'transfer_loss',
+  assert int(opt_state.step) == 3 and opt_state.model is None
+  assert set(metrics) == {'inner_loss_before', 'inner_loss_after', 'transfer_loss_before',
                           'outer_loss', 'grad_norm'}
   assert all(np.isfinite(v) for v in jax.tree.leaves(metrics))
   _assert_trees_close(p['phi'], params['phi'], rtol=0, atol=0)
 
 
 def test_params_must_be_named_theta_and_phi():
-  with pytest.raises(ValueError, match="'theta' and 'phi'"):
-    meta.meta_gradient({'w': jnp.zeros(2)}, {'a': jnp.zeros((1, 2))}, jax.random.PRNGKey(0),
-                       lambda t, b, r: 0.0, lambda t, p, b, r: 0.0, meta.MetaConfig())
+  spec = meta.recipes.mmtl(lambda t, b, r: jnp.sum(t), lambda t, p, b, r: jnp.sum(t),
+                           alpha=0.1, beta=0.1)
+  task_batch, rng = {'a': jnp.zeros((1, 2))}, jax.random.PRNGKey(0)
+  with pytest.raises(ValueError, match=r"params have no group\(s\) \['theta'\]"):
+    meta.meta_gradient(spec, {'w': jnp.zeros(2)}, task_batch, rng)
+  with pytest.raises(ValueError, match=r"params have no group\(s\) \['phi'\]"):
+    meta.meta_gradient(spec, {'theta': jnp.zeros(2)}, task_batch, rng)
 
 
 def test_pad_tasks_appends_copies_of_task_zero():
+  from mmtl_jax.meta import _tasks  # internal: the padding of strategy 'sharded'
   mesh = jax.sharding.Mesh(np.array(jax.devices()[:1] * 1), ('tasks',))
-  assert meta.strategy.padded_num_tasks(5, mesh) == 5
+  assert _tasks.padded_num_tasks(5, mesh) == 5
   batch = {'x': np.arange(6, dtype=np.float32).reshape(3, 2), 'y': np.arange(3)}
-  padded = meta.strategy.pad_tasks(batch, 5)
+  padded = _tasks.pad_tasks(batch, 5)
   np.testing.assert_array_equal(padded['x'], [[0, 1], [2, 3], [4, 5], [0, 1], [0, 1]])
   np.testing.assert_array_equal(padded['y'], [0, 1, 2, 0, 0])
-  assert meta.strategy.pad_tasks(batch, 3) is batch
+  assert _tasks.pad_tasks(batch, 3) is batch
   with pytest.raises(ValueError, match='cannot pad 3 tasks down to 2'):
-    meta.strategy.pad_tasks(batch, 2)
+    _tasks.pad_tasks(batch, 2)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from mmtl_jax import meta, models
+from mmtl_jax.configs import base
 from mmtl_jax.data import corpus
 from mmtl_jax.registry import Registry
 from mmtl_jax.ser import losses as ser
@@ -65,10 +66,14 @@ def test_builtin_entries_and_unknown_names(kind, registry, name):
 
 
 def test_unknown_meta_mode_is_refused_when_configured():
-  with pytest.raises(ValueError, match=r"unknown meta mode 'maml'.*'exact', 'first_order'"):
-    meta.MetaConfig(mode='maml')
+  config = base.get_config()
+  config.meta.mode = 'maml'
+  with pytest.raises(ValueError, match=r"invalid MetaSpec: mode: unknown 'maml'.*"
+                                       r"'exact', 'first_order'"):
+    ser.mmtl_spec(config)
 
 
+@pytest.mark.slow  # the demo loop end to end
 def test_a_registered_model_runs_through_the_demo_loop(tiny_mlp, tiny_config, corpus_root,
                                                        tmp_path):
   config = tiny_config(corpus_root, steps=2)
@@ -82,7 +87,8 @@ def test_a_registered_model_runs_through_the_demo_loop(tiny_mlp, tiny_config, co
   assert set(params['theta']) == {'fc_in', 'head'}  # the MLP, not the CNN-BiLSTM
 
 
-def test_a_registered_meta_mode_runs_through_make_meta_step(tiny_model):
+@pytest.mark.slow  # over 5 s alone
+def test_a_registered_meta_mode_runs_through_make_step(tiny_model):
   calls = []
 
   def half_first_order(params, adapt, outer):
@@ -99,10 +105,10 @@ def test_a_registered_meta_mode_runs_through_make_meta_step(tiny_model):
     inner_loss, transfer_loss = ser.make_losses(model)
     grads = {}
     for mode in ('first_order', 'half_first_order'):
-      cfg = meta.MetaConfig(mode=mode, strategy='loop')
-      grads[mode], _ = meta.meta_gradient(params, batch, jax.random.PRNGKey(1), inner_loss,
-                                          transfer_loss, cfg)
-      init_fn, step_fn = meta.make_meta_step(inner_loss, transfer_loss, cfg)
+      spec = meta.recipes.mmtl(inner_loss, transfer_loss, alpha=0.01, beta=0.01, mode=mode,
+                               strategy='loop')
+      grads[mode] = meta.meta_gradient(spec, params, batch, jax.random.PRNGKey(1)).grads
+      init_fn, step_fn = meta.make_step(spec, meta.recipes.mmtl_optimizer(1e-3))
       new, _, metrics = jax.jit(step_fn)(params, init_fn(params), batch, jax.random.PRNGKey(1))
       assert np.isfinite(float(metrics['outer_loss']))
       assert not np.allclose(new['theta']['head']['kernel'], params['theta']['head']['kernel'])

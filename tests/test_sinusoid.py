@@ -7,6 +7,7 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from mmtl_jax.examples import sinusoid
 from mmtl_jax.configs import config_path
@@ -36,6 +37,21 @@ def test_tasks_follow_finn_et_al():
   np.testing.assert_allclose(tasks['query_y'], expected, rtol=1e-6)
 
 
+def test_losses_are_the_support_and_query_mse_over_params_theta():
+  c = small_sinusoid_config()
+  model = sinusoid.MLP(c.model.hidden)
+  theta = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 1)))['params']
+  tasks = sinusoid.sample_tasks(jax.random.PRNGKey(1), 2, {'support': 5, 'query': 3}, c.task)
+  task = jax.tree.map(lambda x: x[1], tasks)
+  support_loss, query_loss = sinusoid.make_losses(model)
+  mse = lambda x, y: jnp.mean((model.apply({'params': theta}, x) - y) ** 2)
+  np.testing.assert_allclose(support_loss({'theta': theta}, task, None),
+                             mse(task['support_x'], task['support_y']), rtol=1e-6)
+  np.testing.assert_allclose(query_loss({'theta': theta}, task, None),
+                             mse(task['query_x'], task['query_y']), rtol=1e-6)
+
+
+@pytest.mark.slow  # over 5 s alone
 def test_evaluate_is_mse_after_one_sgd_step():
   c = small_sinusoid_config()
   model = sinusoid.MLP(c.model.hidden)
@@ -56,6 +72,7 @@ def test_evaluate_is_mse_after_one_sgd_step():
   np.testing.assert_allclose(result['mse_after'], per_task(tasks).mean(), rtol=1e-4)
 
 
+@pytest.mark.slow  # over 5 s alone
 def test_all_modes_and_baseline_train_and_report(tmp_path):
   c = small_sinusoid_config()
   results = sinusoid.run(c)
@@ -67,6 +84,7 @@ def test_all_modes_and_baseline_train_and_report(tmp_path):
   assert results['exact']['mse_after'] != results['reptile']['mse_after']
 
 
+@pytest.mark.slow  # a subprocess
 def test_cli_writes_json(tmp_path):
   out = tmp_path / 'sin.json'
   cmd = [sys.executable, 'experiments/sinusoid.py', f'--config={config_path("sinusoid")}',
@@ -81,6 +99,7 @@ def test_cli_writes_json(tmp_path):
   assert set(data['results']) == {'init', 'first_order'}
 
 
+@pytest.mark.slow  # 1000 meta-steps of two modes
 def test_exact_and_first_order_beat_the_pretrained_baseline():
   """After 1000 meta-steps both MAML variants adapt (one SGD step on K = 10 points) better
   than joint regression on the same tasks, beyond both 95% intervals. A meta-update that
