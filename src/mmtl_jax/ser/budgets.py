@@ -11,7 +11,8 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 
-def _get(cfg: Mapping[str, Any], dotted: str, default: Any = None) -> Any:
+def config_get(cfg: Mapping[str, Any] | None, dotted: str, default: Any = None) -> Any:
+  """cfg['a']['b'] for 'a.b' in a config read back from JSON; default where a part is absent."""
   node: Any = cfg
   for part in dotted.split('.'):
     if not isinstance(node, Mapping) or part not in node:
@@ -22,13 +23,13 @@ def _get(cfg: Mapping[str, Any], dotted: str, default: Any = None) -> Any:
 
 def paper_budget(cfg: Mapping[str, Any]) -> str:
   """The 'paper' protocol's fine-tuning budget on the test speaker's auxiliary labels."""
-  n = int(_get(cfg, 'eval.finetune_steps', 0))
+  n = int(config_get(cfg, 'eval.finetune_steps', 0))
   if n == 0:
     return 'no fine-tuning (eval.finetune_steps = 0): the same as strict'
-  unit = str(_get(cfg, 'eval.finetune_unit', 'steps'))
-  optimiser = str(_get(cfg, 'eval.finetune_optimizer', 'sgd'))
-  lr = _get(cfg, 'eval.finetune_lr', '?')
-  batch = _get(cfg, 'train.segments_per_speaker', '?')
+  unit = str(config_get(cfg, 'eval.finetune_unit', 'steps'))
+  optimiser = str(config_get(cfg, 'eval.finetune_optimizer', 'sgd'))
+  lr = config_get(cfg, 'eval.finetune_lr', '?')
+  batch = config_get(cfg, 'train.segments_per_speaker', '?')
   what = (f'{n} {unit[:-1] if n == 1 else unit} (passes over all of the speaker\'s segments, '
           f'minibatches of {batch})' if unit == 'epochs' else
           f'{n} {"step" if n == 1 else "steps"} on minibatches of {batch} segments')
@@ -41,7 +42,7 @@ def protocol_budgets(cfg: Mapping[str, Any] | None) -> list[str]:
   """Markdown bullet lines, one per configured protocol."""
   cfg = cfg or {}
   lines = []
-  for protocol in _get(cfg, 'eval.protocols', ('paper', 'strict')):
+  for protocol in config_get(cfg, 'eval.protocols', ('paper', 'strict')):
     if protocol == 'paper':
       lines.append(f'- **paper**: {paper_budget(cfg)}.')
     elif protocol == 'strict':

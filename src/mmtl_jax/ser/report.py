@@ -29,18 +29,9 @@ def _md_cell(value: Any) -> str:
   return str(value).replace('|', r'\|').replace('\n', ' ')
 
 
-def _get(cfg: Mapping[str, Any] | None, dotted: str, default: Any = None) -> Any:
-  node: Any = cfg
-  for part in dotted.split('.'):
-    if not isinstance(node, Mapping) or part not in node:
-      return default
-    node = node[part]
-  return node
-
-
 def aux_label(config: Mapping[str, Any] | None) -> str:
   """'V+A+D'-style label of config.data.aux_tasks (unknown names are kept as they are)."""
-  tasks = _get(config, 'data.aux_tasks')
+  tasks = budgets.config_get(config, 'data.aux_tasks')
   if tasks is None:
     return '?'
   if isinstance(tasks, str):
@@ -76,7 +67,7 @@ def results_markdown(config: Mapping[str, Any] | None, runs: Sequence[Mapping[st
   lines = ['# Results', '']
   if config:
     lines += [f"Auxiliary tasks: {aux_label(config)}; meta mode: "
-              f"{_get(config, 'meta.mode', '?')}; seed: {_get(config, 'seed', '?')}.", '']
+              f"{budgets.config_get(config, 'meta.mode', '?')}; seed: {budgets.config_get(config, 'seed', '?')}.", '']
   if notes:
     lines += [notes, '']
   lines += [SUMMARY_HEADER, *(summary_row(r) for r in runs), '', DEFINITIONS, '',
@@ -126,7 +117,7 @@ def workdirs_table(workdirs: Sequence[tuple[str, Mapping[str, Any], Sequence[Map
             '|---|---|---|---|---|---:|---:|---:|---:|---:|')
   rows = []
   for name, cfg, runs in workdirs:
-    prefix = (name, aux_label(cfg), _get(cfg, 'meta.mode', '?'))
+    prefix = (name, aux_label(cfg), budgets.config_get(cfg, 'meta.mode', '?'))
     rows += [summary_row(run, prefix) for run in runs]
   lines = [header, *rows, '', DEFINITIONS]
   if missing:
