@@ -30,7 +30,8 @@ def recipe_blocks():
 @pytest.fixture(name='setup', scope='module')
 def fixture_setup():
   scope = {}
-  exec(compile(recipe_blocks()['Setup'], 'META_API.md:Setup', 'exec'), scope)  # pylint: disable=exec-used
+  code = compile(recipe_blocks()['Setup'], 'META_API.md:Setup', 'exec')
+  exec(code, scope)  # pylint: disable=exec-used
   return scope
 
 
@@ -51,7 +52,8 @@ def test_every_recipe_builds_a_spec(setup):
 @pytest.mark.parametrize('name', RECIPES)
 def test_recipe_learns(setup, name):
   scope = dict(setup)
-  exec(compile(recipe_blocks()[name], f'META_API.md:{name}', 'exec'), scope)  # pylint: disable=exec-used
+  code = compile(recipe_blocks()[name], f'META_API.md:{name}', 'exec')
+  exec(code, scope)  # pylint: disable=exec-used
   metrics = scope['metrics']
   assert np.isfinite(float(metrics['outer_loss']))
   assert np.isfinite(float(metrics['grad_norm'])) and float(metrics['grad_norm']) > 0

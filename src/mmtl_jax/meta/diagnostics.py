@@ -38,7 +38,8 @@ def leaf_names(tree: PyTree) -> List[str]:
 def similarity(approx: PyTree, exact: PyTree) -> Dict[str, jax.Array]:
   """{'cosine', 'norm_ratio', 'relative_error'} of two trees taken as flat vectors (jit-able):
   cos(approx, exact), |approx| / |exact| and |approx - exact| / |exact|."""
-  dot, na2, ne2 = optax.tree.vdot(approx, exact), optax.tree.vdot(approx, approx), optax.tree.vdot(exact, exact)
+  vdot = optax.tree.vdot
+  dot, na2, ne2 = vdot(approx, exact), vdot(approx, approx), vdot(exact, exact)
   ne, na = jnp.sqrt(ne2), jnp.sqrt(na2)
   diff = jax.tree.map(jnp.subtract, approx, exact)
   return {'cosine': dot / jnp.maximum(ne * na, _TINY), 'norm_ratio': na / jnp.maximum(ne, _TINY),

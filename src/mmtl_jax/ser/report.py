@@ -66,8 +66,8 @@ def results_markdown(config: Mapping[str, Any] | None, runs: Sequence[Mapping[st
   """The text of results.md: a Table 2/3-style summary, then per-fold tables per run."""
   lines = ['# Results', '']
   if config:
-    lines += [f"Auxiliary tasks: {aux_label(config)}; meta mode: "
-              f"{budgets.config_get(config, 'meta.mode', '?')}; seed: {budgets.config_get(config, 'seed', '?')}.", '']
+    mode, seed = (budgets.config_get(config, f, '?') for f in ('meta.mode', 'seed'))
+    lines += [f'Auxiliary tasks: {aux_label(config)}; meta mode: {mode}; seed: {seed}.', '']
   if notes:
     lines += [notes, '']
   lines += [SUMMARY_HEADER, *(summary_row(r) for r in runs), '', DEFINITIONS, '',
