@@ -131,7 +131,7 @@ def train(config: Any, mode: str, theta: Any) -> Tuple[Any, Dict[str, float]]:
 def evaluate(config: Any, theta: Any) -> Dict[str, float]:
   """MSE on held-out tasks before and after `adapt_steps` SGD steps (alpha) on K points."""
   model = MLP(tuple(config.model.hidden))
-  inner_loss, _ = make_losses(model)
+  support_loss, _ = make_losses(model)
   tasks = sample_tasks(jax.random.PRNGKey(config.eval.seed), config.eval.tasks,
                        {'support': config.task.k_support, 'query': config.eval.query_points},
                        config.task)
@@ -140,7 +140,7 @@ def evaluate(config: Any, theta: Any) -> Dict[str, float]:
     mse = lambda t: jnp.mean((model.apply({'params': t}, task['query_x']) - task['query_y']) ** 2)
     adapted = theta
     for _ in range(config.eval.adapt_steps):
-      grads = jax.grad(inner_loss)(adapted, task, None)
+      grads = jax.grad(support_loss)({'theta': adapted}, task, None)['theta']
       adapted = jax.tree.map(lambda p, g: p - config.meta.alpha * g, adapted, grads)
     return mse(theta), mse(adapted)
 

@@ -107,7 +107,7 @@ class MetaSpec:
       that the rates get their gradient; params still see the identity Jacobian.
     strategy: how the task axis is computed: 'vmap', 'map' (lax.scan), 'loop' (Python loop
       traced into the jit), 'sharded' (tasks split over a device mesh) or 'auto' (CPU: loop,
-      else vmap). See `mmtl_jax.meta.tasks`.
+      else vmap). See docs/META_API.md, "Task strategies".
     task_chunk: tasks per chunk for 'vmap' / 'sharded', accumulated (0 = all at once).
     task_groups: 'vmap' without task_chunk splits the tasks into this many vmapped groups
       run side by side (0 = two per CPU core on CPU, 1 on accelerators).
