@@ -103,3 +103,49 @@ def test_hostile_speaker_names_write_nothing_outside_the_workdir(tiny_config, tm
   assert outside == []
   fold_dirs = sorted(p.name for p in (workdir / 'cnn_lstm').iterdir())
   assert len(fold_dirs) == 2 and all(not d.startswith('.') for d in fold_dirs), fold_dirs
+
+
+# ---- 4. the CSV itself ---------------------------------------------------------------------
+
+def read_csv_text(tmp_path, text, encoding='utf-8', **config):
+  path = os.path.join(tmp_path, 'm.csv')
+  with open(path, 'w', newline='', encoding=encoding) as f:
+    f.write(text)
+  return path, lambda: corpus.read_corpus(manifest_config(path, **config))
+
+
+GOOD = 'w/1.wav,s1,calm\nw/2.wav,s1,angry\n'
+
+
+def test_duplicate_header_columns_are_refused(tmp_path):
+  path, read = read_csv_text(tmp_path, 'path,speaker,label,speaker\n' + 'w/1.wav,s1,calm,s2\n')
+  with pytest.raises(ValueError, match=re.escape(f"{path}:1: column(s) ['speaker'] appear")):
+    read()
+
+
+def test_non_utf8_csv_names_file_and_line(tmp_path):
+  path, read = read_csv_text(tmp_path, 'path,speaker,label\n' + GOOD + 'w/3.wav,Zoë,calm\n',
+                             encoding='latin-1')
+  with pytest.raises(ValueError, match=re.escape(f'{path}:4: not UTF-8')):
+    read()
+
+
+def test_utf8_bom_is_accepted(tmp_path):
+  _, read = read_csv_text(tmp_path, 'path,speaker,label\n' + GOOD, encoding='utf-8-sig')
+  utts, _ = read()
+  assert [u.speaker for u in utts] == ['s1', 's1']
+
+
+@pytest.mark.parametrize('last, line', [('w/3.wav,s1\n', 4), ('w/3.wav,s1,calm,extra\n', 4),
+                                        ('"w/3.wav,s1,calm\n', 4)])
+def test_short_long_or_truncated_rows_name_file_and_line(tmp_path, last, line):
+  path, read = read_csv_text(tmp_path, 'path,speaker,label\n' + GOOD + last)
+  with pytest.raises(ValueError, match=re.escape(f'{path}:{line}:')):
+    read()
+
+
+def test_a_field_over_the_csv_limit_names_file_and_line(tmp_path):
+  path, read = read_csv_text(tmp_path, 'path,speaker,label\n' + GOOD
+                             + f'w/3.wav,{"s" * 200_000},calm\n')
+  with pytest.raises(ValueError, match=re.escape(f'{path}:4:') + '.*field'):
+    read()
