@@ -19,7 +19,8 @@ from mmtl_jax.ser import config_check
 from mmtl_jax.ser import train
 
 HOSTILE = ['/../../../escaped', '..', '.', '', '.hidden', 'a/b', 'a_b', 'a\\b', 'a?b',
-           'ünï cödé/名前', ' x', '-rf', '~root', 'x' * 300, 'x' * 301, 'Ses01-testSes01M.stale-1/']
+           'ünï cödé/名前', ' x', '-rf', '~root', 'x' * 300, 'x' * 301,
+           'Ses01-testSes01M.stale-1/']
 
 
 @pytest.mark.parametrize('name', ['Ses01-testSes01M', 'mmtl', 'seed1', 'test03',
@@ -105,6 +106,61 @@ def test_hostile_speaker_names_write_nothing_outside_the_workdir(tiny_config, tm
   assert len(fold_dirs) == 2 and all(not d.startswith('.') for d in fold_dirs), fold_dirs
 
 
+# ---- 2. integrity on what was stored -------------------------------------------------------
+
+def test_a_speaker_below_the_minimum_after_skips_is_refused(tmp_path):
+  rows = rows_for(['s1', 's2', 's3'], per_class=2)
+  path = write_manifest(str(tmp_path), rows)
+  broken = os.path.join(tmp_path, rows[0][0])
+  with open(broken, 'wb') as f:
+    f.write(b'RIFF\x00\x00\x00\x00WAVEjunk')
+  with pytest.raises(ValueError, match=r"speaker 's1'.*3 stored utterance.*fewer than "
+                     r'data.manifest.min_utterances_per_speaker=4') as e:
+    store_lib.build_feature_store(manifest_config(path, minimum=4), str(tmp_path / 'w'))
+  assert broken in str(e.value) and '\n' not in str(e.value)
+  assert not os.listdir(tmp_path / 'w' / 'features')  # nothing half-built left
+
+
+def test_a_class_emptied_by_skipped_files_is_refused(tmp_path):
+  rows = rows_for(['s1', 's2', 's3'], per_class=1)
+  path = write_manifest(str(tmp_path), rows)
+  angry = [os.path.join(tmp_path, r[0]) for r in rows if r[2] == 'angry']
+  for wav in angry:
+    os.remove(wav)
+  with pytest.raises(ValueError, match=r"class 'angry' has no stored utterance") as e:
+    store_lib.build_feature_store(manifest_config(path), str(tmp_path / 'w'))
+  assert angry[0] in str(e.value) and 'missing wav' in str(e.value)
+
+
+def test_iemocap_speaker_with_every_wav_missing_is_refused(tmp_path):
+  root = tmp_path / 'corpus'
+  synthetic.write_corpus(str(root), seed=0, sessions=1, impro_counts={'neu': 1, 'ang': 1},
+                         script_counts={}, min_duration=0.3, max_duration=0.5)
+  c = manifest_config('unused')
+  c.data.kind, c.data.root = 'synthetic', str(root)
+  c.data.classes, c.data.aux_tasks = ('neu', 'ang'), ('valence',)
+  c.data.iemocap.sessions = (1,)
+  utts, _ = corpus.read_corpus(c)
+  for u in utts:
+    if u.speaker == 'Ses01M' and os.path.exists(u.path):
+      os.remove(u.path)
+  with pytest.raises(ValueError, match=r"speaker 'Ses01M'.*0 stored utterance"):
+    store_lib.build_feature_store(c, str(tmp_path / 'w'))
+
+
+# ---- 3. non-finite audio is a named skip ---------------------------------------------------
+
+def test_non_finite_features_are_a_named_skip(tmp_path):
+  rows = rows_for(['s1', 's2', 's3'], per_class=2)
+  path = write_manifest(str(tmp_path), rows)
+  huge = os.path.join(tmp_path, rows[1][0])
+  tone(huge, amplitude=1e20, subtype='FLOAT')
+  s = store_lib.build_feature_store(manifest_config(path), str(tmp_path / 'w'))
+  assert [x['path'] for x in s.manifest['skipped']] == [huge]
+  assert 'non-finite' in s.manifest['skipped'][0]['reason']
+  assert np.isfinite(np.asarray(s.features, np.float32)).all()
+
+
 # ---- 4. the CSV itself ---------------------------------------------------------------------
 
 def read_csv_text(tmp_path, text, encoding='utf-8', **config):
@@ -149,3 +205,111 @@ def test_a_field_over_the_csv_limit_names_file_and_line(tmp_path):
                              + f'w/3.wav,{"s" * 200_000},calm\n')
   with pytest.raises(ValueError, match=re.escape(f'{path}:4:') + '.*field'):
     read()
+
+
+def test_more_categorical_values_than_outputs_is_refused_before_extraction(tmp_path,
+                                                                           monkeypatch):
+  rows = [r + (f'g{i}',) for i, r in enumerate(rows_for(['s1', 's2', 's3'], per_class=1))]
+  path = write_manifest(str(tmp_path), rows, header=('path', 'speaker', 'label', 'group'),
+                        audio=False)
+  c = manifest_config(path)
+  c.data.aux_tasks = ('group',)
+  c.data.manifest.aux_columns = {'group': 'categorical'}
+  monkeypatch.setattr(store_lib, '_compute', lambda *a, **k: pytest.fail('extracted'))
+  with pytest.raises(ValueError, match=re.escape(path) + r".*'group' has 6 values.*"
+                     r'model.num_outputs=4'):
+    store_lib.build_feature_store(c, str(tmp_path / 'w'))
+
+
+# ---- 5. and 6. a stored store that was edited, damaged or half-written ---------------------
+
+@pytest.fixture(scope='module')
+def built(tmp_path_factory):
+  """(config, workdir, store directory) of one small manifest store."""
+  directory = str(tmp_path_factory.mktemp('m'))
+  path = write_manifest(directory, rows_for(['s1', 's2', 's3'], per_class=2))
+  c = manifest_config(path)
+  s = store_lib.build_feature_store(c, os.path.join(directory, 'w'))
+  return c, os.path.join(directory, 'w'), s.directory
+
+
+@pytest.fixture()
+def copy(built, tmp_path):
+  """A fresh copy of the built workdir: (config, workdir, store directory)."""
+  c, workdir, directory = built
+  shutil.copytree(workdir, tmp_path / 'w')
+  return c, str(tmp_path / 'w'), str(tmp_path / 'w' / os.path.relpath(directory, workdir))
+
+
+def test_the_store_manifest_holds_a_content_hash_and_reuse_checks_it(copy):
+  c, workdir, directory = copy
+  s = store_lib.build_feature_store(c, workdir)
+  assert s.cache_hit and set(s.manifest['content_hash']) >= {'features.npy', 'manifest.json'}
+
+
+def test_a_swapped_class_order_in_the_store_manifest_is_refused(copy):
+  c, workdir, directory = copy
+  manifest = os.path.join(directory, 'manifest.json')
+  with open(manifest) as f:
+    m = json.load(f)
+  m['classes'] = m['classes'][::-1]
+  with open(manifest, 'w') as f:
+    json.dump(m, f)
+  with pytest.raises(store_lib.StoreDamagedError, match='manifest.json') as e:
+    store_lib.build_feature_store(c, workdir)
+  assert f'delete {directory}' in str(e.value)
+
+
+def test_a_zeroed_span_of_features_is_refused(copy):
+  c, workdir, directory = copy
+  with open(os.path.join(directory, 'features.npy'), 'r+b') as f:
+    f.seek(200)
+    f.write(b'\0' * 64)
+  with pytest.raises(store_lib.StoreDamagedError, match=r'features\.npy.*content hash'):
+    store_lib.build_feature_store(c, workdir)
+
+
+def test_a_truncated_features_file_is_refused_with_its_size(copy):
+  c, workdir, directory = copy
+  features = os.path.join(directory, 'features.npy')
+  os.truncate(features, os.path.getsize(features) - 100)
+  with pytest.raises(store_lib.StoreDamagedError, match=re.escape(features) + '.*truncated'
+                     ) as e:
+    store_lib.build_feature_store(c, workdir)
+  assert 'delete' in str(e.value)
+
+
+@pytest.mark.parametrize('what', ['no manifest', 'empty'])
+def test_a_half_written_store_directory_is_rebuilt(copy, what):
+  c, workdir, directory = copy
+  if what == 'no manifest':
+    os.remove(os.path.join(directory, 'manifest.json'))
+  else:
+    shutil.rmtree(directory)
+    os.makedirs(os.path.join(directory, 'junk'))
+  s = store_lib.build_feature_store(c, workdir)
+  assert not s.cache_hit and s.directory == directory and len(s) == 12
+
+
+def test_too_little_free_space_is_refused_before_writing(built, tmp_path, monkeypatch):
+  c, _, _ = built
+  real = os.statvfs
+
+  def small(path):
+    st = real(path)
+    return os.statvfs_result((st.f_bsize, 4096, st.f_blocks, 1, 1) + tuple(st)[5:])
+
+  monkeypatch.setattr(os, 'statvfs', small)
+  with pytest.raises(OSError, match=r'no space.*features') as e:
+    store_lib.build_feature_store(c, str(tmp_path / 'w'))
+  assert e.value.errno == errno.ENOSPC
+
+
+def test_disk_full_while_writing_features_is_one_error(built, tmp_path, monkeypatch):
+  c, _, _ = built
+  monkeypatch.setattr(store_lib, '_open_new', lambda path: open('/dev/full', 'wb'),
+                      raising=False)
+  with pytest.raises(OSError, match=r'features\.npy.*no space') as e:
+    store_lib.build_feature_store(c, str(tmp_path / 'w'))
+  assert e.value.errno == errno.ENOSPC
+  assert not os.listdir(tmp_path / 'w' / 'features')
