@@ -313,3 +313,13 @@ def test_disk_full_while_writing_features_is_one_error(built, tmp_path, monkeypa
     store_lib.build_feature_store(c, str(tmp_path / 'w'))
   assert e.value.errno == errno.ENOSPC
   assert not os.listdir(tmp_path / 'w' / 'features')
+
+
+# ---- 7. and 8. config values refused before the store is built ------------------------------
+
+def test_fewer_than_two_classes_is_a_config_problem():
+  c = emodb.get_config()
+  c.data.manifest.path = 'x.csv'
+  c.data.classes = ('neutral',)
+  assert config_check.config_problems(c) == [
+      "data.classes: needs at least 2 classes (got ('neutral',))"]
