@@ -323,3 +323,12 @@ def test_fewer_than_two_classes_is_a_config_problem():
   c.data.classes = ('neutral',)
   assert config_check.config_problems(c) == [
       "data.classes: needs at least 2 classes (got ('neutral',))"]
+
+
+def test_folds_which_out_of_range_is_refused_before_extraction(tiny_config, corpus_root,
+                                                               tmp_path, monkeypatch):
+  c = tiny_config(corpus_root, models=('cnn_lstm',))
+  c.folds.which = (0, 70)
+  monkeypatch.setattr(store_lib, '_compute', lambda *a, **k: pytest.fail('extracted'))
+  with pytest.raises(ValueError, match=r'folds.which .*indices \[70\] outside 0..'):
+    train.train_and_evaluate(c, str(tmp_path / 'w'))

@@ -489,7 +489,11 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, t0: flo
                         ) -> Dict[str, Any]:
   """The body of `train_and_evaluate`, run while the workdir is locked."""
   process.enable_compilation_cache(config)
-  store = store_lib.build_feature_store(config, workdir)
+  # The folds are built from the corpus' speakers before any feature is extracted, so a bad
+  # folds.which (or scheme) costs nothing; the store keeps every one of those speakers.
+  store = store_lib.build_feature_store(
+      config, workdir, check_corpus=lambda utts: folds_lib.make_folds([u.speaker for u in utts],
+                                                                      config))
   print(store_lib.format_summary(store), flush=True)
   folds = folds_lib.make_folds(store, config)
   # Built once: every system and fold shares the mesh (and so their compilations).
