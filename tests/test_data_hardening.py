@@ -15,7 +15,7 @@ import soundfile as sf
 from mmtl_jax.configs import emodb
 from mmtl_jax.data import corpus, store as store_lib, synthetic
 from mmtl_jax.run import files
-from mmtl_jax.ser import config_check
+from mmtl_jax.ser import config_check, confusion_plot
 from mmtl_jax.ser import train
 
 HOSTILE = ['/../../../escaped', '..', '.', '', '.hidden', 'a/b', 'a_b', 'a\\b', 'a?b',
@@ -104,6 +104,12 @@ def test_hostile_speaker_names_write_nothing_outside_the_workdir(tiny_config, tm
   assert outside == []
   fold_dirs = sorted(p.name for p in (workdir / 'cnn_lstm').iterdir())
   assert len(fold_dirs) == 2 and all(not d.startswith('.') for d in fold_dirs), fold_dirs
+
+
+def test_confusion_file_names_are_distinct_components():
+  stems = {confusion_plot.confusion_basename(m, 'paper') for m in ('a/b', 'a_b', '../x', 'mmtl')}
+  assert len(stems) == 4 and 'mmtl__paper' in stems
+  assert all('/' not in s and not s.startswith('.') for s in stems)
 
 
 # ---- 2. integrity on what was stored -------------------------------------------------------
