@@ -7,6 +7,8 @@ import json
 import os
 import re
 import shutil
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -167,6 +169,30 @@ def test_non_finite_features_are_a_named_skip(tmp_path):
   assert np.isfinite(np.asarray(s.features, np.float32)).all()
 
 
+def test_a_fifo_or_directory_in_the_manifest_is_a_named_skip(tmp_path):
+  rows = rows_for(['s1', 's2', 's3'], per_class=2)
+  path = write_manifest(str(tmp_path), rows + [('fifo.wav', 's1', 'calm'),
+                                               ('dir.wav', 's2', 'calm')], audio=False)
+  for i, row in enumerate(rows):
+    tone(os.path.join(tmp_path, row[0]), freq=200 + 20 * i)
+  os.mkfifo(tmp_path / 'fifo.wav')
+  os.mkdir(tmp_path / 'dir.wav')
+
+  def unblock():  # without the check the reader waits for a writer forever: end it (EOF)
+    for _ in range(100):
+      try:
+        os.close(os.open(tmp_path / 'fifo.wav', os.O_WRONLY | os.O_NONBLOCK))
+        return
+      except OSError:
+        time.sleep(0.1)
+
+  threading.Thread(target=unblock, daemon=True).start()
+  s = store_lib.build_feature_store(manifest_config(path), str(tmp_path / 'w'))
+  assert {x['path']: x['reason'] for x in s.manifest['skipped']} == {
+      str(tmp_path / n): 'not a regular file (a directory, FIFO or device)'
+      for n in ('fifo.wav', 'dir.wav')}
+
+
 # ---- 4. the CSV itself ---------------------------------------------------------------------
 
 def read_csv_text(tmp_path, text, encoding='utf-8', **config):
@@ -285,14 +311,18 @@ def test_a_truncated_features_file_is_refused_with_its_size(copy):
   assert 'delete' in str(e.value)
 
 
-@pytest.mark.parametrize('what', ['no manifest', 'empty'])
+@pytest.mark.parametrize('what', ['no manifest', 'empty', 'a file'])
 def test_a_half_written_store_directory_is_rebuilt(copy, what):
   c, workdir, directory = copy
   if what == 'no manifest':
     os.remove(os.path.join(directory, 'manifest.json'))
   else:
     shutil.rmtree(directory)
+  if what == 'empty':
     os.makedirs(os.path.join(directory, 'junk'))
+  elif what == 'a file':
+    with open(directory, 'w') as f:
+      f.write('x')
   s = store_lib.build_feature_store(c, workdir)
   assert not s.cache_hit and s.directory == directory and len(s) == 12
 

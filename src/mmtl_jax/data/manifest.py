@@ -72,7 +72,7 @@ def _csv_text(csv_path: str) -> str:
   except UnicodeDecodeError as e:
     line = data[:e.start].count(b'\n') + 1
     raise ValueError(f'{csv_path}:{line}: not UTF-8 (byte {data[e.start]:#04x}); save the CSV '
-                     'as UTF-8 (e.g. iconv -f latin1 -t utf-8)') from None
+                     'as UTF-8 (e.g. iconv -f <its encoding> -t utf-8)') from None
 
 
 def _check_header(header: list[str], needed: list[str], csv_path: str) -> None:

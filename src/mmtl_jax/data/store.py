@@ -156,6 +156,8 @@ def _features_or_reason(job: tuple[str, dict]
   features = ml_collections.ConfigDict(features)
   if not os.path.exists(path):
     return None, 'missing wav'
+  if not os.path.isfile(path):  # a FIFO would block the read forever, a device never end
+    return None, 'not a regular file (a directory, FIFO or device)'
   try:
     with np.errstate(over='ignore', invalid='ignore'):  # non-finite results are checked below
       segments, lengths = features_lib.file_segments(path, features)
@@ -516,12 +518,18 @@ def load_store(directory: str, cache_hit: bool = True, verify: bool = True) -> F
 
 
 def _remove_incomplete(final: str) -> None:
-  """Removes `final` if it is a directory without manifest.json: a store is renamed into
-  place whole, with its manifest, so such a directory is never a complete store (a copy or a
-  deletion cut short) and would make every later rename fail with 'Directory not empty'."""
-  if os.path.isdir(final) and not os.path.exists(os.path.join(final, 'manifest.json')):
+  """Removes `final` if it is there without manifest.json: a store is renamed into place
+  whole, with its manifest, so such a directory is never a complete store (a copy or a
+  deletion cut short) and would make every later rename fail with 'Directory not empty'; a
+  file or dangling link of that name would fail it with 'Not a directory'."""
+  if os.path.exists(os.path.join(final, 'manifest.json')):
+    return
+  if os.path.isdir(final) and not os.path.islink(final):
     logging.warning('%s has no manifest.json: an incomplete store; removed, built anew', final)
     shutil.rmtree(final, ignore_errors=True)
+  elif os.path.lexists(final):
+    logging.warning('%s is not a store directory; removed, built anew', final)
+    os.remove(final)
 
 
 def _build(root: str, final: str, key: str, config: ml_collections.ConfigDict,
