@@ -93,8 +93,8 @@ def test_hostile_speaker_names_write_nothing_outside_the_workdir(tiny_config, tm
   c.data.manifest.path_column, c.data.manifest.label_column = 'path', 'label'
   c.data.manifest.speaker_column = 'speaker'
   c.data.manifest.min_utterances_per_speaker = 1
+  # 2 classes on the 4 outputs of the head: predictions must still be classes.
   c.data.classes, c.data.aux_tasks = ('calm', 'angry'), ()
-  c.model.num_outputs = 2
   c.folds.scheme = 'speaker'
   c.folds.which = (1, 2)  # tests '.hidden' and '/../../../escaped'
   before = {p for p in tmp_path.rglob('*')}
