@@ -320,7 +320,10 @@ def _disk_full_names(path: str):
 def _check_free_space(directory: str, nbytes: int) -> None:
   """OSError(ENOSPC) before anything is written when the file system has less than `nbytes`
   free (a memory map written beyond the free space dies of SIGBUS, a write fails midway)."""
-  st = os.statvfs(directory)
+  try:
+    st = os.statvfs(directory)
+  except OSError:  # a file system that cannot say: the writes still report a full disk
+    return
   free = st.f_bavail * st.f_frsize
   if free < nbytes:
     raise OSError(errno.ENOSPC, f'no space left for the features of the store: {nbytes / 1e6:.1f}'
