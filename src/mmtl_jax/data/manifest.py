@@ -11,6 +11,10 @@ auxiliary column is described in config.data.manifest.aux_columns as either
 
 An optional config.data.manifest.label_map maps raw labels to class names.
 
+The file must be UTF-8 (a byte-order mark is accepted), with one header line naming every
+column once and the same number of fields on every row; anything else is an error naming the
+file and line.
+
 Integrity (nothing is dropped silently):
   * rows whose (mapped) label is not in config.data.classes are left out, and counted per raw
     label in the returned problems (which the feature store writes to manifest.json);
@@ -20,12 +24,16 @@ Integrity (nothing is dropped silently):
     speakers) is an error naming both lines;
   * a speaker with fewer than config.data.manifest.min_utterances_per_speaker utterances is
     left out, with a problem line saying so, so that no dev or test speaker has a handful.
+The feature store applies the class and speaker rules again to the utterances whose audio it
+could read (`mmtl_jax.data.store`), and refuses a categorical column with more values than
+the model's outputs before extracting any feature.
 """
 
 from __future__ import annotations
 
 import collections
 import csv
+import io
 import os
 from typing import Any, Optional
 
@@ -50,15 +58,56 @@ def _csv_path(opts: ml_collections.ConfigDict) -> str:
   return csv_path
 
 
-def _read_rows(csv_path: str, needed: list[str]) -> list[tuple[int, dict[str, str]]]:
-  """[(line number, row)] of the CSV; ValueError naming the file if a column is missing."""
-  with open(csv_path, newline='', encoding='utf-8') as f:
-    reader = csv.DictReader(f)
-    header = reader.fieldnames or []
-    rows = list(enumerate(reader, start=2))
+def _csv_text(csv_path: str) -> str:
+  """The CSV's text as UTF-8; a leading byte-order mark (as Excel writes it) is dropped.
+
+  Raises:
+    ValueError naming file and line of the first byte that is not UTF-8 (a Latin-1 export
+    would otherwise fail deep inside the csv module, or not at all).
+  """
+  with open(csv_path, 'rb') as f:
+    data = f.read()
+  try:
+    return data.decode('utf-8-sig')
+  except UnicodeDecodeError as e:
+    line = data[:e.start].count(b'\n') + 1
+    raise ValueError(f'{csv_path}:{line}: not UTF-8 (byte {data[e.start]:#04x}); save the CSV '
+                     'as UTF-8 (e.g. iconv -f <its encoding> -t utf-8)') from None
+
+
+def _check_header(header: list[str], needed: list[str], csv_path: str) -> None:
+  """ValueError naming the file for a repeated or a missing column."""
+  repeated = sorted({c for c in header if c and header.count(c) > 1})
+  if repeated:  # csv.DictReader would silently keep the last of each
+    raise ValueError(f'{csv_path}:1: column(s) {repeated} appear more than once in the header '
+                     f'{header}; rename or remove the copies')
   missing = [c for c in needed if c not in header]
   if missing:
     raise ValueError(f'{csv_path}:1: missing column(s) {missing}; header is {header}')
+
+
+def _read_rows(csv_path: str, needed: list[str]) -> list[tuple[int, dict[str, str]]]:
+  """[(line number, row)] of the CSV (blank lines skipped).
+
+  Raises:
+    ValueError naming the file, and the line where one applies: not UTF-8, a repeated or
+    missing column, a row with more or fewer fields than the header, an unterminated quote,
+    a field over the csv module's size limit.
+  """
+  reader = csv.reader(io.StringIO(_csv_text(csv_path), newline=''), strict=True)
+  rows = []
+  try:
+    header = next(reader, [])
+    _check_header(header, needed, csv_path)
+    for fields in reader:
+      if not fields:
+        continue
+      if len(fields) != len(header):
+        raise ValueError(f'{csv_path}:{reader.line_num}: {len(fields)} field(s) where the header '
+                         f'has {len(header)} ({header}); a short, truncated or misquoted row')
+      rows.append((reader.line_num, dict(zip(header, fields))))
+  except csv.Error as e:
+    raise ValueError(f'{csv_path}:{reader.line_num}: {e}') from None
   return rows
 
 

@@ -10,14 +10,25 @@ On disk, under `<workdir>/features/<config_hash>/`::
   length.npy      [N_seg] int32, valid (unpadded) frames of each segment, <= n_frames
   utterances.json one row per utterance with features: utt_id, speaker, label, path, ...
   manifest.json   config_hash, the data/features config, classes, aux_tasks, speakers,
-                  counts {'utterances'|'segments': {speaker: {label: count}}}, and
-                  'skipped': [{path, reason}] for every missing or unreadable wav.
+                  counts {'utterances'|'segments': {speaker: {label: count}}},
+                  'skipped': [{path, utt_id, reason}] for every missing or unreadable wav
+                  and every one whose features are not finite (NaN/Inf: huge or non-finite
+                  samples), and 'content_hash': {file: sha256} of the files above and of
+                  the manifest's own content.
 
 The cache key hashes the data and features config (all but `workers`), the utterance table
 the reader returned and features.VERSION, so a change to any is a miss; wav contents are not
 hashed. The directory is written under a temporary name (`.tmp-<key>-<host>-<pid>`) and
-renamed when complete: a crash leaves no half cache. A wav that cannot be read is skipped and
-listed, never dropped silently.
+renamed when complete: a crash leaves no half cache (a store directory without manifest.json,
+which only a copy or deletion cut short leaves, is removed and built anew). A wav that cannot
+be read is skipped and listed, never dropped silently.
+
+Integrity is checked on what was stored: the corpus readers' rules (every class has an
+utterance, every speaker keeps min_utterances_per_speaker) are applied again after the skips,
+and auxiliary bins beyond model.num_outputs are refused before any feature is extracted. A
+reused store is checked against its content hash (a damaged, truncated or edited file is a
+`StoreDamagedError` that says to delete the directory); a full disk is one OSError naming the
+file, checked before writing and never a SIGBUS (features.npy is written without a memory map).
 
 Interrupted builds leave nothing running and, in the end, nothing on disk: the feature
 workers die with the process that started them (SIGKILL included: Linux's parent-death
@@ -28,14 +39,17 @@ next build on the host (mmtl_jax.run.tmp_dirs).
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
+import contextlib
 import dataclasses
+import errno
 import hashlib
 import json
 import logging
 import os
 import shutil
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import ml_collections
 import numpy as np
@@ -48,6 +62,22 @@ from mmtl_jax.run import tmp_dirs
 from mmtl_jax.run import workers as workers_lib
 
 _ARRAYS = ('utt_index', 'speaker', 'label', 'aux', 'length')
+# Files whose sha256 manifest.json's 'content_hash' holds (and 'manifest.json': its own
+# content without that field).
+_HASHED = ('features.npy',) + tuple(f'{name}.npy' for name in _ARRAYS) + ('utterances.json',)
+# Part of the cache key. 2: content hashes, non-finite features skipped, integrity re-checked
+# on what was stored; stores of format 1 are rebuilt, never reused.
+FORMAT = 2
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+class StoreDamagedError(RuntimeError):
+  """A store directory whose files are missing, truncated, or differ from their content
+  hash; the message names the file and says how to recover (delete the directory)."""
+
+
+def _recover(directory: str) -> str:
+  return f'delete {directory} and run again (the store is rebuilt from the audio)'
 
 
 @dataclasses.dataclass
@@ -113,7 +143,7 @@ def config_hash(config: ml_collections.ConfigDict,
   features.pop('workers', None)  # does not change the result
   table = [dataclasses.astuple(u) for u in utterances]
   blob = json.dumps({'data': config.data.to_dict(), 'features': features, 'table': table,
-                     'version': features_lib.VERSION},
+                     'version': features_lib.VERSION, 'store_format': FORMAT},
                     sort_keys=True, default=str)
   return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -121,17 +151,26 @@ def config_hash(config: ml_collections.ConfigDict,
 def _features_or_reason(job: tuple[str, dict]
                         ) -> tuple[Optional[tuple[np.ndarray, np.ndarray]], str]:
   """((segments in storage dtype, int32 valid frames), '') or (None, why it could not be
-  read). Worker entry."""
+  read or gave non-finite features: one line). Worker entry."""
   path, features = job
   features = ml_collections.ConfigDict(features)
   if not os.path.exists(path):
     return None, 'missing wav'
+  if not os.path.isfile(path):  # a FIFO would block the read forever, a device never end
+    return None, 'not a regular file (a directory, FIFO or device)'
   try:
-    segments, lengths = features_lib.file_segments(path, features)
-    return (segments.astype(features.dtype), lengths), ''
+    with np.errstate(over='ignore', invalid='ignore'):  # non-finite results are checked below
+      segments, lengths = features_lib.file_segments(path, features)
   except Exception as e:  # pylint: disable=broad-except
     # Any decoding failure (truncated header, garbage, empty audio) skips this one file.
-    return None, f'unreadable: {type(e).__name__}: {e}'
+    return None, ' '.join(f'unreadable: {type(e).__name__}: {e}'.split())
+  stored = segments.astype(features.dtype)
+  # Checked after the cast: float16 storage overflows where float32 did not.
+  bad = int((~np.isfinite(stored)).reshape(len(stored), -1).any(axis=1).sum())
+  if bad:
+    return None, (f'non-finite features (NaN or Inf) in {bad} of {len(stored)} segment(s): '
+                  f'the audio holds non-finite or huge samples, or overflows {stored.dtype}')
+  return (stored, lengths), ''
 
 
 def _compute(paths: list[str], features: dict, workers: int, desc: str) -> list:
@@ -180,6 +219,78 @@ def _read_all(utterances: Sequence[records.Utterance], fcfg: dict, workers: int,
   return kept, skipped
 
 
+def _files(lost: list[dict]) -> str:
+  """'path (reason), ...' of skipped files, at most 3 and a count of the rest."""
+  shown = ', '.join(f"{x['path']} ({x['reason']})" for x in lost[:3])
+  return shown + (f' and {len(lost) - 3} more' if len(lost) > 3 else '')
+
+
+def _speaker_minimum(data: ml_collections.ConfigDict) -> tuple[str, int]:
+  """(field, value) of the corpus' min_utterances_per_speaker, ('', 1) where it has none."""
+  section = data.get(data.kind)
+  if hasattr(section, 'get') and section.get('min_utterances_per_speaker') is not None:
+    return (f'data.{data.kind}.min_utterances_per_speaker',
+            int(section.min_utterances_per_speaker))
+  return '', 1
+
+
+def check_stored(data: ml_collections.ConfigDict, utterances: Sequence[records.Utterance],
+                 kept: Sequence[tuple], skipped: list[dict]) -> None:
+  """The corpus readers' integrity rules applied again to what was stored, after unreadable
+  and non-finite files were skipped: every class of data.classes has an utterance, and every
+  speaker the reader returned keeps at least the corpus' min_utterances_per_speaker (1 for
+  corpora without one, so no speaker silently disappears from the folds).
+
+  Raises:
+    ValueError (one line) naming each class or speaker and the skipped files that cost it.
+  """
+  by_id = {u.utt_id: u for u in utterances}
+  lost_by = collections.defaultdict(list)
+  for x in skipped:
+    u = by_id[x['utt_id']]
+    lost_by[('speaker', u.speaker)].append(x)
+    lost_by[('class', u.label)].append(x)
+  stored = collections.Counter(u.speaker for u, *_ in kept)
+  labels = {u.label for u, *_ in kept}
+  field, minimum = _speaker_minimum(data)
+  problems = []
+  for speaker in sorted({u.speaker for u in utterances}):
+    if stored[speaker] < max(minimum, 1):
+      lost = lost_by[('speaker', speaker)]
+      problems.append(f'speaker {speaker!r} has {stored[speaker]} stored utterance(s)'
+                      + (f', fewer than {field}={minimum}' if field else '')
+                      + f', after {len(lost)} of its file(s) were skipped: {_files(lost)}')
+  for label in data.classes:
+    if label not in labels:
+      lost = lost_by[('class', label)]
+      problems.append(f'class {label!r} has no stored utterance' + (
+          f', after {len(lost)} file(s) were skipped: {_files(lost)}' if lost else
+          ': no utterance of the corpus has it (check data.classes)'))
+  if problems:
+    raise ValueError('feature store: ' + '; '.join(problems) + '. Repair or replace those '
+                     'files, or remove their rows; nothing was stored.')
+
+
+def check_aux_bins(config: ml_collections.ConfigDict,
+                   utterances: Sequence[records.Utterance]) -> None:
+  """ValueError when an auxiliary bin index reaches model.num_outputs (the head that the aux
+  tasks share with the classes): checked before any feature is extracted."""
+  num = config.get('model', {}).get('num_outputs')
+  if num is None or not utterances or not config.data.aux_tasks:
+    return
+  data = config.data
+  section = data.get(data.kind)
+  source = (section.get('path') if hasattr(section, 'get') else '') or data.get('root') or ''
+  source = os.path.abspath(os.path.expanduser(source)) if source else f'data.kind={data.kind!r}'
+  aux = np.array([u.aux for u in utterances], np.int64).reshape(len(utterances), -1)
+  for j, name in enumerate(data.aux_tasks):
+    values = int(aux[:, j].max()) + 1
+    if values > int(num):
+      raise ValueError(f'{source}: aux task {name!r} has {values} values (bins 0..{values - 1}) '
+                       f'but model.num_outputs={num}, the outputs its head shares with the '
+                       'classes: merge values of the column or raise model.num_outputs')
+
+
 def _utterance_row(u: records.Utterance, n_segments: int) -> dict:
   """One utterances.json row."""
   return {'utt_id': u.utt_id, 'speaker': u.speaker, 'label': u.label, 'path': u.path,
@@ -187,35 +298,88 @@ def _utterance_row(u: records.Utterance, n_segments: int) -> dict:
           'aux_raw': None if u.aux_raw is None else list(u.aux_raw), 'n_segments': n_segments}
 
 
+def _open_new(path: str):
+  """The binary file that features.npy is written to (a test swaps in /dev/full)."""
+  return open(path, 'wb')
+
+
+@contextlib.contextmanager
+def _disk_full_names(path: str):
+  """Turns 'no space left' / 'quota exceeded' while writing `path` into one OSError that names
+  it and says what to do."""
+  try:
+    yield
+  except OSError as e:
+    if e.errno not in _DISK_FULL:
+      raise
+    raise OSError(e.errno, f'{path}: no space left on the device (or quota exceeded) while '
+                  'writing the feature store; free space or use another --workdir, then run '
+                  'again') from None
+
+
+def _check_free_space(directory: str, nbytes: int) -> None:
+  """OSError(ENOSPC) before anything is written when the file system has less than `nbytes`
+  free (a memory map written beyond the free space dies of SIGBUS, a write fails midway)."""
+  try:
+    st = os.statvfs(directory)
+  except OSError:  # a file system that cannot say: the writes still report a full disk
+    return
+  free = st.f_bavail * st.f_frsize
+  if free < nbytes:
+    raise OSError(errno.ENOSPC, f'no space left for the features of the store: {nbytes / 1e6:.1f}'
+                  f' MB needed, {free / 1e6:.1f} MB free under {directory}; free space or use '
+                  'another --workdir')
+
+
+def _write_features(path: str, kept: Sequence[tuple], shape: tuple[int, ...],
+                    dtype: np.dtype) -> None:
+  """features.npy [N_seg, T, F], written in order with plain writes: the segments are never
+  held twice in memory, and a full disk is an OSError, not the SIGBUS of a memory map."""
+  header = {'descr': np.lib.format.dtype_to_descr(dtype), 'fortran_order': False,
+            'shape': shape}
+  with _disk_full_names(path), _open_new(path) as f:
+    np.lib.format.write_array_header_1_0(f, header)
+    for _, feats, _ in kept:
+      f.write(np.ascontiguousarray(feats, dtype).tobytes())
+
+
 def _write_segments(directory: str,
                     kept: Sequence[tuple[records.Utterance, np.ndarray, np.ndarray]],
                     shape: tuple[int, ...], dtype: np.dtype, speakers: list[str],
                     classes: tuple[str, ...], num_aux: int) -> None:
-  """Writes features.npy [N_seg, T, F], the [N_seg] arrays of _ARRAYS and utterances.json.
-
-  features.npy is filled through a memmap, so the segments are never held twice in memory.
-  """
-  out = np.lib.format.open_memmap(os.path.join(directory, 'features.npy'), 'w+', dtype, shape)
+  """Writes features.npy [N_seg, T, F], the [N_seg] arrays of _ARRAYS and utterances.json."""
+  _write_features(os.path.join(directory, 'features.npy'), kept, shape, dtype)
   arrays = {name: [] for name in _ARRAYS}
-  table, row = [], 0
+  table = []
   for i, (u, feats, lengths) in enumerate(kept):
-    out[row:row + len(feats)] = feats
-    row += len(feats)
     arrays['length'] += list(lengths)
     arrays['utt_index'] += [i] * len(feats)
     arrays['speaker'] += [speakers.index(u.speaker)] * len(feats)
     arrays['label'] += [classes.index(u.label)] * len(feats)
     arrays['aux'] += [u.aux] * len(feats)
     table.append(_utterance_row(u, len(feats)))
-  out.flush()
-  del out
-  for name, values in arrays.items():
-    value = np.asarray(values, np.int32)
-    if name == 'aux':
-      value = value.reshape(shape[0], num_aux)
-    np.save(os.path.join(directory, f'{name}.npy'), value)
-  with open(os.path.join(directory, 'utterances.json'), 'w') as f:
-    json.dump(table, f, indent=0)
+  with _disk_full_names(directory):
+    for name, values in arrays.items():
+      value = np.asarray(values, np.int32)
+      if name == 'aux':
+        value = value.reshape(shape[0], num_aux)
+      np.save(os.path.join(directory, f'{name}.npy'), value)
+    with open(os.path.join(directory, 'utterances.json'), 'w') as f:
+      json.dump(table, f, indent=0)
+
+
+def _file_sha256(path: str) -> str:
+  with open(path, 'rb') as f:
+    return hashlib.file_digest(f, 'sha256').hexdigest()
+
+
+def content_hashes(directory: str, manifest: dict) -> dict[str, str]:
+  """{file: sha256} of the store's files, and 'manifest.json': the sha256 of the manifest's
+  content without its 'content_hash' field (as parsed JSON, keys sorted)."""
+  out = {name: _file_sha256(os.path.join(directory, name)) for name in _HASHED}
+  body = {k: v for k, v in manifest.items() if k != 'content_hash'}
+  out['manifest.json'] = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+  return out
 
 
 def _manifest_counts(kept: Sequence[tuple[records.Utterance, np.ndarray, np.ndarray]]) -> dict:
@@ -228,15 +392,20 @@ def _manifest_counts(kept: Sequence[tuple[records.Utterance, np.ndarray, np.ndar
 
 def _write(directory: str, config: ml_collections.ConfigDict, key: str,
            utterances: Sequence[records.Utterance], problems: list) -> None:
-  """Computes every utterance's segments and writes the store into `directory`."""
+  """Computes every utterance's segments, checks what could be read (`check_stored`) and
+  writes the store into `directory`; manifest.json last, with the content hashes."""
   fcfg = config.features.to_dict()
   kept, skipped = _read_all(utterances, fcfg, config.features.workers, key)
+  check_stored(config.data, utterances, kept, skipped)
   classes, aux_tasks = tuple(config.data.classes), tuple(config.data.aux_tasks)
   speakers = sorted({u.speaker for u, *_ in kept})
   n_seg = sum(len(f) for _, f, _ in kept)
   shape = (n_seg,) + kept[0][1].shape[1:]
-  _write_segments(directory, kept, shape, np.dtype(config.features.dtype), speakers, classes,
-                  len(aux_tasks))
+  dtype = np.dtype(config.features.dtype)
+  # The features, their int32 arrays, the JSON tables (a generous guess) and a margin.
+  _check_free_space(directory, int(np.prod(shape)) * dtype.itemsize + n_seg * 64 + (1 << 20)
+                    + 1024 * len(kept))
+  _write_segments(directory, kept, shape, dtype, speakers, classes, len(aux_tasks))
   manifest = {
       'config_hash': key,
       'data': config.data.to_dict(),
@@ -245,64 +414,130 @@ def _write(directory: str, config: ml_collections.ConfigDict, key: str,
       'aux_tasks': list(aux_tasks),
       'speakers': speakers,
       'shape': list(shape),
-      'dtype': str(np.dtype(config.features.dtype)),
+      'dtype': str(dtype),
       'counts': _manifest_counts(kept),
       'totals': {'utterances': len(kept), 'segments': n_seg, 'skipped': len(skipped)},
       'skipped': skipped,
       'problems': problems,
   }
-  with open(os.path.join(directory, 'manifest.json'), 'w') as f:
-    json.dump(manifest, f, indent=1, default=str)
+  manifest = json.loads(json.dumps(manifest, default=str))  # hashed as it will be read back
+  manifest['content_hash'] = content_hashes(directory, manifest)
+  with _disk_full_names(directory), open(os.path.join(directory, 'manifest.json'), 'w') as f:
+    json.dump(manifest, f, indent=1)
 
 
-def load_store(directory: str, cache_hit: bool = True) -> FeatureStore:
+def _read_json(path: str, directory: str) -> Any:
+  try:
+    with open(path, encoding='utf-8') as f:
+      return json.load(f)
+  except (OSError, ValueError) as e:
+    raise StoreDamagedError(f'{path}: cannot be read ({type(e).__name__}: {e}); '
+                            f'{_recover(directory)}') from None
+
+
+def _load_array(path: str, directory: str) -> np.ndarray:
+  try:
+    return np.load(path)
+  except (OSError, ValueError, EOFError) as e:
+    raise StoreDamagedError(f'{path}: cannot be read ({type(e).__name__}: {e}); '
+                            f'{_recover(directory)}') from None
+
+
+def _open_features(directory: str, manifest: dict) -> np.ndarray:
+  """features.npy memory-mapped read-only, once its size is what its header says (a
+  truncated file would map, and fault when the missing rows are read)."""
+  path = os.path.join(directory, 'features.npy')
+  try:
+    with open(path, 'rb') as f:
+      version = np.lib.format.read_magic(f)
+      read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0) else
+                     np.lib.format.read_array_header_2_0)
+      shape, _, dtype = read_header(f)
+      expected = f.tell() + int(np.prod(shape)) * dtype.itemsize
+    size = os.path.getsize(path)
+  except (OSError, ValueError) as e:
+    raise StoreDamagedError(f'{path}: not a readable .npy file ({type(e).__name__}: {e}); '
+                            f'{_recover(directory)}') from None
+  if size != expected:
+    what = 'truncated' if size < expected else 'longer than its header says'
+    raise StoreDamagedError(f'{path} is {what}: {size} bytes where {tuple(shape)} {dtype} '
+                            f'takes {expected}; {_recover(directory)}')
+  if list(shape) != list(manifest.get('shape', shape)):
+    raise StoreDamagedError(f'{path} holds {tuple(shape)}, its manifest says '
+                            f"{manifest['shape']}; {_recover(directory)}")
+  return np.load(path, mmap_mode='r')
+
+
+def verify_store(directory: str, manifest: dict) -> None:
+  """StoreDamagedError naming every file of the store that differs from the content hash
+  its manifest.json recorded when it was written (an edit, a zeroed span, a swapped order)."""
+  expected = manifest.get('content_hash')
+  if not isinstance(expected, dict):
+    raise StoreDamagedError(f'{directory}/manifest.json has no content hash (edited, or written '
+                            f'by an older mmtl_jax); {_recover(directory)}')
+  try:
+    actual = content_hashes(directory, manifest)
+  except OSError as e:
+    raise StoreDamagedError(f'{e.filename}: cannot be read ({e.strerror}); '
+                            f'{_recover(directory)}') from None
+  changed = sorted(name for name in actual if expected.get(name) != actual[name])
+  if changed:
+    raise StoreDamagedError(f'{directory}: {", ".join(changed)} differ(s) from the content '
+                            'hash written with the store (edited or damaged since); '
+                            f'{_recover(directory)}')
+
+
+def load_store(directory: str, cache_hit: bool = True, verify: bool = True) -> FeatureStore:
   """Opens a complete store directory (features memory-mapped read-only).
+
+  Args:
+    directory: the store directory (<workdir>/features/<hash>).
+    cache_hit: recorded in the returned store.
+    verify: check every file against the content hash of manifest.json (reads them all;
+      docs/PERFORMANCE.md has the cost). `build_feature_store` verifies a reused store, not
+      one it has just written.
 
   Raises:
     ValueError: a store written before segment lengths were recorded (features.VERSION 1);
       `build_feature_store` never opens one, since its cache key differs.
+    StoreDamagedError: a file missing, unreadable, truncated or (verify) differing from its
+      content hash; the message names it and says to delete the directory.
   """
   if not os.path.exists(os.path.join(directory, 'length.npy')):
     raise ValueError(f'{directory} was written by an older version (no length.npy); build '
                      'the store again (build_feature_store computes it anew)')
   manifest_path = os.path.join(directory, 'manifest.json')
-  with open(manifest_path) as f:
-    manifest = json.load(f)
-  with open(os.path.join(directory, 'utterances.json')) as f:
-    table = json.load(f)
-  arrays = {name: np.load(os.path.join(directory, f'{name}.npy')) for name in _ARRAYS}
+  manifest = _read_json(manifest_path, directory)
+  table = _read_json(os.path.join(directory, 'utterances.json'), directory)
+  features = _open_features(directory, manifest)
+  arrays = {name: _load_array(os.path.join(directory, f'{name}.npy'), directory)
+            for name in _ARRAYS}
+  if verify:
+    verify_store(directory, manifest)
   return FeatureStore(
-      features=np.load(os.path.join(directory, 'features.npy'), mmap_mode='r'),
-      speakers=list(manifest['speakers']), utterances=table,
+      features=features, speakers=list(manifest['speakers']), utterances=table,
       classes=tuple(manifest['classes']), aux_tasks=tuple(manifest['aux_tasks']),
       manifest=manifest, manifest_path=manifest_path, cache_hit=cache_hit, **arrays)
 
 
-def build_feature_store(config: ml_collections.ConfigDict, workdir: str,
-                        utterances: Optional[Sequence[records.Utterance]] = None
-                        ) -> FeatureStore:
-  """The store of `config`'s corpus under `workdir`/features/<hash>/, built if absent.
-
-  Args:
-    config: the full config (data, features).
-    workdir: experiment directory; the synthetic corpus (kind='synthetic', no data.root) is
-      written to `workdir`/synthetic_corpus.
-    utterances: use these instead of reading the corpus (their problems list is then empty).
-
-  Returns:
-    The FeatureStore; `cache_hit` says whether it was reused.
-  """
-  problems: list[Any] = []
-  if utterances is None:
-    utterances, problems = corpus_lib.read_corpus(config, workdir)
-  if not utterances:
-    raise ValueError('the corpus selection is empty: check config.data (classes, selection, '
-                     'sessions, label_map)')
-  key = config_hash(config, utterances)
-  root = os.path.join(os.path.abspath(workdir), 'features')
-  final = os.path.join(root, key)
+def _remove_incomplete(final: str) -> None:
+  """Removes `final` if it is there without manifest.json: a store is renamed into place
+  whole, with its manifest, so such a directory is never a complete store (a copy or a
+  deletion cut short) and would make every later rename fail with 'Directory not empty'; a
+  file or dangling link of that name would fail it with 'Not a directory'."""
   if os.path.exists(os.path.join(final, 'manifest.json')):
-    return load_store(final, cache_hit=True)
+    return
+  if os.path.isdir(final) and not os.path.islink(final):
+    logging.warning('%s has no manifest.json: an incomplete store; removed, built anew', final)
+    shutil.rmtree(final, ignore_errors=True)
+  elif os.path.lexists(final):
+    logging.warning('%s is not a store directory; removed, built anew', final)
+    os.remove(final)
+
+
+def _build(root: str, final: str, key: str, config: ml_collections.ConfigDict,
+           utterances: Sequence[records.Utterance], problems: list) -> None:
+  """Writes the store under a temporary name in `root` and renames it to `final`."""
   tmp_dirs.remove_stale_tmp(root)
   tmp = os.path.join(root, tmp_dirs.tmp_dir_name(key))
   shutil.rmtree(tmp, ignore_errors=True)
@@ -310,6 +545,7 @@ def build_feature_store(config: ml_collections.ConfigDict, workdir: str,
   with workers_lib.sigterm_raises():
     try:
       _write(tmp, config, key, utterances, problems)
+      _remove_incomplete(final)
       try:
         os.rename(tmp, final)
       except OSError:  # another process finished the same store first: theirs is as good
@@ -317,7 +553,48 @@ def build_feature_store(config: ml_collections.ConfigDict, workdir: str,
           raise
     finally:
       shutil.rmtree(tmp, ignore_errors=True)
-  return load_store(final, cache_hit=False)
+
+
+def build_feature_store(config: ml_collections.ConfigDict, workdir: str,
+                        utterances: Optional[Sequence[records.Utterance]] = None,
+                        check_corpus: Optional[Callable[[Sequence[records.Utterance]], Any]]
+                        = None) -> FeatureStore:
+  """The store of `config`'s corpus under `workdir`/features/<hash>/, built if absent.
+
+  Args:
+    config: the full config (data, features; model.num_outputs bounds the aux bins).
+    workdir: experiment directory; the synthetic corpus (kind='synthetic', no data.root) is
+      written to `workdir`/synthetic_corpus.
+    utterances: use these instead of reading the corpus (their problems list is then empty).
+    check_corpus: called with the utterances before any feature is extracted (or a stored
+      store reused), e.g. to build the folds; whatever it raises stops the build.
+
+  Returns:
+    The FeatureStore; `cache_hit` says whether it was reused (then checked against its
+    content hash).
+
+  Raises:
+    ValueError: an empty selection, aux bins beyond model.num_outputs (both before
+      extraction), or a class or speaker emptied by skipped files (`check_stored`).
+    StoreDamagedError: a reused store whose files were damaged or edited.
+    OSError(ENOSPC): too little free space, named before writing or where the write failed.
+  """
+  problems: list[Any] = []
+  if utterances is None:
+    utterances, problems = corpus_lib.read_corpus(config, workdir)
+  if not utterances:
+    raise ValueError('the corpus selection is empty: check config.data (classes, selection, '
+                     'sessions, label_map)')
+  if check_corpus is not None:
+    check_corpus(utterances)
+  check_aux_bins(config, utterances)
+  key = config_hash(config, utterances)
+  root = os.path.join(os.path.abspath(workdir), 'features')
+  final = os.path.join(root, key)
+  if os.path.exists(os.path.join(final, 'manifest.json')):
+    return load_store(final, cache_hit=True)
+  _build(root, final, key, config, utterances, problems)
+  return load_store(final, cache_hit=False, verify=False)
 
 
 def format_summary(store: FeatureStore) -> str:

@@ -7,9 +7,11 @@ so results and bundles are readable by whoever the user's umask lets read them.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
+import re
 import tempfile
 from typing import Any, Callable, Mapping
 
@@ -110,3 +112,26 @@ def atomic_write(path: str | os.PathLike, write_fn: Callable[[Any], Any]) -> Non
     if os.path.exists(tmp):
       os.unlink(tmp)
     raise
+
+
+# A name kept as it is: letters, digits, '_', '-' and '.', not starting with '.' or '-'.
+_PLAIN_NAME = re.compile(r'[A-Za-z0-9_][A-Za-z0-9._-]{0,99}')
+
+
+def safe_component(name: Any) -> str:
+  """`name` as one file-name component: joined to a directory, it names an entry directly in
+  that directory, whatever the name holds.
+
+  A name of at most 100 characters of [A-Za-z0-9._-] that starts with a letter, digit or '_'
+  is returned unchanged ('Ses01-testSes01M', 'mmtl', 'seed1'). Any other ('/../x', '..',
+  '.hidden', '', 'a b', 'é', a name too long for a file system) becomes its first 64
+  characters with every other character replaced by '_' and leading dots and dashes removed,
+  then '~' and 16 hex digits of the sha256 of the whole name. '~' never occurs in an unchanged
+  name and the digest tells encoded names apart, so distinct names never share a component.
+  """
+  name = str(name)
+  if _PLAIN_NAME.fullmatch(name):
+    return name
+  readable = re.sub(r'[^A-Za-z0-9._-]', '_', name[:64]).lstrip('.-') or '_'
+  digest = hashlib.sha256(name.encode('utf-8', 'surrogatepass')).hexdigest()[:16]
+  return f'{readable}~{digest}'

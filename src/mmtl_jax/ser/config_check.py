@@ -83,6 +83,7 @@ def config_problems(config: Any) -> List[str]:
     out += _count(field, _get(config, field), minimum)
   for field in _POSITIVE:
     out += _positive(field, _get(config, field))
+  out += _class_count(_get(config, 'data.classes'))
   rates = _get(config, 'train.baseline_lr')
   for name, lr in (dict(rates) if rates is not _MISSING and rates else {}).items():
     out += _positive(f'train.baseline_lr.{name}', lr)
@@ -165,6 +166,14 @@ def _edges(field: str, edges: Any, num_outputs: Any) -> List[str]:
   if _is_int(num_outputs) and bins > num_outputs:
     return [f'{field}: {bins} bins need model.num_outputs >= {bins}, the shared head has '
             f'{num_outputs} outputs (got {edges!r})']
+  return []
+
+
+def _class_count(classes: Any) -> List[str]:
+  """One class makes every prediction right (UA 100): at least two (`_sequence` reports an
+  empty list)."""
+  if isinstance(classes, (list, tuple)) and len(classes) == 1:
+    return [f'data.classes: needs at least 2 classes (got {classes!r})']
   return []
 
 

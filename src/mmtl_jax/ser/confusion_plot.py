@@ -7,24 +7,20 @@ Each run (model x protocol) gets <workdir>/confusion/<model>__<protocol>.{png,js
 from __future__ import annotations
 
 import os
-import re
 from typing import Any, Sequence
 
 import numpy as np
 
-from mmtl_jax.run.files import atomic_write
+from mmtl_jax.run.files import atomic_write, safe_component
 from mmtl_jax.ser import metrics
 
 CONFUSION_DIR = 'confusion'
 
 
-def _slug(text: str) -> str:
-  return re.sub(r'[^A-Za-z0-9._+-]+', '_', str(text)).strip('_') or 'x'
-
-
 def confusion_basename(model: str, protocol: str) -> str:
-  """File stem of a run's confusion PNG/JSON under <workdir>/confusion/."""
-  return f'{_slug(model)}__{_slug(protocol)}'
+  """File stem of a run's confusion PNG/JSON under <workdir>/confusion/: the names as
+  `safe_component`s, so 'a/b' and 'a_b' get different files and none leaves the directory."""
+  return f'{safe_component(model)}__{safe_component(protocol)}'
 
 
 def plot_confusion(path: str | os.PathLike, counts: Any, classes: Sequence[str],

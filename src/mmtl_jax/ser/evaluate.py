@@ -42,8 +42,12 @@ class Evaluator:
     self.batch_size = int(config.eval.batch_size)
     self.finetune_steps = int(config.eval.finetune_steps)
     self._speaker_cache: Dict[str, Dict[str, np.ndarray]] = {}
-    self._predict = jax.jit(
-        lambda p, x, lengths: jax.nn.softmax(system.predict_logits(p, x, lengths), axis=-1))
+    # The head has model.num_outputs >= len(classes) outputs (shared with the aux bins): an
+    # emotion is one of the classes, so the posteriors are over the first len(classes) only
+    # (argmax over all of them could name an output that is no class).
+    self.num_classes = len(store.classes)
+    self._predict = jax.jit(lambda p, x, lengths: jax.nn.softmax(
+        system.predict_logits(p, x, lengths)[..., :self.num_classes], axis=-1))
     self._finetune_step = None
     if system.finetune_loss is not None and self.finetune_steps > 0:
       self._finetune_step = jax.jit(self._make_finetune_step(
@@ -88,9 +92,9 @@ class Evaluator:
 
   def segment_posteriors(self, params: Any, x: np.ndarray,
                          lengths: Optional[np.ndarray] = None) -> np.ndarray:
-    """Softmax posteriors [N, C] of segments x [N, T, F] with valid frames lengths [N]
-    (None: all T), in fixed-size padded batches so that one compilation serves every
-    speaker."""
+    """Softmax posteriors [N, C] (C = len(store.classes): the head's first C outputs) of
+    segments x [N, T, F] with valid frames lengths [N] (None: all T), in fixed-size padded
+    batches so that one compilation serves every speaker."""
     n, b = x.shape[0], self.batch_size
     if lengths is None:
       lengths = np.full((n,), x.shape[1], np.int32)
@@ -102,7 +106,7 @@ class Evaluator:
         chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
         chunk_lengths = np.concatenate([chunk_lengths, np.full((pad,), x.shape[1], np.int32)])
       out.append(np.asarray(self._predict(params, chunk, chunk_lengths))[:b - pad])
-    return np.concatenate(out) if out else np.zeros((0, self.config.model.num_outputs))
+    return np.concatenate(out) if out else np.zeros((0, self.num_classes))
 
   def finetune(self, params: Any, speaker: str, seed: int) -> Any:
     """The 'paper' protocol's adaptation on the speaker's auxiliary labels: `finetune_steps`
@@ -141,7 +145,7 @@ class Evaluator:
     utt_rows, utt_probs = metrics_lib.utterance_posteriors(probs, data['utt_index'])
     _, y_true = metrics_lib.utterance_labels(data['target'], data['utt_index'])
     y_pred = metrics_lib.predictions(utt_probs)
-    c = int(self.config.model.num_outputs)
+    c = self.num_classes
     return {
         'UA': metrics_lib.unweighted_accuracy(y_true, y_pred, c),
         'WA': metrics_lib.weighted_accuracy(y_true, y_pred, c),

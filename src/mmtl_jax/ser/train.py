@@ -15,7 +15,9 @@ Workdir layout::
   <workdir>/results.json, results.md, confusion/   the tables (paper Tables 2/3 layout);
                                     results.json also holds the run's provenance
 
-With several seeds (config.train.seeds), <workdir>/<model>/seed<s>/<fold>/ instead.
+With several seeds (config.train.seeds), <workdir>/<model>/seed<s>/<fold>/ instead. <model>
+and <fold> are `run.files.safe_component` of the names: a fold named after a speaker such as
+'/../x' or '.hidden' gets an encoded directory inside the workdir.
 
 One fold trains over one `TrainState`: `create_state`, then `restore_state` (its latest
 checkpoint, if any), then `train_steps`, which runs `train_one_step` and, when due,
@@ -398,11 +400,13 @@ def _fold_dirs(config: ml_collections.ConfigDict, model_name: str, folds: List[A
   for seed in seeds:
     seed_config = config.copy_and_resolve_references()
     seed_config.seed = seed
-    model_dir = os.path.join(workdir, model_name)
+    # Model and fold names come from the config and the corpus (a fold is named after its
+    # speakers): encoded, so that no name ('/../x', '..') puts a file outside the workdir.
+    model_dir = os.path.join(workdir, files.safe_component(model_name))
     if len(seeds) > 1:
       model_dir = os.path.join(model_dir, f'seed{seed}')
     for i, fold in enumerate(folds):
-      yield seed_config, i, fold, os.path.join(model_dir, _fold_name(fold))
+      yield seed_config, i, fold, os.path.join(model_dir, files.safe_component(_fold_name(fold)))
 
 
 def _expected(config: ml_collections.ConfigDict, model_name: str, store: Any) -> Dict[str, Any]:
@@ -485,7 +489,11 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, t0: flo
                         ) -> Dict[str, Any]:
   """The body of `train_and_evaluate`, run while the workdir is locked."""
   process.enable_compilation_cache(config)
-  store = store_lib.build_feature_store(config, workdir)
+  # The folds are built from the corpus' speakers before any feature is extracted, so a bad
+  # folds.which (or scheme) costs nothing; the store keeps every one of those speakers.
+  store = store_lib.build_feature_store(
+      config, workdir, check_corpus=lambda utts: folds_lib.make_folds([u.speaker for u in utts],
+                                                                      config))
   print(store_lib.format_summary(store), flush=True)
   folds = folds_lib.make_folds(store, config)
   # Built once: every system and fold shares the mesh (and so their compilations).
