@@ -20,6 +20,7 @@ from absl import flags
 from absl import logging
 
 from mmtl_jax.ser import predict
+from mmtl_jax.run import errors
 
 _CHECKPOINT = flags.DEFINE_string('checkpoint', None, 'Bundle, fold directory or workdir.',
                                   required=True)
@@ -46,9 +47,8 @@ def main(argv):
     raise app.UsageError('give one or more wav files')
   try:
     predictor = predict.Predictor(_CHECKPOINT.value)
-  except (FileNotFoundError, predict.BundleError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
+  except FileNotFoundError as e:  # exit status 2: the bundle, not a wav file
+    errors.fail(str(e), 2)
   results = predictor.predict_files(paths)
   if _JSON.value:
     print(json.dumps(results, indent=1))
@@ -59,4 +59,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  errors.run(main)

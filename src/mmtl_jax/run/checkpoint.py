@@ -37,6 +37,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from mmtl_jax.run import errors
 from mmtl_jax.run import files
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,7 @@ def _host_copy(leaf: Any) -> Any:
   return np.array(leaf, copy=True) if isinstance(leaf, np.ndarray) else leaf
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(errors.ExpectedError, ValueError):
   """A checkpoint's tree structure or shapes differ from the target's."""
 
 
@@ -96,7 +97,7 @@ def _check_format(where: str, extra: dict[str, Any]) -> None:
       f'--config.train.on_changed_config=restart), or finish that run with mmtl_jax {other}.')
 
 
-class CheckpointDamagedError(RuntimeError):
+class CheckpointDamagedError(errors.ExpectedError, RuntimeError):
   """A checkpoint step cannot be read (a file of it truncated, deleted or corrupt)."""
 
 

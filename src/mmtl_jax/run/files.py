@@ -15,6 +15,44 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from mmtl_jax.run import errors
+
+
+class DamagedFileError(errors.ExpectedError, ValueError):
+  """A run file that exists but cannot be read as what it should be; the message names the
+  file and how to recover."""
+
+
+class MissingFileError(errors.ExpectedError, FileNotFoundError):
+  """A file the command needs is not there; the message names it and what to do."""
+
+
+def read_json(path: str | os.PathLike, recover: str, kind: type | None = dict) -> Any:
+  """The JSON value of `path`, of type `kind` (None: any).
+
+  Args:
+    recover: what the user can do when the file is damaged (ends the one-line message).
+
+  Raises:
+    DamagedFileError: not UTF-8, not JSON, or not a `kind`: 'damaged <name> (<why>), <path>,
+      <recover>'. A missing file raises FileNotFoundError as open() does.
+  """
+  path = os.fspath(path)
+  try:
+    with open(path, 'rb') as f:
+      value = json.loads(f.read().decode('utf-8'))
+  except (UnicodeDecodeError, ValueError) as e:
+    why = f'{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}'
+    raise DamagedFileError(f'damaged {os.path.basename(path)} ({why}), {path}, {recover}'
+                           ) from e
+  except IsADirectoryError as e:
+    raise DamagedFileError(f'{os.path.basename(path)} is a directory, {path}, {recover}'
+                           ) from e
+  if kind is not None and not isinstance(value, kind):
+    raise DamagedFileError(f'damaged {os.path.basename(path)} (not a JSON {kind.__name__}), '
+                           f'{path}, {recover}')
+  return value
+
 
 def to_jsonable(obj: Any, strict: bool = False) -> Any:
   """Converts configs, numpy/jax values and tuples into plain JSON values.

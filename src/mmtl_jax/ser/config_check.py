@@ -15,6 +15,7 @@ from mmtl_jax.data.corpus import CORPORA
 from mmtl_jax.data.iemocap import VAD_NAMES
 from mmtl_jax.meta import MODES, STRATEGIES, TASK_REDUCES
 from mmtl_jax.models import DTYPES, MODELS
+from mmtl_jax.run import errors
 from mmtl_jax.ser.evaluate import PROTOCOLS
 from mmtl_jax.ser.systems import SYSTEMS
 
@@ -52,7 +53,7 @@ _POSITIVE = (
 )
 
 
-class ConfigError(ValueError):
+class ConfigError(errors.ExpectedError, ValueError):
   """Every problem of a config: one line each in the message, and in `problems`."""
 
   def __init__(self, problems: Sequence[str]):

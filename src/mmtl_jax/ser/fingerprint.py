@@ -21,6 +21,7 @@ from typing import Any, Mapping
 
 from mmtl_jax import __version__
 from mmtl_jax.run import checkpoint as ckpt_lib
+from mmtl_jax.run import errors
 from mmtl_jax.run import files
 
 FILENAME = 'fingerprint.json'
@@ -34,7 +35,7 @@ IGNORED = ('compilation_cache_dir', 'features.workers', 'train.log_every',
            'train.on_changed_config')
 
 
-class StaleRunError(RuntimeError):
+class StaleRunError(errors.ExpectedError, RuntimeError):
   """Fold directories of this workdir were written under another config."""
 
 

@@ -27,14 +27,16 @@ import ml_collections
 import numpy as np
 
 from mmtl_jax.run import checkpoint as ckpt_lib
+from mmtl_jax.run import errors
 from mmtl_jax.ser import systems as systems_lib
 from mmtl_jax.data import features as features_lib
 
 SILENCE_PEAK = 1e-4  # peak |amplitude| (full scale 1.0) below which a clip is digital silence
 
 
-class BundleError(RuntimeError):
+class BundleError(errors.ExpectedError, RuntimeError):
   """An inference bundle that exists but cannot be used; the message is one line."""
+  exit_code = 2  # experiments/predict.py: 1 is "a file failed"
 
 
 def find_bundle(path: str) -> str:

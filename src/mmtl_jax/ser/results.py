@@ -47,6 +47,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from mmtl_jax.run import files
 from mmtl_jax.run.files import atomic_write_json, atomic_write_text, to_jsonable
 from mmtl_jax.ser import metrics
 from mmtl_jax.ser import report
@@ -303,10 +304,11 @@ def write_results(workdir: str | os.PathLike, config: Any,
 def load_results(workdir: str | os.PathLike) -> dict[str, Any]:
   """Reads <workdir>/results.json, checking the top-level schema."""
   path = os.path.join(os.fspath(workdir), RESULTS_JSON)
-  with open(path, encoding='utf-8') as f:
-    data = json.load(f)
-  if not isinstance(data, dict) or not isinstance(data.get('runs'), list):
-    raise ValueError(f'{path} is not a results.json (no "runs" list).')
+  recover = ('start the training command of that workdir again: it rewrites results.json '
+             'from the finished folds')
+  data = files.read_json(path, recover)
+  if not isinstance(data.get('runs'), list):
+    raise files.DamagedFileError(f'damaged {RESULTS_JSON} (no "runs" list), {path}, {recover}')
   return data
 
 
@@ -329,7 +331,9 @@ def gather(workdirs: Sequence[str | os.PathLike], skip_missing: bool = False) ->
       if skip_missing:
         missing.append(name)
         continue
-      raise FileNotFoundError(f'No {RESULTS_JSON} in {wd}.')
+      raise files.MissingFileError(
+          f'no {RESULTS_JSON} in {wd}, {os.path.join(wd, RESULTS_JSON)}, finish its training '
+          'run first (or pass --skip_missing)')
     data = load_results(wd)
     found.append((name, data.get('config') or {}, data['runs']))
   return report.workdirs_table(found, missing)

@@ -52,6 +52,7 @@ from mmtl_jax.data import folds as folds_lib
 from mmtl_jax.data import sampler as sampler_lib
 from mmtl_jax.data import store as store_lib
 from mmtl_jax.run import checkpoint as ckpt_lib
+from mmtl_jax.run import errors
 from mmtl_jax.run import files
 from mmtl_jax.run import lock as lock_lib
 from mmtl_jax.run import metric_log
@@ -71,7 +72,7 @@ CheckpointMismatchError = ckpt_lib.CheckpointMismatchError
 PyTree = Any
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(errors.ExpectedError, FloatingPointError):
   """Raised when a training loss becomes NaN or Inf; the last good checkpoint is kept."""
 
 
