@@ -85,6 +85,9 @@ ENTRY_POINTS = [
     ('train', [BAD_FIELD], ['--config.nosuchfield']),
     ('train', ['--config.meta.foo=1'], ['--config.meta.foo', 'close matches']),
     ('preprocess', ['--workdir=/tmp/unused', '--config.meta.mod=x'], ['--config.meta.mode']),
+    ('preprocess', ['--workdir=/tmp/unused', '--config.features.dtype=uint8'],
+     ['features.dtype: must be one of']),
+    ('train', ['--workdir=/tmp/unused', '--config.seed=-1'], ['seed: must be an integer']),
     ('predict', ['--checkpoint=/nowhere/at/all'], ['wav']),  # no wav given
     ('sweep', ['--grid=meta.gamma'], ['meta.gamma']),
     ('sweep', ['--nosuchflag=1'], ['nosuchflag']),

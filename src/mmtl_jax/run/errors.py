@@ -31,7 +31,8 @@ VERBOSE_ENV = 'MMTL_JAX_VERBOSE'
 
 class ExpectedError(Exception):
   """An error the user can act on. Its message is the whole story on one line: what is wrong,
-  which file or field, what to do. Library errors of this kind also derive from it."""
+  which file or field, what to do (a subclass whose message has several lines defines
+  `line()`). Library errors of this kind also derive from it."""
   exit_code = 1
 
 
@@ -78,7 +79,7 @@ def _os_line(error: OSError, advice: str) -> str:
 def expected_line(error: BaseException) -> Optional[str]:
   """The one line for an expected error (without 'error: '), or None for a bug."""
   if isinstance(error, ExpectedError):
-    return one_line(error)
+    return error.line() if hasattr(error, 'line') else one_line(error)
   from absl import app  # pylint: disable=g-import-not-at-top
   from absl import flags  # pylint: disable=g-import-not-at-top
   if isinstance(error, app.UsageError):
