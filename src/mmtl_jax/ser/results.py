@@ -312,11 +312,32 @@ def load_results(workdir: str | os.PathLike) -> dict[str, Any]:
   return data
 
 
+def workdir_labels(workdirs: Sequence[str]) -> list[str]:
+  """A distinct label per workdir: its basename, or where basenames repeat the shortest tail
+  of its absolute path that no other workdir shares ('#2', '#3' for a workdir given again)."""
+  paths = [os.path.abspath(wd) for wd in workdirs]
+  labels = []
+  for path in paths:
+    parts, others = path.strip(os.sep).split(os.sep), [p for p in paths if p != path]
+    for n in range(1, len(parts) + 1):
+      tail = os.sep.join(parts[-n:])
+      if not any(o == tail or o.endswith(os.sep + tail) for o in others):
+        break
+    labels.append(tail)
+  seen: dict[str, int] = {}
+  for i, label in enumerate(labels):
+    seen[label] = seen.get(label, 0) + 1
+    if seen[label] > 1:
+      labels[i] = f'{label} #{seen[label]}'
+  return labels
+
+
 def gather(workdirs: Sequence[str | os.PathLike], skip_missing: bool = False) -> str:
   """Markdown table comparing the runs of several workdirs.
 
-  One row per workdir x model x protocol, labelled by the workdir's name and the auxiliary
-  tasks and meta mode found in its config.
+  One row per workdir x model x protocol, labelled by the workdir's name (a longer tail of its
+  path where names repeat, see `workdir_labels`) and the auxiliary tasks and meta mode found in
+  its config; each row also names the corpus, the classes and the budget (report.py).
 
   Args:
     workdirs: experiment directories containing results.json.
@@ -324,9 +345,9 @@ def gather(workdirs: Sequence[str | os.PathLike], skip_missing: bool = False) ->
       raising FileNotFoundError.
   """
   found, missing = [], []
-  for wd in workdirs:
+  names = workdir_labels([os.fspath(wd) for wd in workdirs])
+  for wd, name in zip(workdirs, names):
     wd = os.fspath(wd)
-    name = os.path.basename(os.path.normpath(wd)) or wd
     if not os.path.exists(os.path.join(wd, RESULTS_JSON)):
       if skip_missing:
         missing.append(name)
