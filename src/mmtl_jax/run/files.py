@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
+import shutil
 import tempfile
 from typing import Any, Callable, Mapping
 
@@ -25,6 +27,33 @@ class DamagedFileError(errors.ExpectedError, ValueError):
 
 class MissingFileError(errors.ExpectedError, FileNotFoundError):
   """A file the command needs is not there; the message names it and what to do."""
+
+
+class PathError(errors.ExpectedError, ValueError):
+  """A path given to the run that is of the wrong kind (a file for a directory, ...)."""
+
+
+# What atomic_write and make_temp_dir leave behind when killed: `.<name>.<random><ext>.tmp`
+# files and `.<name>.tmp-<random>` directories.
+_KILLED_WRITE = re.compile(r'^\..+(\.tmp|\.tmp-[A-Za-z0-9_]+)$')
+
+
+def remove_killed_writes(directory: str | os.PathLike) -> list[str]:
+  """Removes, directly in `directory`, the temporaries of writes that were killed (see
+  `_KILLED_WRITE`); returns their paths. Only for a caller that holds the directory's
+  workdir lock: no other writer can be using them."""
+  removed = []
+  directory = os.fspath(directory)
+  for name in os.listdir(directory) if os.path.isdir(directory) else ():
+    if not _KILLED_WRITE.match(name):
+      continue
+    path = os.path.join(directory, name)
+    if os.path.isdir(path) and not os.path.islink(path):
+      shutil.rmtree(path, ignore_errors=True)
+    else:
+      os.unlink(path)
+    removed.append(path)
+  return removed
 
 
 def read_json(path: str | os.PathLike, recover: str, kind: type | None = dict) -> Any:

@@ -35,6 +35,11 @@ IGNORED = ('compilation_cache_dir', 'features.workers', 'train.log_every',
            'train.on_changed_config')
 
 
+# How to go on from a damaged fold file (the end of the one-line error).
+RECOVER = ('move that fold aside and train it again: --config.train.on_changed_config=restart '
+           '(or a new --workdir)')
+
+
 class StaleRunError(errors.ExpectedError, RuntimeError):
   """Fold directories of this workdir were written under another config."""
 
@@ -71,15 +76,16 @@ def stale_fields(fold_dir: str, expected: Mapping[str, Any]) -> list[str] | None
   if not os.path.isdir(fold_dir) or not set(os.listdir(fold_dir)) - {FILENAME}:
     return None
   path = os.path.join(fold_dir, FILENAME)
+  result_path = os.path.join(fold_dir, 'result.json')
+  if not os.path.exists(path) and not os.path.exists(result_path):
+    return [f'fold incomplete: {FILENAME} missing and no result.json (the fold directory was '
+            'removed or emptied while a run used it)']
   if not os.path.exists(path):
     return [f'{FILENAME}: missing (written by an older mmtl_jax or another tool)']
-  with open(path, encoding='utf-8') as f:
-    found = json.load(f)
+  found = files.read_json(path, RECOVER)
   diffs = differences(found, expected)
-  result_path = os.path.join(fold_dir, 'result.json')
   if not diffs and os.path.exists(result_path):
-    with open(result_path, encoding='utf-8') as f:
-      stored = json.load(f).get(RESULT_KEY)
+    stored = files.read_json(result_path, RECOVER).get(RESULT_KEY)
     if stored is not None:  # result.json files of older runs carry none
       diffs = [f'result.json: {d}' for d in differences(stored, expected)]
   return diffs or None

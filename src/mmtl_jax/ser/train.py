@@ -226,6 +226,23 @@ def train_one_step(state: TrainState, run: FoldRun, bar: tqdm) -> TrainState:
                              sampler_position=step)
 
 
+def check_finite_params(state: TrainState, run: FoldRun) -> None:
+  """The loss guard for the parameters: a step's loss is taken before its update, so a
+  diverging update shows first in the parameters, which dev evaluation and the checkpoint
+  would then use.
+
+  Raises:
+    NonFiniteLossError: some parameter is NaN or Inf after step state.step.
+  """
+  finite = jax.tree.reduce(lambda a, b: a and b, jax.tree.map(
+      lambda p: bool(jax.numpy.isfinite(p).all()), state.params), True)
+  if not finite:
+    raise NonFiniteLossError(
+        f'{run.name}: non-finite parameters after step {state.step} (the run diverged); '
+        f'stopped. The last good checkpoint (step {run.checkpointer.latest_step()}) is kept in '
+        f'{run.checkpointer.directory}; lower the learning rates or check the features.')
+
+
 def select_on_dev(state: TrainState, run: FoldRun) -> TrainState:
   """Scores state.params on the dev speaker, logs the scores, and makes them the best of a
   protocol where their UA is strictly above that protocol's best so far."""
@@ -258,6 +275,9 @@ def train_steps(state: TrainState, run: FoldRun, position: str) -> TrainState:
              desc=position, leave=False, dynamic_ncols=True, disable=None)
   for _ in bar:  # each iteration advances state.step by one
     state = train_one_step(state, run, bar)
+    if _due(state.step, run.eval_every, run.steps) or _due(state.step, run.checkpoint_every,
+                                                            run.steps):
+      check_finite_params(state, run)
     if _due(state.step, run.eval_every, run.steps):
       state = select_on_dev(state, run)
     if _due(state.step, run.checkpoint_every, run.steps):
@@ -413,15 +433,20 @@ def _expected(config: ml_collections.ConfigDict, model_name: str, store: Any) ->
 def check_fold_dirs(config: ml_collections.ConfigDict, store: Any, folds: List[Any],
                     seeds: Tuple[int, ...], workdir: str) -> None:
   """Before any training: every existing fold directory of this run must have been written
-  under the current config (see `mmtl_jax.ser.fingerprint`).
+  under the current config (see `mmtl_jax.ser.fingerprint`). Temporaries of killed writes
+  (`.result.json.*.tmp`, `.bundle.tmp-*`) in the workdir and its fold directories go first.
 
   Raises:
     StaleRunError: listing every stale fold's differing fields, unless
       config.train.on_changed_config == 'restart' (stale folds are then moved aside).
   """
   expected, stale = {}, {}
+  if process.is_primary():  # the lock is held: temporaries are of killed writes
+    files.remove_killed_writes(workdir)
   for model_name in config.train.models:
     for seed_config, _, _, fold_dir in _fold_dirs(config, model_name, folds, seeds, workdir):
+      if process.is_primary():
+        files.remove_killed_writes(fold_dir)
       expected[fold_dir] = _expected(seed_config, model_name, store)
       diffs = fingerprint_lib.stale_fields(fold_dir, expected[fold_dir])
       if diffs:
@@ -461,6 +486,23 @@ def _write_tables(workdir: str, config: ml_collections.ConfigDict, classes: List
   return results_lib.load_results(workdir)
 
 
+def check_paths(workdir: str) -> None:
+  """Refuses, before any work, a --workdir that is not a directory and results files that
+  are directories (they would fail only after every fold has trained).
+
+  Raises:
+    files.PathError: naming the path and what to do.
+  """
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise files.PathError(f'--workdir is not a directory, {workdir}, give a directory (it is '
+                          'created if missing)')
+  for name in (results_lib.RESULTS_JSON, results_lib.RESULTS_MD):
+    path = os.path.join(workdir, name)
+    if os.path.isdir(path):
+      raise files.PathError(f'{name} is a directory, {path}, remove or rename it: the run '
+                            'writes its results there')
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
   """Features, then every model in config.train.models over every fold (and every seed of
   config.train.seeds; default: config.seed alone), then the tables.
@@ -474,6 +516,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
       time and command); nothing was done.
   """
   config_check.check_config(config)  # every problem at once, before any work
+  check_paths(workdir)
   t0 = time.time()
   os.makedirs(workdir, exist_ok=True)
   if not process.is_primary():  # one lock per run: the hosts of one run share the workdir
