@@ -21,6 +21,7 @@ import ml_collections
 
 from mmtl_jax.run import errors
 from mmtl_jax.run import files
+from mmtl_jax.run import lock as lock_lib
 from mmtl_jax.ser import config_check
 from mmtl_jax.ser import report
 from mmtl_jax.ser import significance
@@ -118,10 +119,19 @@ def run_study(config: ml_collections.ConfigDict, arms: Sequence[Arm], study_dir:
 
   Returns:
     {'seeds', 'arms', 'runs' (results.json runs with 'label' and 'arm'), 'comparisons'}.
+
+  Raises (before any training): StudyError (labels repeat: e.g. the reference mode is the
+    config's mode), ConfigError (every arm's problems), WorkdirLockedError.
   """
   config = sweep.shared_corpus(config, study_dir)
   configs = [sweep.with_overrides(config, arm.overrides) for arm in arms]
   check_arms(arms, configs)  # before any arm trains
+  with lock_lib.WorkdirLock(study_dir):  # one study per directory (each arm locks its own)
+    return _train_arms(config, arms, configs, study_dir, train_fn, reference)
+
+
+def _train_arms(config, arms, configs, study_dir, train_fn, reference) -> dict[str, Any]:
+  """The training loop of `run_study`, under the study directory's lock."""
   runs: list[dict[str, Any]] = []
   for arm, cfg in zip(arms, configs):
     arm_dir = os.path.join(study_dir, arm.name)

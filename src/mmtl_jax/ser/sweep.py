@@ -23,6 +23,7 @@ import ml_collections
 
 from mmtl_jax.run import errors
 from mmtl_jax.run import files
+from mmtl_jax.run import lock as lock_lib
 from mmtl_jax.ser import config_check
 
 
@@ -166,6 +167,9 @@ def run_sweep(config: ml_collections.ConfigDict, grid: Mapping[str, Sequence[Any
 
   Returns the sweep.json content: {'grid', 'points': [{'name', 'overrides', 'dev'}],
   'chosen': {system: {'point', 'overrides', 'dev_UA', 'dev_UA_std', 'n'}}}.
+
+  Raises (before any training): ConfigError (every point's problems), GridError /
+  GridFieldError, WorkdirLockedError (another sweep holds `sweep_dir`).
   """
   points = grid_points(grid)
   config = shared_corpus(config, sweep_dir)
@@ -176,6 +180,12 @@ def run_sweep(config: ml_collections.ConfigDict, grid: Mapping[str, Sequence[Any
     except config_check.ConfigError as e:
       raise config_check.ConfigError([f'grid point {point_name(point)}: {p}'
                                       for p in e.problems]) from None
+  with lock_lib.WorkdirLock(sweep_dir):  # one sweep per directory (each point locks its own)
+    return _train_points(points, configs, grid, sweep_dir, train_fn)
+
+
+def _train_points(points, configs, grid, sweep_dir, train_fn) -> dict[str, Any]:
+  """The training loop of `run_sweep`, under the sweep directory's lock."""
   done = []
   for point, cfg in zip(points, configs):
     name = point_name(point)
