@@ -145,21 +145,31 @@ def create_state(system: systems_lib.System, store: Any, config: ml_collections.
 
 def restore_state(checkpointer: ckpt_lib.Checkpointer, state: TrainState,
                   place_state: Callable[[Any], Any], fold_dir: str,
-                  fingerprint: Optional[Dict[str, Any]] = None) -> TrainState:
+                  fingerprint: Optional[Dict[str, Any]] = None,
+                  restart: bool = False) -> TrainState:
   """The latest readable checkpoint of `checkpointer` (shaped and placed like `state`), or
-  `state` itself when there is none.
+  `state` itself when there is none, or when every checkpoint is damaged and `restart`
+  (config.train.on_changed_config == 'restart'): they are then moved aside.
 
   Raises:
     StaleRunError: the checkpoint's stored fingerprint differs from `fingerprint` (checked
       before any array is read; checkpoints without one, from older runs, pass).
     ckpt_lib.CheckpointMismatchError: its shapes differ from `state`'s (one error naming the
       checkpoint and the leaves).
+    ckpt_lib.CheckpointDamagedError: every checkpoint is damaged (not `restart`): naming
+      them and how to go on.
   """
   def check(extra: Dict[str, Any]) -> None:
     if fingerprint is not None:
       fingerprint_lib.check_checkpoint(extra, fingerprint, checkpointer.directory)
 
-  restored = checkpointer.restore(target=_state_to_checkpoint(state)[0], check_extra=check)
+  try:
+    restored = checkpointer.restore(target=_state_to_checkpoint(state)[0], check_extra=check,
+                                    discard_damaged=restart)
+  except ckpt_lib.CheckpointDamagedError as e:
+    raise ckpt_lib.CheckpointDamagedError(
+        f'{e}, to go on: --config.train.on_changed_config=restart moves them aside and trains '
+        f'the fold again (or remove {fold_dir})') from None
   if restored is None:
     return state
   arrays, extra = restored
@@ -340,7 +350,8 @@ def train_fold(system: systems_lib.System, evaluator: eval_lib.Evaluator, step_f
   checkpointer = ckpt_lib.Checkpointer(os.path.join(fold_dir, 'checkpoints'), max_to_keep=2,
                                        save_interval_steps=1)
   try:
-    state = restore_state(checkpointer, state, place_state, fold_dir, fingerprint)
+    state = restore_state(checkpointer, state, place_state, fold_dir, fingerprint,
+                          config.train.get('on_changed_config', 'error') == 'restart')
     with metric_log.MetricWriter(os.path.join(fold_dir, 'logs'), fold=_fold_name(fold)) as mw:
       run = FoldRun(
           step_fn=step_fn, sampler=sampler, key=jax.random.key(seed), place_batch=place_batch,
