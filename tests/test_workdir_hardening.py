@@ -1,8 +1,10 @@
 """A workdir as a hostile user leaves it: damaged JSON names its file and how to recover, a
 fold directory emptied mid-run is 'incomplete' (not 'an older mmtl_jax'), temporaries of a
-killed write are removed by the next run, --workdir naming a file and results.json a
+killed write are removed by the next run, a read-only finished run is read back without the
+lock, --workdir naming a file and results.json a
 directory are refused before any work, a diverging run stops at the loss guard."""
 
+import errno
 import json
 import os
 import types
@@ -113,3 +115,27 @@ def test_diverging_run_stops_at_the_loss_guard(tiny_config, corpus_root, tmp_pat
   monkeypatch.setattr(train.jax, 'jit', poisoned_jit)
   with pytest.raises(train.NonFiniteLossError, match='lower the learning rates'):
     train.train_and_evaluate(config, str(tmp_path / 'diverge'))
+
+
+def _finished_workdir(path, config):
+  recs = [results.fold_record('mmtl', 'paper', 'f0', [0, 1], [0, 1])]
+  results.write_results(path, config, results.aggregate_runs(recs, ['a', 'b']))
+  return str(path)
+
+
+def test_read_only_finished_run_is_read_back_without_the_lock(tmp_path, monkeypatch):
+  config = demo.get_config()
+  workdir = _finished_workdir(tmp_path / 'done', config)
+
+  def read_only(self):
+    raise OSError(errno.EROFS, 'Read-only file system', self.path)
+
+  monkeypatch.setattr(train.lock_lib.WorkdirLock, 'acquire', read_only)
+  config.train.log_every = 7  # fields that do not change results may differ
+  content = train.train_and_evaluate(config, workdir)
+  assert content['runs'][0]['model'] == 'mmtl'
+  config.train.steps = 1  # another run's config: the refusal names the read-only workdir
+  with pytest.raises(OSError) as err:
+    train.train_and_evaluate(config, workdir)
+  assert errors.expected_line(err.value).startswith('read-only file system, ')
+  assert '.mmtl_jax.lock' not in os.listdir(workdir)

@@ -44,12 +44,13 @@ class StaleRunError(errors.ExpectedError, RuntimeError):
   """Fold directories of this workdir were written under another config."""
 
 
-def _flatten(tree: Mapping[str, Any], prefix: str = '') -> dict[str, Any]:
+def flatten(tree: Mapping[str, Any], prefix: str = '') -> dict[str, Any]:
+  """{dotted field: value} of a nested mapping (a config as JSON)."""
   out = {}
   for key, value in tree.items():
     name = f'{prefix}{key}'
     if isinstance(value, Mapping):
-      out.update(_flatten(value, name + '.'))
+      out.update(flatten(value, name + '.'))
     else:
       out[name] = value
   return out
@@ -57,7 +58,7 @@ def _flatten(tree: Mapping[str, Any], prefix: str = '') -> dict[str, Any]:
 
 def fingerprint(config: Any, model: str, store_hash: str) -> dict[str, Any]:
   """{dotted field: JSON value} of everything a fold of `model` is computed from."""
-  fields = _flatten(files.to_jsonable(config))
+  fields = flatten(files.to_jsonable(config))
   fields = {k: v for k, v in fields.items() if k not in IGNORED}
   return dict(sorted(fields.items()), **{'system': model, 'feature_store': store_hash,
                                          'mmtl_jax_version': __version__})

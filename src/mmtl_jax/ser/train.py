@@ -36,6 +36,7 @@ The workdir must be on a file system shared by all hosts.
 """
 
 import dataclasses
+import errno
 import json
 import logging
 import os
@@ -532,8 +533,33 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   os.makedirs(workdir, exist_ok=True)
   if not process.is_primary():  # one lock per run: the hosts of one run share the workdir
     return _train_and_evaluate(config, workdir, t0)
-  with lock_lib.WorkdirLock(workdir):
+  try:
+    workdir_lock = lock_lib.WorkdirLock(workdir).acquire()
+  except OSError as e:  # a read-only workdir: a finished run needs no lock to be read
+    if e.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+      raise
+    return finished_results(config, workdir, e)
+  try:
     return _train_and_evaluate(config, workdir, t0)
+  finally:
+    workdir_lock.release()
+
+
+def finished_results(config: ml_collections.ConfigDict, workdir: str,
+                     error: OSError) -> Dict[str, Any]:
+  """<workdir>/results.json when it holds a finished run of `config` (fields that change no
+  result, fingerprint.IGNORED, may differ); else `error` (the workdir cannot be written)."""
+  path = os.path.join(workdir, results_lib.RESULTS_JSON)
+  if not os.path.isfile(path):
+    raise error
+  content = results_lib.load_results(workdir)
+  ignored = lambda flat: {k: v for k, v in flat.items() if k not in fingerprint_lib.IGNORED}
+  stored = ignored(fingerprint_lib.flatten(content.get('config') or {}))
+  if stored != ignored(fingerprint_lib.flatten(files.to_jsonable(config))):
+    raise error
+  print(f'{workdir} cannot be written ({error.strerror}); its finished results.json is read '
+        'back without the lock', flush=True)
+  return content
 
 
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, t0: float
