@@ -4,6 +4,7 @@ traceback; a bug keeps its traceback. Every experiments/*.py is run with a bad i
 
 import errno
 import json
+import logging
 import os
 import re
 import subprocess
@@ -123,3 +124,28 @@ def test_train_workdir_is_a_file(tmp_path):
   path.write_text('x')
   assert_one_line(run_entry('train', f'--workdir={path}', '--config.train.steps=1'),
                   str(path))
+
+
+ORBAX_DISK_FULL = (
+    'RESOURCE_EXHAUSTED: Error writing "w/0.0" in OCDBT database at local file "/w/mmtl/f0/'
+    'checkpoints/1.orbax-checkpoint-tmp/state.orbax-checkpoint-tmp/ocdbt.process_0/": Failed '
+    'to write 2844385 bytes to file 4: No space left on device [os_error_code=\'28\']')
+
+
+def test_disk_full_reported_by_orbax_is_one_line():
+  """What a save into a full tmpfs raised (probed): tensorstore's text, no OSError."""
+  line = errors.expected_line(ValueError(ORBAX_DISK_FULL))
+  assert line.startswith('no space left on the device, /w/mmtl/f0/checkpoints/1, free space')
+
+
+def test_orbax_thread_tracebacks_of_a_full_disk_are_dropped():
+  quiet = errors.QuietEnvironmentErrors()
+  try:
+    raise ValueError(ORBAX_DISK_FULL)
+  except ValueError:
+    exc_info = sys.exc_info()
+  record = logging.LogRecord('absl', logging.ERROR, 'f.py', 1, '_SignalingThread.run() raised',
+                             None, exc_info)
+  assert not quiet.filter(record)
+  other = logging.LogRecord('absl', logging.ERROR, 'f.py', 1, 'a bug', None, None)
+  assert quiet.filter(other)

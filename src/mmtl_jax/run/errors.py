@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import difflib
 import errno
+import logging
 import os
+import re
 import sys
 import traceback
 from typing import Any, Callable, NoReturn, Optional
@@ -53,6 +55,24 @@ _DIRECT = {
     errno.EISDIR: 'is a directory, a file was expected: check the path',
     errno.EEXIST: 'already exists: remove it or use another path',
 }
+
+
+# The same refusals as text: tensorstore (orbax's writer) reports them in a ValueError.
+_SIGNS = (('No space left on device', errno.ENOSPC), ("os_error_code='28'", errno.ENOSPC),
+          ('Disk quota exceeded', errno.EDQUOT), ('Read-only file system', errno.EROFS))
+_QUOTED_PATH = re.compile(r'["\'](/[^"\']+)["\']')
+
+
+def _sign(text: str) -> Optional[int]:
+  return next((code for sign, code in _SIGNS if sign in text), None)
+
+
+def _text_line(text: str, code: int) -> str:
+  """The one line of a refusal known only from its text: the first quoted path, cut before
+  orbax's temporary suffix (the checkpoint step being written)."""
+  match = _QUOTED_PATH.search(text)
+  where = match.group(1).split('.orbax-checkpoint-tmp')[0] if match else None
+  return _os_line(OSError(code, os.strerror(code), where), _ENVIRONMENT[code])
 
 
 def _chain(error: BaseException):
@@ -91,7 +111,24 @@ def expected_line(error: BaseException) -> Optional[str]:
   for cause in _chain(error):
     if isinstance(cause, OSError) and cause.errno in _ENVIRONMENT:
       return _os_line(cause, _ENVIRONMENT[cause.errno])
+    code = _sign(str(cause))
+    if code is not None:
+      return _text_line(str(cause), code)
   return None
+
+
+class QuietEnvironmentErrors(logging.Filter):
+  """Drops the ERROR records (with tracebacks) that orbax's background threads log for a
+  refusal of the file system (disk full, read-only): the main thread raises the same error,
+  which the boundary prints as one line. Other records pass."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if record.levelno < logging.ERROR:
+      return True
+    text = record.getMessage()
+    if record.exc_info and record.exc_info[1] is not None:
+      text += ' ' + ' '.join(str(e) for e in _chain(record.exc_info[1]))
+    return _sign(text) is None
 
 
 def verbose() -> bool:
@@ -152,6 +189,8 @@ def run(fn: Callable[..., Any]) -> None:
   if 'verbose' not in flags.FLAGS:
     flags.DEFINE_bool('verbose', False, 'On an expected error, print the traceback too '
                       f'(also: {VERBOSE_ENV}=1).')
+  if not verbose():  # orbax logs through absl's logger
+    logging.getLogger('absl').addFilter(QuietEnvironmentErrors())
   app.run(boundary(fn), flags_parser=_parse_flags)
 
 
