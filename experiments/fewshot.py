@@ -52,8 +52,12 @@ def _config():
     config = fewshot_config.get_config('quick')  # then the --config.* overrides again
     config.update_from_flattened_dict(config_flags.get_override_values(FLAGS['config']))
   if FLAGS.ways or FLAGS.shots:
-    config.ways = tuple(int(w) for w in (FLAGS.ways or config.ways))
-    config.shots = tuple(int(s) for s in (FLAGS.shots or config.shots))
+    try:
+      config.ways = tuple(int(w) for w in (FLAGS.ways or config.ways))
+      config.shots = tuple(int(s) for s in (FLAGS.shots or config.shots))
+    except ValueError as e:
+      raise errors.ExpectedError(f'{e}, --ways or --shots, give integers, e.g. --ways=5,20 '
+                                 '--shots=1,5') from e
   if FLAGS.seed is not None:
     config.seed = FLAGS.seed
   if FLAGS.diagnostics_every is not None:

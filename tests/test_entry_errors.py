@@ -149,3 +149,16 @@ def test_orbax_thread_tracebacks_of_a_full_disk_are_dropped():
   assert not quiet.filter(record)
   other = logging.LogRecord('absl', logging.ERROR, 'f.py', 1, 'a bug', None, None)
   assert quiet.filter(other)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('name,args,fragments', [
+    ('train', ['--config=/nonexistent/config.py'], ['cannot load the config file',
+                                                    '/nonexistent/config.py']),
+    ('fewshot', ['--methods=nope'], ["unknown few-shot system 'nope'", 'known']),
+    ('fewshot', ['--ways=a'], ['--ways']),
+    ('study', ['--workdir=/tmp/unused_study', '--reference_mode=first_order'],
+     ['--reference_mode']),
+])
+def test_hostile_probes_print_one_line(name, args, fragments):
+  assert_one_line(run_entry(name, *args), *fragments)

@@ -75,6 +75,18 @@ def _text_line(text: str, code: int) -> str:
   return _os_line(OSError(code, os.strerror(code), where), _ENVIRONMENT[code])
 
 
+def _config_file_line(error: BaseException) -> Optional[str]:
+  """ml_collections' 'Failed loading config file' (raised when the config is first read)."""
+  for cause in _chain(error):
+    text = str(cause)
+    if isinstance(cause, OSError) and text.startswith('Failed loading config file'):
+      lines = [l.strip() for l in text.splitlines()[1:] if l.strip()]
+      paths = [l for l in lines if l.startswith('/') or l.endswith('.py')]
+      return (f'cannot load the config file ({lines[-1] if lines else "?"}), '
+              f'{paths[0] if paths else "--config"}, give an existing config file in --config')
+  return None
+
+
 def _chain(error: BaseException):
   seen = set()
   while error is not None and id(error) not in seen:
@@ -108,6 +120,12 @@ def expected_line(error: BaseException) -> Optional[str]:
     return f'{one_line(error)}, the command line, see --helpshort'
   if isinstance(error, OSError) and error.errno in _DIRECT:
     return _os_line(error, _DIRECT[error.errno])
+  from mmtl_jax import registry  # pylint: disable=g-import-not-at-top
+  if isinstance(error, registry.UnknownNameError):
+    return f'{one_line(error)}, the config or flags, use one of the known names'
+  config_file = _config_file_line(error)
+  if config_file:
+    return config_file
   for cause in _chain(error):
     if isinstance(cause, OSError) and cause.errno in _ENVIRONMENT:
       return _os_line(cause, _ENVIRONMENT[cause.errno])
