@@ -19,15 +19,14 @@ The last two steps compile in this process and are not cut: budget 480 s leaves 
 import json
 import time
 
-from absl import app
 from absl import flags
-from ml_collections import config_flags
 
 from mmtl_jax import configs
 from mmtl_jax.tools import benchmark
 from mmtl_jax.tools import paper_shape
+from mmtl_jax.run import errors
 
-_CONFIG = config_flags.DEFINE_config_file('config', configs.config_path('base'),
+_CONFIG = errors.define_config_file('config', configs.config_path('base'),
                                           'Model and meta settings.')
 _SHAPE = flags.DEFINE_enum('shape', 'paper', sorted(benchmark.SHAPES), 'Problem size.')
 _JSON = flags.DEFINE_string('json', '', 'Write the results here (after every step).')
@@ -103,4 +102,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  errors.run(main)

@@ -19,15 +19,14 @@ field means: src/mmtl_jax/tools/benchmark.py. Figures and analysis: docs/PERFORM
 
 import json
 
-from absl import app
 from absl import flags
-from ml_collections import config_flags
 
 from mmtl_jax.tools import benchmark
 from mmtl_jax.tools import paper_shape
 from mmtl_jax import configs
+from mmtl_jax.run import errors
 
-_CONFIG = config_flags.DEFINE_config_file('config', configs.config_path('base'),
+_CONFIG = errors.define_config_file('config', configs.config_path('base'),
                                           'Model and meta settings (mode/strategy are swept).')
 _SHAPE = flags.DEFINE_enum('shape', 'bench', sorted(benchmark.SHAPES), 'Problem size.')
 _MODES = flags.DEFINE_list('modes', list(benchmark.MODES), 'Meta modes to measure.')
@@ -104,4 +103,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  errors.run(main)

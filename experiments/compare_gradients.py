@@ -8,29 +8,22 @@ Checkpoints are orbax PyTree checkpoints of {'theta', 'phi'} with the config's m
 
 import json
 
-from absl import app
 from absl import flags
-from ml_collections import config_flags
 
 from mmtl_jax.tools import compare_gradients as gradient_comparison
 from mmtl_jax.configs import config_path
+from mmtl_jax.run import errors
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file('config', config_path('compare_gradients'), 'config file')
+errors.define_config_file('config', config_path('compare_gradients'), 'config file')
 flags.DEFINE_string('json', '', 'write the results here')
 flags.DEFINE_string('plot', '', 'write a per-layer bar chart (PNG) here')
 flags.DEFINE_list('checkpoints', [], 'orbax checkpoint dirs of {theta, phi} to compare too')
 
 
-def _restore(path: str):
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  restored = ocp.PyTreeCheckpointer().restore(path)
-  return {'theta': restored['theta'], 'phi': restored['phi']}
-
-
 def main(argv):
   del argv
-  checkpoints = [_restore(p) for p in FLAGS.checkpoints]
+  checkpoints = [gradient_comparison.restore(p) for p in FLAGS.checkpoints]
   result = gradient_comparison.compare(FLAGS.config, checkpoints=checkpoints)
   for path, entry in zip(FLAGS.checkpoints, result['checkpoints']):
     entry['path'] = path
@@ -51,4 +44,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  errors.run(main)

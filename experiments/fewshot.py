@@ -19,7 +19,6 @@ alphabet, model and method settings): the same as
 
 import os
 
-from absl import app
 from absl import flags
 from ml_collections import config_flags
 from tqdm.auto import tqdm
@@ -28,9 +27,10 @@ from mmtl_jax.configs import config_path
 from mmtl_jax.configs import fewshot as fewshot_config
 from mmtl_jax.fewshot import experiment, report
 from mmtl_jax.run.files import atomic_write_json, atomic_write_text, to_jsonable
+from mmtl_jax.run import errors
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file('config', config_path('fewshot'), 'few-shot config file')
+errors.define_config_file('config', config_path('fewshot'), 'few-shot config file')
 flags.DEFINE_bool('quick', False, 'the < 5 minute run: 5-way 1-shot only (see above)')
 flags.DEFINE_string('json', '', 'write {"records": [...]} here, rewritten after every record '
                     '("complete": false until the end); default <workdir>/fewshot.json')
@@ -52,8 +52,12 @@ def _config():
     config = fewshot_config.get_config('quick')  # then the --config.* overrides again
     config.update_from_flattened_dict(config_flags.get_override_values(FLAGS['config']))
   if FLAGS.ways or FLAGS.shots:
-    config.ways = tuple(int(w) for w in (FLAGS.ways or config.ways))
-    config.shots = tuple(int(s) for s in (FLAGS.shots or config.shots))
+    try:
+      config.ways = tuple(int(w) for w in (FLAGS.ways or config.ways))
+      config.shots = tuple(int(s) for s in (FLAGS.shots or config.shots))
+    except ValueError as e:
+      raise errors.ExpectedError(f'{e}, --ways or --shots, give integers, e.g. --ways=5,20 '
+                                 '--shots=1,5') from e
   if FLAGS.seed is not None:
     config.seed = FLAGS.seed
   if FLAGS.diagnostics_every is not None:
@@ -94,4 +98,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  errors.run(main)

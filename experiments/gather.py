@@ -15,6 +15,7 @@ from absl import flags
 
 from mmtl_jax.run import files
 from mmtl_jax.ser import results
+from mmtl_jax.run import errors
 
 _WORKDIRS = flags.DEFINE_list('workdirs', [], 'Workdirs to compare (also accepted as '
                               'positional arguments).')
@@ -34,4 +35,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == '__main__':
-  app.run(main)
+  errors.run(main)

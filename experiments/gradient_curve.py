@@ -7,14 +7,13 @@ meta-training (first fold), per parameter group. See mmtl_jax/tools/gradient_cur
 
 import json
 
-from absl import app
 from absl import flags
-from ml_collections import config_flags
 
 from mmtl_jax import configs
 from mmtl_jax.tools import gradient_curve
+from mmtl_jax.run import errors
 
-_CONFIG = config_flags.DEFINE_config_file('config', configs.config_path('demo'),
+_CONFIG = errors.define_config_file('config', configs.config_path('demo'),
                                           'Experiment config file (get_config()).')
 _WORKDIR = flags.DEFINE_string('workdir', 'runs/gradient_curve',
                                'features (and the synthetic corpus) go here')
@@ -39,4 +38,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  errors.run(main)

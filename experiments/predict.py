@@ -2,10 +2,13 @@
 
   python experiments/predict.py --checkpoint=runs/demo/mmtl/Ses01-testSes01M/bundle a.wav b.wav
   python experiments/predict.py --checkpoint=runs/demo a.wav      # first MMTL fold's bundle
+                                         # (never a <fold>.stale-<n> moved aside by a restart)
 
 Prints one line per file (emotion and posteriors), or a JSON list with --json. A clip that is
-digital silence or too short for one segment gets no label but a warning ('emotion': null
-and 'warning' in JSON); see mmtl_jax.ser.predict. A file that is missing ('file not found')
+digital silence, too short for one segment or non-finite (samples near 1e20 overflow) gets no
+label but a warning ('emotion': null and 'warning' in JSON); see mmtl_jax.ser.predict. Which
+bundle was used and why is printed first (on stderr with --json). Long files run
+--batch_segments segments at a time. A file that is missing ('file not found')
 or cannot be read gets an error line; the others are still predicted.
 
 Exit status: 0 when every file was predicted (warnings included), 1 if any file failed,
@@ -20,14 +23,17 @@ from absl import flags
 from absl import logging
 
 from mmtl_jax.ser import predict
+from mmtl_jax.run import errors
 
 _CHECKPOINT = flags.DEFINE_string('checkpoint', None, 'Bundle, fold directory or workdir.',
                                   required=True)
 _JSON = flags.DEFINE_bool('json', False, 'Print a JSON list instead of text lines.')
+_BATCH = flags.DEFINE_integer('batch_segments', 64, 'Segments per model call (bounds the '
+                              'memory of a long file).', lower_bound=1)
 
 
 def _print_text(predictor: predict.Predictor, results: list) -> None:
-  print(f'# model {predictor.model} from {predictor.bundle}')
+  print(f'# model {predictor.model} from {predictor.bundle} ({predictor.choice})')
   for r in results:
     if 'error' in r:
       print(f"{r['path']}: ERROR {r['error']}", file=sys.stderr)
@@ -45,12 +51,13 @@ def main(argv):
   if not paths:
     raise app.UsageError('give one or more wav files')
   try:
-    predictor = predict.Predictor(_CHECKPOINT.value)
-  except (FileNotFoundError, predict.BundleError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
+    predictor = predict.Predictor(_CHECKPOINT.value, batch_segments=_BATCH.value)
+  except FileNotFoundError as e:  # exit status 2: the bundle, not a wav file
+    errors.fail(str(e), 2)
   results = predictor.predict_files(paths)
   if _JSON.value:
+    print(f'# model {predictor.model} from {predictor.bundle} ({predictor.choice})',
+          file=sys.stderr)
     print(json.dumps(results, indent=1))
   else:
     _print_text(predictor, results)
@@ -59,4 +66,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  errors.run(main)

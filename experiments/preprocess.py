@@ -8,17 +8,14 @@ The whole config is checked first: every problem is reported at once (exit statu
 any feature is extracted. The last line printed is the path of the store's JSON manifest.
 """
 
-import sys
-
-from absl import app
 from absl import flags
-from ml_collections import config_flags
 
 from mmtl_jax import configs
 from mmtl_jax.data import store as store_lib
 from mmtl_jax.ser import config_check
+from mmtl_jax.run import errors
 
-_CONFIG = config_flags.DEFINE_config_file(
+_CONFIG = errors.define_config_file(
     'config', configs.config_path('synthetic'), 'Config file (get_config()).')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Experiment directory (features cache).')
 flags.mark_flags_as_required(['workdir'])
@@ -26,14 +23,11 @@ flags.mark_flags_as_required(['workdir'])
 
 def main(argv):
   del argv
-  try:
-    config_check.check_config(_CONFIG.value)
-  except config_check.ConfigError as e:
-    sys.exit(f'error: {e}')  # the problem list without a traceback
+  config_check.check_config(_CONFIG.value)  # every problem at once, one line (run/errors.py)
   store = store_lib.build_feature_store(_CONFIG.value, _WORKDIR.value)
   print(store_lib.format_summary(store))
   print(store.manifest_path)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  errors.run(main)

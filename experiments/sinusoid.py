@@ -9,15 +9,14 @@ meta mode and for a pretrained (joint regression) baseline.
 
 import json
 
-from absl import app
 from absl import flags
-from ml_collections import config_flags
 
 from mmtl_jax.examples import sinusoid
 from mmtl_jax.configs import config_path
+from mmtl_jax.run import errors
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file('config', config_path('sinusoid'), 'sinusoid config file')
+errors.define_config_file('config', config_path('sinusoid'), 'sinusoid config file')
 flags.DEFINE_string('json', '', 'also write the results here')
 
 
@@ -43,4 +42,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  errors.run(main)

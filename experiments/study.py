@@ -12,19 +12,17 @@ paired over (fold, seed): mean UA difference, 95% bootstrap interval, Wilcoxon p
 <workdir>/study.json and study.md; rerunning resumes.
 """
 
-import sys
 
 from absl import app
 from absl import flags
 from absl import logging
-from ml_collections import config_flags
 
 from mmtl_jax import configs
-from mmtl_jax.ser import config_check
 from mmtl_jax.ser import study
 from mmtl_jax.ser import train
+from mmtl_jax.run import errors
 
-_CONFIG = config_flags.DEFINE_config_file('config', configs.config_path('demo'),
+_CONFIG = errors.define_config_file('config', configs.config_path('demo'),
                                           'Experiment config file (get_config()).')
 _WORKDIR = flags.DEFINE_string('workdir', 'runs/study', 'Study directory (resumable).')
 _SEEDS = flags.DEFINE_list('seeds', ['0', '1', '2'], 'Training seeds of every system.')
@@ -38,15 +36,12 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   config = _CONFIG.value
-  config.train.seeds = tuple(int(s) for s in _SEEDS.value)
+  config.train.seeds = study.parse_seeds(_SEEDS.value)
   arms = study.default_arms(config, _REFERENCE_MODE.value)
-  try:
-    content = study.run_study(config, arms, _WORKDIR.value, train.train_and_evaluate,
-                              reference=arms[0].labels['mmtl'])
-  except (ValueError, config_check.ConfigError, train.StaleRunError) as e:
-    sys.exit(f'error: {e}')
+  content = study.run_study(config, arms, _WORKDIR.value, train.train_and_evaluate,
+                           reference=arms[0].labels['mmtl'])
   print(study.markdown(content), end='')
 
 
 if __name__ == '__main__':
-  app.run(main)
+  errors.run(main)

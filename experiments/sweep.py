@@ -11,19 +11,17 @@ Writes <workdir>/sweep.json and sweep.md; rerunning the command resumes (finishe
 read back). Any --config.* flag applies to every point.
 """
 
-import sys
 
 from absl import app
 from absl import flags
 from absl import logging
-from ml_collections import config_flags
 
 from mmtl_jax import configs
-from mmtl_jax.ser import config_check
 from mmtl_jax.ser import sweep
 from mmtl_jax.ser import train
+from mmtl_jax.run import errors
 
-_CONFIG = config_flags.DEFINE_config_file('config', configs.config_path('demo'),
+_CONFIG = errors.define_config_file('config', configs.config_path('demo'),
                                           'Experiment config file (get_config()).')
 _WORKDIR = flags.DEFINE_string('workdir', 'runs/sweep', 'Sweep directory (resumable).')
 _GRID = flags.DEFINE_multi_string(
@@ -36,15 +34,12 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  try:
-    grid = sweep.parse_grid(_GRID.value)
-    if not grid:
-      raise app.UsageError('give at least one --grid=field=v1,v2')
-    content = sweep.run_sweep(_CONFIG.value, grid, _WORKDIR.value, train.train_and_evaluate)
-  except (ValueError, KeyError, config_check.ConfigError, train.StaleRunError) as e:
-    sys.exit(f'error: {e}')
+  grid = sweep.parse_grid(_GRID.value)
+  if not grid:
+    raise app.UsageError('give at least one --grid=field=v1,v2')
+  content = sweep.run_sweep(_CONFIG.value, grid, _WORKDIR.value, train.train_and_evaluate)
   print(sweep.markdown(content), end='')
 
 
 if __name__ == '__main__':
-  app.run(main)
+  errors.run(main)

@@ -15,19 +15,16 @@ fold's result.json and the inference bundles, while the orbax checkpoints are wr
 collectively (orbax's multi-host protocol), so the workdir must be on a shared file system.
 """
 
-import sys
-
 from absl import app
 from absl import flags
 from absl import logging
 import jax
-from ml_collections import config_flags
 
 from mmtl_jax import configs
-from mmtl_jax.ser import config_check
 from mmtl_jax.ser import train
+from mmtl_jax.run import errors
 
-_CONFIG = config_flags.DEFINE_config_file('config', configs.config_path('demo'),
+_CONFIG = errors.define_config_file('config', configs.config_path('demo'),
                                           'Experiment config file (get_config()).')
 _WORKDIR = flags.DEFINE_string('workdir', 'runs/demo', 'Experiment directory (resumable).')
 _DISTRIBUTED = flags.DEFINE_bool(
@@ -61,12 +58,8 @@ def main(argv):
                          '--distributed')
   if _DISTRIBUTED.value:  # before any other use of JAX (devices, jit, arrays)
     jax.distributed.initialize(**distributed_kwargs())
-  try:
-    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except (config_check.ConfigError, train.StaleRunError, train.WorkdirLockedError,
-          train.CheckpointMismatchError) as e:  # the message, no traceback
-    sys.exit(f'error: {e}')
+  train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)  # errors: one line (run/errors.py)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  errors.run(main)

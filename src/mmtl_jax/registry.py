@@ -13,6 +13,10 @@ from typing import Dict, Generic, Iterator, Optional, Tuple, TypeVar
 
 T = TypeVar('T')
 
+class UnknownNameError(ValueError):
+  """A name that no entry of a registry has; the message lists the known names."""
+
+
 class Registry(Generic[T]):
   """Entries by name. An unknown name raises a ValueError that lists the known ones.
 
@@ -48,7 +52,7 @@ class Registry(Generic[T]):
   def get(self, name: str) -> T:
     if name not in self._entries:
       where = f' ({self.field})' if self.field else ''
-      raise ValueError(f'unknown {self.kind} {name!r}{where}; known: {self.names()}')
+      raise UnknownNameError(f'unknown {self.kind} {name!r}{where}; known: {self.names()}')
     return self._entries[name]
 
   def names(self) -> Tuple[str, ...]:

@@ -37,6 +37,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from mmtl_jax.run import errors
 from mmtl_jax.run import files
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,7 @@ def _host_copy(leaf: Any) -> Any:
   return np.array(leaf, copy=True) if isinstance(leaf, np.ndarray) else leaf
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(errors.ExpectedError, ValueError):
   """A checkpoint's tree structure or shapes differ from the target's."""
 
 
@@ -96,7 +97,7 @@ def _check_format(where: str, extra: dict[str, Any]) -> None:
       f'--config.train.on_changed_config=restart), or finish that run with mmtl_jax {other}.')
 
 
-class CheckpointDamagedError(RuntimeError):
+class CheckpointDamagedError(errors.ExpectedError, RuntimeError):
   """A checkpoint step cannot be read (a file of it truncated, deleted or corrupt)."""
 
 
@@ -249,8 +250,8 @@ class Checkpointer:
         force=force)
 
   def restore(self, step: int | None = None, target: PyTree | None = None,
-              check_extra: Callable[[dict[str, Any]], None] | None = None
-              ) -> tuple[PyTree, dict[str, Any]] | None:
+              check_extra: Callable[[dict[str, Any]], None] | None = None,
+              discard_damaged: bool = False) -> tuple[PyTree, dict[str, Any]] | None:
     """Restores (state, extra) of `step` (default: the latest readable step).
 
     Before any array is read, `extra` goes to `check_extra` (which may raise, e.g. on a
@@ -269,6 +270,8 @@ class Checkpointer:
         back as saved on disk, with containers such as optax's namedtuples turned into
         dicts/lists, so pass a target to resume training.
       check_extra: called with the step's extra dict before its arrays are read.
+      discard_damaged: with step=None, when every kept step is damaged, move the last one
+        aside too and return None (start afresh) instead of raising.
 
     Returns:
       (state, extra), or None when step is None and no checkpoint exists.
@@ -278,22 +281,29 @@ class Checkpointer:
       CheckpointMismatchError (a ValueError): `target`'s tree structure or shapes differ
         from the checkpoint's; CheckpointFormatError (one of them) when the step was written
         in another checkpoint format (`CHECKPOINT_FORMAT`), checked before anything else.
-      CheckpointDamagedError: the explicit `step`, or every kept step, cannot be read.
+      CheckpointDamagedError: the explicit `step`, or every kept step, cannot be read (one
+        line naming every damaged step).
     """
     if step is not None:
       if step not in self.all_steps():
         raise FileNotFoundError(
             f'No checkpoint for step {step} in {self._directory}; have {self.all_steps()}.')
       return self._restore_step(step, target, check_extra)
-    steps = self.all_steps()
+    steps, damaged = self.all_steps(), []
     for i, candidate in enumerate(reversed(steps)):
       try:
         return self._restore_step(candidate, target, check_extra)
       except CheckpointDamagedError as e:
-        if i + 1 == len(steps):
-          raise
+        if i + 1 == len(steps) and not discard_damaged:
+          if not damaged:
+            raise
+          raise CheckpointDamagedError(
+              f'every checkpoint step in {self._directory} is damaged: {e}; '
+              + '; '.join(damaged)) from None
         moved = self._move_aside(candidate)
-        log.warning('%s; moved to %s, restoring step %d instead', e, moved, steps[-2 - i])
+        damaged.append(f'{e} (moved to {moved})')
+        log.warning('%s; moved to %s%s', e, moved, '' if i + 1 == len(steps) else
+                    f', restoring step {steps[-2 - i]} instead')
     return None
 
   def _step_dir(self, step: int) -> str:

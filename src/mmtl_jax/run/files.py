@@ -12,10 +12,76 @@ import json
 import math
 import os
 import re
+import shutil
 import tempfile
 from typing import Any, Callable, Mapping
 
 import numpy as np
+
+from mmtl_jax.run import errors
+
+
+class DamagedFileError(errors.ExpectedError, ValueError):
+  """A run file that exists but cannot be read as what it should be; the message names the
+  file and how to recover."""
+
+
+class MissingFileError(errors.ExpectedError, FileNotFoundError):
+  """A file the command needs is not there; the message names it and what to do."""
+
+
+class PathError(errors.ExpectedError, ValueError):
+  """A path given to the run that is of the wrong kind (a file for a directory, ...)."""
+
+
+# What atomic_write and make_temp_dir leave behind when killed: `.<name>.<random><ext>.tmp`
+# files and `.<name>.tmp-<random>` directories.
+_KILLED_WRITE = re.compile(r'^\..+(\.tmp|\.tmp-[A-Za-z0-9_]+)$')
+
+
+def remove_killed_writes(directory: str | os.PathLike) -> list[str]:
+  """Removes, directly in `directory`, the temporaries of writes that were killed (see
+  `_KILLED_WRITE`); returns their paths. Only for a caller that holds the directory's
+  workdir lock: no other writer can be using them."""
+  removed = []
+  directory = os.fspath(directory)
+  for name in os.listdir(directory) if os.path.isdir(directory) else ():
+    if not _KILLED_WRITE.match(name):
+      continue
+    path = os.path.join(directory, name)
+    if os.path.isdir(path) and not os.path.islink(path):
+      shutil.rmtree(path, ignore_errors=True)
+    else:
+      os.unlink(path)
+    removed.append(path)
+  return removed
+
+
+def read_json(path: str | os.PathLike, recover: str, kind: type | None = dict) -> Any:
+  """The JSON value of `path`, of type `kind` (None: any).
+
+  Args:
+    recover: what the user can do when the file is damaged (ends the one-line message).
+
+  Raises:
+    DamagedFileError: not UTF-8, not JSON, or not a `kind`: 'damaged <name> (<why>), <path>,
+      <recover>'. A missing file raises FileNotFoundError as open() does.
+  """
+  path = os.fspath(path)
+  try:
+    with open(path, 'rb') as f:
+      value = json.loads(f.read().decode('utf-8'))
+  except (UnicodeDecodeError, ValueError) as e:
+    why = f'{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}'
+    raise DamagedFileError(f'damaged {os.path.basename(path)} ({why}), {path}, {recover}'
+                           ) from e
+  except IsADirectoryError as e:
+    raise DamagedFileError(f'{os.path.basename(path)} is a directory, {path}, {recover}'
+                           ) from e
+  if kind is not None and not isinstance(value, kind):
+    raise DamagedFileError(f'damaged {os.path.basename(path)} (not a JSON {kind.__name__}), '
+                           f'{path}, {recover}')
+  return value
 
 
 def to_jsonable(obj: Any, strict: bool = False) -> Any:

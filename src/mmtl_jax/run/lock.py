@@ -23,10 +23,12 @@ import socket
 import sys
 from typing import Any, Optional
 
+from mmtl_jax.run import errors
+
 LOCK_NAME = '.mmtl_jax.lock'
 
 
-class WorkdirLockedError(RuntimeError):
+class WorkdirLockedError(errors.ExpectedError, RuntimeError):
   """Another process holds the workdir's lock; `holder` is its JSON record (or {})."""
 
   def __init__(self, message: str, holder: dict[str, Any]):

@@ -15,6 +15,7 @@ from mmtl_jax.data.corpus import CORPORA
 from mmtl_jax.data.iemocap import VAD_NAMES
 from mmtl_jax.meta import MODES, STRATEGIES, TASK_REDUCES
 from mmtl_jax.models import DTYPES, MODELS
+from mmtl_jax.run import errors
 from mmtl_jax.ser.evaluate import PROTOCOLS
 from mmtl_jax.ser.systems import SYSTEMS
 
@@ -52,13 +53,18 @@ _POSITIVE = (
 )
 
 
-class ConfigError(ValueError):
+class ConfigError(errors.ExpectedError, ValueError):
   """Every problem of a config: one line each in the message, and in `problems`."""
 
   def __init__(self, problems: Sequence[str]):
     self.problems = tuple(problems)
     super().__init__(f'{len(self.problems)} problem(s) in the config:\n'
                      + '\n'.join(self.problems))
+
+  def line(self) -> str:
+    """The one line of the entry points' error boundary (run/errors.py)."""
+    return (f'{len(self.problems)} problem(s) in the config: ' + '; '.join(self.problems)
+            + ', the config file or its --config.* flags, fix those fields')
 
 
 def check_config(config: Any) -> None:
@@ -90,7 +96,8 @@ def config_problems(config: Any) -> List[str]:
   for index in _items(_get(config, 'folds.which')):
     if not _is_int(index) or index < 0:
       out.append(f'folds.which: entries must be fold indices >= 0 (got {index!r})')
-  return out + _output_problems(config) + _corpus_problems(config)
+  return (out + _output_problems(config) + _corpus_problems(config)
+          + _closed_set_problems(config))
 
 
 def _get(config: Any, field: str) -> Any:
@@ -224,4 +231,67 @@ def _manifest_problems(config: Any, aux_tasks: tuple, num_outputs: Any) -> List[
                    f'(got {spec!r})')
     else:
       out += _edges(f'data.manifest.aux_columns.{task}', spec, num_outputs)
+  return out
+
+
+# Closed sets of values that the checks above leave open. Storage dtypes: floats only (an
+# integer dtype wraps the negative normalised features, uint8 to 253-255).
+_STORAGE_DTYPES = ('float16', 'float32', 'float64')
+_BOOLS = ('data.iemocap.merge_exc', 'folds.swap', 'meta.remat', 'meta.log_inner_after')
+_SEEDS = ('seed', 'data.synthetic.seed')  # numpy seeds: [0, 2**32)
+_MODEL_COUNTS = ('model.lstm_hidden', 'model.fc_hidden')
+
+
+def _is_seed(value: Any) -> bool:
+  return _is_int(value) and 0 <= value < 2**32
+
+
+def _closed_set_problems(config: Any) -> List[str]:
+  """Storage dtype, booleans, seeds, IEMOCAP sessions and the model's shapes."""
+  out = _enum('features.dtype', _get(config, 'features.dtype'), _STORAGE_DTYPES)
+  for field in _BOOLS:
+    value = _get(config, field)
+    if value is not _MISSING and not isinstance(value, bool):  # 'False' would be truthy
+      out.append(f'{field}: must be True or False (got {value!r})')
+  for field in _SEEDS:
+    value = _get(config, field)
+    if value is not _MISSING and not _is_seed(value):
+      out.append(f'{field}: must be an integer in [0, 2**32) (got {value!r})')
+  seeds = _items(_get(config, 'train.seeds'))
+  if not all(_is_seed(s) for s in seeds):
+    out.append(f'train.seeds: entries must be integers in [0, 2**32) (got {seeds!r})')
+  if _get(config, 'data.kind') in ('iemocap', 'synthetic'):
+    out += _sessions(_get(config, 'data.iemocap.sessions'))
+  return out + _model_problems(config)
+
+
+def _sessions(value: Any) -> List[str]:
+  if value is _MISSING:
+    return []
+  if not isinstance(value, (list, tuple)) or not value:
+    return [f'data.iemocap.sessions: must not be empty (got {value!r})']
+  if not all(_is_int(s) and 1 <= s <= 5 for s in value):
+    return [f'data.iemocap.sessions: entries must be in 1..5 (got {value!r})']
+  return _sequence('data.iemocap.sessions', value, None, False)  # repeats
+
+
+def _model_problems(config: Any) -> List[str]:
+  """Dropout in [0, 1), positive widths, one positive (time, freq) kernel per conv block."""
+  out = []
+  dropout = _get(config, 'model.dropout')
+  if dropout is not _MISSING and not (isinstance(dropout, numbers.Real)
+                                      and not isinstance(dropout, bool) and 0 <= dropout < 1):
+    out.append(f'model.dropout: must be a number in [0, 1) (got {dropout!r})')
+  for field in _MODEL_COUNTS:
+    out += _count(field, _get(config, field), 1)
+  features, kernels = _get(config, 'model.conv_features'), _get(config, 'model.conv_kernels')
+  if features is not _MISSING and not (isinstance(features, (list, tuple)) and features and all(
+      _is_int(f) and f >= 1 for f in features)):
+    out.append(f'model.conv_features: entries must be integers >= 1 (got {features!r})')
+  if kernels is not _MISSING and features is not _MISSING and not (
+      isinstance(kernels, (list, tuple)) and len(kernels) == len(_items(features)) and all(
+          isinstance(k, (list, tuple)) and len(k) == 2 and all(_is_int(n) and n >= 1 for n in k)
+          for k in kernels)):
+    out.append('model.conv_kernels: one (time, freq) pair of integers >= 1 per entry of '
+               f'model.conv_features (got {kernels!r})')
   return out

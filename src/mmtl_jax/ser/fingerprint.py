@@ -21,6 +21,7 @@ from typing import Any, Mapping
 
 from mmtl_jax import __version__
 from mmtl_jax.run import checkpoint as ckpt_lib
+from mmtl_jax.run import errors
 from mmtl_jax.run import files
 
 FILENAME = 'fingerprint.json'
@@ -34,16 +35,22 @@ IGNORED = ('compilation_cache_dir', 'features.workers', 'train.log_every',
            'train.on_changed_config')
 
 
-class StaleRunError(RuntimeError):
+# How to go on from a damaged fold file (the end of the one-line error).
+RECOVER = ('move that fold aside and train it again: --config.train.on_changed_config=restart '
+           '(or a new --workdir)')
+
+
+class StaleRunError(errors.ExpectedError, RuntimeError):
   """Fold directories of this workdir were written under another config."""
 
 
-def _flatten(tree: Mapping[str, Any], prefix: str = '') -> dict[str, Any]:
+def flatten(tree: Mapping[str, Any], prefix: str = '') -> dict[str, Any]:
+  """{dotted field: value} of a nested mapping (a config as JSON)."""
   out = {}
   for key, value in tree.items():
     name = f'{prefix}{key}'
     if isinstance(value, Mapping):
-      out.update(_flatten(value, name + '.'))
+      out.update(flatten(value, name + '.'))
     else:
       out[name] = value
   return out
@@ -51,7 +58,7 @@ def _flatten(tree: Mapping[str, Any], prefix: str = '') -> dict[str, Any]:
 
 def fingerprint(config: Any, model: str, store_hash: str) -> dict[str, Any]:
   """{dotted field: JSON value} of everything a fold of `model` is computed from."""
-  fields = _flatten(files.to_jsonable(config))
+  fields = flatten(files.to_jsonable(config))
   fields = {k: v for k, v in fields.items() if k not in IGNORED}
   return dict(sorted(fields.items()), **{'system': model, 'feature_store': store_hash,
                                          'mmtl_jax_version': __version__})
@@ -70,15 +77,16 @@ def stale_fields(fold_dir: str, expected: Mapping[str, Any]) -> list[str] | None
   if not os.path.isdir(fold_dir) or not set(os.listdir(fold_dir)) - {FILENAME}:
     return None
   path = os.path.join(fold_dir, FILENAME)
+  result_path = os.path.join(fold_dir, 'result.json')
+  if not os.path.exists(path) and not os.path.exists(result_path):
+    return [f'fold incomplete: {FILENAME} missing and no result.json (the fold directory was '
+            'removed or emptied while a run used it)']
   if not os.path.exists(path):
     return [f'{FILENAME}: missing (written by an older mmtl_jax or another tool)']
-  with open(path, encoding='utf-8') as f:
-    found = json.load(f)
+  found = files.read_json(path, RECOVER)
   diffs = differences(found, expected)
-  result_path = os.path.join(fold_dir, 'result.json')
   if not diffs and os.path.exists(result_path):
-    with open(result_path, encoding='utf-8') as f:
-      stored = json.load(f).get(RESULT_KEY)
+    stored = files.read_json(result_path, RECOVER).get(RESULT_KEY)
     if stored is not None:  # result.json files of older runs carry none
       diffs = [f'result.json: {d}' for d in differences(stored, expected)]
   return diffs or None

@@ -11,7 +11,12 @@ No confident label is given for a clip the model cannot judge; its result carrie
   too short        the clip's longest segment has fewer valid frames than `min_frames`:
                    a quarter of features.n_frames (0.26 s at the demo's 64 frames of 16 ms,
                    0.75 s at the paper's 300 of 10 ms), and never fewer than the
-                   2 ** (conv blocks) frames the model's pools need to leave the BiLSTM one.
+                   2 ** (conv blocks) frames the model's pools need to leave the BiLSTM one;
+  non-finite       samples or features that are NaN or infinite (a float wav with samples
+                   near 1e20 overflows the power spectrum), or posteriors that are: the model
+                   is never trusted with them ('posteriors' None too).
+Long files run in batches of at most `batch_segments` segments (features and model), so the
+memory a file needs is bounded by the batch, not its length (the waveform is read whole).
 A missing file is an error 'file not found'; a bundle that cannot be loaded, or whose
 parameters do not fit its model, raises `BundleError` with a one-line message.
 """
@@ -19,6 +24,7 @@ parameters do not fit its model, raises `BundleError` with a one-line message.
 import glob
 import math
 import os
+import re
 from typing import Any, Dict, List, Sequence
 
 import jax
@@ -27,29 +33,64 @@ import ml_collections
 import numpy as np
 
 from mmtl_jax.run import checkpoint as ckpt_lib
+from mmtl_jax.run import errors
 from mmtl_jax.ser import systems as systems_lib
 from mmtl_jax.data import features as features_lib
 
 SILENCE_PEAK = 1e-4  # peak |amplitude| (full scale 1.0) below which a clip is digital silence
 
 
-class BundleError(RuntimeError):
+class BundleError(errors.ExpectedError, RuntimeError):
   """An inference bundle that exists but cannot be used; the message is one line."""
+  exit_code = 2  # experiments/predict.py: 1 is "a file failed"
+
+
+_STALE = re.compile(r'\.stale-\d+$')  # a fold moved aside by on_changed_config=restart
+
+
+def _is_bundle(path: str) -> bool:
+  return os.path.exists(os.path.join(path, 'bundle.json'))
+
+
+def _stale(path: str) -> bool:
+  return any(_STALE.search(part) for part in path.split(os.sep))
+
+
+def choose_bundle(path: str) -> tuple:
+  """(bundle directory, why it was chosen) for `path`: a bundle itself, a fold directory
+  holding `bundle/`, or a workdir (then the first MMTL fold's bundle in sorted order, else the
+  first of any model). Folds moved aside by a restart (`<fold>.stale-<n>`) are never chosen.
+
+  Raises:
+    FileNotFoundError: no bundle (or only stale ones), naming `path`.
+  """
+  path = os.path.abspath(path)
+  if _stale(path):
+    raise FileNotFoundError(f'{path} is a fold moved aside by a restart (stale): its model '
+                            'was trained under another config; give a current fold instead')
+  for direct in (path, os.path.join(path, 'bundle')):
+    if _is_bundle(direct):
+      return direct, 'the bundle given'
+  passed_over = 0
+  for model, pattern in (('mmtl', ('mmtl', '*')), ('mmtl', ('mmtl', '*', '*')),
+                         ('any model', ('*', '*')), ('any model', ('*', '*', '*'))):
+    found = [c for c in sorted(glob.glob(os.path.join(path, *pattern, 'bundle')))
+             if _is_bundle(c)]
+    current = [c for c in found if not _stale(os.path.relpath(c, path))]
+    passed_over += len(found) - len(current)
+    if current:
+      return current[0], (f'the first of {len(current)} {model} fold bundles in sorted order'
+                          f' ({passed_over} stale moved-aside ones passed over); give a fold '
+                          'directory to choose another')
+  stale = f' ({passed_over} stale moved-aside ones are never used)' if passed_over else ''
+  raise FileNotFoundError(
+      f'no inference bundle at {path}{stale}: expected <workdir>/<model>/<fold>/bundle (with '
+      'bundle.json), a fold directory, or a workdir produced by experiments/train.py')
 
 
 def find_bundle(path: str) -> str:
-  """The bundle directory for `path`: a bundle itself, a fold directory holding `bundle/`, or
-  a workdir (then the first MMTL fold's bundle, else the first of any model)."""
-  path = os.path.abspath(path)
-  candidates = [path, os.path.join(path, 'bundle')]
-  for pattern in (('mmtl', '*'), ('mmtl', '*', '*'), ('*', '*'), ('*', '*', '*')):
-    candidates += sorted(glob.glob(os.path.join(path, *pattern, 'bundle')))
-  for c in candidates:
-    if os.path.exists(os.path.join(c, 'bundle.json')):
-      return c
-  raise FileNotFoundError(
-      f'no inference bundle at {path}: expected <workdir>/<model>/<fold>/bundle (with '
-      'bundle.json), a fold directory, or a workdir produced by experiments/train.py')
+  """The bundle directory `choose_bundle` picks for `path`."""
+  return choose_bundle(path)[0]
 
 
 def one_line(error: BaseException, limit: int = 300) -> str:
@@ -94,8 +135,11 @@ class Predictor:
       model its config describes); one-line message.
   """
 
-  def __init__(self, checkpoint: str):
-    self.bundle = find_bundle(checkpoint)
+  def __init__(self, checkpoint: str, batch_segments: int = 64):
+    if int(batch_segments) < 1:
+      raise ValueError(f'batch_segments must be >= 1 (got {batch_segments})')
+    self.batch_segments = int(batch_segments)
+    self.bundle, self.choice = choose_bundle(checkpoint)
     try:
       self.params, self.config = ckpt_lib.load_inference_bundle(self.bundle)
       self.model = str(self.config.get('bundle_model', 'mmtl'))
@@ -132,15 +176,40 @@ class Predictor:
     if wave.size == 0:
       return {'path': path, 'emotion': None, 'posteriors': None, 'segments': 0,
               'seconds': 0.0, 'warning': 'empty audio (0 samples); no label'}
-    x, lengths = features_lib.waveform_segments(wave, self.config.features)
-    probs = np.asarray(self._posteriors(self.params, x, lengths)).mean(axis=0)
+    probs, lengths, finite = self._segment_posteriors(wave)
     result = {'path': path, 'emotion': self.classes[int(np.argmax(probs))],
               'posteriors': {c: float(p) for c, p in zip(self.classes, probs)},
-              'segments': int(x.shape[0]), 'seconds': seconds}
+              'segments': int(lengths.shape[0]), 'seconds': seconds}
     warning = clip_warning(wave, lengths, self.config)
+    if not finite:
+      warning = ('non-finite samples or features (NaN or infinite, e.g. samples near 1e20 '
+                 'overflow the spectrum); no label')
+    elif not np.all(np.isfinite(probs)):
+      warning = 'the model gave non-finite posteriors (NaN or infinite); no label'
     if warning:
       result.update(emotion=None, warning=warning)
+      if not np.all(np.isfinite(probs)) or not finite:
+        result['posteriors'] = None  # strict JSON, and no number to misread
     return result
+
+  def _segment_posteriors(self, wave: np.ndarray) -> tuple:
+    """(mean posterior [classes], valid frames [segments], all inputs finite) of a waveform,
+    `batch_segments` segments at a time; the model never sees a non-finite batch."""
+    feats = self.config.features
+    pieces = features_lib.split_segments(np.asarray(wave, np.float32), feats.sample_rate,
+                                         feats.max_segment_s)
+    total, lengths, finite = np.zeros(len(self.classes), np.float64), [], True
+    for start in range(0, len(pieces), self.batch_segments):
+      specs, valid = zip(*(features_lib.segment_spectrogram(s, feats)
+                           for s in pieces[start:start + self.batch_segments]))
+      x, valid = np.stack(specs), np.asarray(valid, np.int32)
+      lengths.append(valid)
+      if not (finite and np.all(np.isfinite(x))):
+        finite = False  # the other batches still count segments and frames
+        continue
+      total += np.asarray(self._posteriors(self.params, x, valid), np.float64).sum(axis=0)
+    probs = total / len(pieces) if finite else np.full(len(self.classes), np.nan)
+    return probs, np.concatenate(lengths), finite and bool(np.all(np.isfinite(wave)))
 
   def predict_files(self, paths: Sequence[str]) -> List[Dict[str, Any]]:
     """One result per path; a file that is missing ({'path', 'error': 'file not found'}) or
@@ -156,5 +225,6 @@ class Predictor:
     return out
 
 
-__all__ = ['BundleError', 'Predictor', 'SILENCE_PEAK', 'clip_warning', 'find_bundle',
+__all__ = ['BundleError', 'Predictor', 'SILENCE_PEAK', 'choose_bundle', 'clip_warning',
+           'find_bundle',
            'min_frames', 'one_line']

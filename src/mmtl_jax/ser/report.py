@@ -103,6 +103,19 @@ def _fold_tables(runs: Sequence[Mapping[str, Any]]) -> list[str]:
   return lines
 
 
+def run_context(cfg: Mapping[str, Any] | None, protocol: str) -> tuple[str, str, str]:
+  """(corpus, classes, budget) cells of a gathered row: what else makes two rows differ."""
+  get = lambda field, default=None: budgets.config_get(cfg, field, default)
+  classes = get('data.classes')
+  classes = ', '.join(map(str, classes)) if isinstance(classes, (list, tuple)) else '?'
+  budget = f"{get('train.steps', '?')} steps"
+  if protocol == 'paper':
+    n = get('eval.finetune_steps', 0)
+    budget += (f"; fine-tune {n} {get('eval.finetune_unit', 'steps')} "
+               f"{get('eval.finetune_optimizer', 'sgd')}" if n else '; no fine-tuning')
+  return str(get('data.kind', '?')), classes, budget
+
+
 def workdirs_table(workdirs: Sequence[tuple[str, Mapping[str, Any], Sequence[Mapping[str, Any]]]],
                    missing: Sequence[str] = ()) -> str:
   """Markdown table comparing the runs of several workdirs (see results.gather).
@@ -113,12 +126,13 @@ def workdirs_table(workdirs: Sequence[tuple[str, Mapping[str, Any], Sequence[Map
     missing: names of workdirs without results, listed under the table.
   """
   header = ('| Workdir | Aux tasks | Meta mode | Model | Protocol | UA (pooled) | WA (pooled) | '
-            'UA mean ± std | WA mean ± std | Folds × seeds |\n'
-            '|---|---|---|---|---|---:|---:|---:|---:|---:|')
+            'UA mean ± std | WA mean ± std | Folds × seeds | Corpus | Classes | Budget |\n'
+            '|---|---|---|---|---|---:|---:|---:|---:|---:|---|---|---|')
   rows = []
   for name, cfg, runs in workdirs:
     prefix = (name, aux_label(cfg), budgets.config_get(cfg, 'meta.mode', '?'))
-    rows += [summary_row(run, prefix) for run in runs]
+    rows += [summary_row(run, prefix) + ' ' + ' | '.join(
+        _md_cell(c) for c in run_context(cfg, run['protocol'])) + ' |' for run in runs]
   lines = [header, *rows, '', DEFINITIONS]
   if missing:
     lines += ['', 'No results yet: ' + ', '.join(missing) + '.']

@@ -47,6 +47,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from mmtl_jax.run import files
 from mmtl_jax.run.files import atomic_write_json, atomic_write_text, to_jsonable
 from mmtl_jax.ser import metrics
 from mmtl_jax.ser import report
@@ -303,18 +304,40 @@ def write_results(workdir: str | os.PathLike, config: Any,
 def load_results(workdir: str | os.PathLike) -> dict[str, Any]:
   """Reads <workdir>/results.json, checking the top-level schema."""
   path = os.path.join(os.fspath(workdir), RESULTS_JSON)
-  with open(path, encoding='utf-8') as f:
-    data = json.load(f)
-  if not isinstance(data, dict) or not isinstance(data.get('runs'), list):
-    raise ValueError(f'{path} is not a results.json (no "runs" list).')
+  recover = ('start the training command of that workdir again: it rewrites results.json '
+             'from the finished folds')
+  data = files.read_json(path, recover)
+  if not isinstance(data.get('runs'), list):
+    raise files.DamagedFileError(f'damaged {RESULTS_JSON} (no "runs" list), {path}, {recover}')
   return data
+
+
+def workdir_labels(workdirs: Sequence[str]) -> list[str]:
+  """A distinct label per workdir: its basename, or where basenames repeat the shortest tail
+  of its absolute path that no other workdir shares ('#2', '#3' for a workdir given again)."""
+  paths = [os.path.abspath(wd) for wd in workdirs]
+  labels = []
+  for path in paths:
+    parts, others = path.strip(os.sep).split(os.sep), [p for p in paths if p != path]
+    for n in range(1, len(parts) + 1):
+      tail = os.sep.join(parts[-n:])
+      if not any(o == tail or o.endswith(os.sep + tail) for o in others):
+        break
+    labels.append(tail)
+  seen: dict[str, int] = {}
+  for i, label in enumerate(labels):
+    seen[label] = seen.get(label, 0) + 1
+    if seen[label] > 1:
+      labels[i] = f'{label} #{seen[label]}'
+  return labels
 
 
 def gather(workdirs: Sequence[str | os.PathLike], skip_missing: bool = False) -> str:
   """Markdown table comparing the runs of several workdirs.
 
-  One row per workdir x model x protocol, labelled by the workdir's name and the auxiliary
-  tasks and meta mode found in its config.
+  One row per workdir x model x protocol, labelled by the workdir's name (a longer tail of its
+  path where names repeat, see `workdir_labels`) and the auxiliary tasks and meta mode found in
+  its config; each row also names the corpus, the classes and the budget (report.py).
 
   Args:
     workdirs: experiment directories containing results.json.
@@ -322,14 +345,16 @@ def gather(workdirs: Sequence[str | os.PathLike], skip_missing: bool = False) ->
       raising FileNotFoundError.
   """
   found, missing = [], []
-  for wd in workdirs:
+  names = workdir_labels([os.fspath(wd) for wd in workdirs])
+  for wd, name in zip(workdirs, names):
     wd = os.fspath(wd)
-    name = os.path.basename(os.path.normpath(wd)) or wd
     if not os.path.exists(os.path.join(wd, RESULTS_JSON)):
       if skip_missing:
         missing.append(name)
         continue
-      raise FileNotFoundError(f'No {RESULTS_JSON} in {wd}.')
+      raise files.MissingFileError(
+          f'no {RESULTS_JSON} in {wd}, {os.path.join(wd, RESULTS_JSON)}, finish its training '
+          'run first (or pass --skip_missing)')
     data = load_results(wd)
     found.append((name, data.get('config') or {}, data['runs']))
   return report.workdirs_table(found, missing)

@@ -19,10 +19,39 @@ from typing import Any, Mapping, Sequence
 
 import ml_collections
 
+from mmtl_jax.run import errors
 from mmtl_jax.run import files
+from mmtl_jax.run import lock as lock_lib
+from mmtl_jax.ser import config_check
 from mmtl_jax.ser import report
 from mmtl_jax.ser import significance
 from mmtl_jax.ser import sweep
+
+
+class StudyError(errors.ExpectedError, ValueError):
+  """A study that cannot be run as asked (seeds, arms); raised before any training."""
+
+
+def parse_seeds(values: Sequence[str]) -> tuple[int, ...]:
+  """The --seeds values as ints (each >= 0, none repeated).
+
+  Raises:
+    StudyError: naming the bad value.
+  """
+  seeds = []
+  for value in values:
+    try:
+      seeds.append(int(str(value).strip()))
+    except ValueError:
+      raise StudyError(f'seed {value!r} is not an integer, --seeds, give e.g. '
+                       '--seeds=0,1,2') from None
+    if seeds[-1] < 0 or seeds[-1] >= 2**32:
+      raise StudyError(f'seed {seeds[-1]} is outside 0..2**32-1, --seeds, give e.g. '
+                       '--seeds=0,1,2')
+  if not seeds or len(set(seeds)) != len(seeds):
+    raise StudyError(f'seeds {list(values)} are empty or repeat, --seeds, give distinct '
+                     'seeds, e.g. --seeds=0,1,2')
+  return tuple(seeds)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +84,30 @@ def labelled_runs(results: Mapping[str, Any], arm: Arm) -> list[dict[str, Any]]:
           for run in results['runs']]
 
 
+def check_arms(arms: Sequence[Arm], configs: Sequence[ml_collections.ConfigDict]) -> None:
+  """Refuses, before any training, arms whose labels repeat (e.g. --reference_mode equal to
+  the config's meta mode) or whose config has problems.
+
+  Raises:
+    StudyError: the repeated labels; ConfigError: every arm's problems.
+  """
+  labels = [arm.labels.get(m, m) for arm, cfg in zip(arms, configs)
+            for m in cfg.train.models]
+  repeated = sorted({l for l in labels if labels.count(l) > 1})
+  if repeated:
+    raise StudyError(f'study arms would train the same system twice ({", ".join(repeated)}), '
+                     '--reference_mode or the arms, give a reference mode other than '
+                     'config.meta.mode')
+  problems = []
+  for arm, cfg in zip(arms, configs):
+    try:
+      config_check.check_config(cfg)
+    except config_check.ConfigError as e:
+      problems += [f'arm {arm.name}: {p}' for p in e.problems]
+  if problems:
+    raise config_check.ConfigError(problems)
+
+
 def run_study(config: ml_collections.ConfigDict, arms: Sequence[Arm], study_dir: str,
               train_fn: sweep.TrainFn, reference: str) -> dict[str, Any]:
   """Trains every arm with `train_fn(config, workdir)`, then writes study.json / study.md.
@@ -66,9 +119,19 @@ def run_study(config: ml_collections.ConfigDict, arms: Sequence[Arm], study_dir:
 
   Returns:
     {'seeds', 'arms', 'runs' (results.json runs with 'label' and 'arm'), 'comparisons'}.
+
+  Raises (before any training): StudyError (labels repeat: e.g. the reference mode is the
+    config's mode), ConfigError (every arm's problems), WorkdirLockedError.
   """
   config = sweep.shared_corpus(config, study_dir)
   configs = [sweep.with_overrides(config, arm.overrides) for arm in arms]
+  check_arms(arms, configs)  # before any arm trains
+  with lock_lib.WorkdirLock(study_dir):  # one study per directory (each arm locks its own)
+    return _train_arms(config, arms, configs, study_dir, train_fn, reference)
+
+
+def _train_arms(config, arms, configs, study_dir, train_fn, reference) -> dict[str, Any]:
+  """The training loop of `run_study`, under the study directory's lock."""
   runs: list[dict[str, Any]] = []
   for arm, cfg in zip(arms, configs):
     arm_dir = os.path.join(study_dir, arm.name)
@@ -77,7 +140,8 @@ def run_study(config: ml_collections.ConfigDict, arms: Sequence[Arm], study_dir:
     runs += labelled_runs(train_fn(cfg, arm_dir), arm)
   labels = [(r['label'], r['protocol']) for r in runs]
   if len(set(labels)) != len(labels):
-    raise ValueError(f'study labels repeat across arms: {labels}')
+    raise StudyError(f'study labels repeat across arms: {labels}, the arms, give each '
+                     'system and protocol one label')
   content = {'seeds': files.to_jsonable(config.train.seeds or (config.seed,)),
              'arms': [files.to_jsonable(dataclasses.asdict(a)) for a in arms],
              'reference': reference, 'runs': runs,

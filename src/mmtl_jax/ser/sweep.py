@@ -21,9 +21,21 @@ from typing import Any, Callable, Mapping, Sequence
 
 import ml_collections
 
+from mmtl_jax.run import errors
 from mmtl_jax.run import files
+from mmtl_jax.run import lock as lock_lib
 from mmtl_jax.ser import config_check
 
+
+class GridError(errors.ExpectedError, ValueError):
+  """A --grid value that cannot be a grid axis; the message names it and what to give."""
+
+
+class GridFieldError(errors.ExpectedError, KeyError):
+  """A grid field that the config does not have."""
+
+  def __str__(self) -> str:  # KeyError would print the repr of the message
+    return str(self.args[0])
 
 
 def parse_value(text: str) -> Any:
@@ -39,16 +51,18 @@ def parse_grid(specs: Sequence[str]) -> dict[str, list[Any]]:
   values that contain commas, e.g. tuples: 'folds.which=(0,1);(2,3)').
 
   Raises:
-    ValueError: a spec without '=' or without values, or a field given twice.
+    GridError (a ValueError): a spec without '=' or without values, or a field given twice.
   """
   grid: dict[str, list[Any]] = {}
   for spec in specs:
     field, sep, values = spec.partition('=')
     field = field.strip()
     if not sep or not field or not values.strip():
-      raise ValueError(f"grid spec {spec!r} is not 'field=value1,value2,...'")
+      raise GridError(f"grid spec {spec!r} is not 'field=value1,value2,...', --grid, give "
+                      'e.g. --grid=meta.gamma=0.001,0.003')
     if field in grid:
-      raise ValueError(f'grid field {field!r} given twice')
+      raise GridError(f'grid field {field!r} given twice, --grid, give each field once with '
+                      'all its values')
     parts = values.split(';') if ';' in values else values.split(',')
     grid[field] = [parse_value(p.strip()) for p in parts]
   return grid
@@ -72,7 +86,7 @@ def with_overrides(config: ml_collections.ConfigDict, point: Mapping[str, Any]
   """A copy of `config` with each dotted field of `point` set (the field must exist).
 
   Raises:
-    KeyError: a field that `config` does not have, naming it.
+    GridFieldError (a KeyError): a field that `config` does not have, naming it.
   """
   config = copy.deepcopy(config)
   for field, value in point.items():
@@ -83,10 +97,15 @@ def with_overrides(config: ml_collections.ConfigDict, point: Mapping[str, Any]
       if node is None:
         break
     if node is None or leaf not in node:
-      raise KeyError(f'grid field {field!r} is not a config field')
+      raise GridFieldError(f'grid field {field!r} is not a config field, --grid, use a '
+                           'field of the config file (e.g. meta.gamma)')
     if isinstance(node[leaf], tuple) and isinstance(value, list):
       value = tuple(value)
-    node[leaf] = value  # ConfigDict keeps the field's type (an int for a float is fine)
+    try:
+      node[leaf] = value  # ConfigDict keeps the field's type (an int for a float is fine)
+    except TypeError as e:
+      raise GridError(f'grid value {value!r} of {field} does not fit the field ({e}), --grid, '
+                      f'give values of the type of {field}') from e
   return config
 
 
@@ -148,6 +167,9 @@ def run_sweep(config: ml_collections.ConfigDict, grid: Mapping[str, Sequence[Any
 
   Returns the sweep.json content: {'grid', 'points': [{'name', 'overrides', 'dev'}],
   'chosen': {system: {'point', 'overrides', 'dev_UA', 'dev_UA_std', 'n'}}}.
+
+  Raises (before any training): ConfigError (every point's problems), GridError /
+  GridFieldError, WorkdirLockedError (another sweep holds `sweep_dir`).
   """
   points = grid_points(grid)
   config = shared_corpus(config, sweep_dir)
@@ -158,6 +180,12 @@ def run_sweep(config: ml_collections.ConfigDict, grid: Mapping[str, Sequence[Any
     except config_check.ConfigError as e:
       raise config_check.ConfigError([f'grid point {point_name(point)}: {p}'
                                       for p in e.problems]) from None
+  with lock_lib.WorkdirLock(sweep_dir):  # one sweep per directory (each point locks its own)
+    return _train_points(points, configs, grid, sweep_dir, train_fn)
+
+
+def _train_points(points, configs, grid, sweep_dir, train_fn) -> dict[str, Any]:
+  """The training loop of `run_sweep`, under the sweep directory's lock."""
   done = []
   for point, cfg in zip(points, configs):
     name = point_name(point)

@@ -38,6 +38,7 @@ The workdir must be on a file system shared by all hosts.
 """
 
 import dataclasses
+import errno
 import json
 import logging
 import os
@@ -54,6 +55,7 @@ from mmtl_jax.data import folds as folds_lib
 from mmtl_jax.data import sampler as sampler_lib
 from mmtl_jax.data import store as store_lib
 from mmtl_jax.run import checkpoint as ckpt_lib
+from mmtl_jax.run import errors
 from mmtl_jax.run import files
 from mmtl_jax.run import lock as lock_lib
 from mmtl_jax.run import metric_log
@@ -73,7 +75,7 @@ CheckpointMismatchError = ckpt_lib.CheckpointMismatchError
 PyTree = Any
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(errors.ExpectedError, FloatingPointError):
   """Raised when a training loss becomes NaN or Inf; the last good checkpoint is kept."""
 
 
@@ -146,21 +148,31 @@ def create_state(system: systems_lib.System, store: Any, config: ml_collections.
 
 def restore_state(checkpointer: ckpt_lib.Checkpointer, state: TrainState,
                   place_state: Callable[[Any], Any], fold_dir: str,
-                  fingerprint: Optional[Dict[str, Any]] = None) -> TrainState:
+                  fingerprint: Optional[Dict[str, Any]] = None,
+                  restart: bool = False) -> TrainState:
   """The latest readable checkpoint of `checkpointer` (shaped and placed like `state`), or
-  `state` itself when there is none.
+  `state` itself when there is none, or when every checkpoint is damaged and `restart`
+  (config.train.on_changed_config == 'restart'): they are then moved aside.
 
   Raises:
     StaleRunError: the checkpoint's stored fingerprint differs from `fingerprint` (checked
       before any array is read; checkpoints without one, from older runs, pass).
     ckpt_lib.CheckpointMismatchError: its shapes differ from `state`'s (one error naming the
       checkpoint and the leaves).
+    ckpt_lib.CheckpointDamagedError: every checkpoint is damaged (not `restart`): naming
+      them and how to go on.
   """
   def check(extra: Dict[str, Any]) -> None:
     if fingerprint is not None:
       fingerprint_lib.check_checkpoint(extra, fingerprint, checkpointer.directory)
 
-  restored = checkpointer.restore(target=_state_to_checkpoint(state)[0], check_extra=check)
+  try:
+    restored = checkpointer.restore(target=_state_to_checkpoint(state)[0], check_extra=check,
+                                    discard_damaged=restart)
+  except ckpt_lib.CheckpointDamagedError as e:
+    raise ckpt_lib.CheckpointDamagedError(
+        f'{e}, to go on: --config.train.on_changed_config=restart moves them aside and trains '
+        f'the fold again (or remove {fold_dir})') from None
   if restored is None:
     return state
   arrays, extra = restored
@@ -227,6 +239,23 @@ def train_one_step(state: TrainState, run: FoldRun, bar: tqdm) -> TrainState:
                              sampler_position=step)
 
 
+def check_finite_params(state: TrainState, run: FoldRun) -> None:
+  """The loss guard for the parameters: a step's loss is taken before its update, so a
+  diverging update shows first in the parameters, which dev evaluation and the checkpoint
+  would then use.
+
+  Raises:
+    NonFiniteLossError: some parameter is NaN or Inf after step state.step.
+  """
+  finite = jax.tree.reduce(lambda a, b: a and b, jax.tree.map(
+      lambda p: bool(jax.numpy.isfinite(p).all()), state.params), True)
+  if not finite:
+    raise NonFiniteLossError(
+        f'{run.name}: non-finite parameters after step {state.step} (the run diverged); '
+        f'stopped. The last good checkpoint (step {run.checkpointer.latest_step()}) is kept in '
+        f'{run.checkpointer.directory}; lower the learning rates or check the features.')
+
+
 def select_on_dev(state: TrainState, run: FoldRun) -> TrainState:
   """Scores state.params on the dev speaker, logs the scores, and makes them the best of a
   protocol where their UA is strictly above that protocol's best so far."""
@@ -259,6 +288,9 @@ def train_steps(state: TrainState, run: FoldRun, position: str) -> TrainState:
              desc=position, leave=False, dynamic_ncols=True, disable=None)
   for _ in bar:  # each iteration advances state.step by one
     state = train_one_step(state, run, bar)
+    if _due(state.step, run.eval_every, run.steps) or _due(state.step, run.checkpoint_every,
+                                                            run.steps):
+      check_finite_params(state, run)
     if _due(state.step, run.eval_every, run.steps):
       state = select_on_dev(state, run)
     if _due(state.step, run.checkpoint_every, run.steps):
@@ -321,7 +353,8 @@ def train_fold(system: systems_lib.System, evaluator: eval_lib.Evaluator, step_f
   checkpointer = ckpt_lib.Checkpointer(os.path.join(fold_dir, 'checkpoints'), max_to_keep=2,
                                        save_interval_steps=1)
   try:
-    state = restore_state(checkpointer, state, place_state, fold_dir, fingerprint)
+    state = restore_state(checkpointer, state, place_state, fold_dir, fingerprint,
+                          config.train.get('on_changed_config', 'error') == 'restart')
     with metric_log.MetricWriter(os.path.join(fold_dir, 'logs'), fold=_fold_name(fold)) as mw:
       run = FoldRun(
           step_fn=step_fn, sampler=sampler, key=jax.random.key(seed), place_batch=place_batch,
@@ -416,15 +449,20 @@ def _expected(config: ml_collections.ConfigDict, model_name: str, store: Any) ->
 def check_fold_dirs(config: ml_collections.ConfigDict, store: Any, folds: List[Any],
                     seeds: Tuple[int, ...], workdir: str) -> None:
   """Before any training: every existing fold directory of this run must have been written
-  under the current config (see `mmtl_jax.ser.fingerprint`).
+  under the current config (see `mmtl_jax.ser.fingerprint`). Temporaries of killed writes
+  (`.result.json.*.tmp`, `.bundle.tmp-*`) in the workdir and its fold directories go first.
 
   Raises:
     StaleRunError: listing every stale fold's differing fields, unless
       config.train.on_changed_config == 'restart' (stale folds are then moved aside).
   """
   expected, stale = {}, {}
+  if process.is_primary():  # the lock is held: temporaries are of killed writes
+    files.remove_killed_writes(workdir)
   for model_name in config.train.models:
     for seed_config, _, _, fold_dir in _fold_dirs(config, model_name, folds, seeds, workdir):
+      if process.is_primary():
+        files.remove_killed_writes(fold_dir)
       expected[fold_dir] = _expected(seed_config, model_name, store)
       diffs = fingerprint_lib.stale_fields(fold_dir, expected[fold_dir])
       if diffs:
@@ -464,6 +502,23 @@ def _write_tables(workdir: str, config: ml_collections.ConfigDict, classes: List
   return results_lib.load_results(workdir)
 
 
+def check_paths(workdir: str) -> None:
+  """Refuses, before any work, a --workdir that is not a directory and results files that
+  are directories (they would fail only after every fold has trained).
+
+  Raises:
+    files.PathError: naming the path and what to do.
+  """
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise files.PathError(f'--workdir is not a directory, {workdir}, give a directory (it is '
+                          'created if missing)')
+  for name in (results_lib.RESULTS_JSON, results_lib.RESULTS_MD):
+    path = os.path.join(workdir, name)
+    if os.path.isdir(path):
+      raise files.PathError(f'{name} is a directory, {path}, remove or rename it: the run '
+                            'writes its results there')
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
   """Features, then every model in config.train.models over every fold (and every seed of
   config.train.seeds; default: config.seed alone), then the tables.
@@ -477,12 +532,38 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
       time and command); nothing was done.
   """
   config_check.check_config(config)  # every problem at once, before any work
+  check_paths(workdir)
   t0 = time.time()
   os.makedirs(workdir, exist_ok=True)
   if not process.is_primary():  # one lock per run: the hosts of one run share the workdir
     return _train_and_evaluate(config, workdir, t0)
-  with lock_lib.WorkdirLock(workdir):
+  try:
+    workdir_lock = lock_lib.WorkdirLock(workdir).acquire()
+  except OSError as e:  # a read-only workdir: a finished run needs no lock to be read
+    if e.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+      raise
+    return finished_results(config, workdir, e)
+  try:
     return _train_and_evaluate(config, workdir, t0)
+  finally:
+    workdir_lock.release()
+
+
+def finished_results(config: ml_collections.ConfigDict, workdir: str,
+                     error: OSError) -> Dict[str, Any]:
+  """<workdir>/results.json when it holds a finished run of `config` (fields that change no
+  result, fingerprint.IGNORED, may differ); else `error` (the workdir cannot be written)."""
+  path = os.path.join(workdir, results_lib.RESULTS_JSON)
+  if not os.path.isfile(path):
+    raise error
+  content = results_lib.load_results(workdir)
+  ignored = lambda flat: {k: v for k, v in flat.items() if k not in fingerprint_lib.IGNORED}
+  stored = ignored(fingerprint_lib.flatten(content.get('config') or {}))
+  if stored != ignored(fingerprint_lib.flatten(files.to_jsonable(config))):
+    raise error
+  print(f'{workdir} cannot be written ({error.strerror}); its finished results.json is read '
+        'back without the lock', flush=True)
+  return content
 
 
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, t0: float

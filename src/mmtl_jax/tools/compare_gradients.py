@@ -5,6 +5,7 @@ MMTL spec of the SER model (`ser.mmtl_spec`). Everything runs in float64 (jax x6
 inside a context, restored after) so a central finite difference can check the exact gradient.
 """
 
+import os
 from typing import Any, Dict, Optional, Sequence
 
 import jax
@@ -13,6 +14,7 @@ import numpy as np
 import ml_collections
 
 from mmtl_jax.meta import diagnostics
+from mmtl_jax.run import files
 from mmtl_jax.ser import losses as ser
 
 
@@ -70,6 +72,25 @@ def compare(config: Any, params: Optional[Dict[str, Any]] = None,
                         'reptile_scaled_by': '1/(lr*inner_steps)',
                         'batch': [cc.tasks, cc.segments, cc.frames, cc.bins]}
   return result
+
+
+def restore(path: str) -> Dict[str, Any]:
+  """{'theta', 'phi'} of an orbax PyTree checkpoint directory.
+
+  Raises:
+    MissingFileError / DamagedFileError: one line naming `path`.
+  """
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  if not os.path.isdir(path):
+    raise files.MissingFileError(f'no checkpoint directory, {path}, give an orbax checkpoint '
+                                 'directory of {theta, phi} in --checkpoints')
+  try:
+    restored = ocp.PyTreeCheckpointer().restore(path)
+    return {'theta': restored['theta'], 'phi': restored['phi']}
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise files.DamagedFileError(f'unreadable checkpoint ({type(e).__name__}: '
+                                 f'{str(e).splitlines()[0] if str(e) else ""}), {path}, give an '
+                                 'orbax checkpoint of {theta, phi} in --checkpoints') from e
 
 
 def plot(result: Dict[str, Any], path: str) -> None:
