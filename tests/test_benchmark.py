@@ -22,6 +22,7 @@ def fixture_bench_config(tiny_model):
   return config
 
 
+@pytest.mark.slow  # measured: runs and times the benchmark twice
 def test_run_records_every_field_and_the_cache_helps(bench_config, tmp_path):
   records = benchmark.run(bench_config, ['first_order', 'exact'], ['auto'], 'tiny',
                           iters=5, timeout_s=300, cache_root=str(tmp_path),
@@ -61,6 +62,7 @@ def test_summary_states_each_target_as_a_measured_ratio():
   assert 'exact / first_order (loop), time (FLOPs 2.17): 2.00 (target <= 2.2: met)' in text
 
 
+@pytest.mark.slow  # subprocess
 def test_matmul_peak_is_measured_in_a_subprocess():
   peak = benchmark.matmul_peak_gflops()
   assert 'error' not in peak, peak
@@ -85,6 +87,7 @@ def test_bad_arguments_are_rejected(bench_config, kwargs, match):
     benchmark.run(bench_config, **args)
 
 
+@pytest.mark.slow  # subprocess: the CLI
 def test_cli_writes_json(tmp_path):
   out = tmp_path / 'bench.json'
   proc = subprocess.run(
@@ -109,6 +112,7 @@ def test_roofline_is_the_slower_of_compute_and_traffic():
     paper_shape.roofline_s(1.0, 1.0, tflops=0.0, tb_per_s=1.0)
 
 
+@pytest.mark.slow  # measured: compiles the paper-shape step
 def test_paper_shape_analysis_counts_the_compiled_step(bench_config):
   """XLA's counts of an unrun step: exact does more work than first_order; the estimate uses
   the counts it is given (e.g. 'loop''s for 'map', whose task loop XLA counts once)."""
@@ -129,6 +133,7 @@ def test_paper_shape_analysis_counts_the_compiled_step(bench_config):
   assert 'GFLOP' in paper_shape.format_analysis(dict(first, estimate=est))
 
 
+@pytest.mark.slow  # measured: compiles and times every convolution
 def test_conv_rates_time_every_convolution_of_one_task(bench_config):
   rows = benchmark.conv_rates(bench_config, 'tiny', calls=2)
   # tiny_model: 2 blocks; the first has no input gradient (the spectrogram needs none).

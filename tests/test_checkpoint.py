@@ -14,6 +14,8 @@ import pytest
 
 from mmtl_jax.run import checkpoint
 
+from helpers import assert_trees_close
+
 
 def _state(scale=1.0):
   params = {'conv': {'kernel': jnp.full((3, 4), scale, jnp.float32),
@@ -27,13 +29,6 @@ def _state(scale=1.0):
           'host': np.arange(5, dtype=np.int64)}
 
 
-def _assert_tree_equal(a, b):
-  assert jax.tree.structure(a) == jax.tree.structure(b)
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-    assert np.asarray(x).dtype == np.asarray(y).dtype
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-
-
 def test_round_trip_with_adam_state_and_extra(tmp_path):
   state = _state(2.0)
   extra = {'fold': 3, 'sampler_position': np.int64(123), 'rng': [1, 2], 'name': 'F03'}
@@ -41,7 +36,7 @@ def test_round_trip_with_adam_state_and_extra(tmp_path):
     assert ckpt.save(10, state, extra)
     ckpt.wait()
     restored_state, restored_extra = ckpt.restore(target=_state(0.0))
-  _assert_tree_equal(restored_state, state)
+  assert_trees_close(restored_state, state, rtol=0, atol=0, check_dtype=True)
   assert isinstance(restored_state['opt_state'][0], optax.ScaleByAdamState)
   assert isinstance(restored_state['host'], np.ndarray)
   assert restored_extra == {'fold': 3, 'sampler_position': 123, 'rng': [1, 2], 'name': 'F03'}
@@ -115,6 +110,7 @@ _KILLED_WRITER = textwrap.dedent('''
 ''')
 
 
+@pytest.mark.slow  # subprocess
 def test_killed_process_leaves_previous_checkpoint_restorable(tmp_path):
   directory = tmp_path / 'ckpt'
   proc = subprocess.run([sys.executable, '-c', _KILLED_WRITER, str(directory)],
@@ -145,7 +141,7 @@ def test_inference_bundle_round_trip(tmp_path):
   params = _state(3.0)['params']
   bundle = checkpoint.save_inference_bundle(tmp_path / 'bundle', params, config)
   loaded, cfg = checkpoint.load_inference_bundle(bundle)
-  _assert_tree_equal(loaded, params)
+  assert_trees_close(loaded, params, rtol=0, atol=0, check_dtype=True)
   assert isinstance(cfg, ml_collections.ConfigDict)
   assert cfg.model.conv_kernels == ((12, 16), (8, 12))
   assert cfg.data.classes == ('neu', 'ang', 'hap', 'sad')
@@ -201,6 +197,7 @@ _MISMATCHED_RESTORE = textwrap.dedent('''
 ''')
 
 
+@pytest.mark.slow  # subprocess
 def test_failed_restore_does_not_flood_the_terminal(tmp_path):
   proc = subprocess.run([sys.executable, '-c', _MISMATCHED_RESTORE, str(tmp_path / 'c')],
                         capture_output=True, text=True, timeout=120)
@@ -226,13 +223,14 @@ def test_damaged_latest_step_warns_and_falls_back(tmp_path, caplog):
     with caplog.at_level('WARNING', logger='mmtl_jax.run.checkpoint'):
       state, extra = ckpt.restore(target=_state())
     assert extra == {'step': 2}
-    _assert_tree_equal(state, _state(2.0))
+    assert_trees_close(state, _state(2.0), rtol=0, atol=0, check_dtype=True)
     assert f'{directory / "3"} cannot be read' in caplog.text
     assert 'restoring step 2 instead' in caplog.text
     assert ckpt.all_steps() == [2] and (directory / '3.damaged-1').is_dir()
     assert ckpt.save(3, _state(3.5), {'step': 3})  # the step can be written again
     ckpt.wait()
-    _assert_tree_equal(ckpt.restore(target=_state())[0], _state(3.5))
+    assert_trees_close(ckpt.restore(target=_state())[0], _state(3.5), rtol=0, atol=0,
+                       check_dtype=True)
 
 
 def test_only_damaged_steps_is_an_error_and_check_extra_comes_first(tmp_path):

@@ -11,6 +11,8 @@ import pytest
 from mmtl_jax.models.conv import Conv, conv2d_same
 from mmtl_jax.models.cnn_bilstm import MetaLearner, max_pool_2x2
 
+from helpers import assert_trees_close
+
 
 def _lax_conv(x, w):
   return jax.lax.conv_general_dilated(x, w, (1, 1), 'SAME',
@@ -28,30 +30,27 @@ def _second_order(conv):
                        + jnp.sum(jax.grad(f, 0)(x, w) ** 3))
 
 
-def _max_diff(a, b):
-  return max(float(jnp.max(jnp.abs(p - q))) for p, q in zip(jax.tree.leaves(a),
-                                                           jax.tree.leaves(b)))
-
-
-# One input channel (the spectrogram) takes the frequency-shift path of `_conv`.
-@pytest.mark.parametrize('kernel, channels', [((3, 3), 3), ((2, 3), 3), ((4, 5), 3),
-                                              ((1, 1), 3), ((4, 5), 1), ((3, 2), 1)])
+# One input channel (the spectrogram) takes the frequency-shift path of `_conv`. The two cases
+# measured slowest run in the full suite only.
+@pytest.mark.parametrize('kernel, channels', [
+    pytest.param((3, 3), 3, marks=pytest.mark.slow), ((2, 3), 3), ((4, 5), 3), ((1, 1), 3),
+    pytest.param((4, 5), 1, marks=pytest.mark.slow), ((3, 2), 1)])
 def test_conv2d_same_matches_lax_to_second_order(kernel, channels):
   with jax.enable_x64(True):
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.normal(size=(2, 7, 6, channels)))
     w = jnp.asarray(rng.normal(size=kernel + (channels, 4)))
-    assert _max_diff(conv2d_same(x, w), _lax_conv(x, w)) < 1e-12
-    assert _max_diff(jax.grad(_loss(conv2d_same), (0, 1))(x, w),
-                     jax.grad(_loss(_lax_conv), (0, 1))(x, w)) < 1e-10
+    assert_trees_close(conv2d_same(x, w), _lax_conv(x, w), rtol=0, atol=1e-12)
+    assert_trees_close(jax.grad(_loss(conv2d_same), (0, 1))(x, w),
+                       jax.grad(_loss(_lax_conv), (0, 1))(x, w), rtol=0, atol=1e-10)
     ours = jax.grad(_second_order(conv2d_same), (0, 1))(x, w)
     ref = jax.grad(_second_order(_lax_conv), (0, 1))(x, w)
-    assert _max_diff(ours, ref) < 1e-9
+    assert_trees_close(ours, ref, rtol=0, atol=1e-9)
     # Per-task weights under vmap (the 'vmap' task strategy).
     xs, ws = jnp.stack([x, x + 1.0]), jnp.stack([w, 2.0 * w])
     ours = jax.vmap(jax.grad(_second_order(conv2d_same), (0, 1)))(xs, ws)
     ref = jax.vmap(jax.grad(_second_order(_lax_conv), (0, 1)))(xs, ws)
-    assert _max_diff(ours, ref) < 1e-9
+    assert_trees_close(ours, ref, rtol=0, atol=1e-9)
 
 
 def _optimized_conv_labels(conv):
@@ -74,13 +73,15 @@ def test_conv_module_params_match_flax_conv():
   ours = Conv(4, (3, 2)).init(jax.random.PRNGKey(0), x)['params']
   ref = nn.Conv(4, (3, 2), padding='SAME').init(jax.random.PRNGKey(0), x)['params']
   assert jax.tree.map(jnp.shape, ours) == jax.tree.map(jnp.shape, ref)
-  assert _max_diff(ours, ref) == 0.0
+  assert_trees_close(ours, ref, rtol=0, atol=0)
   y = Conv(4, (3, 2)).apply({'params': ours}, x)
   y_lax = Conv(4, (3, 2), custom_vjp=False).apply({'params': ours}, x)
-  assert _max_diff(y, nn.Conv(4, (3, 2), padding='SAME').apply({'params': ref}, x)) < 1e-5
-  assert _max_diff(y, y_lax) == 0.0
+  y_flax = nn.Conv(4, (3, 2), padding='SAME').apply({'params': ref}, x)
+  assert_trees_close(y, y_flax, rtol=0, atol=1e-5)
+  assert_trees_close(y, y_lax, rtol=0, atol=0)
 
 
+@pytest.mark.slow  # measured: eager jvp through the custom-VJP convolutions
 def test_forward_mode_needs_conv_vjp_off():
   model = MetaLearner(conv_features=(2,), conv_kernels=((3, 3),), lstm_hidden=3, fc_hidden=3,
                       conv_vjp=False)
@@ -95,10 +96,10 @@ def test_forward_mode_needs_conv_vjp_off():
 def test_max_pool_2x2_matches_flax(shape):
   x = jnp.asarray(np.random.default_rng(1).normal(size=shape), jnp.float32)
   ref_fn = lambda v: nn.max_pool(v, (2, 2), strides=(2, 2))
-  assert _max_diff(max_pool_2x2(x), ref_fn(x)) == 0.0
+  assert_trees_close(max_pool_2x2(x), ref_fn(x), rtol=0, atol=0)
   g = jax.grad(lambda v: jnp.sum(jnp.sin(max_pool_2x2(v))))(x)
   g_ref = jax.grad(lambda v: jnp.sum(jnp.sin(ref_fn(v))))(x)
-  assert _max_diff(g, g_ref) < 1e-6
+  assert_trees_close(g, g_ref, rtol=0, atol=1e-6)
 
 
 def test_max_pool_2x2_rejects_too_small_input():
@@ -106,7 +107,9 @@ def test_max_pool_2x2_rejects_too_small_input():
     max_pool_2x2(jnp.ones((1, 1, 4, 2)))
 
 
-@pytest.mark.parametrize('in_axes', [(0, 0), (0, None), (None, 0)])
+# (0, 0), the loop rule, measured slowest: full suite only.
+@pytest.mark.parametrize('in_axes', [pytest.param((0, 0), marks=pytest.mark.slow), (0, None),
+                                     (None, 0)])
 def test_vmap_rule_matches_lax_to_second_order(in_axes):
   """Both operands batched (the loop rule), only x (folded into the batch), only w
   (broadcast and looped), and a nested vmap over two task axes."""
@@ -118,10 +121,11 @@ def test_vmap_rule_matches_lax_to_second_order(in_axes):
     for order in (_loss, _second_order):
       ours = jax.vmap(jax.grad(order(conv2d_same), (0, 1)), in_axes)(x, w)
       ref = jax.vmap(jax.grad(order(_lax_conv), (0, 1)), in_axes)(x, w)
-      assert _max_diff(ours, ref) < 1e-9, order
+      assert_trees_close(ours, ref, rtol=0, atol=1e-9, err_msg=order.__name__)
     nested = lambda conv: jax.vmap(jax.vmap(jax.grad(_second_order(conv), (0, 1))))
     x2, w2 = jnp.stack([xs, 2.0 * xs]), jnp.stack([ws, ws - 1.0])
-    assert _max_diff(nested(conv2d_same)(x2, w2), nested(_lax_conv)(x2, w2)) < 1e-9
+    assert_trees_close(nested(conv2d_same)(x2, w2), nested(_lax_conv)(x2, w2), rtol=0,
+                       atol=1e-9)
 
 
 def _grouped_convolutions(conv):

@@ -104,6 +104,7 @@ def test_make_synthetic_console_script_is_an_absl_entry_point():
   assert done.returncode == 1 and 'exactly one ROOT' in done.stderr, done.stderr
 
 
+@pytest.mark.slow  # measured: writes the default synthetic corpus
 def test_default_corpus_has_what_real_data_has(tmp_path):
   c = base.get_config()
   c.data.kind = 'synthetic'
@@ -179,6 +180,7 @@ def test_store_records_each_segments_valid_frames(small_corpus, small_store, tmp
     store_lib.load_store(str(old))
 
 
+@pytest.mark.slow  # subprocesses: 2 spawned feature workers
 def test_cache_hit_and_miss(small_corpus, small_store):
   root, _ = small_corpus
   workdir = os.path.dirname(os.path.dirname(small_store.directory))
@@ -284,6 +286,7 @@ def _wait_for(condition, seconds):
   return condition()
 
 
+@pytest.mark.slow  # subprocess, and its spawned workers
 @pytest.mark.parametrize('signum', [signal.SIGKILL, signal.SIGTERM])
 def test_killed_build_leaves_no_workers_and_no_tmp_dir(small_corpus, tmp_path, signum):
   """A build with 2 workers killed mid-way: its workers end with it, and no .tmp-* directory

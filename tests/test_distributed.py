@@ -22,7 +22,10 @@ import jax
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.slow  # subprocesses, fake CPU devices, jax.distributed
+from helpers import assert_trees_close
+
+# Subprocesses, fake devices and jax.distributed: slow.
+pytestmark = pytest.mark.slow
 
 TOLERANCE = 1e-5  # max relative difference (float reassociation only)
 
@@ -83,11 +86,9 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _rel_diff(a, b):
-  """max over the leaves (lists of the same leaves) of max|a - b| / max|b|."""
-  assert len(a) == len(b)
-  return max(float(np.max(np.abs(np.subtract(x, y))) / (np.max(np.abs(y)) + 1e-12))
-             for x, y in zip(a, b))
+def _leaves(run, what):
+  """The leaves a job printed (nested lists, from JSON) as arrays."""
+  return [np.asarray(leaf) for leaf in run[what]]
 
 
 @pytest.fixture(scope='module')
@@ -136,17 +137,18 @@ def test_jobs_ran_on_the_intended_topology(runs):
 
 @pytest.mark.parametrize('what', ['grads', 'params'])
 def test_two_processes_one_process_and_unsharded_agree(runs, what):
-  reference = runs['unsharded'][what]
-  diffs = {name: _rel_diff(runs[name][what], reference)
-           for name in ('devices2', 'process0', 'process1')}
-  print(f'{what}: max relative differences against unsharded {diffs}')
-  assert all(d < TOLERANCE for d in diffs.values()), (what, diffs)
+  reference = _leaves(runs['unsharded'], what)
+  for name in ('devices2', 'process0', 'process1'):
+    assert_trees_close(_leaves(runs[name], what), reference, rtol=0, atol=TOLERANCE,
+                       leaf_scaled_atol=True, err_msg=f'{what} of {name} against unsharded')
   # Both processes hold the same replicated result.
-  assert _rel_diff(runs['process1'][what], runs['process0'][what]) == 0.0
+  assert_trees_close(_leaves(runs['process1'], what), _leaves(runs['process0'], what), rtol=0,
+                     atol=0, err_msg=f'{what} of process1 against process0')
 
 
 def test_training_moved_the_params_and_metrics_agree(runs):
-  moved = _rel_diff(runs['unsharded']['params'], runs['unsharded']['init'])
+  moved = max(np.abs(p - q).max() / (np.abs(q).max() + 1e-12) for p, q in
+              zip(_leaves(runs['unsharded'], 'params'), _leaves(runs['unsharded'], 'init')))
   assert moved > 1e-3, moved  # the 3 steps changed the params: the comparison means something
   for name in ('devices2', 'process0'):
     for key, value in runs['unsharded']['metrics'].items():

@@ -125,6 +125,7 @@ def _tiny_config():
   return c
 
 
+@pytest.mark.slow  # measured: meta-trains each system
 @pytest.mark.parametrize('name', fewshot_config.SYSTEMS)
 def test_each_method_takes_outer_steps(name):
   c = _tiny_config()
@@ -174,6 +175,7 @@ def test_config_variants_and_settings_checks():
   assert loop.ci95(np.array([0.0, 1.0])) == pytest.approx(100 * 1.96 * 0.5 / np.sqrt(2))
 
 
+@pytest.mark.slow  # end-to-end, in a subprocess
 def test_cli_tiny_run_beats_chance_and_writes_records(tmp_path):
   out, md = tmp_path / 'fs.json', tmp_path / 'fs.md'
   cmd = [sys.executable, str(ROOT / 'experiments' / 'fewshot.py'), '--quick',
@@ -205,6 +207,7 @@ def test_report_compares_exact_and_first_order():
   assert report.format_table(records).count('\n') == 4
 
 
+@pytest.mark.slow  # measured: compiles every diagnostic
 def test_diagnostics_hook_writes_the_curve(tmp_path):
   from mmtl_jax.fewshot import diagnostics  # pylint: disable=g-import-not-at-top
   c = _tiny_config()

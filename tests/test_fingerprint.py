@@ -35,6 +35,7 @@ def test_stale_fields_of_new_legacy_and_changed_dirs(tmp_path):
   assert 'missing' in fingerprint.stale_fields(str(fold), {'a': 1})[0]
 
 
+@pytest.mark.slow  # end-to-end: three demo-loop runs
 def test_changed_config_stops_before_training_and_restart_moves_aside(tiny_config, corpus_root,
                                                                       tmp_path):
   workdir = str(tmp_path / 'work')
@@ -90,6 +91,7 @@ def test_check_checkpoint():
     fingerprint.check_checkpoint({'step': 4, 'fingerprint': {'a': 1}}, {'a': 2}, '/c')
 
 
+@pytest.mark.slow  # end-to-end: a demo-loop run
 def test_result_json_and_checkpoints_store_the_fingerprint(tiny_config, corpus_root, tmp_path):
   workdir = str(tmp_path / 'work')
   config = tiny_config(corpus_root, models=('cnn_lstm',), steps=2)

@@ -10,6 +10,9 @@ import pytest
 
 from mmtl_jax.tools import gradient_curve
 
+# Both tests meta-train MMTL through the demo pipeline (feature store, sampler): measured slow.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope='module')
 def workdir(tmp_path_factory):

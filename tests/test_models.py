@@ -7,6 +7,8 @@ import pytest
 
 from mmtl_jax.models import BiLSTM, MetaLearner, TransferLearner
 
+from helpers import assert_trees_close
+
 TINY = dict(conv_features=(2, 3), conv_kernels=((3, 3), (2, 3)), lstm_hidden=4, fc_hidden=5,
             num_outputs=4)
 
@@ -83,6 +85,7 @@ def test_bfloat16_compute_keeps_float32_params():
   np.testing.assert_allclose(out, ref, atol=0.05)
 
 
+@pytest.mark.slow  # measured
 def test_dropout_uses_explicit_rng():
   model = MetaLearner(**TINY, dropout=0.5)
   x = jax.random.normal(jax.random.PRNGKey(1), (4, 8, 8))
@@ -119,6 +122,7 @@ def _padded(segments, frames):
   return out
 
 
+@pytest.mark.slow  # measured: float64 model, 4 paddings
 @pytest.mark.parametrize('conv_vjp', [True, False])
 def test_lengths_make_logits_independent_of_padding(conv_vjp):
   """One segment of valid length L gives the same logits alone ([1, L, F]) and padded to any
@@ -185,6 +189,7 @@ def test_bilstm_with_lengths_matches_reference_on_the_valid_frames():
                                rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow  # measured: 3 gradient compiles
 @pytest.mark.parametrize('conv_vjp', [True, False])
 def test_gradients_with_lengths_ignore_padding(conv_vjp):
   """d logits / d params are those of the unpadded segment (custom conv VJPs included), and
@@ -201,7 +206,6 @@ def test_gradients_with_lengths_ignore_padding(conv_vjp):
   grad = jax.jit(jax.grad(loss))  # eager custom_vjp convolutions re-trace on every call
   g_alone = grad(params, seg[None])
   g_padded = grad(params, x, jnp.array([11]))
-  for a, b in zip(jax.tree.leaves(g_alone), jax.tree.leaves(g_padded)):
-    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6)
+  assert_trees_close(g_padded, g_alone, rtol=1e-4, atol=1e-6)
   g_x = jax.jit(jax.grad(loss, argnums=1))(params, x, jnp.array([11]))
   assert np.all(g_x[0, 11:] == 0) and np.any(g_x[0, :11] != 0)

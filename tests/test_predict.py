@@ -105,6 +105,7 @@ def _run_cli(*args):
                         capture_output=True, text=True, timeout=300, check=False)
 
 
+@pytest.mark.slow  # subprocesses: the CLI
 def test_cli_json_flags_and_errors(bundle, wavs, tmp_path):
   missing = str(tmp_path / 'missing.wav')
   out = _run_cli(f'--checkpoint={bundle}', '--json', wavs['speech'], wavs['zeros'], missing)

@@ -69,6 +69,7 @@ def trained(tiny_config):
   return out
 
 
+@pytest.mark.slow  # `trained`: 80 training steps of each system
 @pytest.mark.parametrize('name', SYSTEMS)
 def test_each_system_beats_chance_on_an_easy_task(trained, name):
   system, config, store, params = trained[name]
@@ -77,6 +78,7 @@ def test_each_system_beats_chance_on_an_easy_task(trained, name):
     assert ev.evaluate(params, TEST, protocol)['UA'] >= 0.6, protocol  # chance: 0.25
 
 
+@pytest.mark.slow  # `trained`: 80 training steps of each system
 @pytest.mark.parametrize('name', ['mmtl', 'cnn_lstm_mtl'])
 def test_strict_predictions_ignore_the_test_speakers_labels(trained, name):
   system, config, store, params = trained[name]
@@ -94,6 +96,7 @@ def test_strict_predictions_ignore_the_test_speakers_labels(trained, name):
                             before['paper']['probs'])
 
 
+@pytest.mark.slow  # end-to-end: a demo-loop run
 def test_training_evaluates_only_the_dev_speaker(tiny_config, corpus_root, tmp_path,
                                                  monkeypatch):
   """Every evaluator call while the fold trains (dev selection, 'paper' fine-tuning) is about

@@ -16,6 +16,8 @@ from mmtl_jax.ser import losses as ser
 from mmtl_jax.ser import systems
 from mmtl_jax.ser import train
 
+from helpers import assert_trees_close
+
 
 class TinyMLP(nn.Module):
   """Mean over time, then FC layers: [B, T, F] -> [B, num_outputs] (the models contract)."""
@@ -115,9 +117,8 @@ def test_a_registered_meta_mode_runs_through_make_step(tiny_model):
   finally:
     meta.MODES.unregister('half_first_order')
   assert calls
-  for a, b in zip(jax.tree.leaves(grads['half_first_order']),
-                  jax.tree.leaves(grads['first_order'])):
-    np.testing.assert_allclose(a, 0.5 * b, rtol=1e-5, atol=1e-8)
+  halved = jax.tree.map(lambda g: 0.5 * g, grads['first_order'])
+  assert_trees_close(grads['half_first_order'], halved, rtol=1e-5, atol=1e-8)
 
 
 def test_a_registered_corpus_is_read_by_kind(tiny_config, corpus_root):

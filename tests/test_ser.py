@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from mmtl_jax import models
 from mmtl_jax.ser import losses as ser
@@ -74,6 +75,7 @@ def test_init_params_builds_the_configured_architecture(tiny_model):
   assert theta['head']['kernel'].shape == (5, 4)
 
 
+@pytest.mark.slow  # measured: compiles the MMTL step
 def test_make_mmtl_step_from_a_config_dict(tiny_model):
   from mmtl_jax.configs import base  # pylint: disable=g-import-not-at-top
   config = base.get_config()

@@ -3,8 +3,8 @@ prediction on wav files."""
 
 import json
 import os
+import shutil
 
-import jax
 import numpy as np
 import pytest
 import soundfile as sf
@@ -13,51 +13,99 @@ from mmtl_jax.ser import predict
 from mmtl_jax.ser import train
 from mmtl_jax.data import sampler as sampler_lib
 
+from helpers import assert_trees_close
 
-def test_end_to_end_results_and_predict(tiny_config, corpus_root, tmp_path):
-  workdir = str(tmp_path / 'run')
-  out = train.train_and_evaluate(tiny_config(corpus_root), workdir)
-  runs = {(r['model'], r['protocol']): r for r in out['runs']}
-  assert set(runs) == {(m, p) for m in ('mmtl', 'cnn_lstm', 'cnn_lstm_mtl')
-                       for p in ('paper', 'strict')}
-  for run in runs.values():
-    assert 0.0 <= run['pooled']['UA'] <= 1.0 and 0.0 <= run['pooled']['WA'] <= 1.0
-    assert [f['fold'] for f in run['folds']] == ['Ses01-testSes01M']
-    assert np.asarray(run['confusion']['counts']).sum() == run['pooled']['n']
-  # No label of the test speaker is used by CNN-LSTM under either protocol.
-  assert runs[('cnn_lstm', 'paper')]['pooled'] == runs[('cnn_lstm', 'strict')]['pooled']
-  assert os.path.exists(os.path.join(workdir, 'results.md'))
-  assert os.path.exists(os.path.join(workdir, 'confusion', 'mmtl__strict.png'))
-  log = os.path.join(workdir, 'mmtl', 'Ses01-testSes01M', 'logs', 'metrics.jsonl')
-  steps = [json.loads(line)['step'] for line in open(log, encoding='utf-8')]
-  assert max(steps) == 4
 
-  # Prediction from the workdir's bundle: a corpus wav, a 44.1 kHz stereo file, a corrupt one.
-  wav = os.path.join(corpus_root, 'Session1', 'sentences', 'wav', 'Ses01F_impro01',
-                     'Ses01F_impro01_F001.wav')
-  wave, rate = sf.read(wav, dtype='float32')
-  stereo = str(tmp_path / 'stereo44k.wav')
+# Every test here runs the demo loop (end-to-end), hence slow.
+pytestmark = pytest.mark.slow
+
+MODELS = ('mmtl', 'cnn_lstm', 'cnn_lstm_mtl')
+FOLD = 'Ses01-testSes01M'
+
+
+@pytest.fixture(scope='module')
+def trained(tiny_config, corpus_root, tmp_path_factory):
+  """(workdir, output) of one run of the tiny config: 3 models x 2 protocols, 4 steps."""
+  workdir = str(tmp_path_factory.mktemp('trained') / 'run')
+  return workdir, train.train_and_evaluate(tiny_config(corpus_root), workdir)
+
+
+@pytest.fixture(scope='module')
+def corpus_wav(corpus_root):
+  return os.path.join(corpus_root, 'Session1', 'sentences', 'wav', 'Ses01F_impro01',
+                      'Ses01F_impro01_F001.wav')
+
+
+@pytest.fixture(scope='module')
+def predicted(trained, corpus_wav, tmp_path_factory):
+  """The workdir's Predictor and its results on [a corpus wav, a corrupt file, a 44.1 kHz
+  stereo file], in that order."""
+  d = tmp_path_factory.mktemp('wavs')
+  stereo = str(d / 'stereo44k.wav')
   t = np.arange(int(1.2 * 44100)) / 44100
   sf.write(stereo, np.stack([np.sin(2 * np.pi * 220 * t)] * 2, axis=1) * 0.1, 44100)
-  corrupt = str(tmp_path / 'corrupt.wav')
+  corrupt = str(d / 'corrupt.wav')
   with open(corrupt, 'wb') as f:
     f.write(b'RIFF\x00\x00\x00\x00WAVEjunk')
-  predictor = predict.Predictor(workdir)
-  results = predictor.predict_files([wav, corrupt, stereo])
-  assert 'error' in results[1] and 'corrupt.wav' in results[1]['path']
+  predictor = predict.Predictor(trained[0])
+  return predictor, predictor.predict_files([corpus_wav, corrupt, stereo])
+
+
+def test_results_cover_every_model_protocol_and_fold(trained):
+  runs = {(r['model'], r['protocol']): r for r in trained[1]['runs']}
+  assert set(runs) == {(m, p) for m in MODELS for p in ('paper', 'strict')}
+  for run in runs.values():
+    assert 0.0 <= run['pooled']['UA'] <= 1.0 and 0.0 <= run['pooled']['WA'] <= 1.0
+    assert [f['fold'] for f in run['folds']] == [FOLD]
+    assert np.asarray(run['confusion']['counts']).sum() == run['pooled']['n']
+
+
+def test_cnn_lstm_uses_no_test_label_under_either_protocol(trained):
+  runs = {(r['model'], r['protocol']): r for r in trained[1]['runs']}
+  assert runs[('cnn_lstm', 'paper')]['pooled'] == runs[('cnn_lstm', 'strict')]['pooled']
+
+
+def test_results_table_and_confusion_plots_are_written(trained):
+  workdir = trained[0]
+  assert os.path.exists(os.path.join(workdir, 'results.md'))
+  assert os.path.exists(os.path.join(workdir, 'confusion', 'mmtl__strict.png'))
+
+
+def test_metrics_log_reaches_the_last_step(trained):
+  log = os.path.join(trained[0], 'mmtl', FOLD, 'logs', 'metrics.jsonl')
+  with open(log, encoding='utf-8') as f:
+    steps = [json.loads(line)['step'] for line in f]
+  assert max(steps) == 4
+
+
+def test_predict_a_corpus_wav_and_a_44k_stereo_file(predicted, corpus_wav):
+  _, results = predicted
   for r in (results[0], results[2]):
     assert r['emotion'] in ('neu', 'ang', 'hap', 'sad')
     assert abs(sum(r['posteriors'].values()) - 1.0) < 1e-5
+  wave, rate = sf.read(corpus_wav, dtype='float32')
   assert rate == 16000 and results[0]['segments'] == int(np.ceil(len(wave) / rate / 1.0))
 
-  # A bundle written before models were chosen by name (no model.name) still predicts the same.
-  bundle = predictor.bundle
+
+def test_predict_reports_a_corrupt_wav_and_goes_on(predicted):
+  _, results = predicted
+  assert 'error' in results[1] and 'corrupt.wav' in results[1]['path']
+  assert 'error' not in results[2] and 'emotion' in results[2]  # the file after it
+
+
+def test_legacy_bundle_without_model_name_predicts_the_same(predicted, corpus_wav, tmp_path):
+  """A bundle written before models were chosen by name (no model.name) still predicts the
+  same (on a copy: the workdir's bundle stays as it is for the other tests)."""
+  predictor, results = predicted
+  bundle = str(tmp_path / 'legacy_bundle')
+  shutil.copytree(predictor.bundle, bundle)
   with open(os.path.join(bundle, 'config.json'), encoding='utf-8') as f:
     old_config = json.load(f)
   del old_config['model']['name']
   with open(os.path.join(bundle, 'config.json'), 'w', encoding='utf-8') as f:
     json.dump(old_config, f)
-  assert predict.Predictor(bundle).predict_file(wav)['posteriors'] == results[0]['posteriors']
+  assert predict.Predictor(bundle).predict_file(corpus_wav)['posteriors'] == (
+      results[0]['posteriors'])
 
 
 def test_killed_run_resumes_to_the_same_result(tiny_config, corpus_root, tmp_path, monkeypatch):
@@ -83,8 +131,7 @@ def test_killed_run_resumes_to_the_same_result(tiny_config, corpus_root, tmp_pat
     assert a['pooled'] == b['pooled'] and a['folds'] == b['folds']
   params_a = predict.Predictor(str(tmp_path / 'a')).params
   params_b = predict.Predictor(str(tmp_path / 'b')).params
-  for x, y in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b)):
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  assert_trees_close(params_b, params_a, rtol=0, atol=0)
 
 
 def test_nan_loss_stops_with_clear_error_and_keeps_checkpoint(tiny_config, corpus_root, tmp_path,
