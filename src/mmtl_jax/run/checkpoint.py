@@ -104,15 +104,7 @@ class CheckpointDamagedError(errors.ExpectedError, RuntimeError):
 def _leaf_name(path: tuple) -> str:
   """'params.conv.kernel' from a key path (dict keys, attribute names, sequence indices),
   the naming orbax uses, so a namedtuple field matches its saved dict key."""
-  parts = []
-  for key in path:
-    for attr in ('key', 'name', 'idx'):
-      if hasattr(key, attr):
-        parts.append(str(getattr(key, attr)))
-        break
-    else:
-      parts.append(str(key))
-  return '.'.join(parts)
+  return jax.tree_util.keystr(path, simple=True, separator='.')
 
 
 def _named_shapes(tree: PyTree) -> dict[str, tuple[int, ...] | None]:
