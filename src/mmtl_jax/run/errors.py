@@ -164,6 +164,17 @@ def fail(line: str, exit_code: int = 1) -> NoReturn:
   sys.exit(exit_code)
 
 
+def _fail_if_expected(e: BaseException, exit_code: int) -> None:
+  """Exits with e's one line (and, when verbose, its traceback) if e is expected; returns
+  otherwise, for the caller to re-raise."""
+  line = expected_line(e)
+  if line is None:
+    return
+  if verbose():
+    traceback.print_exc()
+  fail(line, exit_code)
+
+
 def boundary(fn: Callable[..., Any]) -> Callable[..., Any]:
   """`fn` (an absl main) with expected errors turned into one line and a non-zero exit."""
 
@@ -171,19 +182,14 @@ def boundary(fn: Callable[..., Any]) -> Callable[..., Any]:
     try:
       return fn(*args, **kwargs)
     except Exception as e:  # pylint: disable=broad-except  (re-raised unless expected)
-      line = expected_line(e)
-      if line is None:
-        raise
-      if verbose():
-        traceback.print_exc()
-      fail(line, getattr(e, 'exit_code', 1) or 1)
+      _fail_if_expected(e, getattr(e, 'exit_code', 1) or 1)
+      raise
 
   wrapped.__name__ = getattr(fn, '__name__', 'main')
   wrapped.__doc__ = fn.__doc__
   return wrapped
 
 
-main = boundary  # `app.run(errors.main(main))` reads as the brief says
 
 
 def _parse_flags(argv):
@@ -192,12 +198,8 @@ def _parse_flags(argv):
   try:
     return flags.FLAGS(argv)
   except Exception as e:  # pylint: disable=broad-except  (re-raised unless expected)
-    line = expected_line(e)
-    if line is None:
-      raise
-    if verbose():
-      traceback.print_exc()
-    fail(line)
+    _fail_if_expected(e, 1)
+    raise
 
 
 def run(fn: Callable[..., Any]) -> None:
