@@ -5,6 +5,7 @@ non-linear net, and its memory does not grow with the inner steps."""
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from mmtl_jax import meta
@@ -127,3 +128,98 @@ def test_implicit_needs_one_stage_and_a_positive_lambda():
     meta.MetaSpec(two, loss, mode='implicit')
   with pytest.raises(ValueError, match='implicit_lam must be > 0'):
     meta.MetaSpec(two[:1], loss, mode='implicit', implicit_lam=0.0)
+
+
+def _indefinite_quadratic():
+  """L_in(phi) = 1/2 phi^T Q phi + c^T phi with Q's smallest eigenvalue -6 < -LAM, so the
+  undamped system I + Q / LAM is indefinite; L_out = 1/2 |phi - y|^2."""
+  with jax.enable_x64(True):
+    q_basis, _ = jnp.linalg.qr(jax.random.normal(jax.random.PRNGKey(3), (4, 4), jnp.float64))
+    q = q_basis @ jnp.diag(jnp.array([-6.0, 0.5, 3.0, 8.0], jnp.float64)) @ q_basis.T
+    batch = {'Q': q[None], 'c': jnp.array([[0.3, -0.2, 0.1, 0.4]], jnp.float64),
+             'y': jnp.array([[1.0, -1.0, 0.5, 2.0]], jnp.float64)}
+  params = {'head': jnp.array([0.2, -0.1, 0.3, 0.05], jnp.float64)}
+  inner = lambda p, b, r: 0.5 * p['head'] @ b['Q'] @ p['head'] + b['c'] @ p['head']
+  outer = lambda p, b, r: 0.5 * jnp.sum((p['head'] - b['y']) ** 2)
+  return params, batch, inner, outer, q
+
+
+def _proximal_sgd(params, batch, q, steps, lr):
+  """The inner solve by a plain loop: SGD on L_in + LAM/2 |phi - theta|^2."""
+  theta = params['head']
+  phi = theta
+  for _ in range(steps):
+    phi = phi - lr * (q @ phi + batch['c'][0] + LAM * (phi - theta))
+  return phi
+
+
+def test_damped_implicit_solve_gives_the_closed_form_damped_direction_on_an_indefinite_hessian():
+  with jax.enable_x64(True):
+    params, batch, inner, outer, q = _indefinite_quadratic()
+    damping, lam_damping = 1.0, 10.0  # the iMAML authors' defaults
+    spec = meta.recipes.imaml(inner, outer, groups='head', steps=3, lr=0.05, lam=LAM,
+                              cg_steps=4, cg_damping=damping, cg_lam_damping=lam_damping,
+                              strategy='loop')
+    out = jax.jit(lambda p: meta.meta_gradient(spec, p, batch, RNG))(params)
+    phi = _proximal_sgd(params, batch, q, 3, 0.05)
+    g = phi - batch['y'][0]
+    a = (1 + damping) * jnp.eye(4) + q / (LAM + lam_damping)  # positive definite
+    assert float(jnp.linalg.eigvalsh(a).min()) > 0
+    np.testing.assert_allclose(out.grads['head'], jnp.linalg.solve(a, g), rtol=1e-9)
+    assert float(out.metrics['cg_residual']) < 1e-9  # 4 iterations solve a 4-d SPD system
+    assert float(out.metrics['cg_iterations']) == 4
+
+
+def test_undamped_implicit_solve_stops_on_negative_curvature_and_reports_its_residual():
+  with jax.enable_x64(True):
+    params, batch, inner, outer, q = _indefinite_quadratic()
+    spec = meta.recipes.imaml(inner, outer, groups='head', steps=3, lr=0.05, lam=LAM,
+                              cg_steps=4, strategy='loop')
+    out = jax.jit(lambda p: meta.meta_gradient(spec, p, batch, RNG))(params)
+    phi = _proximal_sgd(params, batch, q, 3, 0.05)
+    g = phi - batch['y'][0]
+    a = jnp.eye(4) + q / LAM  # indefinite: no CG iterate converges to a minimiser
+    assert float(jnp.linalg.eigvalsh(a).min()) < 0
+    # The reported residual is that of the returned direction, whatever CG did.
+    want = float(jnp.linalg.norm(g - a @ out.grads['head']) / jnp.linalg.norm(g))
+    np.testing.assert_allclose(float(out.metrics['cg_residual']), want, rtol=1e-9)
+    assert float(out.metrics['cg_iterations']) < 4  # stopped on non-positive curvature
+    assert meta.solve_problems({'cg_residual': 1.5}) and not meta.solve_problems(
+        {'cg_residual': 0.5, 'prox_grad_ratio': 0.1})
+    assert meta.solve_problems({'prox_grad_ratio': 0.9})[0].startswith('inner problem unsolved')
+
+
+def test_conjugate_gradient_stops_at_non_positive_curvature():
+  with jax.enable_x64(True):
+    a = jnp.diag(jnp.array([2.0, -1.0, 3.0], jnp.float64))
+    matvec = lambda v: {'u': a @ v['u']}
+    # b^T A b < 0: the first direction already has negative curvature -> x = b, no step.
+    b = {'u': jnp.array([0.1, 1.0, 0.1], jnp.float64)}
+    x, iterations = meta._implicit._cg(matvec, b, 5)  # pylint: disable=protected-access
+    np.testing.assert_array_equal(x['u'], b['u'])
+    assert int(iterations) == 0
+    # Positive curvature first, negative later: the iterate of the last good step is kept.
+    b = {'u': jnp.array([1.0, 0.5, 0.0], jnp.float64)}
+    x, iterations = meta._implicit._cg(matvec, b, 5)  # pylint: disable=protected-access
+    assert int(iterations) == 1
+    step = float(b['u'] @ b['u'] / (b['u'] @ a @ b['u']))
+    np.testing.assert_allclose(x['u'], step * b['u'], rtol=1e-12)
+    assert np.all(np.isfinite(np.asarray(x['u'])))
+
+
+def test_pull_back_inner_solve_is_plain_steps_then_one_step_towards_theta():
+  with jax.enable_x64(True):
+    params, batch, inner, outer, q = _indefinite_quadratic()
+    spec = meta.recipes.imaml(inner, outer, groups='head', steps=3, lr=0.05, lam=LAM,
+                              cg_steps=4, cg_damping=1.0, cg_lam_damping=10.0,
+                              implicit_pull_back=True, strategy='loop')
+    out = meta.meta_gradient(spec, params, batch, RNG)
+    theta, phi = params['head'], params['head']
+    for _ in range(3):
+      phi = phi - 0.05 * (q @ phi + batch['c'][0])
+    phi = phi - 0.05 * LAM * (phi - theta)
+    np.testing.assert_allclose(out.metrics['outer_loss'],
+                               0.5 * jnp.sum((phi - batch['y'][0]) ** 2), rtol=1e-12)
+    with pytest.raises(ValueError, match='pull-back'):
+      meta.MetaSpec((meta.Stage('head', inner, optimizer=optax.sgd(0.1)),),
+                    outer, mode='implicit', implicit_pull_back=True)

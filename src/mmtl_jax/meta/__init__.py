@@ -25,7 +25,7 @@ recipe for each learner. Modules whose names start with '_' are internal.
 from mmtl_jax.meta import diagnostics, recipes
 from mmtl_jax.meta._adaptation import adapt_stages
 from mmtl_jax.meta._estimators import MODES
-from mmtl_jax.meta._implicit import conjugate_gradient, proximal_stage
+from mmtl_jax.meta._implicit import conjugate_gradient, proximal_stage, solve_problems
 from mmtl_jax.meta._inner_optim import lslr_rates, meta_sgd_rates
 from mmtl_jax.meta._tasks import default_mesh, num_tasks, replicate
 from mmtl_jax.meta._tasks import resolve as resolve_strategy
@@ -41,5 +41,6 @@ __all__ = [
     'Stage', 'adapt_stages', 'conjugate_gradient', 'default_mesh', 'diagnostics',
     'group_optimizer', 'lslr_rates', 'make_step', 'meta_gradient', 'meta_objective',
     'meta_sgd_rates', 'multi_step_weights', 'num_tasks', 'proximal_stage', 'recipes',
-    'replicate', 'resolve_strategy', 'resolve_task_groups', 'shard_task_batch', 'sum_over_tasks',
+    'replicate', 'resolve_strategy', 'resolve_task_groups', 'shard_task_batch',
+    'solve_problems', 'sum_over_tasks',
 ]

@@ -9,6 +9,24 @@ g = grad_phi L_out(phi*), the implicit function theorem gives
                                                            iterations, Hessian-vector products)
   d L_out / d b     = grad_b L_out - grad_b <grad_phi L_in(phi*, b), v / lam>
 The second line is what makes ANIL-style stages exact; it is one more backward pass.
+
+When H has eigenvalues below -lam (a non-convex support loss, common early in training),
+I + H / lam is indefinite: CG then has no solution to converge to and its iterate can point
+anywhere. Two guards, both reported:
+  damping (the iMAML authors' code, aravindr93/imaml_dev: regu_coef 1, lam_damping 10): solve
+    A v = g with A = (1 + cg_damping) I + H / (lam + cg_lam_damping), and use v / (lam +
+    cg_lam_damping) in the cross term; with both 0 this is the exact system above;
+  CG stops at the first direction of non-positive curvature (p^T A p <= 0) and keeps its
+    iterate (if that is the first direction: x = g, the solution for H = 0).
+Metrics per task (averaged over tasks like every metric): 'cg_residual' = ||g - A v|| / ||g||
+(one more Hessian-vector product), 'cg_iterations' run before a stop, and
+'prox_grad_ratio' = ||grad of the proximal objective at phi*|| / ||grad L_in at theta||, how far
+the inner problem is from solved (0: solved; 1: no progress). `solve_problems` turns them into
+warnings.
+
+`pull_back` (also the authors' code): the stage runs on L_in alone, then one SGD step of rate
+stage.lr on lam/2 ||phi - theta||^2 pulls phi back towards theta, instead of steps on the
+proximal objective.
 """
 
 import dataclasses
@@ -24,22 +42,36 @@ from mmtl_jax.meta.spec import RNG_OUTER, Params, PyTree, Stage
 
 
 def conjugate_gradient(matvec: Callable[[PyTree], PyTree], b: PyTree, steps: int) -> PyTree:
-  """x ~ A^{-1} b for symmetric positive definite A, `steps` CG iterations (lax.fori_loop;
-  exact after dim(b) iterations in exact arithmetic). Safe once the residual is 0."""
+  """x ~ A^{-1} b for symmetric A, `steps` CG iterations (lax.fori_loop; exact after dim(b)
+  iterations in exact arithmetic when A is positive definite). Stops at a direction of
+  non-positive curvature (module docstring) and once the residual is 0."""
+  return _cg(matvec, b, steps)[0]
+
+
+def _cg(matvec: Callable[[PyTree], PyTree], b: PyTree, steps: int
+        ) -> Tuple[PyTree, jax.Array]:
+  """(x, iterations run): `conjugate_gradient` plus the number of iterations that updated x
+  before a non-positive-curvature stop (or `steps`)."""
   zeros = jax.tree.map(jnp.zeros_like, b)
   axpy = lambda a, x, y: jax.tree.map(lambda u, v: a.astype(u.dtype) * u + v, x, y)
 
   def body(_, carry):
-    x, r, p, rs = carry
+    x, r, p, rs, done, count = carry
     ap = matvec(p)
     denom = optax.tree.vdot(p, ap)
-    alpha = jnp.where(denom > 0, rs / jnp.where(denom > 0, denom, 1), 0)
+    stop = done | (denom <= 0)
+    alpha = jnp.where(stop, 0, rs / jnp.where(denom > 0, denom, 1))
     x, r = axpy(alpha, p, x), axpy(-alpha, ap, r)
     rs_new = optax.tree.vdot(r, r)
     beta = jnp.where(rs > 0, rs_new / jnp.where(rs > 0, rs, 1), 0)
-    return x, r, axpy(beta, p, r), rs_new
+    p = jax.tree.map(lambda new, old: jnp.where(stop, old, new), axpy(beta, p, r), p)
+    return x, r, p, rs_new, stop, count + jnp.where(stop, 0, 1)
 
-  return jax.lax.fori_loop(0, steps, body, (zeros, b, b, optax.tree.vdot(b, b)))[0]
+  init = (zeros, b, b, optax.tree.vdot(b, b), jnp.asarray(False), jnp.asarray(0))
+  x, _, _, _, _, count = jax.lax.fori_loop(0, steps, body, init)
+  # Negative curvature along the very first direction: no CG iterate; fall back to b.
+  x = jax.tree.map(lambda u, v: jnp.where(count == 0, v, u), x, b)
+  return x, count
 
 
 def proximal_stage(stage: Stage, center: PyTree, lam: float) -> Stage:
@@ -55,14 +87,52 @@ def proximal_stage(stage: Stage, center: PyTree, lam: float) -> Stage:
   return dataclasses.replace(stage, loss=loss, log_after=False)
 
 
+def inner_stages(spec, params: Params) -> Tuple[Stage, ...]:
+  """The stages that solve the inner problem around params' group (module docstring): the
+  proximal stage, or with spec.implicit_pull_back the plain stage and one pull-back step."""
+  stage, lam = spec.stages[0], spec.implicit_lam
+  center = get_group(params, stage)
+  if not spec.implicit_pull_back:
+    return (proximal_stage(stage, center, lam),)
+
+  def penalty(full, *args):
+    diff = jax.tree.map(jnp.subtract, get_group(full, stage), center)
+    value = 0.5 * lam * optax.tree.vdot(diff, diff)
+    return (value, args[0]) if len(args) == 3 else value
+
+  pull = dataclasses.replace(stage, loss=penalty, steps=1, name=f'{stage.label}_pull_back',
+                             log_after=False)
+  return (stage, pull)
+
+
+def _sq_norm(tree: PyTree) -> jax.Array:
+  return optax.tree.vdot(tree, tree)
+
+
+def solve_problems(metrics: Dict[str, Any], *, max_residual: float = 1.0,
+                   max_prox_grad_ratio: float = 0.5) -> list:
+  """What is wrong with an iMAML step's solves, from its metrics (host floats or arrays):
+  'cg_residual' above max_residual (the direction is worse than none: ||g - A v|| > ||g||)
+  or 'prox_grad_ratio' above max_prox_grad_ratio (the inner problem is far from solved).
+  Returns readable strings; [] when neither (or when the metrics are not iMAML's)."""
+  out = []
+  if 'cg_residual' in metrics and float(metrics['cg_residual']) > max_residual:
+    out.append(f"CG relative residual {float(metrics['cg_residual']):.3g} > {max_residual:g} "
+               '(raise cg damping or lambda)')
+  if 'prox_grad_ratio' in metrics and float(metrics['prox_grad_ratio']) > max_prox_grad_ratio:
+    out.append(f"inner problem unsolved: proximal gradient at {float(metrics['prox_grad_ratio']):.0%}"
+               f" of its start (> {max_prox_grad_ratio:.0%}; more inner steps or a smaller rate)")
+  return out
+
+
 def task_gradient(spec, params: Params, batch: PyTree, rng: jax.Array, *, state: Any = None
                   ) -> Tuple[Params, Dict[str, jax.Array], Any]:
   """iMAML direction of ONE task (module docstring); `rng` is the task's key. Returns
   (grads, metrics, adapted model state)."""
   stage, lam = spec.stages[0], spec.implicit_lam
   params = jax.lax.stop_gradient(params)
-  prox = proximal_stage(stage, get_group(params, stage), lam)
-  adapted, stats = adapt_stages((prox,), params, batch, rng, first_order=True, state=state)
+  adapted, stats = adapt_stages(inner_stages(spec, params), params, batch, rng,
+                                first_order=True, state=state)
   adapted = jax.lax.stop_gradient(adapted)
   new_state = stats.pop('model_state', None)
   outer_rng = jax.random.fold_in(rng, RNG_OUTER)
@@ -75,14 +145,30 @@ def task_gradient(spec, params: Params, batch: PyTree, rng: jax.Array, *, state:
                                hvp_rng)[0]
     return jax.grad(fn)(get_group(full, stage))
 
-  def matvec(v):  # (I + H / lam) v, H by forward-over-reverse differentiation
+  scale = 1.0 + spec.cg_damping
+  lam_h = lam + spec.cg_lam_damping
+
+  def matvec(v):  # ((1 + damping) I + H / (lam + lam_damping)) v, H forward-over-reverse
     hv = jax.jvp(lambda s: inner_grad(put_group(adapted, stage, s)),
                  (get_group(adapted, stage),), (v,))[1]
-    return jax.tree.map(lambda a, h: a + h / lam, v, hv)
+    return jax.tree.map(lambda a, h: scale * a + h / lam_h, v, hv)
 
-  v = conjugate_gradient(matvec, get_group(g_out, stage), spec.cg_steps)
-  cross = jax.grad(lambda full: optax.tree.vdot(inner_grad(full), v) / lam)(adapted)
+  g = get_group(g_out, stage)
+  v, iterations = _cg(matvec, g, spec.cg_steps)
+  residual = jax.tree.map(jnp.subtract, g, matvec(v))
+  tiny = jnp.finfo(jnp.result_type(loss)).tiny
+  cross = jax.grad(lambda full: optax.tree.vdot(inner_grad(full), v) / lam_h)(adapted)
   grads = put_group(jax.tree.map(jnp.subtract, g_out, cross), stage, v)
-  metrics = dict(stats, outer_loss=loss)
+  # How far the inner problem is from solved: proximal gradient at phi* against grad L_in at
+  # theta (where the proximal term vanishes).
+  center = get_group(params, stage)
+  prox_grad = jax.tree.map(lambda a, b, c: a + lam * (b - c), inner_grad(adapted),
+                           get_group(adapted, stage), center)
+  start_grad = inner_grad(params)
+  metrics = dict(stats, outer_loss=loss,
+                 cg_residual=jnp.sqrt(_sq_norm(residual) / jnp.maximum(_sq_norm(g), tiny)),
+                 cg_iterations=iterations.astype(loss.dtype),
+                 prox_grad_ratio=jnp.sqrt(_sq_norm(prox_grad)
+                                          / jnp.maximum(_sq_norm(start_grad), tiny)))
   metrics.update(after_losses(spec.stages, adapted, batch, rng, new_state))
   return grads, metrics, new_state

@@ -183,8 +183,7 @@ def _task_objective(spec: MetaSpec, params: Params, batch: PyTree, rng: jax.Arra
   the proximal adaptation)."""
   stages = spec.stages
   if spec.mode == IMPLICIT:
-    stage = stages[0]
-    stages = (_implicit.proximal_stage(stage, get_group(params, stage), spec.implicit_lam),)
+    stages = _implicit.inner_stages(spec, params)
   adapted, stats = adapt_stages(stages, params, batch, rng, state=state, remat=spec.remat,
                                 trajectory=spec.multi_step)
   outer_rng = jax.random.fold_in(rng, RNG_OUTER)

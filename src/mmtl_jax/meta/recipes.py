@@ -79,7 +79,10 @@ def imaml(support_loss: Loss, query_loss: Loss, *, groups: Group, steps: int,
           lam: float = 1.0, cg_steps: int = 10, **options: Any) -> MetaSpec:
   """iMAML (Rajeswaran et al. 2019): the proximal inner problem support + lam/2 ||phi -
   params||^2 solved first order, the implicit meta-gradient by `cg_steps` conjugate-gradient
-  iterations; memory flat in `steps`."""
+  iterations; memory flat in `steps`. Options include MetaSpec's cg_damping and
+  cg_lam_damping (the damped system of the authors' code: 1.0 and 10.0) and
+  implicit_pull_back; metrics 'cg_residual', 'cg_iterations', 'prox_grad_ratio' say how well
+  both solves went (`meta.solve_problems` reads them)."""
   stage = Stage(groups, support_loss, steps=steps, **_rule(lr, optimizer))
   return MetaSpec((stage,), query_loss, mode='implicit', implicit_lam=lam, cg_steps=cg_steps,
                   **options)

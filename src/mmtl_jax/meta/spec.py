@@ -120,6 +120,10 @@ class MetaSpec:
       'first_order', later ones `mode` (which must then be 'exact'); 0 = off.
     implicit_lam: iMAML's proximal strength lambda (> 0).
     cg_steps: iMAML's conjugate-gradient iterations.
+    cg_damping, cg_lam_damping: iMAML's damped system (1 + cg_damping) I + H / (implicit_lam
+      + cg_lam_damping) (0, 0: the exact implicit gradient; the iMAML authors' code: 1, 10).
+    implicit_pull_back: iMAML's inner problem as the authors' code solves it: the stage on its
+      own loss, then one SGD step (the stage's lr) on lam/2 ||phi - params||^2.
   """
 
   stages: Tuple[Stage, ...]
@@ -135,6 +139,9 @@ class MetaSpec:
   first_order_until: int = 0
   implicit_lam: float = 1.0
   cg_steps: int = 10
+  cg_damping: float = 0.0
+  cg_lam_damping: float = 0.0
+  implicit_pull_back: bool = False
 
   def __post_init__(self):
     object.__setattr__(self, 'stages', tuple(self.stages))
@@ -177,6 +184,13 @@ def _problems(spec: MetaSpec) -> list:
       out.append("mode: 'implicit' supports neither multi_step nor learned rates")
   if spec.implicit_lam <= 0 or spec.cg_steps < 1:
     out.append('implicit_lam must be > 0 and cg_steps >= 1')
+  if spec.cg_damping < 0 or spec.cg_lam_damping < 0:
+    out.append(f'cg_damping and cg_lam_damping must be >= 0, got {spec.cg_damping} and '
+               f'{spec.cg_lam_damping}')
+  if spec.implicit_pull_back and spec.stages and isinstance(spec.stages[0], Stage) and (
+      spec.stages[0].lr is None):
+    out.append('implicit_pull_back: the stage needs a plain SGD rate (lr) for its pull-back '
+               'step')
   return out
 
 
