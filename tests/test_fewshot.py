@@ -115,7 +115,7 @@ def _tiny_config():
   c.train.iterations = 2
   c.train.meta_batch = 2
   c.train.query = 2
-  for name in c.methods:
+  for name in fewshot_config.SYSTEMS + ('finetune',):
     c.method[name].steps = min(int(c.method[name].steps), 2)
     c.method[name].eval_steps = 2
   c.method.imaml.cg_steps = 2
@@ -126,7 +126,7 @@ def _tiny_config():
 
 
 @pytest.mark.slow  # measured: meta-trains each system
-@pytest.mark.parametrize('name', fewshot_config.SYSTEMS)
+@pytest.mark.parametrize('name', fewshot_config.SYSTEMS + ('finetune',))
 def test_each_method_takes_outer_steps(name):
   c = _tiny_config()
   alphabet = glyphs.render_alphabet(12, samples=4, size=16)
@@ -137,10 +137,21 @@ def test_each_method_takes_outer_steps(name):
   method = systems.build(name, c.method[name], losses, c.train.iterations)
   params = systems.method_params(method, net, c.method[name])
   before = jax.tree.map(np.asarray, params)
-  trained, info = loop.train(method, params, alphabet, splits['train'], way=3, shot=1, config=c)
-  assert np.isfinite(info['final_outer_loss']) and info['s_per_iter'] > 0
+  if not method.meta_trained:  # the finetune baseline: adapted at test time only
+    assert method.spec is None
+    trained = params
+  else:
+    trained, info = loop.train(method, params, alphabet, splits['train'], way=3, shot=1,
+                               config=c)
+    assert np.isfinite(info['final_outer_loss']) and info['s_per_iter'] > 0
+    if name == 'imaml':  # the solves are measured every step
+      assert info['implicit']['steps'] == c.train.iterations
+      assert np.isfinite(info['implicit']['cg_residual_mean'])
+      assert 0 <= info['implicit']['prox_grad_ratio_mean']
   assert set(trained) == set(before)
-  for group in trained:  # every group, Meta-SGD's learned rates too, is meta-trained
+  if not method.meta_trained:
+    trained = before
+  for group in (trained if method.meta_trained else ()):  # Meta-SGD's rates too
     moved = jax.tree.leaves(jax.tree.map(lambda a, b: np.abs(a - b).max(), trained[group],
                                          before[group]))
     assert max(moved) > 0, group
@@ -186,8 +197,9 @@ def test_cli_tiny_run_beats_chance_and_writes_records(tmp_path):
   data = json.loads(out.read_text())
   assert data['quick'] and data['complete'] and data['config']['data']['num_characters'] == 1000
   (record,) = data['records']
-  assert {'method', 'way', 'shot', 'accuracy', 'ci95', 's_per_iter',
-          'peak_mem_mb'} <= set(record)
+  assert {'method', 'way', 'shot', 'seed', 'accuracy', 'ci95', 's_per_iter',
+          'peak_mem_mb', 'per_episode', 'settings'} <= set(record)
+  assert record['accuracy_unit'] == 'percent' and data['accuracy_unit'] == 'percent'
   assert (record['method'], record['way'], record['shot']) == ('fomaml', 5, 1)
   assert record['s_per_iter'] > 0 and record['peak_mem_mb'] > 0
   # 5-way: chance is 20%; the CI half-width keeps a lucky draw from passing.
@@ -195,16 +207,18 @@ def test_cli_tiny_run_beats_chance_and_writes_records(tmp_path):
   assert '| fomaml | 5-way 1-shot |' in md.read_text()
 
 
-def test_report_compares_exact_and_first_order():
-  rec = lambda m, w, s, a: {'method': m, 'way': w, 'shot': s, 'accuracy': a, 'ci95': 1.0,
-                            's_per_iter': 0.1, 'peak_mem_mb': 10.0}
-  records = [rec('maml', 20, 1, 80.0), rec('fomaml', 20, 1, 75.0), rec('anil', 5, 1, 50.0)]
-  gaps = report.exact_vs_first_order(records)
-  assert list(gaps) == [(20, 1)]
-  assert gaps[(20, 1)] == pytest.approx((5.0, np.sqrt(2.0)))
+def test_report_compares_exact_and_first_order_paired_over_seeds():
+  rec = lambda m, w, s, seed, accs: {
+      'method': m, 'way': w, 'shot': s, 'seed': seed, 'accuracy': 100 * np.mean(accs),
+      'ci95': 1.0, 'per_episode': accs, 'eval_seed': 1, 's_per_iter': 0.1,
+      'peak_mem_mb': 10.0, 'iterations': 5, 'eval_episodes': len(accs)}
+  records = [rec('maml', 20, 1, 0, [0.8, 0.9]), rec('fomaml', 20, 1, 0, [0.7, 0.8]),
+             rec('anil', 5, 1, 0, [0.5, 0.5])]
   text = '\n'.join(report.comparison(records))
-  assert '+5.0' in text and '+6.40 (95.8 vs 89.4)' in text
-  assert report.format_table(records).count('\n') == 4
+  assert '+10.0 n/a points here' in text and '+6.40 (95.8 vs 89.4)' in text
+  assert 'Nichol et al. 2018, Table 1' in text  # the first-order figure's own table
+  md = report.markdown({'records': records})
+  assert md.count('| maml | 20-way 1-shot | 85.0 | n/a | 1 |') == 1
 
 
 @pytest.mark.slow  # measured: compiles every diagnostic

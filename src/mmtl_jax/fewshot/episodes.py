@@ -49,6 +49,13 @@ def episode_rng(seed: int, split: str, step: int) -> np.random.Generator:
   return np.random.default_rng([seed, SPLITS.index(split), step])
 
 
+def sample_classes(rng: np.random.Generator, classes: np.ndarray, tasks: int, way: int
+                   ) -> np.ndarray:
+  """The classes of `tasks` episodes: [tasks, way] distinct ids of `classes` per row (the first
+  draw `sample_tasks` makes from rng, so the same rng state gives the same classes)."""
+  return np.asarray(classes)[rng.random((tasks, len(classes))).argsort(axis=1)[:, :way]]
+
+
 def sample_tasks(alphabet: np.ndarray, classes: np.ndarray, rng: np.random.Generator, *,
                  tasks: int, way: int, shot: int, query: int) -> Dict[str, np.ndarray]:
   """A batch of `tasks` N-way K-shot episodes.
@@ -75,7 +82,7 @@ def sample_tasks(alphabet: np.ndarray, classes: np.ndarray, rng: np.random.Gener
     raise ValueError(f'{way}-way episodes need {way} classes; the split has {len(classes)}')
   if shot + query > samples:
     raise ValueError(f'shot + query = {shot + query} exceeds the {samples} samples per class')
-  chosen = np.asarray(classes)[rng.random((tasks, len(classes))).argsort(axis=1)[:, :way]]
+  chosen = sample_classes(rng, classes, tasks, way)
   idx = rng.random((tasks, way, samples)).argsort(axis=-1)[..., :shot + query]
   images = glyphs.class_images(alphabet, chosen, idx).astype(np.float32) / 255.0
   labels = np.broadcast_to(np.arange(way, dtype=np.int32)[None, :, None],

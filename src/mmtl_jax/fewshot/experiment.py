@@ -1,10 +1,16 @@
-"""The few-shot experiment: every method x (way, shot) setting, one record each.
+"""The few-shot experiment: every seed x (way, shot) setting x method, one record each, and
+the validation search that chose the methods' settings.
 
-  records = run(config)['records']    # [{method, way, shot, accuracy, ci95, s_per_iter,
-                                      #   peak_mem_mb, ...}], accuracy and ci95 in percent
+  records = run(config)['records']    # [{method, way, shot, seed, accuracy, ci95,
+                                      #   per_episode, s_per_iter, peak_mem_mb, ...}]
+  points = search(config)['points']   # [{method, way, shot, overrides, accuracy, ...}] on
+                                      #   VALIDATION characters; search(...)['chosen']
 
-For one setting every method starts from the same initial network (key (seed, way, shot))
-and sees the same training and test episodes.
+Accuracy and ci95 are in percent (ACCURACY_UNIT). For one setting and seed every method
+starts from the same initial network (key (seed, way, shot)) and sees the same training
+episodes; test episodes depend on config.eval.seed only, so they are the same for every
+method AND seed (paired comparisons are per episode). Baselines ('nearest_centroid',
+'finetune') are scored on the same episodes.
 """
 
 import time
@@ -13,9 +19,11 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import jax
 import numpy as np
 
-from mmtl_jax.fewshot import episodes, glyphs, loop, systems
+from mmtl_jax.fewshot import baselines, episodes, glyphs, loop, systems
 from mmtl_jax.fewshot.measure import PeakRSS
 from mmtl_jax.models.conv4 import Conv4
+
+ACCURACY_UNIT = 'percent'
 
 # make_hook(method_name, way, shot, method, losses) -> (loop.StepHook, finish() -> result)
 HookFactory = Callable[..., Tuple[loop.StepHook, Callable[[], Any]]]
@@ -50,10 +58,19 @@ def meta_batch_of(config: Any, way: int) -> int:
 
 
 def check_methods(names: Sequence[str]) -> List[str]:
-  """The names, each a registered method (ValueError listing the known ones otherwise)."""
+  """The names, each a registered method or a baseline (ValueError listing the known ones
+  otherwise)."""
   for name in names:
-    systems.SYSTEMS.get(name)
+    if name not in baselines.BASELINES:
+      systems.SYSTEMS.get(name)
   return list(names)
+
+
+def seeds_of(config: Any) -> List[int]:
+  """The meta-training seeds: config.seed, config.seed + 1, ... (config.seeds of them)."""
+  if int(config.get('seeds', 1)) < 1:
+    raise ValueError(f'config.seeds must be >= 1, got {config.seeds}')
+  return [int(config.seed) + i for i in range(int(config.get('seeds', 1)))]
 
 
 def build_alphabet(data: Any) -> Tuple[np.ndarray, Dict[str, np.ndarray]]:
@@ -66,63 +83,157 @@ def build_alphabet(data: Any) -> Tuple[np.ndarray, Dict[str, np.ndarray]]:
 
 def run_one(name: str, way: int, shot: int, config: Any, alphabet: np.ndarray,
             splits: Dict[str, np.ndarray], progress: Optional[Any] = None,
-            make_hook: Optional[HookFactory] = None) -> Dict[str, Any]:
-  """Meta-trains and evaluates method `name` on `way`-way `shot`-shot; returns its record."""
-  model = Conv4(way=way, channels=int(config.model.channels))
-  image_shape = (int(config.data.size), int(config.data.size), 1)
-  key = jax.random.fold_in(jax.random.PRNGKey(int(config.seed)), way * 1000 + shot)
-  cfg = config.method[name]
-  with PeakRSS() as peak:
-    net, batch_stats = systems.init_network(model, key, image_shape)
-    losses = systems.make_losses(model, batch_stats)
-    method = systems.build(name, cfg, losses, int(config.train.iterations))
-    params = systems.method_params(method, net, cfg)
-    hook, finish = make_hook(name, way, shot, method, losses) if make_hook else (None, None)
-    params, info = loop.train(method, params, alphabet, splits['train'], way=way, shot=shot,
-                              config=config, progress=progress, on_step=hook,
-                              meta_batch=meta_batch_of(config, way))
-    result = loop.evaluate(method, losses, params, alphabet, splits['test'], way=way,
-                           shot=shot, eval_config=config.eval)
-  record = {'method': name, 'way': way, 'shot': shot, 'accuracy': result['accuracy'],
-            'ci95': result['ci95'], 's_per_iter': info['s_per_iter'],
-            'peak_mem_mb': peak.peak_mb, 'chance': 100.0 / way,
-            'iterations': int(config.train.iterations), 'eval_episodes': result['episodes'],
-            'meta_batch': meta_batch_of(config, way),
-            'compile_s': info['compile_s'], 'train_s': info['train_s'],
-            'final_outer_loss': info['final_outer_loss'], 'wall_s': peak.wall_s}
-  if finish is not None:
-    record['diagnostics'] = finish()
+            make_hook: Optional[HookFactory] = None, *, seed: Optional[int] = None,
+            overrides: Optional[Dict[str, Any]] = None, split: str = 'test',
+            eval_config: Optional[Any] = None) -> Dict[str, Any]:
+  """Meta-trains method `name` on `way`-way `shot`-shot (seed: config.seed by default, with
+  the method's config plus `overrides`) and scores it on `split`'s episodes of eval_config
+  (default config.eval); returns its record."""
+  seed = int(config.seed if seed is None else seed)
+  eval_config = config.eval if eval_config is None else eval_config
+  classes = splits[split]
+  if name in baselines.BASELINES:
+    with PeakRSS() as peak:
+      result = loop.evaluate_with(lambda batch, i: baselines.nearest_centroid(batch, way),
+                                  alphabet, classes, way=way, shot=shot,
+                                  eval_config=eval_config, split=split)
+    info = {'s_per_iter': 0.0, 'compile_s': 0.0, 'train_s': 0.0,
+            'final_outer_loss': float('nan')}
+    iterations, record_extra = 0, {}
+  else:
+    model = Conv4(way=way, channels=int(config.model.channels),
+                  downsample=str(config.model.get('downsample', 'stride')))
+    image_shape = (int(config.data.size), int(config.data.size), 1)
+    key = jax.random.fold_in(jax.random.PRNGKey(seed), way * 1000 + shot)
+    cfg = systems.method_config(config, name, way)
+    for field, value in (overrides or {}).items():
+      cfg[field] = value
+    run_config = config.copy_and_resolve_references()
+    run_config.seed = seed
+    with PeakRSS() as peak:
+      net, batch_stats = systems.init_network(model, key, image_shape)
+      losses = systems.make_losses(model, batch_stats)
+      method = systems.build(name, cfg, losses, int(config.train.iterations))
+      params = systems.method_params(method, net, cfg)
+      hook, finish = make_hook(name, way, shot, method, losses) if make_hook else (None, None)
+      info = {'s_per_iter': 0.0, 'compile_s': 0.0, 'train_s': 0.0,
+              'final_outer_loss': float('nan')}
+      if method.meta_trained:
+        params, info = loop.train(method, params, alphabet, splits['train'], way=way,
+                                  shot=shot, config=run_config, progress=progress,
+                                  on_step=hook, meta_batch=meta_batch_of(config, way))
+      result = loop.evaluate(method, losses, params, alphabet, classes, way=way, shot=shot,
+                             eval_config=eval_config, split=split)
+    iterations = int(config.train.iterations) if method.meta_trained else 0
+    record_extra = {'settings': {k: cfg[k] for k in sorted(cfg.keys())}}
+    if 'implicit' in info:
+      record_extra['implicit'] = info['implicit']
+    if finish is not None:
+      record_extra['diagnostics'] = finish()
+  record = {'method': name, 'way': way, 'shot': shot, 'seed': seed, 'split': split,
+            'accuracy': result['accuracy'], 'ci95': result['ci95'],
+            'accuracy_unit': ACCURACY_UNIT,
+            'per_episode': [round(a, 4) for a in result['per_episode']],
+            's_per_iter': info['s_per_iter'], 'peak_mem_mb': peak.peak_mb,
+            'chance': 100.0 / way, 'iterations': iterations,
+            'eval_episodes': result['episodes'], 'eval_seed': int(eval_config.seed),
+            'meta_batch': meta_batch_of(config, way), 'compile_s': info['compile_s'],
+            'train_s': info['train_s'], 'final_outer_loss': info['final_outer_loss'],
+            'wall_s': peak.wall_s}
+  record.update(record_extra)
   return record
+
+
+def _bar(progress_factory, total: int, desc: str):
+  return None if progress_factory is None else progress_factory(total=total, desc=desc)
 
 
 def run(config: Any, method_names: Optional[Sequence[str]] = None,
         progress_factory: Optional[Callable[..., Any]] = None,
         make_hook: Optional[HookFactory] = None,
-        on_record: Optional[Callable[[List[Dict[str, Any]]], None]] = None) -> Dict[str, Any]:
-  """All methods x settings of `config` (method_names overrides config.methods).
+        on_record: Optional[Callable[[List[Dict[str, Any]]], None]] = None,
+        done: Sequence[Dict[str, Any]] = ()) -> Dict[str, Any]:
+  """All seeds x settings x methods of `config` (method_names overrides config.methods),
+  seeds outermost so that a stopped run has whole tables for its first seeds.
 
   progress_factory(total=..., desc=...) -> a tqdm-like bar per record (or None: silent).
   on_record(records so far): called after each record (e.g. to save partial results).
+  done: records of an earlier, interrupted run of the same config; their (method, way, shot,
+    seed) are not run again.
   Returns {'records': [...], 'wall_s': total seconds, 'render_s': alphabet seconds,
-  'classes': {split: number of classes}}.
+  'classes': {split: number of classes}, 'accuracy_unit'}.
   """
   names = check_methods(method_names or tuple(config.methods))
   settings = settings_of(config)
   start = time.perf_counter()
   alphabet, splits = build_alphabet(config.data)
   render_s = time.perf_counter() - start
-  records = []
-  for way, shot in settings:
-    for name in names:
-      bar = None
-      if progress_factory is not None:
-        bar = progress_factory(total=int(config.train.iterations),
-                               desc=f'{name} {way}-way {shot}-shot')
-      records.append(run_one(name, way, shot, config, alphabet, splits, bar, make_hook))
-      if bar is not None:
-        bar.set_postfix(acc=f"{records[-1]['accuracy']:.1f}%")
-        bar.close()
-      if on_record is not None:
-        on_record(records)
+  records = list(done)
+  finished = {(r['method'], r['way'], r['shot'], r['seed']) for r in records}
+  for seed in seeds_of(config):
+    for way, shot in settings:
+      for name in names:
+        if (name, way, shot, seed) in finished:
+          continue
+        bar = _bar(progress_factory, int(config.train.iterations),
+                   f'{name} {way}-way {shot}-shot seed {seed}')
+        records.append(run_one(name, way, shot, config, alphabet, splits, bar, make_hook,
+                               seed=seed))
+        if bar is not None:
+          bar.set_postfix(acc=f"{records[-1]['accuracy']:.1f}%")
+          bar.close()
+        if on_record is not None:
+          on_record(records)
   return {'records': records, 'wall_s': time.perf_counter() - start, 'render_s': render_s,
-          'classes': {k: int(len(v)) for k, v in splits.items()}}
+          'classes': {k: int(len(v)) for k, v in splits.items()},
+          'accuracy_unit': ACCURACY_UNIT}
+
+
+def search(config: Any, method_names: Optional[Sequence[str]] = None,
+           progress_factory: Optional[Callable[..., Any]] = None,
+           on_point: Optional[Callable[[List[Dict[str, Any]]], None]] = None,
+           done: Sequence[Dict[str, Any]] = ()) -> Dict[str, Any]:
+  """The validation search: for each way in config.search.ways (shot config.search.shot) and
+  each method with a grid in config.search.grid, one run per grid point (the method's
+  config for that way plus the point's overrides; seed config.seed), scored on
+  config.search.episodes episodes of the VALIDATION characters. Test characters are never
+  touched. Returns {'points': records with 'overrides', 'chosen': {method: {'way<w>':
+  {'overrides', 'accuracy'}}}, 'accuracy_unit'}; ties keep the earlier grid point.
+  """
+  names = [n for n in check_methods(method_names or tuple(config.methods))
+           if n in config.search.grid]
+  alphabet, splits = build_alphabet(config.data)
+  val_eval = config.eval.copy_and_resolve_references()
+  val_eval.episodes = int(config.search.episodes)
+  val_eval.seed = int(config.search.seed)
+  shot = int(config.search.shot)
+  points = list(done)
+  for way in [int(w) for w in config.search.ways]:
+    for name in names:
+      for overrides in config.search.grid[name]:
+        overrides = dict(overrides)
+        if any(p['method'] == name and p['way'] == way and p['overrides'] == overrides
+               for p in points):
+          continue
+        bar = _bar(progress_factory, int(config.train.iterations),
+                   f'search {name} {way}-way {overrides}')
+        record = run_one(name, way, shot, config, alphabet, splits, bar, seed=int(config.seed),
+                         overrides=overrides, split='val', eval_config=val_eval)
+        record['overrides'] = overrides
+        points.append(record)
+        if bar is not None:
+          bar.close()
+        if on_point is not None:
+          on_point(points)
+  return {'points': points, 'chosen': choose(points), 'accuracy_unit': ACCURACY_UNIT}
+
+
+def choose(points: Sequence[Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
+  """The best validation point per method and way (the first of equal ones)."""
+  chosen: Dict[str, Dict[str, Any]] = {}
+  for p in points:
+    slot = chosen.setdefault(p['method'], {})
+    key = f"way{p['way']}"
+    if key not in slot or p['accuracy'] > slot[key]['accuracy']:
+      slot[key] = {'overrides': p['overrides'], 'accuracy': p['accuracy'], 'ci95': p['ci95']}
+  return chosen

@@ -4,9 +4,15 @@ Training draws batch `it` of the train split from (seed, 'train', it), so every 
 the same episodes; the outer step is one jitted `meta.make_step`. Evaluation adapts
 the meta-trained params to each test episode's support set with the method's own test-time
 stages and scores the query images: accuracy is the mean over episodes of the per-episode
-query accuracy, ci95 = 1.96 * std / sqrt(episodes) (in percent).
+query accuracy, ci95 = 1.96 * std / sqrt(episodes) (in percent). Evaluation episodes depend
+on (eval seed, split) only, so every method and training seed is scored on the same ones.
+
+iMAML's solves are checked every step (`meta.solve_problems` on the step's metrics); a
+failing step logs a warning (at most one per `implicit_warn_every` steps) and the run's info
+counts them, with the mean CG residual and proximal-gradient ratio.
 """
 
+import logging
 import time
 from typing import Any, Callable, Dict, Optional, Tuple
 
@@ -37,7 +43,9 @@ def train(method: System, params: Params, alphabet: np.ndarray, classes: np.ndar
   Returns:
     (params, info): info 'compile_s' (first step, compile included), 's_per_iter' (mean wall
     time of the later steps: episode sampling + jitted step, blocked until done; the first
-    step's when there is only one), 'train_s', 'final_outer_loss'.
+    step's when there is only one), 'train_s', 'final_outer_loss'; for iMAML also
+    'implicit': {'cg_residual_mean', 'cg_residual_max', 'prox_grad_ratio_mean',
+    'failed_steps'} over all steps.
   """
   init_fn, step_fn = meta.make_step(method.spec, method.optimizer)
   state = init_fn(params)
@@ -45,7 +53,8 @@ def train(method: System, params: Params, alphabet: np.ndarray, classes: np.ndar
   key = jax.random.fold_in(jax.random.PRNGKey(int(config.seed)), 1)
   tc = config.train
   tasks = int(tc.meta_batch if meta_batch is None else meta_batch)
-  times, loss = [], float('nan')
+  times, loss, solves, failed, last_warn = [], float('nan'), [], 0, None
+  warn_every = int(tc.get('implicit_warn_every', 50))
   for it in range(int(tc.iterations)):
     batch = episodes.sample_tasks(alphabet, classes,
                                   episodes.episode_rng(int(config.seed), 'train', it),
@@ -58,13 +67,29 @@ def train(method: System, params: Params, alphabet: np.ndarray, classes: np.ndar
     params, state, metrics = step(params, state, batch, rng)
     loss = float(jax.block_until_ready(metrics['outer_loss']))
     times.append(time.perf_counter() - start)
+    if 'cg_residual' in metrics:
+      solve = {k: float(metrics[k]) for k in ('cg_residual', 'prox_grad_ratio')}
+      solves.append(solve)
+      problems = meta.solve_problems(solve)
+      failed += bool(problems)
+      if problems and (last_warn is None or it - last_warn >= warn_every):
+        logging.warning('%s step %d: %s', method.name, it, '; '.join(problems))
+        last_warn = it
     if progress is not None:
       progress.update(1)
       if it % max(int(tc.log_every), 1) == 0:
         progress.set_postfix(loss=f'{loss:.3f}')
   later = times[1:] or times
-  return params, {'compile_s': times[0], 's_per_iter': float(np.mean(later)),
-                  'train_s': float(np.sum(times)), 'final_outer_loss': loss}
+  info = {'compile_s': times[0] if times else 0.0,
+          's_per_iter': float(np.mean(later)) if later else 0.0,
+          'train_s': float(np.sum(times)), 'final_outer_loss': loss}
+  if solves:
+    res = np.array([s['cg_residual'] for s in solves])
+    info['implicit'] = {'cg_residual_mean': float(res.mean()), 'cg_residual_max': float(res.max()),
+                        'prox_grad_ratio_mean': float(np.mean([s['prox_grad_ratio']
+                                                               for s in solves])),
+                        'failed_steps': failed, 'steps': len(solves)}
+  return params, info
 
 
 def make_scorer(method: System, losses: Losses) -> Callable[..., jax.Array]:
@@ -87,21 +112,31 @@ def make_scorer(method: System, losses: Losses) -> Callable[..., jax.Array]:
 
 
 def evaluate(method: System, losses: Losses, params: Params, alphabet: np.ndarray,
-             classes: np.ndarray, *, way: int, shot: int, eval_config: Any
-             ) -> Dict[str, Any]:
-  """Accuracy over eval_config.episodes test episodes (same episodes for every method).
+             classes: np.ndarray, *, way: int, shot: int, eval_config: Any,
+             split: str = 'test') -> Dict[str, Any]:
+  """Accuracy of `method` at `params` over eval_config.episodes episodes of `classes`
+  (`split`'s, seed eval_config.seed: the same episodes for every method)."""
+  score = make_scorer(method, losses)
+  return evaluate_with(lambda batch, i: np.asarray(score(params, batch, jax.random.PRNGKey(i))),
+                       alphabet, classes, way=way, shot=shot, eval_config=eval_config,
+                       split=split)
+
+
+def evaluate_with(score: Callable[[Dict[str, np.ndarray], int], np.ndarray],
+                  alphabet: np.ndarray, classes: np.ndarray, *, way: int, shot: int,
+                  eval_config: Any, split: str = 'test') -> Dict[str, Any]:
+  """score(task batch, chunk index) -> per-episode accuracies, over the evaluation episodes.
 
   Returns {'accuracy', 'ci95' (percent), 'episodes', 'per_episode' (list of fractions)}.
   """
-  score = make_scorer(method, losses)
   total, chunk = int(eval_config.episodes), int(eval_config.chunk)
   accs = []
   for i, start in enumerate(range(0, total, chunk)):
     batch = episodes.sample_tasks(alphabet, classes,
-                                  episodes.episode_rng(int(eval_config.seed), 'test', i),
+                                  episodes.episode_rng(int(eval_config.seed), split, i),
                                   tasks=min(chunk, total - start), way=way, shot=shot,
                                   query=int(eval_config.query))
-    accs.append(np.asarray(score(params, batch, jax.random.PRNGKey(i))))
+    accs.append(np.asarray(score(batch, i), np.float64))
   accs = np.concatenate(accs)
   return {'accuracy': 100.0 * float(accs.mean()), 'ci95': ci95(accs), 'episodes': len(accs),
           'per_episode': accs.tolist()}

@@ -9,11 +9,14 @@ Params are named groups {'body': conv0..conv3 and bn0..bn3, 'head': the Dense la
   fomaml    the same, mode 'first_order'
   reptile   SGD steps on (body, head) over support AND query images (Nichol et al. 2018);
             outer SGD step eps (1 -> 0) along mean(adapted - params)
-  imaml     one multi-step SGD stage on (body, head) solving the proximal problem, mode
-            'implicit' (Rajeswaran et al. 2019; lambda and conjugate-gradient steps from cfg)
+  imaml     one multi-step SGD stage on (body, head) solving the proximal problem (or, with
+            pull_back, plain steps then one pull-back step), mode 'implicit' (Rajeswaran et
+            al. 2019; lambda, CG steps and the damped system from cfg)
   meta_sgd  steps on (body, head) with a learned rate per parameter entry ('lr' group),
             mode 'exact' (Li et al. 2017)
   anil      SGD steps on 'head' only, mode 'exact' (Raghu et al. 2020)
+  finetune  a baseline: no meta-training; the randomly initialised network is fine-tuned on
+            each test episode's support set (eval_steps SGD steps of lr)
 
 Inner loops are unrolled one-step stages (see `unrolled`), except iMAML's training stage.
 BatchNorm is transductive, as in Finn et al.'s code: every forward pass (inner steps, outer
@@ -24,7 +27,7 @@ builder `(method_config, losses, iterations) -> System`; register one to add a s
 """
 
 import dataclasses
-from typing import Any, Callable, Dict, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -61,13 +64,15 @@ class System:
   optimizer: the outer optax transformation over params groups.
   eval_stages: params -> the stages that adapt params to a test episode's support set.
   learned_lr: whether params hold a learned-rate group 'lr'.
+  meta_trained: False for baselines that skip meta-training (spec and optimizer unused).
   """
 
   name: str
-  spec: meta.MetaSpec
-  optimizer: optax.GradientTransformation
+  spec: Optional[meta.MetaSpec]
+  optimizer: Optional[optax.GradientTransformation]
   eval_stages: Callable[[Params], Tuple[meta.Stage, ...]]
   learned_lr: bool = False
+  meta_trained: bool = True
 
 
 SYSTEMS: Registry[Callable[..., System]] = Registry('few-shot system', 'config.methods')
@@ -151,15 +156,24 @@ def reptile(cfg: Any, losses: Losses, iterations: int) -> System:
 
 @SYSTEMS.register('imaml')
 def imaml(cfg: Any, losses: Losses, iterations: int) -> System:
-  """Mode 'implicit' needs exactly one stage, so training loops over its steps (lax.scan);
-  test time solves the same proximal problem around the meta-params, unrolled."""
+  """Mode 'implicit' needs exactly one stage; it is unrolled (Stage.unroll) because XLA:CPU
+  runs convolutions in a loop body far slower. cfg: steps, lr, lam, cg_steps, cg_damping and
+  cg_lam_damping (the damped system), pull_back, test_adapt: 'plain' (eval_steps SGD steps on
+  the support loss, as the iMAML authors' code evaluates) or 'proximal' (the same proximal
+  problem as in training, around the meta-params)."""
   lam = float(cfg.lam)
-  stage = meta.Stage(NET, losses.support, steps=int(cfg.steps), lr=float(cfg.lr))
+  stage = meta.Stage(NET, losses.support, steps=int(cfg.steps), lr=float(cfg.lr), unroll=True)
   spec = meta.MetaSpec(stages=(stage,), outer_loss=losses.query, mode='implicit',
                        strategy=str(cfg.strategy), implicit_lam=lam,
-                       cg_steps=int(cfg.cg_steps))
+                       cg_steps=int(cfg.cg_steps), cg_damping=float(cfg.cg_damping),
+                       cg_lam_damping=float(cfg.cg_lam_damping),
+                       implicit_pull_back=bool(cfg.pull_back))
   opt = meta.group_optimizer({'body': _adam(cfg), 'head': _adam(cfg)})
   test = unrolled(NET, losses.support, int(cfg.eval_steps), lr=float(cfg.lr))
+  if str(cfg.test_adapt) not in ('plain', 'proximal'):
+    raise ValueError(f"imaml test_adapt must be 'plain' or 'proximal', got {cfg.test_adapt!r}")
+  if str(cfg.test_adapt) == 'plain':
+    return System('imaml', spec, opt, _fixed(test))
 
   def eval_stages(params):
     center = {g: params[g] for g in NET}
@@ -187,6 +201,25 @@ def anil(cfg: Any, losses: Losses, iterations: int) -> System:
                        strategy=str(cfg.strategy))
   opt = meta.group_optimizer({'body': _adam(cfg), 'head': _adam(cfg)})
   return System('anil', spec, opt, _fixed(stages(int(cfg.eval_steps))))
+
+
+@SYSTEMS.register('finetune')
+def finetune(cfg: Any, losses: Losses, iterations: int) -> System:
+  """The non-meta-trained baseline: the initial network, adapted per test episode."""
+  return System('finetune', None, None,
+                _fixed(unrolled(NET, losses.support, int(cfg.eval_steps), lr=float(cfg.lr))),
+                meta_trained=False)
+
+
+def method_config(config: Any, name: str, way: int) -> Any:
+  """config.method[name] with config.by_way['way<way>'][name]'s fields on top (a copy)."""
+  cfg = config.method[name].copy_and_resolve_references()
+  override = config.get('by_way', {}).get(f'way{int(way)}', {}).get(name, {})
+  for field, value in dict(override).items():
+    if field not in cfg:
+      raise ValueError(f'by_way.way{way}.{name}.{field}: {name} has no field {field!r}')
+    cfg[field] = value
+  return cfg
 
 
 def init_network(model: Conv4, rng: jax.Array, image_shape: Tuple[int, ...]

@@ -98,7 +98,8 @@ def run_stage(stage: Stage, params: Params, batch: PyTree, rng: jax.Array, *,
     path = None if path is None else jax.tree.map(lambda x: x[None], path)
   else:
     (sub, _, state), (losses, path) = jax.lax.scan(step, (sub, opt_state, state),
-                                                   jnp.arange(stage.steps))
+                                                   jnp.arange(stage.steps),
+                                                   unroll=stage.steps if stage.unroll else 1)
   return sub, losses, state, path
 
 
