@@ -79,8 +79,12 @@ def test_the_training_hook_is_jittable_and_agrees_with_the_report():
   out = hook(params, batch, RNG)
   assert set(out) == {f'{m}/{g}{k}' for m in ('first_order', 'implicit')
                       for g in ('', 'net/')
-                      for k in ('cosine', 'norm_ratio', 'relative_error')}
+                      for k in ('cosine', 'norm_ratio', 'relative_error')} | {
+                          'implicit/cg_residual', 'implicit/prox_grad_ratio'}
   report = diagnostics.gradient_report(spec, params, batch, RNG, float64=False)
+  solve = report['implicit_solve']  # the implicit solves are judged in the report too
+  assert solve['failed'] == bool(solve['problems'])
+  np.testing.assert_allclose(solve['cg_residual'], out['implicit/cg_residual'], rtol=1e-4)
   for key, value in report['global']['first_order'].items():
     np.testing.assert_allclose(out[f'first_order/{key}'], value, rtol=1e-4)
   np.testing.assert_allclose(out['first_order/cosine'], out['first_order/net/cosine'],

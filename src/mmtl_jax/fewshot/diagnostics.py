@@ -34,7 +34,8 @@ def reference_spec(config: Any, losses: Losses) -> meta.MetaSpec:
   stage = meta.Stage(NET, losses.support, steps=int(m.steps), lr=float(m.lr))
   return meta.MetaSpec(stages=(stage,), outer_loss=losses.query, mode='exact',
                        strategy=str(m.strategy), implicit_lam=float(im.lam),
-                       cg_steps=int(im.cg_steps))
+                       cg_steps=int(im.cg_steps), cg_damping=float(im.cg_damping),
+                       cg_lam_damping=float(im.cg_lam_damping))
 
 
 def plot_curve(points: List[Dict[str, Any]], path: str, title: str) -> None:
@@ -73,13 +74,19 @@ def hook_factory(config: Any, out_dir: str) -> Callable[..., Tuple[Callable, Cal
   def make_hook(name, way, shot, method, losses):
     del method
     spec = reference_spec(config, losses)
-    grads_fn = jax.jit(lambda p, b, r: meta.diagnostics.mode_gradients(spec, p, b, r, modes))
+    grads_fn = jax.jit(lambda p, b, r: meta.diagnostics.mode_gradients(spec, p, b, r, modes,
+                                                                        with_solve=True))
     points = []
 
     def hook(it, params, batch, rng):
       if it % every == 0:
-        grads = grads_fn({g: params[g] for g in NET}, batch, rng)
-        points.append(dict(step=it, **meta.diagnostics.compare_gradients(grads)))
+        grads, solve = grads_fn({g: params[g] for g in NET}, batch, rng)
+        point = dict(step=it, **meta.diagnostics.compare_gradients(grads))
+        if solve:  # the implicit direction's solves: a failed check is marked in the curve
+          solve = {k: float(v) for k, v in solve.items()}
+          problems = meta.solve_problems(solve)
+          point['implicit_solve'] = dict(solve, problems=problems, failed=bool(problems))
+        points.append(point)
 
     def finish():
       os.makedirs(out_dir, exist_ok=True)

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 
 import optax
 
+from mmtl_jax.meta._implicit import solve_problems
 from mmtl_jax.meta.gradient import meta_gradient, meta_objective
 from mmtl_jax.meta.spec import IMPLICIT, MetaSpec, Params, PyTree
 
@@ -62,17 +63,28 @@ def _supported(spec: MetaSpec, mode: str) -> bool:
 
 
 def mode_gradients(spec: MetaSpec, params: Params, task_batch: PyTree, rng: jax.Array,
-                   modes: Sequence[str] = COMPARED, **kwargs) -> Dict[str, Params]:
+                   modes: Sequence[str] = COMPARED, *, with_solve: bool = False,
+                   **kwargs) -> Any:
   """{mode: meta-gradient} of spec under each supported mode (reptile rescaled); kwargs
-  (state, step, mesh) go to `meta_gradient`. Pure: jit it."""
+  (state, step, mesh) go to `meta_gradient`. Pure: jit it. with_solve: return (that dict,
+  the implicit mode's solve metrics {'cg_residual', 'prox_grad_ratio'}, {} without it)."""
+  out = _mode_gradients(spec, params, task_batch, rng, modes, **kwargs)
+  return out if with_solve else out[0]
+
+
+def _mode_gradients(spec, params, task_batch, rng, modes, **kwargs):
+  """(`mode_gradients`, the implicit mode's solve metrics {'cg_residual', 'prox_grad_ratio'}
+  or {} when implicit is not among the modes)."""
   base = dataclasses.replace(spec, first_order_until=0)
-  grads = {}
+  grads, solve = {}, {}
   for mode in modes:
     if _supported(spec, mode):
-      g = meta_gradient(dataclasses.replace(base, mode=mode), params, task_batch, rng,
-                        **kwargs).grads
-      grads[mode] = reptile_scale(spec, g) if mode == 'reptile' else g
-  return grads
+      out = meta_gradient(dataclasses.replace(base, mode=mode), params, task_batch, rng,
+                          **kwargs)
+      grads[mode] = reptile_scale(spec, out.grads) if mode == 'reptile' else out.grads
+      if mode == IMPLICIT:
+        solve = {k: out.metrics[k] for k in ('cg_residual', 'prox_grad_ratio')}
+  return grads, solve
 
 
 def random_direction(params: PyTree, seed: int) -> PyTree:
@@ -125,7 +137,9 @@ def make_gradient_report(spec: MetaSpec, task_batch: PyTree, rng: jax.Array, *,
 
   The report is {'global', 'layers'} of `compare_gradients` and 'finite_difference': {'eps',
   'fd' (central difference of the exact objective along a unit random direction d), 'exact'
-  and each other mode (<grad, d>), 'relative_error' |fd - exact| / |fd|}.
+  and each other mode (<grad, d>), 'relative_error' |fd - exact| / |fd|}; with the implicit
+  mode also 'implicit_solve': {'cg_residual', 'prox_grad_ratio', 'problems' (the failures
+  `solve_problems` finds, [] when the solves are sound), 'failed' (bool)}.
   """
   context = (lambda: jax.enable_x64(True)) if float64 else contextlib.nullcontext
   cast = _to64 if float64 else (lambda tree: tree)
@@ -133,20 +147,24 @@ def make_gradient_report(spec: MetaSpec, task_batch: PyTree, rng: jax.Array, *,
   with context():
     task_batch, state = cast(task_batch), cast(state)
   kwargs = {'state': state, 'step': step}
-  gradients = jax.jit(lambda p: mode_gradients(spec, p, task_batch, rng, modes, **kwargs))
+  gradients = jax.jit(lambda p: _mode_gradients(spec, p, task_batch, rng, modes, **kwargs))
   objective = lambda p: meta_objective(exact, p, task_batch, rng, **kwargs)
   fd_fn = jax.jit(lambda p, d: finite_difference(objective, p, d, fd_eps))
 
   def report(params: Params) -> Dict[str, Any]:
     with context():
       params = cast(params)
-      grads = gradients(params)
+      grads, solve = gradients(params)
       direction = random_direction(params, direction_seed)
       fd = float(fd_fn(params, direction))
       out = compare_gradients(grads)
       dots = {m: float(optax.tree.vdot(g, direction)) for m, g in grads.items()}
       out['finite_difference'] = dict(dots, eps=fd_eps, fd=fd, relative_error=abs(
           fd - dots['exact']) / max(abs(fd), _TINY))
+      if solve:
+        solve = {k: float(v) for k, v in solve.items()}
+        problems = solve_problems(solve)
+        out['implicit_solve'] = dict(solve, problems=problems, failed=bool(problems))
       return out
 
   return report
@@ -163,12 +181,14 @@ def make_gradient_hook(spec: MetaSpec, modes: Sequence[str] = ('first_order',),
   """A pure, jit-able hook(params, task_batch, rng, state=None, step=None) -> {name: scalar}
   to call every N training steps: for each mode, '{mode}/cosine', '{mode}/norm_ratio' and
   '{mode}/relative_error' against the exact meta-gradient, and with per_group the same per
-  params group ('{mode}/{group}/cosine', ...). Costs one meta-gradient per mode plus exact."""
+  params group ('{mode}/{group}/cosine', ...); with the implicit mode also
+  'implicit/cg_residual' and 'implicit/prox_grad_ratio'. Costs one meta-gradient per mode
+  plus exact."""
 
   def hook(params, task_batch, rng, state=None, step=None):
-    grads = mode_gradients(spec, params, task_batch, rng, ('exact',) + tuple(modes),
-                           state=state, step=step)
-    out = {}
+    grads, solve = _mode_gradients(spec, params, task_batch, rng, ('exact',) + tuple(modes),
+                                   state=state, step=step)
+    out = {f'implicit/{k}': v for k, v in solve.items()}
     for mode in grads:
       if mode == 'exact':
         continue
