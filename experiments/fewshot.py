@@ -11,6 +11,7 @@ per_episode, s_per_iter, peak_mem_mb (peak RSS, psutil), settings, ...}.
   python experiments/fewshot.py --workdir=runs/fewshot                   # full table
   python experiments/fewshot.py --quick                                  # < 10 min, 2 cores
   python experiments/fewshot.py --search --workdir=runs/search           # validation search
+  python experiments/fewshot.py --memory --workdir=runs/memory           # memory vs steps
   python experiments/fewshot.py --methods=maml,fomaml --ways=20 --shots=1 --seeds=3
   python experiments/fewshot.py --merge=runs/a/fewshot.json,runs/b/fewshot.json --md=t.md
 
@@ -50,6 +51,8 @@ flags.DEFINE_integer('seed', None, 'first training seed (init, episodes); the al
 flags.DEFINE_integer('seeds', None, 'number of meta-training seeds (default config.seeds)')
 flags.DEFINE_bool('search', False, 'run the validation search (config.search) instead of the '
                   'table: scores on validation characters only; writes search.json/md')
+flags.DEFINE_bool('memory', False, 'measure the compiled meta-gradient memory of maml and '
+                  'imaml against the inner steps (1, 5, 10, 20); writes memory.json')
 flags.DEFINE_list('merge', [], 'JSON files of earlier runs: write their records as one table '
                   '(--md / --json) and exit')
 flags.DEFINE_string('workdir', '', 'folder for the outputs (created)')
@@ -127,6 +130,16 @@ def main(argv):
   if FLAGS.merge:
     return _merge()
   config = _config()
+  if FLAGS.memory:
+    rows = experiment.meta_gradient_memory(config)
+    text = report.memory_markdown(rows)
+    print(text)
+    json_path, md_path, _ = _paths('memory')
+    if json_path:
+      atomic_write_json(json_path, to_jsonable({'rows': rows, 'config': config}))
+    if md_path:
+      atomic_write_text(md_path, text)
+    return None
   json_path, md_path, diag_dir = _paths('search' if FLAGS.search else 'fewshot')
   if FLAGS.workdir:  # identical programs across seeds and resumed runs compile once
     import jax  # pylint: disable=g-import-not-at-top

@@ -73,7 +73,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.method = ml_collections.ConfigDict()
   c.method.maml = _method()  # Finn et al. 5-way: 1 step of 0.4, 3 at test
   c.method.fomaml = _method()
-  c.method.reptile = _method(steps=5, eval_steps=10, lr=0.1, outer_lr=1.0)
+  c.method.reptile = _method(steps=5, eval_steps=10, lr=0.4, outer_lr=1.0)
   c.method.imaml = _imaml()
   c.method.meta_sgd = _method(rate_outer_lr=1e-3)
   c.method.anil = _method(steps=5, eval_steps=10)

@@ -13,12 +13,15 @@ method AND seed (paired comparisons are per episode). Baselines ('nearest_centro
 'finetune') are scored on the same episodes.
 """
 
+import dataclasses
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
+from mmtl_jax import meta
 from mmtl_jax.fewshot import baselines, episodes, glyphs, loop, systems
 from mmtl_jax.fewshot.measure import PeakRSS
 from mmtl_jax.models.conv4 import Conv4
@@ -237,3 +240,39 @@ def choose(points: Sequence[Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
     if key not in slot or p['accuracy'] > slot[key]['accuracy']:
       slot[key] = {'overrides': p['overrides'], 'accuracy': p['accuracy'], 'ci95': p['ci95']}
   return chosen
+
+
+def meta_gradient_memory(config: Any, names: Sequence[str] = ('maml', 'imaml'),
+                         steps: Sequence[int] = (1, 5, 10, 20), way: int = 5,
+                         shot: int = 1) -> List[Dict[str, Any]]:
+  """Memory of one compiled meta-gradient against the inner steps (Rajeswaran et al.'s claim:
+  iMAML's is flat in the steps, MAML's grows with them).
+
+  For each method and step count: the 5-way method config with `steps` inner steps as ONE
+  looped stage (lax.scan, so the program size does not grow with the steps), the network
+  and meta-batch of `config`; XLA's own figure for the compiled program's temporary buffers
+  (compiled.memory_analysis().temp_size_in_bytes), which is what grows with the stored
+  inner trajectory. Returns [{'method', 'steps', 'temp_mb'}].
+  """
+  model = Conv4(way=way, channels=int(config.model.channels),
+                downsample=str(config.model.downsample))
+  size = int(config.data.size)
+  net, batch_stats = systems.init_network(model, jax.random.PRNGKey(0), (size, size, 1))
+  losses = systems.make_losses(model, batch_stats)
+  tasks, query = int(config.train.meta_batch), int(config.train.query)
+  batch = {'support_x': jnp.zeros((tasks, way * shot, size, size, 1)),
+           'support_y': jnp.zeros((tasks, way * shot), jnp.int32),
+           'query_x': jnp.zeros((tasks, way * query, size, size, 1)),
+           'query_y': jnp.zeros((tasks, way * query), jnp.int32)}
+  out = []
+  for name in names:
+    cfg = systems.method_config(config, name, way)
+    base = systems.build(name, cfg, losses, 1).spec
+    for n in steps:
+      stage = meta.Stage(systems.NET, losses.support, steps=int(n), lr=float(cfg.lr))
+      spec = dataclasses.replace(base, stages=(stage,))
+      fn = jax.jit(lambda p, b, r, spec=spec: meta.meta_gradient(spec, p, b, r).grads)
+      compiled = fn.lower(net, batch, jax.random.PRNGKey(0)).compile()
+      temp = compiled.memory_analysis().temp_size_in_bytes
+      out.append({'method': name, 'steps': int(n), 'temp_mb': temp / 2 ** 20})
+  return out

@@ -44,3 +44,4 @@ class PeakRSS:
     self._thread.join()
     self._sample()
     self.wall_s = time.perf_counter() - self._start
+

@@ -26,7 +26,7 @@ PUBLISHED = {
         (5, 1): (98.7, 98.3), (5, 5): (99.9, 99.2), (20, 1): (95.8, 89.4)},
 }
 BASELINE_NAMES = ('nearest_centroid', 'finetune')
-PAIRS = (('maml', 'fomaml'), ('maml', 'imaml'))
+PAIRS = (('maml', 'fomaml'), ('imaml', 'maml'))
 
 
 def _pm(value: Optional[float]) -> str:
@@ -99,6 +99,39 @@ def comparison(records: Sequence[Dict[str, Any]]) -> List[str]:
   return lines or ['- (no setting has both maml and fomaml: nothing to compare)']
 
 
+def _within(p: Dict[str, Any]) -> str:
+  """'inside' / 'outside' / 'n/a': is 0 inside the seed interval of a paired difference?"""
+  if p['seed_ci95'] is None:
+    return 'n/a (one seed)'
+  return 'inside' if abs(p['diff']) <= p['seed_ci95'] else 'outside'
+
+
+def findings(records: Sequence[Dict[str, Any]]) -> List[str]:
+  """The literature's findings as checks on these records, each with its evidence."""
+  out = []
+  for way, shot in ((5, 1), (5, 5), (20, 1)):
+    p = stats.paired(records, 'maml', 'fomaml', way, shot)
+    if p is not None:
+      out.append(f"- Finn et al. 2017 (first order close to exact), {way}-way {shot}-shot: "
+                 f"maml - fomaml = {p['diff']:+.1f} {_pm(p['seed_ci95'])} over {p['seeds']} "
+                 f"seeds; zero is {_within(p)} the seed interval")
+  five, twenty = (stats.paired(records, 'maml', 'fomaml', w, 1) for w in (5, 20))
+  if five is not None and twenty is not None:
+    grows = twenty['diff'] > five['diff']
+    out.append(f"- Nichol et al. 2018 (the gap grows from 5-way to 20-way 1-shot): "
+               f"{five['diff']:+.1f} -> {twenty['diff']:+.1f} points: "
+               f"{'grows' if grows else 'does not grow'}")
+  for way, shot in ((5, 1), (5, 5), (20, 1)):
+    p = stats.paired(records, 'imaml', 'maml', way, shot)
+    if p is not None:
+      verdict = ('at least as good' if p['diff'] >= 0 or _within(p) == 'inside'
+                 else 'worse')
+      out.append(f"- Rajeswaran et al. 2019 (iMAML at least as good as MAML), {way}-way "
+                 f"{shot}-shot: imaml - maml = {p['diff']:+.1f} {_pm(p['seed_ci95'])}: "
+                 f"{verdict}")
+  return out
+
+
 def implicit_lines(records: Sequence[Dict[str, Any]]) -> List[str]:
   """iMAML's solve quality per setting: mean and max CG residual, proximal-gradient ratio,
   steps whose solve failed a check."""
@@ -129,6 +162,9 @@ def markdown(result: Dict[str, Any], title: str = 'Few-shot glyphs') -> str:
       baseline_check(rows) or ['- (no baseline in these records)'])
   parts += ['', '## Paired comparisons', ''] + (paired_lines(recs) or ['- (none)'])
   parts += ['', '## Exact vs first-order MAML against the published gaps', ''] + comparison(recs)
+  found = findings(recs)
+  if found:
+    parts += ['', "## The literature's findings, checked", ''] + found
   imp = implicit_lines(recs)
   if imp:
     parts += ['', "## iMAML's solves", ''] + imp
@@ -145,4 +181,17 @@ def search_markdown(result: Dict[str, Any]) -> str:
     mark = 'yes' if pick.get('overrides') == p['overrides'] else ''
     lines.append(f"| {p['method']} | {p['way']} | `{p['overrides']}` | {p['accuracy']:.1f} | "
                  f"±{p['ci95']:.1f} | {mark} |")
+  return '\n'.join(lines) + '\n'
+
+
+def memory_markdown(rows: Sequence[Dict[str, Any]]) -> str:
+  """Compiled meta-gradient memory (MiB of XLA temporaries) per method against inner steps."""
+  steps = sorted({r['steps'] for r in rows})
+  methods = list(dict.fromkeys(r['method'] for r in rows))
+  table = {(r['method'], r['steps']): r['temp_mb'] for r in rows}
+  lines = ['| method | ' + ' | '.join(f'{n} steps' for n in steps) + ' |',
+           '|---|' + '---:|' * len(steps)]
+  for m in methods:
+    lines.append(f'| {m} | ' + ' | '.join(
+        f"{table[(m, n)]:.1f}" if (m, n) in table else '' for n in steps) + ' |')
   return '\n'.join(lines) + '\n'
