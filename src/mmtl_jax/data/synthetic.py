@@ -240,6 +240,26 @@ def ensure_corpus(root: str, seed: int = 0) -> str:
   return write_corpus(root, seed=seed)['root']
 
 
+def unreadable_on_purpose(path: str) -> bool:
+  """Whether `path` is the wav that a synthetic corpus writes unreadable on purpose (so that
+  the feature store's skip report has something to list): the one its marker file names."""
+  path = os.path.abspath(path)
+  directory = os.path.dirname(path)
+  while True:
+    if os.path.basename(directory) == RELEASE_DIR:
+      try:
+        with open(os.path.join(directory, MARKER), encoding='utf-8') as f:
+          broken = json.load(f).get('unreadable')
+      except (OSError, ValueError, AttributeError):
+        return False
+      return isinstance(broken, str) and os.path.normpath(
+          os.path.join(directory, broken)) == os.path.normpath(path)
+    parent = os.path.dirname(directory)
+    if parent == directory:
+      return False
+    directory = parent
+
+
 def read(data: ml_collections.ConfigDict, workdir: Optional[str] = None
          ) -> tuple[list[Utterance], list[Problem]]:
   """The corpus reader of kind 'synthetic' (see `mmtl_jax.data.corpus`).

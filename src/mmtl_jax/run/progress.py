@@ -205,17 +205,21 @@ class Progress:
           u.bar.set_postfix({k: f'{v:.3f}' for k, v in u.scalars.items()}, refresh=False)
       self._tick(now)
 
-  def finish(self) -> float:
-    """The current unit is done; returns its duration in seconds."""
+  def finish(self, note: str = '') -> float:
+    """The current unit is done: writes '[what i/n name] done in <duration>[: note]' and
+    returns the duration in seconds."""
     with _LOCK:
       u = self._unit
       if u is None:
         raise ValueError('Progress.finish before Progress.start')
       seconds = self._clock() - u.started
       self.durations.append(seconds)
-      self._unit = None
       if u.bar is not None:
         u.bar.close()
+      if self.enabled:
+        self._write(f'{self._prefix()} done in {format_duration(seconds)}'
+                    + (f': {note}' if note else ''))
+      self._unit = None
       self._advance_overall()
       return seconds
 
@@ -228,8 +232,7 @@ class Progress:
         return
       if self.tty and self._overall is None and self.units > 1:
         self._open_overall()
-      self._write(f'{self._prefix(str(name))} read back' + (f': {note}' if note else ''),
-                  to_stream=not self.tty)
+      self._write(f'{self._prefix(str(name))} read back' + (f': {note}' if note else ''))
       self._advance_overall()
 
   def track(self, iterable: Iterable[Any], name: str, total: int) -> Iterator[Any]:
