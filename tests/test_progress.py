@@ -121,3 +121,103 @@ def test_tpu_probe_line_is_dropped_only_where_libtpu_is_absent():
   assert f.filter(_record("Unable to initialize backend 'tpu': ABORTED: The TPU is already in use"))
   assert f.filter(_record(absent, logging.WARNING))
   assert f.filter(_record('Unable to initialize backend \'cuda\': no GPU'))
+
+
+# ---- end to end: experiments/train.py with stdout piped to a file ----------------------------
+
+def _override_flags(config, default):
+  """--config.<field>=<value> for every field where `config` differs from `default`."""
+  from mmtl_jax.ser import fingerprint  # pylint: disable=g-import-not-at-top
+  mine, theirs = (fingerprint.flatten(c.to_dict()) for c in (config, default))
+  return [f'--config.{k}={v}' if isinstance(v, str) else f'--config.{k}={v!r}'
+          for k, v in sorted(mine.items()) if theirs.get(k, object()) != v]
+
+
+def _two_fold_config(tiny_config, corpus_root):
+  """One model, two folds, 2 steps, the strict protocol only: the least that trains two
+  fold-runs; a progress line at every step."""
+  c = tiny_config(corpus_root, models=('cnn_lstm',), steps=2)
+  c.folds.which = (0, 1)
+  c.eval.protocols = ('strict',)
+  c.train.report_every_s = 0.0
+  return c
+
+
+FOLDS = ('Ses01-testSes01M', 'Ses02-testSes02M')
+
+
+@pytest.fixture(scope='module')
+def piped_run(tiny_config, corpus_root, tmp_path_factory):
+  """(workdir, stdout, stderr) of experiments/train.py on the two-fold config, its stdout a
+  file (no terminal: the progress lines of nohup or SLURM)."""
+  import os  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  from mmtl_jax.configs import demo  # pylint: disable=g-import-not-at-top
+  root = tmp_path_factory.mktemp('piped')
+  workdir, out_path = root / 'run', root / 'stdout.txt'
+  flags = _override_flags(_two_fold_config(tiny_config, corpus_root), demo.get_config())
+  script = os.path.join(os.path.dirname(__file__), '..', 'experiments', 'train.py')
+  with open(out_path, 'w') as out:
+    done = subprocess.run([sys.executable, script, f'--workdir={workdir}', *flags], stdout=out,
+                          stderr=subprocess.PIPE, text=True, timeout=600, check=False)
+  assert done.returncode == 0, done.stderr[-3000:]
+  return workdir, out_path.read_text(), done.stderr
+
+
+@pytest.mark.slow  # subprocess: the demo loop, two fold-runs
+def test_piped_train_prints_progress_lines_with_etas_and_a_summary(piped_run):
+  workdir, out, err = piped_run
+  lines = out.splitlines()
+  progress_lines = [l for l in lines if l.startswith('[fold-run ') and ' step ' in l]
+  assert [l.split(']')[0] for l in progress_lines] == [
+      f'[fold-run {i}/2 cnn_lstm {f}' for i, f in ((1, FOLDS[0]), (2, FOLDS[1])) for _ in (1, 2)]
+  assert all('ETA fold-run ' in l and ', run ' in l and ' loss ' in l for l in progress_lines)
+  assert 'steps/s ETA fold-run 0 s' in progress_lines[1]  # rate measured after the warm-up
+  assert any(l.startswith('[features ') and 'ETA features' in l for l in lines)
+  assert any(l.startswith(f'[fold-run 2/2 cnn_lstm {FOLDS[1]}] done in ') for l in lines)
+  # the summary table and where the rest is; not the per-fold tables of results.md
+  assert any(l.split() == ['cnn_lstm', 'strict'] + l.split()[2:] for l in lines)
+  assert '| Fold |' not in out and f'results.md    {workdir}/results.md' in out
+  assert 'trained 2 fold-run(s)' in out and '[deliberate: ' in out
+  # the same lines, timed, in the workdir's log; no TPU probe line on a CPU-only machine
+  logged = (workdir / 'train.log').read_text()
+  assert all(l in logged for l in progress_lines)
+  assert 'Unable to initialize backend' not in err
+
+
+@pytest.mark.slow  # reads the workdir that the subprocess trained
+def test_tensorboard_runs_of_two_folds_overlay_and_carry_hparams(piped_run):
+  import glob  # pylint: disable=g-import-not-at-top
+  from tensorboardX.proto import plugin_hparams_pb2  # pylint: disable=g-import-not-at-top
+  from helpers import plugin_tags, read_events, scalar_events  # pylint: disable=g-import-not-at-top
+  workdir = piped_run[0]
+  folds = {}
+  for fold in FOLDS:
+    (events,) = glob.glob(str(workdir / 'cnn_lstm' / fold / 'logs' / 'events.out.tfevents.*'))
+    folds[fold] = events
+    tags = {t for _, t, _ in scalar_events(events)}
+    assert {'loss', 'dev_UA_strict', 'test_UA_strict'} <= tags  # the same names in every run
+    assert '_hparams_/session_start_info' in plugin_tags(events)['hparams']
+    assert plugin_tags(events)['text'] == ['config/text_summary']
+  hparams = {}
+  for fold, events in folds.items():
+    (start,) = [v for e in read_events(events) for v in e.summary.value
+                if v.tag == '_hparams_/session_start_info']
+    hparams[fold] = plugin_hparams_pb2.HParamsPluginData.FromString(
+        start.metadata.plugin_data.content).session_start_info.hparams
+  assert {f: h['fold'].string_value for f, h in hparams.items()} == {f: f for f in FOLDS}
+  assert hparams[FOLDS[0]]['system'].string_value == 'cnn_lstm'
+  assert hparams[FOLDS[0]]['train.steps'].number_value == 2
+
+
+@pytest.mark.slow  # the demo loop over the subprocess's workdir (nothing left to train)
+def test_rerun_marks_folds_read_back_and_says_nothing_trained(piped_run, tiny_config,
+                                                              corpus_root, capsys):
+  from mmtl_jax.ser import train  # pylint: disable=g-import-not-at-top
+  workdir = piped_run[0]
+  train.train_and_evaluate(_two_fold_config(tiny_config, corpus_root), str(workdir))
+  out = capsys.readouterr().out
+  assert f'[fold-run 1/2 cnn_lstm {FOLDS[0]}] read back: test Ses01M' in out
+  assert ' step ' not in out.split('cache: hit')[1]  # no fold-run trained a step
+  assert f'nothing trained: all 2 fold-runs read back from {workdir}' in out
