@@ -44,7 +44,7 @@ def test_eta_excludes_the_warm_up_and_is_a_lower_bound_until_a_unit_finished():
   # 2 more units of 10 steps at 2 steps/s, evaluation not counted yet: a lower bound
   assert p.run_eta() == (pytest.approx(10.5), True)
   lines = out.getvalue().splitlines()
-  assert lines[0] == '[fold-run 1/3 mmtl Ses01] step 1/10 loss 2.000 busy 30 s ETA fold-run ?, run ?'
+  assert lines[0] == '[fold-run 1/3 mmtl Ses01] step 1/10 loss 2.000 elapsed 30 s ETA fold-run ?, run ?'
   assert lines[1] == ('[fold-run 1/3 mmtl Ses01] step 9/10 loss 1.500 2 steps/s '
                       'ETA fold-run 0 s, run >= 10 s')
 
@@ -85,6 +85,23 @@ def test_lines_come_every_interval_not_every_update():
   lines = out.getvalue().splitlines()
   assert len(lines) == 3  # at 30, 60 and 90 s
   assert lines[0].startswith('[fold-run f] step 30/100') and 'ETA fold-run 1 min 10 s' in lines[0]
+
+
+def test_long_units_are_announced_and_the_heartbeat_speaks_while_nothing_updates():
+  import time  # pylint: disable=g-import-not-at-top
+  out = io.StringIO()
+  with progress.Progress('gradients', 2, every_s=0.05, stream=out, tty=False, heartbeat=True,
+                         announce=True) as p:
+    p.start('initial parameters', 1)
+    time.sleep(0.3)  # one long computation: no update comes
+    p.finish()
+    p.start('checkpoint 1/1', 1)
+  lines = out.getvalue().splitlines()
+  assert lines[0] == '[gradients 1/2 initial parameters] started'
+  beats = [l for l in lines if l.startswith('[gradients 1/2 initial parameters] elapsed ')]
+  assert len(beats) >= 2 and beats[0].endswith(' ETA run ?')
+  assert any(l.startswith('[gradients 1/2 initial parameters] done in ') for l in lines)
+  assert any(l.startswith('[gradients 2/2 checkpoint 1/1] started, ETA run ') for l in lines)
 
 
 def test_log_file_receives_the_lines_with_the_time(tmp_path):

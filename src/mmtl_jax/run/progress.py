@@ -324,18 +324,20 @@ class Progress:
     if u is None:
       return f'{self._prefix()} ETA run {self._run_text()}'
     step = u.last[0] if u.last is not None else u.done
-    parts = [self._prefix(), f'{self.unit} {step}/{u.total}']
+    parts = [self._prefix()]
+    if u.total > 1:  # a unit of one step (a grid point, one computation) has no steps to show
+      parts.append(f'{self.unit} {step}/{u.total}')
     parts += [f'{k} {v:.3f}' for k, v in u.scalars.items()]
     rate = self.rate()
     if rate is not None:
       parts.append(f'{rate:.3g} {self.unit}s/s' if rate >= 0.1 else
                    f'{1.0 / rate:.3g} s/{self.unit}')
     else:  # before two updates: how long it has been busy (compiling, warming up)
-      parts.append(f'busy {format_duration(self._clock() - u.started)}')
-    eta = f'ETA {self.what} {format_duration(self.unit_eta())}'
+      parts.append(f'elapsed {format_duration(self._clock() - u.started)}')
+    eta = f'ETA {self.what} {format_duration(self.unit_eta())}' if u.total > 1 else 'ETA'
     if self.units > 1:
-      eta += f', run {self._run_text()}'
-    return ' '.join(parts + [eta])
+      eta += f'{"," if u.total > 1 else ""} run {self._run_text()}'
+    return ' '.join(parts + ([eta] if eta != 'ETA' else []))
 
   # ---- output ------------------------------------------------------------------------------
 
