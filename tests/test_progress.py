@@ -31,7 +31,7 @@ def test_durations_are_written_in_the_unit_a_reader_wants():
       '?', '0 s', '52 s', '6 min 10 s', '2 h 05 min']
 
 
-def test_eta_excludes_the_warm_up_and_is_a_lower_bound_until_a_unit_finished():
+def test_eta_excludes_the_warm_up_and_is_rough_until_a_unit_finished():
   p, clock, out = make()
   p.start('mmtl Ses01', 10)
   clock.t = 30.0  # the first step compiled for 30 s: not part of the rate
@@ -41,12 +41,12 @@ def test_eta_excludes_the_warm_up_and_is_a_lower_bound_until_a_unit_finished():
   p.update(9, loss=1.5)
   assert p.rate() == pytest.approx(2.0)
   assert p.unit_eta() == pytest.approx(0.5)
-  # 2 more units of 10 steps at 2 steps/s, evaluation not counted yet: a lower bound
+  # 2 more units of 10 steps at 2 steps/s, evaluation not counted yet: rough
   assert p.run_eta() == (pytest.approx(10.5), True)
   lines = out.getvalue().splitlines()
   assert lines[0] == '[fold-run 1/3 mmtl Ses01] step 1/10 loss 2.000 elapsed 30 s ETA fold-run ?, run ?'
   assert lines[1] == ('[fold-run 1/3 mmtl Ses01] step 9/10 loss 1.500 2 steps/s '
-                      'ETA fold-run 0 s, run >= 10 s')
+                      'ETA fold-run 0 s, run ~10 s')
 
 
 def test_run_eta_uses_finished_units_and_drops_the_compiling_one():

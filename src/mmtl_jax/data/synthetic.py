@@ -35,6 +35,7 @@ from mmtl_jax.data import iemocap
 from mmtl_jax.data import synthetic_speech as speech
 from mmtl_jax.data.iemocap import RELEASE_DIR
 from mmtl_jax.records import Problem, Utterance
+from mmtl_jax.run import progress
 
 MARKER = 'SYNTHETIC.json'  # written inside IEMOCAP_full_release; marks a complete corpus
 VERSION = 1
@@ -272,5 +273,8 @@ def read(data: ml_collections.ConfigDict, workdir: Optional[str] = None
   if not root:
     raise ValueError("data.kind='synthetic' needs config.data.root or a workdir "
                      '(the corpus is then written to <workdir>/synthetic_corpus)')
+  if not os.path.isdir(os.path.join(os.path.abspath(root), RELEASE_DIR)):  # a silent minute
+    progress.line(f'writing the synthetic corpus (seed {int(data.synthetic.seed)}) to '
+                  f'{os.path.join(os.path.abspath(root), RELEASE_DIR)}')
   root = ensure_corpus(root, seed=int(data.synthetic.seed))
   return iemocap.read_iemocap(data, root=root)

@@ -37,8 +37,9 @@ warm-up (compilation, numba's first call in librosa) before it does not enter th
 a unit has two updates its ETA is '?'. The run's ETA is the unit's plus the units still to
 work (`pending`; units read back take no time) times the mean duration of the units finished
 so far (the first one, which compiled, left out once there are two); before any unit has
-finished it is extrapolated from the steps alone and printed as a lower bound ('>= 6 min'),
-since per-unit work outside the steps (evaluation, tests) is not in it yet.
+finished it is extrapolated from the current unit's steps alone and marked '~' ('~6 min'):
+per-unit work outside the steps (evaluation, tests) is not in it yet, and later units (other
+models) may step at another rate.
 """
 
 from __future__ import annotations
@@ -289,12 +290,13 @@ class Progress:
     return None if rate is None else (u.total - step) / rate
 
   def run_eta(self) -> tuple[Optional[float], bool]:
-    """(seconds left in the run, whether that is only a lower bound); (None, _): unknown.
+    """(seconds left in the run, whether that is a rough extrapolation from the current
+    unit's steps); (None, _): unknown.
 
     The units still to work after the current one take the mean duration of the finished
     ones (without the first, which compiled, once there are two); the current one its own
     ETA, or that mean less its time so far where it has no rate yet. Before any unit has
-    finished, the steps' rate alone gives a lower bound.
+    finished, the current unit's step rate stands for every unit (rough).
     """
     after = max(0, self.pending - self.worked)  # units to work after the current one
     durations = self.durations[1:] if len(self.durations) > 1 else self.durations
@@ -315,8 +317,8 @@ class Progress:
     return unit_left + after * u.total / rate, True
 
   def _run_text(self) -> str:
-    seconds, lower_bound = self.run_eta()
-    return ('>= ' if lower_bound and seconds is not None else '') + format_duration(seconds)
+    seconds, rough = self.run_eta()
+    return ('~' if rough and seconds is not None else '') + format_duration(seconds)
 
   def status(self) -> str:
     """The line of the current unit: where it is, its scalars, its rate and the ETAs."""
