@@ -104,6 +104,21 @@ def test_long_units_are_announced_and_the_heartbeat_speaks_while_nothing_updates
   assert any(l.startswith('[gradients 2/2 checkpoint 1/1] started, ETA run ') for l in lines)
 
 
+def test_a_terminal_gets_bars_of_the_unit_and_of_the_run_and_no_status_lines():
+  out = io.StringIO()
+  p = progress.Progress('fold-run', 2, every_s=0.0, stream=out, tty=True)
+  p.read_back('a', 'x')
+  p.start('b', 3)
+  p.update(1, loss=1.5)
+  p.update(3, loss=1.25)
+  p.finish('ok')
+  p.close()
+  text = out.getvalue()
+  assert 'fold-run 2/2 b:' in text and 'fold-runs: 100%' in text  # the unit's and the run's
+  assert '[fold-run 1/2 a] read back: x' in text and '[fold-run 2/2 b] done in ' in text
+  assert ' step 3/3' not in text  # the bars say it
+
+
 def test_log_file_receives_the_lines_with_the_time(tmp_path):
   path = tmp_path / 'logs' / 'train.log'
   with progress.log_to(str(path)):
