@@ -5,8 +5,43 @@ __init__.py, and the default import mode prepends the conftest's directory), in 
 and in every xdist worker alike.
 """
 
+import struct
+
 import jax
 import numpy as np
+
+
+def read_events(path):
+  """The events of one TensorBoard event file (TFRecord framing, tensorboardX's own protos;
+  no tensorboard needed): a list of `event_pb2.Event`."""
+  from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
+  out = []
+  with open(path, 'rb') as f:
+    data = f.read()
+  pos = 0
+  while pos < len(data):
+    (length,) = struct.unpack('<Q', data[pos:pos + 8])
+    out.append(event_pb2.Event.FromString(data[pos + 12:pos + 12 + length]))
+    pos += 12 + length + 4
+  return out
+
+
+def scalar_events(path):
+  """[(step, tag, value)] of the scalars of one event file."""
+  return [(e.step, v.tag, v.simple_value) for e in read_events(path) for v in e.summary.value
+          if v.WhichOneof('value') == 'simple_value']
+
+
+def plugin_tags(path):
+  """{plugin name: [tags]} of the summaries of one event file that name a plugin (hparams,
+  text)."""
+  out = {}
+  for e in read_events(path):
+    for v in e.summary.value:
+      name = v.metadata.plugin_data.plugin_name
+      if name:
+        out.setdefault(name, []).append(v.tag)
+  return out
 
 
 def _leaves_by_path(tree):

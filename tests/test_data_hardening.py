@@ -167,6 +167,8 @@ def test_non_finite_features_are_a_named_skip(tmp_path):
   assert [x['path'] for x in s.manifest['skipped']] == [huge]
   assert 'non-finite' in s.manifest['skipped'][0]['reason']
   assert np.isfinite(np.asarray(s.features, np.float32)).all()
+  # only the synthetic corpus' own broken wav is labelled deliberate, never a real skip
+  assert 'deliberate' not in store_lib.format_summary(s)
 
 
 def test_a_fifo_or_directory_in_the_manifest_is_a_named_skip(tmp_path):

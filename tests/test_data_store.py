@@ -153,7 +153,9 @@ def test_store_contents_and_skipped_wav(small_corpus, small_store):
   with open(s.manifest_path) as f:
     assert json.load(f)['config_hash'] == os.path.basename(s.directory)
   assert not [d for d in os.listdir(os.path.dirname(s.directory)) if d.startswith('.tmp')]
-  assert 'skipped: 1' in store_lib.format_summary(s)
+  summary = store_lib.format_summary(s)
+  assert 'skipped: 1 (1 on purpose)' in summary
+  assert f"{info['unreadable']}: unreadable" in summary and '[deliberate: ' in summary
 
 
 def test_store_records_each_segments_valid_frames(small_corpus, small_store, tmp_path,

@@ -17,6 +17,7 @@ def test_differences_and_fields_that_cannot_change_a_result(tiny_config, corpus_
   assert base['meta.mode'] == 'first_order' and base['feature_store'] == 'abc'
   assert 'compilation_cache_dir' not in base and 'folds.which' not in base
   config.train.log_every, config.folds.which = 3, (1,)  # where/what is run, not how
+  config.train.report_every_s = 0.0  # how often progress is shown
   assert fingerprint.fingerprint(config, 'mmtl', 'abc') == base
   config.meta.gamma = 0.5
   assert fingerprint.differences(base, fingerprint.fingerprint(config, 'mmtl', 'xyz')) == [

@@ -4,28 +4,13 @@ import glob
 import json
 import math
 import os
-import struct
 
 import numpy as np
 import pytest
 
 from mmtl_jax.run import metric_log
 
-
-def _read_events(path):
-  """Parses a TFRecord event file -> [(step, tag, value)] (tensorboardX's own protos)."""
-  from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
-  out = []
-  with open(path, 'rb') as f:
-    data = f.read()
-  pos = 0
-  while pos < len(data):
-    (length,) = struct.unpack('<Q', data[pos:pos + 8])
-    event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
-    pos += 12 + length + 4
-    for v in event.summary.value:
-      out.append((event.step, v.tag, v.simple_value))
-  return out
+from helpers import plugin_tags, read_events, scalar_events
 
 
 def test_jsonl_and_event_file(tmp_path):
@@ -45,10 +30,33 @@ def test_jsonl_and_event_file(tmp_path):
     json.loads(line)  # every line is valid JSON on its own
 
   (event_file,) = glob.glob(str(tmp_path / 'logs' / 'events.out.tfevents.*'))
-  events = _read_events(event_file)
-  assert (1, 'fold_2/loss', 0.5) in events
-  assert (1, 'fold_2/dev_UA', 0.25) in events
-  assert any(s == 2 and t == 'fold_2-swap/loss' and math.isnan(v) for s, t, v in events)
+  events = scalar_events(event_file)
+  # The tags carry no fold: one directory is one TensorBoard run, and runs overlay by tag.
+  assert (1, 'loss', 0.5) in events
+  assert (1, 'dev_UA', 0.25) in events
+  assert any(s == 2 and t == 'loss' and math.isnan(v) for s, t, v in events)
+
+
+def test_hparams_and_text_go_into_the_run_directory_itself(tmp_path):
+  with metric_log.MetricWriter(tmp_path / 'logs', enabled=True) as writer:
+    writer.write_hparams({'meta.gamma': 0.003, 'system': 'mmtl', 'train.models': ['a', 'b'],
+                          'flag': True}, metrics=['dev_UA_strict'])
+    writer.write_text('config', '    a: 1')
+  # One event file and no subdirectory (add_hparams would open a second run)
+  assert not [n for n in os.listdir(tmp_path / 'logs') if os.path.isdir(tmp_path / 'logs' / n)]
+  (event_file,) = glob.glob(str(tmp_path / 'logs' / 'events.out.tfevents.*'))
+  tags = plugin_tags(event_file)
+  assert tags['hparams'] == ['_hparams_/experiment', '_hparams_/session_start_info',
+                             '_hparams_/session_end_info']
+  assert tags['text'] == ['config/text_summary']
+  from tensorboardX.proto import plugin_hparams_pb2  # pylint: disable=g-import-not-at-top
+  (start,) = [v for e in read_events(event_file) for v in e.summary.value
+              if v.tag == '_hparams_/session_start_info']
+  data = plugin_hparams_pb2.HParamsPluginData.FromString(start.metadata.plugin_data.content)
+  values = data.session_start_info.hparams
+  assert values['meta.gamma'].number_value == pytest.approx(0.003)
+  assert values['train.models'].string_value == '["a", "b"]'
+  assert values['flag'].bool_value
 
 
 def test_append_on_resume_and_truncated_last_line(tmp_path):

@@ -111,6 +111,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.eval_every = 200
   c.train.checkpoint_every = 200
   c.train.log_every = 20
+  # Where stdout is no terminal (nohup, SLURM, a pipe): a progress line every this many
+  # seconds (fold-run i/n, step, loss, steps/s, ETAs; also in <workdir>/train.log). 0: every
+  # step. On a terminal: tqdm bars instead (the log file still gets the lines).
+  c.train.report_every_s = 30.0
   c.train.models = ('mmtl', 'cnn_lstm', 'cnn_lstm_mtl')
   # The baselines' own Adam learning rates (MMTL's outer rate is meta.gamma); choose them on
   # dev with experiments/sweep.py, as for MMTL.

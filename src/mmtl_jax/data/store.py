@@ -53,11 +53,12 @@ from typing import Any, Callable, Optional, Sequence
 
 import ml_collections
 import numpy as np
-import tqdm
 
 from mmtl_jax import records
 from mmtl_jax.data import corpus as corpus_lib
 from mmtl_jax.data import features as features_lib
+from mmtl_jax.data import synthetic
+from mmtl_jax.run import progress
 from mmtl_jax.run import tmp_dirs
 from mmtl_jax.run import workers as workers_lib
 
@@ -173,21 +174,33 @@ def _features_or_reason(job: tuple[str, dict]
   return (stored, lengths), ''
 
 
-def _compute(paths: list[str], features: dict, workers: int, desc: str) -> list:
+def _in_process(jobs: list, name: str, every_s: float) -> list:
+  with progress.Progress('features', every_s=every_s, unit='utt', heartbeat=every_s > 0) as p:
+    return list(p.track(map(_features_or_reason, jobs), name, len(jobs)))
+
+
+def _compute(paths: list[str], features: dict, workers: int, name: str,
+             every_s: float = progress.DEFAULT_EVERY_S) -> list:
+  """`_features_or_reason` of every path, in `workers` processes (0: one per core), with
+  progress as unit `name` of 'features' (a line every `every_s` s where stdout is no
+  terminal; the ETA counts from the first utterance, after librosa's warm-up)."""
   jobs = [(p, features) for p in paths]
   workers = workers or os.cpu_count() or 1
   if workers == 1 or len(jobs) < 2:
-    return [_features_or_reason(j) for j in tqdm.tqdm(jobs, desc=desc, unit='utt')]
+    return _in_process(jobs, name, every_s)
   method = workers_lib.start_method()
   try:
-    return workers_lib.map_in_pool(_features_or_reason, jobs, workers, method, desc)
+    with progress.Progress('features', every_s=every_s, unit='utt',
+                           heartbeat=every_s > 0) as reporter:
+      return workers_lib.map_in_pool(_features_or_reason, jobs, workers, method, name,
+                                     reporter=reporter)
   except concurrent.futures.process.BrokenProcessPool:
     # Typically a spawned worker re-ran a __main__ script that lacks the
     # `if __name__ == '__main__':` guard. The result does not depend on the workers.
     logging.warning('feature workers (%s) failed; computing in this process instead. Guard the '
                     "script's entry point with `if __name__ == '__main__':` to use %d workers.",
                     method, workers)
-    return [_features_or_reason(j) for j in tqdm.tqdm(jobs, desc=desc, unit='utt')]
+    return _in_process(jobs, name, every_s)
 
 
 def _counts(speakers: Sequence[str], labels: Sequence[str]) -> dict[str, dict[str, int]]:
@@ -198,7 +211,8 @@ def _counts(speakers: Sequence[str], labels: Sequence[str]) -> dict[str, dict[st
   return {s: dict(sorted(c.items())) for s, c in sorted(counts.items())}
 
 
-def _read_all(utterances: Sequence[records.Utterance], fcfg: dict, workers: int, key: str
+def _read_all(utterances: Sequence[records.Utterance], fcfg: dict, workers: int, key: str,
+              every_s: float = progress.DEFAULT_EVERY_S
               ) -> tuple[list[tuple[records.Utterance, np.ndarray, np.ndarray]], list[dict]]:
   """([(utterance, its [S, T, F] segments, their [S] valid frames)] in input order,
   [{path, utt_id, reason}] skipped).
@@ -206,7 +220,7 @@ def _read_all(utterances: Sequence[records.Utterance], fcfg: dict, workers: int,
   Raises:
     RuntimeError: no utterance could be read (an empty store is never useful).
   """
-  results = _compute([u.path for u in utterances], fcfg, workers, desc=f'features {key}')
+  results = _compute([u.path for u in utterances], fcfg, workers, key, every_s)
   kept, skipped = [], []
   for u, (segments, reason) in zip(utterances, results):
     if segments is None:
@@ -395,7 +409,8 @@ def _write(directory: str, config: ml_collections.ConfigDict, key: str,
   """Computes every utterance's segments, checks what could be read (`check_stored`) and
   writes the store into `directory`; manifest.json last, with the content hashes."""
   fcfg = config.features.to_dict()
-  kept, skipped = _read_all(utterances, fcfg, config.features.workers, key)
+  kept, skipped = _read_all(utterances, fcfg, config.features.workers, key,
+                            progress.interval(config))
   check_stored(config.data, utterances, kept, skipped)
   classes, aux_tasks = tuple(config.data.classes), tuple(config.data.aux_tasks)
   speakers = sorted({u.speaker for u, *_ in kept})
@@ -620,8 +635,12 @@ def format_summary(store: FeatureStore) -> str:
   lines.append(f'{"total":<{width}}' + ''.join(f'{f"{a}/{b}":>11}' for a, b in totals.values())
                + f'{f"{len(store.utterances)}/{len(store)}":>11}')
   skipped = store.manifest['skipped']
-  lines.append(f'skipped: {len(skipped)}')
-  lines += [f'  {s["path"]}: {s["reason"]}' for s in skipped]
+  deliberate = [synthetic.unreadable_on_purpose(s['path']) for s in skipped]
+  lines.append(f'skipped: {len(skipped)}' + (f' ({sum(deliberate)} on purpose)'
+                                             if any(deliberate) else ''))
+  lines += [f'  {s["path"]}: {s["reason"]}' + (
+      ' [deliberate: the synthetic corpus writes this one wav unreadable to show that skipped '
+      'files are listed; nothing is wrong]' if d else '') for s, d in zip(skipped, deliberate)]
   lines += [f'left out: {p["path"]}: {p["reason"]}' for p in store.manifest.get('problems', [])]
   lines.append(f'cache: {"hit" if store.cache_hit else "built"} {store.directory}')
   return '\n'.join(lines)

@@ -35,6 +35,7 @@ from mmtl_jax.data import iemocap
 from mmtl_jax.data import synthetic_speech as speech
 from mmtl_jax.data.iemocap import RELEASE_DIR
 from mmtl_jax.records import Problem, Utterance
+from mmtl_jax.run import progress
 
 MARKER = 'SYNTHETIC.json'  # written inside IEMOCAP_full_release; marks a complete corpus
 VERSION = 1
@@ -240,6 +241,26 @@ def ensure_corpus(root: str, seed: int = 0) -> str:
   return write_corpus(root, seed=seed)['root']
 
 
+def unreadable_on_purpose(path: str) -> bool:
+  """Whether `path` is the wav that a synthetic corpus writes unreadable on purpose (so that
+  the feature store's skip report has something to list): the one its marker file names."""
+  path = os.path.abspath(path)
+  directory = os.path.dirname(path)
+  while True:
+    if os.path.basename(directory) == RELEASE_DIR:
+      try:
+        with open(os.path.join(directory, MARKER), encoding='utf-8') as f:
+          broken = json.load(f).get('unreadable')
+      except (OSError, ValueError, AttributeError):
+        return False
+      return isinstance(broken, str) and os.path.normpath(
+          os.path.join(directory, broken)) == os.path.normpath(path)
+    parent = os.path.dirname(directory)
+    if parent == directory:
+      return False
+    directory = parent
+
+
 def read(data: ml_collections.ConfigDict, workdir: Optional[str] = None
          ) -> tuple[list[Utterance], list[Problem]]:
   """The corpus reader of kind 'synthetic' (see `mmtl_jax.data.corpus`).
@@ -252,5 +273,8 @@ def read(data: ml_collections.ConfigDict, workdir: Optional[str] = None
   if not root:
     raise ValueError("data.kind='synthetic' needs config.data.root or a workdir "
                      '(the corpus is then written to <workdir>/synthetic_corpus)')
+  if not os.path.isdir(os.path.join(os.path.abspath(root), RELEASE_DIR)):  # a silent minute
+    progress.line(f'writing the synthetic corpus (seed {int(data.synthetic.seed)}) to '
+                  f'{os.path.join(os.path.abspath(root), RELEASE_DIR)}')
   root = ensure_corpus(root, seed=int(data.synthetic.seed))
   return iemocap.read_iemocap(data, root=root)

@@ -149,6 +149,23 @@ class QuietEnvironmentErrors(logging.Filter):
     return _sign(text) is None
 
 
+class QuietBackendProbe(logging.Filter):
+  """Drops JAX's INFO record "Unable to initialize backend 'tpu': ... libtpu.so: cannot open
+  shared object file" (jax._src.xla_bridge probes every platform at start): on a machine
+  without libtpu it only says there is no TPU. A TPU that fails on a TPU host (busy, driver)
+  says something else and keeps its line; a platform asked for explicitly (JAX_PLATFORMS)
+  that fails raises, which no filter touches."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    text = record.getMessage()
+    return not (record.levelno <= logging.INFO
+                and text.startswith("Unable to initialize backend 'tpu'")
+                and 'libtpu.so: cannot open shared object file' in text)
+
+
+BACKEND_LOGGER = 'jax._src.xla_bridge'
+
+
 def verbose() -> bool:
   """--verbose on the command line (also before flags are parsed) or MMTL_JAX_VERBOSE=1."""
   if os.environ.get(VERBOSE_ENV, '') not in ('', '0'):
@@ -211,6 +228,7 @@ def run(fn: Callable[..., Any]) -> None:
                       f'(also: {VERBOSE_ENV}=1).')
   if not verbose():  # orbax logs through absl's logger
     logging.getLogger('absl').addFilter(QuietEnvironmentErrors())
+    logging.getLogger(BACKEND_LOGGER).addFilter(QuietBackendProbe())
   app.run(boundary(fn), flags_parser=_parse_flags)
 
 

@@ -7,8 +7,11 @@ Non-finite values are written as null (strict JSON has no NaN) and passed to Ten
 unchanged. The file is opened in append mode: a resumed run appends, so steps between the
 last checkpoint and a crash appear twice; readers should keep the last line per (fold, step).
 
-TensorBoard tags are the metric names, prefixed by ``fold_<fold>/`` when a fold is given so
-that the curves of different folds do not overlap.
+TensorBoard tags are the metric names alone (``loss``, ``dev_UA_strict``): one directory is
+one TensorBoard run, so the runs of a parent directory (every fold and seed of every model in
+a workdir, `tensorboard --logdir <workdir>`) overlay under the same tags. `write_hparams`
+records the run's hyper-parameters for TensorBoard's HPARAMS tab and `write_text` text (the
+resolved config) for its TEXT tab; both in the same directory, so they belong to that run.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import json
 import math
 import os
 import time
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -97,9 +100,28 @@ class MetricWriter:
     self._jsonl.write(json.dumps(line, allow_nan=False) + '\n')
     self._jsonl.flush()
     if self._tb is not None:
-      prefix = '' if fold is None else f'fold_{fold}/'
       for k, v in values.items():
-        self._tb.add_scalar(prefix + k, v, global_step=step)
+        self._tb.add_scalar(k, v, global_step=step)
+
+  def write_hparams(self, hparams: Mapping[str, Any], metrics: Sequence[str]) -> None:
+    """Records this run's hyper-parameters (TensorBoard's HPARAMS tab) and the names of its
+    scalars that the tab shows beside them (their latest values; write them with
+    `write_scalars`). Values that are not bool, int, float or str are shown as text.
+    TensorBoard only: a no-op without event files."""
+    if self._tb is None:
+      return
+    from tensorboardX.summary import hparams as hparams_summary  # pylint: disable=g-import-not-at-top
+    plain = {str(k): (v if isinstance(v, (bool, int, float, str)) else json.dumps(v))
+             for k, v in hparams.items()}
+    # Written into this run's own directory (SummaryWriter.add_hparams would open a new run
+    # in a subdirectory named after the time, which TensorBoard shows apart from the curves).
+    for summary in hparams_summary(plain, {str(m): 0.0 for m in metrics}):
+      self._tb.file_writer.add_summary(summary)
+
+  def write_text(self, tag: str, text: str, step: int = 0) -> None:
+    """Markdown `text` under `tag` (TensorBoard's TEXT tab); a no-op without event files."""
+    if self._tb is not None:
+      self._tb.add_text(tag, text, global_step=int(step))
 
   def flush(self) -> None:
     if self._jsonl is not None:

@@ -17,9 +17,9 @@ import signal
 import sys
 import threading
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Optional
 
-import tqdm
+from mmtl_jax.run import progress
 
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
@@ -70,9 +70,11 @@ def stop_workers(pool: concurrent.futures.ProcessPoolExecutor) -> None:
 
 
 def map_in_pool(fn: Callable[[Any], Any], jobs: list, workers: int, method: str, desc: str,
-                unit: str = 'utt') -> list:
+                unit: str = 'utt', reporter: Optional[progress.Progress] = None) -> list:
   """[fn(job) for job in jobs], computed in a pool of `workers` processes started by
-  `method` ('fork' | 'spawn'; see `start_method`), with a tqdm progress bar.
+  `method` ('fork' | 'spawn'; see `start_method`), reported as unit `desc` of `reporter`
+  (default: a `progress.Progress` of its own: a bar on a terminal, else a line every 30 s; its
+  rate and ETA count from the first result, after the workers' warm-up).
 
   The workers die with this process; on any exception (KeyboardInterrupt, SystemExit from
   SIGTERM) they are killed at once. `fn` must be picklable (a module-level function).
@@ -86,8 +88,13 @@ def map_in_pool(fn: Callable[[Any], Any], jobs: list, workers: int, method: str,
       initializer=die_with_parent, initargs=(os.getpid(),))
   try:
     chunk = max(1, min(16, len(jobs) // (4 * workers)))
-    results = list(tqdm.tqdm(pool.map(fn, jobs, chunksize=chunk),
-                             total=len(jobs), desc=desc, unit=unit))
+    own = reporter is None
+    reporter = progress.Progress('work', unit=unit) if own else reporter
+    try:
+      results = list(reporter.track(pool.map(fn, jobs, chunksize=chunk), desc, len(jobs)))
+    finally:
+      if own:
+        reporter.close()
   except BaseException:
     stop_workers(pool)
     raise

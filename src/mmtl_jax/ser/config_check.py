@@ -89,6 +89,7 @@ def config_problems(config: Any) -> List[str]:
     out += _count(field, _get(config, field), minimum)
   for field in _POSITIVE:
     out += _positive(field, _get(config, field))
+  out += _non_negative('train.report_every_s', _get(config, 'train.report_every_s'))
   out += _class_count(_get(config, 'data.classes'))
   rates = _get(config, 'train.baseline_lr')
   for name, lr in (dict(rates) if rates is not _MISSING and rates else {}).items():
@@ -159,6 +160,14 @@ def _positive(field: str, value: Any) -> List[str]:
     return []
   if not isinstance(value, numbers.Real) or isinstance(value, bool) or not value > 0:
     return [f'{field}: must be a number > 0 (got {value!r})']  # `not >` also catches nan
+  return []
+
+
+def _non_negative(field: str, value: Any) -> List[str]:
+  if value is _MISSING:
+    return []
+  if not isinstance(value, numbers.Real) or isinstance(value, bool) or not value >= 0:
+    return [f'{field}: must be a number >= 0 (got {value!r})']
   return []
 
 

@@ -31,8 +31,8 @@ CHECKPOINT_KEY = 'fingerprint'  # in the JSON item ('extra') of every checkpoint
 # folds / models / seeds this invocation runs (each fold directory is per model and seed), and
 # what to do on a mismatch.
 IGNORED = ('compilation_cache_dir', 'features.workers', 'train.log_every',
-           'train.checkpoint_every', 'train.models', 'train.seeds', 'folds.which',
-           'train.on_changed_config')
+           'train.report_every_s', 'train.checkpoint_every', 'train.models', 'train.seeds',
+           'folds.which', 'train.on_changed_config')
 
 
 # How to go on from a damaged fold file (the end of the one-line error).

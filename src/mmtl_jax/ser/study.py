@@ -132,12 +132,14 @@ def run_study(config: ml_collections.ConfigDict, arms: Sequence[Arm], study_dir:
 
 def _train_arms(config, arms, configs, study_dir, train_fn, reference) -> dict[str, Any]:
   """The training loop of `run_study`, under the study directory's lock."""
-  runs: list[dict[str, Any]] = []
-  for arm, cfg in zip(arms, configs):
-    arm_dir = os.path.join(study_dir, arm.name)
-    sweep.share_dirs(study_dir, arm_dir)
-    print(f'study arm {arm.name}', flush=True)
-    runs += labelled_runs(train_fn(cfg, arm_dir), arm)
+  arm_dirs = [os.path.join(study_dir, arm.name) for arm in arms]
+
+  def train_arm(i: int) -> list[dict[str, Any]]:
+    sweep.share_dirs(study_dir, arm_dirs[i])
+    return labelled_runs(train_fn(configs[i], arm_dirs[i]), arms[i])
+
+  runs = [run for arm_runs in sweep.run_units('study arm', [a.name for a in arms], arm_dirs,
+                                              config, train_arm) for run in arm_runs]
   labels = [(r['label'], r['protocol']) for r in runs]
   if len(set(labels)) != len(labels):
     raise StudyError(f'study labels repeat across arms: {labels}, the arms, give each '

@@ -24,6 +24,7 @@ import ml_collections
 from mmtl_jax.run import errors
 from mmtl_jax.run import files
 from mmtl_jax.run import lock as lock_lib
+from mmtl_jax.run import progress
 from mmtl_jax.ser import config_check
 
 
@@ -184,18 +185,41 @@ def run_sweep(config: ml_collections.ConfigDict, grid: Mapping[str, Sequence[Any
     return _train_points(points, configs, grid, sweep_dir, train_fn)
 
 
+def run_units(what: str, names: Sequence[str], directories: Sequence[str],
+              config: ml_collections.ConfigDict, train_one: Callable[[int], Any]) -> list:
+  """[train_one(i) for each unit i], reported as units `names` of a `progress.Progress`
+  (a line when each starts, with the run's ETA from the units finished so far; a unit whose
+  directory already holds results.json is read back, and takes no time)."""
+  done = [os.path.exists(os.path.join(d, 'results.json')) for d in directories]
+  out = []
+  # No heartbeat: the training inside reports its own progress every report_every_s.
+  with progress.Progress(what, len(names), every_s=progress.interval(config), announce=True,
+                         pending=done.count(False)) as reporter:
+    for i, name in enumerate(names):
+      if not done[i]:
+        reporter.start(name, 1)
+      out.append(train_one(i))
+      if done[i]:
+        reporter.read_back(name)
+      else:
+        reporter.finish()
+  return out
+
+
 def _train_points(points, configs, grid, sweep_dir, train_fn) -> dict[str, Any]:
   """The training loop of `run_sweep`, under the sweep directory's lock."""
   done = []
-  for point, cfg in zip(points, configs):
-    name = point_name(point)
-    point_dir = os.path.join(sweep_dir, 'points', name)
-    share_dirs(sweep_dir, point_dir)
-    print(f'sweep point {len(done) + 1}/{len(points)}: {name}', flush=True)
-    results = train_fn(cfg, point_dir)
-    done.append({'name': name, 'overrides': files.to_jsonable(point),
+  names = [point_name(p) for p in points]
+  point_dirs = [os.path.join(sweep_dir, 'points', name) for name in names]
+
+  def train_point(i: int) -> None:
+    share_dirs(sweep_dir, point_dirs[i])
+    results = train_fn(configs[i], point_dirs[i])
+    done.append({'name': names[i], 'overrides': files.to_jsonable(points[i]),
                  'dev': dev_figures(results)})
     write(sweep_dir, grid, done)  # partial results survive an interrupted sweep
+
+  run_units('sweep point', names, point_dirs, configs[0], train_point)
   return write(sweep_dir, grid, done)
 
 

@@ -7,11 +7,16 @@ Workdir layout::
   <workdir>/<model>/<fold>/checkpoints/   the fold's `TrainState`. orbax: params, optimiser
                                           state, best-on-dev params; JSON extra: step, seed,
                                           sampler position, best dev scores
-  <workdir>/<model>/<fold>/logs/    TensorBoard events + metrics.jsonl
+  <workdir>/<model>/<fold>/logs/    TensorBoard events + metrics.jsonl: one TensorBoard run per
+                                    (model, fold, seed), the same tags in each (so
+                                    `tensorboard --logdir <workdir>` overlays them), with the
+                                    run's hyper-parameters (HPARAMS) and its resolved config (TEXT)
   <workdir>/<model>/<fold>/bundle/  inference bundle of the dev-selected ('strict') params
   <workdir>/<model>/<fold>/result.json   the fold's test results (its presence = fold done)
                                          and its fingerprint (also in every checkpoint)
   <workdir>/.mmtl_jax.lock          held while a run uses the workdir (mmtl_jax.run.lock)
+  <workdir>/train.log               what the terminal shows, with the time of each line, and the
+                                    periodic progress lines (appended by every run)
   <workdir>/results.json, results.md, confusion/   the tables (paper Tables 2/3 layout);
                                     results.json also holds the run's provenance
 
@@ -23,6 +28,12 @@ One fold trains over one `TrainState`: `create_state`, then `restore_state` (its
 checkpoint, if any), then `train_steps`, which runs `train_one_step` and, when due,
 `select_on_dev` and `save_state`; `finish_fold` then tests the dev-selected params and writes
 the inference bundle.
+
+Progress (mmtl_jax.run.progress): on a terminal, tqdm bars of the fold-run and of all
+fold-runs; elsewhere (nohup, SLURM), a line every config.train.report_every_s seconds with
+the fold-run i/n, step, loss, steps/s and the ETAs of the fold-run and of the run. At the end
+the terminal gets the summary table and the paths of results.md / results.json / the plots;
+results.md keeps the per-fold tables.
 
 Resuming: start the same command again. Finished folds are read back; an unfinished fold
 restores its latest checkpoint. Batches and dropout derive from (seed, step, task) only, so
@@ -37,11 +48,13 @@ by all processes; the JSON results, the tables and the inference bundles by proc
 The workdir must be on a file system shared by all hosts.
 """
 
+import contextlib
 import dataclasses
 import errno
 import json
 import logging
 import os
+import re
 import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -49,7 +62,6 @@ import jax
 from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
-from tqdm.auto import tqdm
 
 from mmtl_jax.data import folds as folds_lib
 from mmtl_jax.data import sampler as sampler_lib
@@ -60,10 +72,12 @@ from mmtl_jax.run import files
 from mmtl_jax.run import lock as lock_lib
 from mmtl_jax.run import metric_log
 from mmtl_jax.run import process
+from mmtl_jax.run import progress
 from mmtl_jax.run import provenance as provenance_lib
 from mmtl_jax.ser import config_check
 from mmtl_jax.ser import evaluate as eval_lib
 from mmtl_jax.ser import fingerprint as fingerprint_lib
+from mmtl_jax.ser import report
 from mmtl_jax.ser import results as results_lib
 from mmtl_jax.ser import systems as systems_lib
 
@@ -71,6 +85,7 @@ log = logging.getLogger(__name__)
 StaleRunError = fingerprint_lib.StaleRunError
 WorkdirLockedError = lock_lib.WorkdirLockedError
 CheckpointMismatchError = ckpt_lib.CheckpointMismatchError
+TRAIN_LOG = 'train.log'
 
 PyTree = Any
 
@@ -195,8 +210,9 @@ class FoldRun:
     protocols: config.eval.protocols; seed: config.seed.
     steps, log_every, eval_every, checkpoint_every: the schedule from config.train.
     checkpointer: the fold's open Checkpointer; writer: its open MetricWriter.
-    name: the fold in error messages (its progress-bar text, else its directory).
+    name: the fold in error messages (its position in the run, else its directory).
     fingerprint: the fold's `fingerprint.fingerprint`, stored in every checkpoint (or None).
+    reporter: the run's progress, told every step (or None).
   """
   step_fn: Callable[..., Any]
   sampler: sampler_lib.TaskSampler
@@ -214,9 +230,10 @@ class FoldRun:
   writer: metric_log.MetricWriter
   name: str
   fingerprint: Optional[Dict[str, Any]] = None
+  reporter: Optional[progress.Progress] = None
 
 
-def train_one_step(state: TrainState, run: FoldRun, bar: tqdm) -> TrainState:
+def train_one_step(state: TrainState, run: FoldRun) -> TrainState:
   """Step state.step + 1: one jitted update, the NaN guard, and (when due) metric logging.
 
   Raises:
@@ -234,7 +251,8 @@ def train_one_step(state: TrainState, run: FoldRun, bar: tqdm) -> TrainState:
         f'{run.checkpointer.directory}; lower the learning rates or check the features.')
   if _due(step, run.log_every, run.steps):
     run.writer.write_scalars(step, {k: float(v) for k, v in metrics.items()})
-    bar.set_postfix(loss=f'{loss:.3f}')
+  if run.reporter is not None:  # cheap: it writes only when a line is due
+    run.reporter.update(step, loss=loss)
   return dataclasses.replace(state, params=params, opt_state=opt_state, step=step,
                              sampler_position=step)
 
@@ -282,12 +300,10 @@ def save_state(state: TrainState, checkpointer: ckpt_lib.Checkpointer,
   checkpointer.save(state.step, arrays, extra, force=True)
 
 
-def train_steps(state: TrainState, run: FoldRun, position: str) -> TrainState:
+def train_steps(state: TrainState, run: FoldRun) -> TrainState:
   """Steps state.step + 1 .. run.steps, with dev selection and checkpoints when due."""
-  bar = tqdm(range(state.step + 1, run.steps + 1), initial=state.step, total=run.steps,
-             desc=position, leave=False, dynamic_ncols=True, disable=None)
-  for _ in bar:  # each iteration advances state.step by one
-    state = train_one_step(state, run, bar)
+  for _ in range(state.step + 1, run.steps + 1):  # each iteration advances state.step by one
+    state = train_one_step(state, run)
     if _due(state.step, run.eval_every, run.steps) or _due(state.step, run.checkpoint_every,
                                                             run.steps):
       check_finite_params(state, run)
@@ -295,7 +311,6 @@ def train_steps(state: TrainState, run: FoldRun, position: str) -> TrainState:
       state = select_on_dev(state, run)
     if _due(state.step, run.checkpoint_every, run.steps):
       save_state(state, run.checkpointer, run.fingerprint)
-  bar.close()
   return state
 
 
@@ -326,10 +341,25 @@ def finish_fold(state: TrainState, system: systems_lib.System, evaluator: eval_l
           'test_speaker': fold.test_speaker, 'records': records}
 
 
+def log_run_config(writer: metric_log.MetricWriter, config: ml_collections.ConfigDict,
+                   model_name: str, fold_name: str) -> None:
+  """The fold's TensorBoard run gets its hyper-parameters (every config field that can change
+  a result, and system, fold, seed), shown beside the latest dev_UA / test_UA / test_WA of
+  each protocol, and the resolved config as text."""
+  flat = fingerprint_lib.flatten(files.to_jsonable(config))
+  hparams = {k: v for k, v in flat.items() if k not in fingerprint_lib.IGNORED}
+  hparams.update(system=model_name, fold=fold_name, seed=int(config.seed))
+  writer.write_hparams(hparams, [f'{k}_{p}' for p in config.eval.protocols
+                                 for k in ('dev_UA', 'test_UA', 'test_WA')])
+  text = json.dumps(files.to_jsonable(config), indent=1, sort_keys=True)
+  writer.write_text('config', '\n'.join('    ' + l for l in text.splitlines()))  # markdown code
+
+
 def train_fold(system: systems_lib.System, evaluator: eval_lib.Evaluator, step_fn: Any,
                store: Any, fold: Any, config: ml_collections.ConfigDict, fold_dir: str,
                position: str = '', mesh: Optional[jax.sharding.Mesh] = None,
-               fingerprint: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+               fingerprint: Optional[Dict[str, Any]] = None,
+               reporter: Optional[progress.Progress] = None) -> Dict[str, Any]:
   """Trains one system on one fold with dev-based model selection; returns test records.
 
   Args:
@@ -338,10 +368,11 @@ def train_fold(system: systems_lib.System, evaluator: eval_lib.Evaluator, step_f
     step_fn: jax.jit(system.train_step) (built once per system, so folds share compilations).
     store: the FeatureStore; fold: a `folds.Fold`; config: the full config.
     fold_dir: <workdir>/<model>/<fold>.
-    position: text for the progress bar, e.g. 'mmtl 2/5'.
+    position: the fold in error messages, e.g. 'mmtl seed 0 fold 2/5'.
     mesh: `process.task_mesh(config)`: params and optimiser state go replicated on it and
       each task batch sharded on its task axis; None (default) leaves them where they are.
     fingerprint: the fold's fingerprint, stored in each checkpoint and compared on restore.
+    reporter: the run's progress (its current unit is this fold), updated every step.
 
   Returns:
     The fold result: {'fold', 'dev_speaker', 'test_speaker', 'records': {protocol: {...}}}.
@@ -356,44 +387,52 @@ def train_fold(system: systems_lib.System, evaluator: eval_lib.Evaluator, step_f
     state = restore_state(checkpointer, state, place_state, fold_dir, fingerprint,
                           config.train.get('on_changed_config', 'error') == 'restart')
     with metric_log.MetricWriter(os.path.join(fold_dir, 'logs'), fold=_fold_name(fold)) as mw:
+      log_run_config(mw, config, system.name, _fold_name(fold))
       run = FoldRun(
           step_fn=step_fn, sampler=sampler, key=jax.random.key(seed), place_batch=place_batch,
           evaluator=evaluator, dev_speaker=fold.dev_speaker,
           protocols=tuple(config.eval.protocols), seed=seed, steps=int(config.train.steps),
           log_every=int(config.train.log_every), eval_every=int(config.train.eval_every),
           checkpoint_every=int(config.train.checkpoint_every), checkpointer=checkpointer,
-          writer=mw, name=position or fold_dir, fingerprint=fingerprint)
-      state = train_steps(state, run, position)
+          writer=mw, name=position or fold_dir, fingerprint=fingerprint, reporter=reporter)
+      state = train_steps(state, run)
+      result = finish_fold(state, system, evaluator, store, fold, config, fold_dir, mesh)
+      mw.write_scalars(state.step, {f'test_{k}_{p}': r[k] for p, r in result['records'].items()
+                                    for k in ('UA', 'WA')})
   finally:
     checkpointer.close()
-  return finish_fold(state, system, evaluator, store, fold, config, fold_dir, mesh)
+  return result
 
 
 def _fold_result(system, evaluator, step_fn, store, fold, config, fold_dir, position, mesh,
-                 expected):
-  """The fold's result.json if it is finished, else trains it (resuming) and writes it
-  with its fingerprint `expected` (process 0 writes; every process trains).
-  `check_fold_dirs` has vetted fold_dir."""
+                 expected, reporter, unit):
+  """The fold's result.json if it is finished (reported as read back), else trains it
+  (resuming) and writes it with its fingerprint `expected` (process 0 writes; every process
+  trains); `reporter` gets it as unit `unit` with its line. `check_fold_dirs` has vetted
+  fold_dir."""
   result_path = os.path.join(fold_dir, 'result.json')
   if os.path.exists(result_path):
     with open(result_path, encoding='utf-8') as f:
-      return json.load(f)
+      result = json.load(f)
+    reporter.read_back(unit, _fold_line(result))
+    return result
   t_fold = time.time()
+  reporter.start(unit, int(config.train.steps))
   result = train_fold(system, evaluator, step_fn, store, fold, config, fold_dir, position,
-                      mesh, expected)
+                      mesh, expected, reporter)
   result['seconds'] = time.time() - t_fold
   result[fingerprint_lib.RESULT_KEY] = expected
   if process.is_primary():
     files.atomic_write_json(result_path, files.to_jsonable(result))
+  reporter.finish(_fold_line(result))
   return result
 
 
-def _print_fold(model_name: str, seed: int, result: Dict[str, Any]) -> None:
-  """One line per fold: its test UA and WA under each protocol."""
-  line = ', '.join(f"{p} UA {r['UA']:.3f} WA {r['WA']:.3f}"
-                   for p, r in result['records'].items())
-  print(f"{model_name} seed {seed} {result['name']} (test {result['test_speaker']}, dev "
-        f"{result['dev_speaker']}): {line}", flush=True)
+def _fold_line(result: Dict[str, Any]) -> str:
+  """The fold's speakers and its test UA and WA under each protocol, on one line."""
+  scores = ', '.join(f"{p} UA {r['UA']:.3f} WA {r['WA']:.3f}"
+                     for p, r in result['records'].items())
+  return f"test {result['test_speaker']}, dev {result['dev_speaker']}: {scores}"
 
 
 def _fold_records(model_name: str, seed: int, result: Dict[str, Any]) -> List[Dict[str, Any]]:
@@ -407,8 +446,10 @@ def _fold_records(model_name: str, seed: int, result: Dict[str, Any]) -> List[Di
 
 def _train_model(model_name: str, config: ml_collections.ConfigDict, store: Any,
                  folds: List[Any], seeds: Tuple[int, ...], workdir: str,
-                 mesh: Optional[jax.sharding.Mesh]) -> List[Dict[str, Any]]:
+                 mesh: Optional[jax.sharding.Mesh], reporter: progress.Progress
+                 ) -> List[Dict[str, Any]]:
   """Every seed x fold of one model (finished folds read back); returns their fold records.
+  Each is one unit of `reporter`, named '<model> <fold>' (and ' seed <s>' with several).
 
   The fold directories are <workdir>/<model>/<fold>, or <workdir>/<model>/seed<s>/<fold>
   with several seeds.
@@ -419,10 +460,10 @@ def _train_model(model_name: str, config: ml_collections.ConfigDict, store: Any,
   records: List[Dict[str, Any]] = []
   for seed_config, i, fold, fold_dir in _fold_dirs(config, model_name, folds, seeds, workdir):
     seed = int(seed_config.seed)
+    unit = f'{model_name} {_fold_name(fold)}' + (f' seed {seed}' if len(seeds) > 1 else '')
     result = _fold_result(system, evaluator, step_fn, store, fold, seed_config, fold_dir,
                           f'{model_name} seed {seed} fold {i + 1}/{len(folds)}', mesh,
-                          _expected(seed_config, model_name, store))
-    _print_fold(model_name, seed, result)
+                          _expected(seed_config, model_name, store), reporter, unit)
     records.extend(_fold_records(model_name, seed, result))
   return records
 
@@ -471,8 +512,7 @@ def check_fold_dirs(config: ml_collections.ConfigDict, store: Any, folds: List[A
     raise StaleRunError(fingerprint_lib.mismatch_message(stale, workdir))
   if process.is_primary():
     for fold_dir in stale:
-      print(f'config changed: {fold_dir} moved to {fingerprint_lib.move_aside(fold_dir)}',
-            flush=True)
+      progress.line(f'config changed: {fold_dir} moved to {fingerprint_lib.move_aside(fold_dir)}')
     for fold_dir, fields in expected.items():  # before any checkpoint of the fold is written
       fingerprint_lib.write(fold_dir, fields)
   if jax.process_count() > 1:
@@ -485,18 +525,57 @@ _NOTES = ("Protocol 'paper': fine-tune on the test speaker's auxiliary labels be
           "two protocols coincide.")
 
 
+def text_table(markdown: List[str]) -> List[str]:
+  """A markdown table (header, '|---|--:|' row, rows) as aligned plain text: columns padded,
+  the right-aligned ones ('--:') to the right, the separator row as dashes."""
+  split = lambda l: [c.strip().replace('\\|', '|')
+                     for c in re.split(r'(?<!\\)\|', l.strip())[1:-1]]
+  rows = [split(l) for l in markdown]
+  right = [c.endswith(':') for c in rows[1]]
+  body = [rows[0]] + rows[2:]
+  widths = [max(len(r[i]) for r in body) for i in range(len(rows[0]))]
+  fmt = lambda r: '  '.join(c.rjust(w) if a else c.ljust(w)
+                            for c, w, a in zip(r, widths, right)).rstrip()
+  return [fmt(body[0]), '  '.join('-' * w for w in widths)] + [fmt(r) for r in body[1:]]
+
+
+def terminal_summary(workdir: str, paths: Dict[str, str], runs: List[Dict[str, Any]],
+                     reporter: progress.Progress, seconds: float) -> str:
+  """What the terminal shows at the end: the summary table in the paper's layout (Tables 2
+  and 3), where the rest is (results.md: the per-fold tables), and what this run trained."""
+  plots = sorted(p for k, p in paths.items() if k.endswith('.png'))
+  lines = ['', 'Results (%): pooled over the test utterances of all folds; mean ± std over '
+           'folds × seeds', '']
+  lines += text_table(report.SUMMARY_HEADER.splitlines() + [report.summary_row(r) for r in runs])
+  lines += ['', f'results.md    {paths["markdown"]}  (per-fold tables, per-class recall, '
+            'MMTL against each baseline)', f'results.json  {paths["json"]}']
+  if plots:
+    lines.append(f'plots         {os.path.dirname(plots[0])}{os.sep}  ({len(plots)} confusion '
+                 'matrices)')
+  lines += [f'log           {os.path.join(workdir, TRAIN_LOG)}',
+            f'TensorBoard   tensorboard --logdir {workdir}', '']
+  if reporter.worked == 0:
+    lines.append(f'nothing trained: all {reporter.read_back_count} fold-runs read back from '
+                 f'{workdir}; total {seconds:.1f} s')
+  else:
+    lines.append(f'trained {reporter.worked} fold-run(s)' + (
+        f', read back {reporter.read_back_count}' if reporter.read_back_count else '')
+                 + f'; total {seconds:.1f} s')
+  return '\n'.join(lines)
+
+
 def _write_tables(workdir: str, config: ml_collections.ConfigDict, classes: List[str],
-                  fold_records: List[Dict[str, Any]], t0: float) -> Dict[str, Any]:
-  """Aggregates the fold records into the tables, which process 0 writes and prints;
-  returns <workdir>/results.json once written (every process)."""
+                  fold_records: List[Dict[str, Any]], t0: float,
+                  reporter: progress.Progress) -> Dict[str, Any]:
+  """Aggregates the fold records into the tables, which process 0 writes and summarises on
+  the terminal; returns <workdir>/results.json once written (every process)."""
   runs = results_lib.aggregate_runs(fold_records, classes)
   if process.is_primary():
     paths = results_lib.write_results(
         workdir, config, runs, notes=_NOTES,
         provenance_info=provenance_lib.provenance(t0, time.time()))
-    with open(paths['markdown'], encoding='utf-8') as f:
-      print(f.read(), flush=True)
-    print(f'total {time.time() - t0:.1f} s; results: {paths["json"]}', flush=True)
+    reporter.line(terminal_summary(workdir, paths, files.to_jsonable(runs), reporter,
+                                   time.time() - t0))
   if jax.process_count() > 1:  # the others read the tables once process 0 has written them
     multihost_utils.sync_global_devices('mmtl_jax.ser.train: results written')
   return results_lib.load_results(workdir)
@@ -568,20 +647,43 @@ def finished_results(config: ml_collections.ConfigDict, workdir: str,
 
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, t0: float
                         ) -> Dict[str, Any]:
-  """The body of `train_and_evaluate`, run while the workdir is locked."""
+  """The body of `train_and_evaluate`, run while the workdir is locked; process 0 copies what
+  it shows to <workdir>/train.log."""
+  logging_to = (progress.log_to(os.path.join(workdir, TRAIN_LOG)) if process.is_primary()
+                else contextlib.nullcontext())
+  with logging_to:
+    return _run(config, workdir, t0)
+
+
+def _reporter(config: ml_collections.ConfigDict, folds: List[Any], seeds: Tuple[int, ...],
+              workdir: str) -> progress.Progress:
+  """The run's progress: one unit per (model, seed, fold); those with a result.json will be
+  read back, the others trained (`pending`)."""
+  dirs = [d for m in config.train.models for *_, d in _fold_dirs(config, m, folds, seeds, workdir)]
+  every_s = progress.interval(config)
+  return progress.Progress(
+      'fold-run', len(dirs), every_s=every_s, enabled=process.is_primary(),
+      pending=sum(not os.path.exists(os.path.join(d, 'result.json')) for d in dirs),
+      heartbeat=every_s > 0)
+
+
+def _run(config: ml_collections.ConfigDict, workdir: str, t0: float) -> Dict[str, Any]:
+  """Features, folds, every model's fold-runs, then the tables."""
   process.enable_compilation_cache(config)
   # The folds are built from the corpus' speakers before any feature is extracted, so a bad
   # folds.which (or scheme) costs nothing; the store keeps every one of those speakers.
   store = store_lib.build_feature_store(
       config, workdir, check_corpus=lambda utts: folds_lib.make_folds([u.speaker for u in utts],
                                                                       config))
-  print(store_lib.format_summary(store), flush=True)
+  progress.line(store_lib.format_summary(store))
   folds = folds_lib.make_folds(store, config)
   # Built once: every system and fold shares the mesh (and so their compilations).
   mesh = process.task_mesh(config)
   seeds = tuple(int(x) for x in config.train.get('seeds', ())) or (int(config.seed),)
   check_fold_dirs(config, store, folds, seeds, workdir)
   fold_records: List[Dict[str, Any]] = []
-  for model_name in config.train.models:
-    fold_records.extend(_train_model(model_name, config, store, folds, seeds, workdir, mesh))
-  return _write_tables(workdir, config, list(store.classes), fold_records, t0)
+  with _reporter(config, folds, seeds, workdir) as reporter:
+    for model_name in config.train.models:
+      fold_records.extend(_train_model(model_name, config, store, folds, seeds, workdir, mesh,
+                                       reporter))
+  return _write_tables(workdir, config, list(store.classes), fold_records, t0, reporter)

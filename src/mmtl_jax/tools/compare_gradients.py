@@ -15,6 +15,7 @@ import ml_collections
 
 from mmtl_jax.meta import diagnostics
 from mmtl_jax.run import files
+from mmtl_jax.run import progress
 from mmtl_jax.ser import losses as ser
 
 
@@ -60,12 +61,24 @@ def compare(config: Any, params: Optional[Dict[str, Any]] = None,
   report = diagnostics.make_gradient_report(
       spec, _float64_batch(config), jax.random.PRNGKey(config.seed), modes=COMPARED,
       fd_eps=cc.fd_eps, direction_seed=cc.direction_seed)
+  name = 'initial parameters' if params is None else 'given parameters'
   if params is None:
     with jax.enable_x64(True):  # a float64 model initialises in float64
       params = ser.init_params(config.model, jax.random.PRNGKey(config.seed),
                                (1, cc.frames, cc.bins))
-  result = _tool_format(report(params))
-  result['checkpoints'] = [_tool_format(report(p)) for p in checkpoints]
+  # Minutes of float64 compilation and finite differences per parameter set: a line when
+  # each starts and, while it runs, every config.train.report_every_s seconds.
+  with progress.Progress('gradients', 1 + len(checkpoints), every_s=progress.interval(config),
+                         heartbeat=True, announce=True) as reporter:
+    def timed(name: str, p: Dict[str, Any]) -> Dict[str, Any]:
+      reporter.start(name, 1)
+      out = _tool_format(report(p))
+      reporter.finish()
+      return out
+
+    result = timed(name, params)
+    result['checkpoints'] = [timed(f'checkpoint {i + 1}/{len(checkpoints)}', p)
+                             for i, p in enumerate(checkpoints)]
   m = config.meta
   result['settings'] = {'alpha': float(m.alpha), 'beta': float(m.beta),
                         'inner_steps': int(m.inner_steps),
