@@ -163,3 +163,12 @@ def test_several_seeds_give_mean_and_std_over_folds_and_seeds(tiny_config, corpu
       ('Ses01-testSes01M', 0), ('Ses01-testSes01M', 1)]
   assert run['std']['UA'] is not None
   assert (tmp_path / 'seeds' / 'cnn_lstm' / 'seed1' / 'Ses01-testSes01M' / 'bundle').exists()
+
+
+def test_resolved_config_is_saved_at_the_workdir_root(trained):
+  # Issue 21 item 4: <workdir>/config.json, the same config as results.json's (and what
+  # --print_config prints, run.errors.config_json).
+  with open(os.path.join(trained[0], 'config.json'), encoding='utf-8') as f:
+    saved = json.load(f)
+  assert saved == trained[1]['config']
+  assert saved['train']['steps'] == 4 and saved['folds']['which'] == [0]

@@ -11,6 +11,8 @@ Workdir layout::
   <workdir>/<model>/<fold>/bundle/  inference bundle of the dev-selected ('strict') params
   <workdir>/<model>/<fold>/result.json   the fold's test results (its presence = fold done)
                                          and its fingerprint (also in every checkpoint)
+  <workdir>/config.json             the resolved config of the run (what --print_config
+                                    prints), written before the first fold trains
   <workdir>/.mmtl_jax.lock          held while a run uses the workdir (mmtl_jax.run.lock)
   <workdir>/results.json, results.md, confusion/   the tables (paper Tables 2/3 layout);
                                     results.json also holds the run's provenance
@@ -502,6 +504,9 @@ def _write_tables(workdir: str, config: ml_collections.ConfigDict, classes: List
   return results_lib.load_results(workdir)
 
 
+CONFIG_JSON = 'config.json'
+
+
 def check_paths(workdir: str) -> None:
   """Refuses, before any work, a --workdir that is not a directory and results files that
   are directories (they would fail only after every fold has trained).
@@ -581,6 +586,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, t0: flo
   mesh = process.task_mesh(config)
   seeds = tuple(int(x) for x in config.train.get('seeds', ())) or (int(config.seed),)
   check_fold_dirs(config, store, folds, seeds, workdir)
+  if process.is_primary():  # after the stale-fold check: a refused config is not recorded
+    files.atomic_write_text(os.path.join(workdir, CONFIG_JSON), errors.config_json(config))
   fold_records: List[Dict[str, Any]] = []
   for model_name in config.train.models:
     fold_records.extend(_train_model(model_name, config, store, folds, seeds, workdir, mesh))
