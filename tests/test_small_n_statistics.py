@@ -5,6 +5,7 @@ interval and no p, and every table says 'n/a' instead of '± 0.00', '[-1.79, -1.
 import json
 
 import ml_collections
+import pytest
 
 from mmtl_jax.ser import results
 from mmtl_jax.ser import significance
@@ -24,6 +25,12 @@ def _config(steps=20, which=(0,), path='/data/emodb/annotations.csv'):
                                       'finetune_unit': 'steps', 'finetune_optimizer': 'sgd',
                                       'finetune_lr': 0.003})
   return c
+
+
+@pytest.fixture(autouse=True)
+def _no_confusion_plots(monkeypatch):
+  # The figures are not under test here; matplotlib would be most of these tests' time.
+  monkeypatch.setattr(results, 'plot_confusion', lambda *args, **kwargs: None)
 
 
 def _one_fold_runs():
