@@ -18,12 +18,14 @@ from absl import flags
 from absl import logging
 
 from mmtl_jax import configs
+from mmtl_jax.configs import quick
 from mmtl_jax.ser import study
 from mmtl_jax.ser import train
 from mmtl_jax.run import errors
 
 _CONFIG = errors.define_config_file('config', configs.config_path('demo'),
-                                          'Experiment config file (get_config()).')
+                                    'Experiment config file (get_config()).',
+                                    quick=quick.apply)
 _WORKDIR = flags.DEFINE_string('workdir', 'runs/study', 'Study directory (resumable).')
 _SEEDS = flags.DEFINE_list('seeds', ['0', '1', '2'], 'Training seeds of every system.')
 _REFERENCE_MODE = flags.DEFINE_string('reference_mode', 'reptile_emotion',

@@ -17,12 +17,14 @@ from absl import flags
 from absl import logging
 
 from mmtl_jax import configs
+from mmtl_jax.configs import quick
 from mmtl_jax.ser import sweep
 from mmtl_jax.ser import train
 from mmtl_jax.run import errors
 
 _CONFIG = errors.define_config_file('config', configs.config_path('demo'),
-                                          'Experiment config file (get_config()).')
+                                    'Experiment config file (get_config()).',
+                                    quick=quick.apply)
 _WORKDIR = flags.DEFINE_string('workdir', 'runs/sweep', 'Sweep directory (resumable).')
 _GRID = flags.DEFINE_multi_string(
     'grid', [], "A grid axis 'field=v1,v2,...' (repeat the flag for more axes; use ';' "

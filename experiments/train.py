@@ -21,11 +21,13 @@ from absl import logging
 import jax
 
 from mmtl_jax import configs
+from mmtl_jax.configs import quick
 from mmtl_jax.ser import train
 from mmtl_jax.run import errors
 
 _CONFIG = errors.define_config_file('config', configs.config_path('demo'),
-                                          'Experiment config file (get_config()).')
+                                    'Experiment config file (get_config()).',
+                                    quick=quick.apply)
 _WORKDIR = flags.DEFINE_string('workdir', 'runs/demo', 'Experiment directory (resumable).')
 _DISTRIBUTED = flags.DEFINE_bool(
     'distributed', False, 'Multi-host run: call jax.distributed.initialize() before anything '

@@ -96,6 +96,7 @@ ENTRY_POINTS = [
     ('fewshot', [BAD_FIELD], ['--config.nosuchfield']),
     ('benchmark', [BAD_FIELD], ['--config.nosuchfield']),
     ('compare_gradients', ['--checkpoints=/nowhere/ckpt'], ['/nowhere/ckpt']),
+    ('prepare_emodb', ['/nowhere/emodb'], ['/nowhere/emodb', 'EmoDB download']),
     ('gradient_curve', [BAD_FIELD], ['--config.nosuchfield']),
     ('sinusoid', [BAD_FIELD], ['--config.nosuchfield']),
     ('accelerator_checks', [BAD_FIELD], ['--config.nosuchfield']),

@@ -163,3 +163,64 @@ def test_several_seeds_give_mean_and_std_over_folds_and_seeds(tiny_config, corpu
       ('Ses01-testSes01M', 0), ('Ses01-testSes01M', 1)]
   assert run['std']['UA'] is not None
   assert (tmp_path / 'seeds' / 'cnn_lstm' / 'seed1' / 'Ses01-testSes01M' / 'bundle').exists()
+
+
+def test_resolved_config_is_saved_at_the_workdir_root(trained):
+  # Issue 21 item 4: <workdir>/config.json, the same config as results.json's (and what
+  # --print_config prints, run.errors.config_json).
+  with open(os.path.join(trained[0], 'config.json'), encoding='utf-8') as f:
+    saved = json.load(f)
+  assert saved == trained[1]['config']
+  assert saved['train']['steps'] == 4 and saved['folds']['which'] == [0]
+
+
+def test_compare_gradients_docstring_example_runs_on_a_training_checkpoint(trained, tmp_path):
+  # Issue 21 item 8: the documented --checkpoints gave 'No structure could be identified' /
+  # KeyError 'theta' on what training writes, and relative paths were refused. The example of
+  # experiments/compare_gradients.py's docstring, pointed at this workdir (relative, from its
+  # parent directory): a step directory and a fold directory (its latest step).
+  import ast  # pylint: disable=g-import-not-at-top
+  import shlex  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  script = os.path.join(repo, 'experiments', 'compare_gradients.py')
+  with open(script, encoding='utf-8') as f:
+    doc = ast.get_docstring(ast.parse(f.read()))
+  example = next(l for l in doc.splitlines() if '--checkpoints=runs/demo' in l)
+  argv = shlex.split(example.replace('runs/demo', os.path.basename(trained[0]))
+                     .replace('/checkpoints/150', '/checkpoints/4'))
+  assert argv[:2] == ['python', 'experiments/compare_gradients.py']
+  out_json = str(tmp_path / 'grads.json')
+  small = ['--config.compare.tasks=1', '--config.compare.segments=2']  # test size
+  out = subprocess.run([sys.executable, script, *argv[2:], *small, f'--json={out_json}'],
+                       cwd=os.path.dirname(trained[0]), capture_output=True, text=True,
+                       timeout=600, env=dict(os.environ, PYTHONPATH=os.path.join(repo, 'src')))
+  assert out.returncode == 0, out.stderr[-2000:]
+  with open(out_json, encoding='utf-8') as f:
+    result = json.load(f)
+  fold = os.path.join(trained[0], 'mmtl', FOLD)
+  assert [c['path'] for c in result['checkpoints']] == [
+      os.path.join(fold, 'checkpoints', '4')] * 2  # the fold directory: its latest step, 4
+  for entry in result['checkpoints']:
+    assert entry['finite_difference']['relative_error'] < 1e-4
+  assert result['settings']['batch'] == [1, 2, 16, 32]  # the run's 16 frames, not 48
+
+
+def test_compare_gradients_reads_what_training_writes(trained, monkeypatch):
+  from mmtl_jax.run import files  # pylint: disable=g-import-not-at-top
+  from mmtl_jax.tools import compare_gradients as tool  # pylint: disable=g-import-not-at-top
+  from mmtl_jax.configs import compare_gradients as tool_config  # pylint: disable=g-import-not-at-top
+  fold = os.path.join(trained[0], 'mmtl', FOLD)
+  step4 = os.path.join(fold, 'checkpoints', '4')
+  monkeypatch.chdir(trained[0])
+  assert tool.locate(os.path.join('mmtl', FOLD)) == step4  # relative; a fold: latest step
+  assert tool.locate(os.path.join(fold, 'checkpoints')) == step4
+  config, params, located = tool.restore_all(tool_config.get_config(), [step4])
+  assert located == [step4] and set(params[0]) == {'theta', 'phi'}
+  assert tuple(config.model.conv_features) == (2, 3, 4) and config.model.dtype == 'float64'
+  assert config.compare.num_aux == 3 and config.compare.frames == 16
+  with pytest.raises(files.DamagedFileError, match="without MMTL's theta and phi"):
+    tool.restore(os.path.join(trained[0], 'cnn_lstm', FOLD))  # a baseline has no phi
+  with pytest.raises(files.MissingFileError, match='no checkpoint directory'):
+    tool.locate('no/such/run')

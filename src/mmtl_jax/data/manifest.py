@@ -75,18 +75,28 @@ def _csv_text(csv_path: str) -> str:
                      'as UTF-8 (e.g. iconv -f <its encoding> -t utf-8)') from None
 
 
-def _check_header(header: list[str], needed: list[str], csv_path: str) -> None:
-  """ValueError naming the file for a repeated or a missing column."""
+def _check_header(header: list[str], needed: list[str], csv_path: str,
+                  aux_tasks: tuple = ()) -> None:
+  """ValueError naming the file for a repeated or a missing column (a missing auxiliary
+  column says which aux tasks the file could give instead)."""
   repeated = sorted({c for c in header if c and header.count(c) > 1})
   if repeated:  # csv.DictReader would silently keep the last of each
     raise ValueError(f'{csv_path}:1: column(s) {repeated} appear more than once in the header '
                      f'{header}; rename or remove the copies')
   missing = [c for c in needed if c not in header]
+  aux_missing = [c for c in missing if c in aux_tasks]
+  if aux_missing:
+    raise ValueError(
+        f'{csv_path}:1: missing column(s) {missing}; header is {header}. {aux_missing} are '
+        'data.aux_tasks: add them to the CSV or set data.aux_tasks to columns it has (each '
+        'with an entry in data.manifest.aux_columns); for EmoDB without the perception '
+        "test's ratings use the config's ':sex' variant (configs/emodb.py)")
   if missing:
     raise ValueError(f'{csv_path}:1: missing column(s) {missing}; header is {header}')
 
 
-def _read_rows(csv_path: str, needed: list[str]) -> list[tuple[int, dict[str, str]]]:
+def _read_rows(csv_path: str, needed: list[str], aux_tasks: tuple = ()
+               ) -> list[tuple[int, dict[str, str]]]:
   """[(line number, row)] of the CSV (blank lines skipped).
 
   Raises:
@@ -98,7 +108,7 @@ def _read_rows(csv_path: str, needed: list[str]) -> list[tuple[int, dict[str, st
   rows = []
   try:
     header = next(reader, [])
-    _check_header(header, needed, csv_path)
+    _check_header(header, needed, csv_path, aux_tasks)
     for fields in reader:
       if not fields:
         continue
@@ -200,7 +210,7 @@ def read_manifest(data: ml_collections.ConfigDict) -> tuple[list[Utterance], lis
                        f"({{column: 'categorical' | (edges...)}})")
   label_map, classes = dict(opts.label_map), tuple(data.classes)
   rows = _read_rows(csv_path, [opts.path_column, opts.speaker_column, opts.label_column,
-                               *data.aux_tasks])
+                               *data.aux_tasks], tuple(data.aux_tasks))
   _duplicates(rows, opts, csv_path)
   categories = {name: sorted({row[name].strip() for _, row in rows})
                 for name in data.aux_tasks if aux_columns[name] == 'categorical'}

@@ -355,15 +355,61 @@ class Checkpointer:
     self.close()
 
 
+def step_dirs(directory: str | os.PathLike) -> dict[int, str]:
+  """{step: directory} of the complete steps under a Checkpointer's directory, read only
+  (temporaries of killed writes and steps moved aside as damaged have no number as name)."""
+  directory = os.fspath(directory)
+  if not os.path.isdir(directory):
+    return {}
+  return {int(n): os.path.join(directory, n) for n in os.listdir(directory)
+          if n.isdigit() and os.path.isdir(os.path.join(directory, n, _STATE))}
+
+
+def is_step_dir(path: str | os.PathLike) -> bool:
+  """Whether `path` is one step directory written by `Checkpointer` (it has a state item)."""
+  return os.path.isdir(os.path.join(os.fspath(path), _STATE))
+
+
+def read_step(step_dir: str | os.PathLike) -> tuple[PyTree, dict[str, Any]]:
+  """(state as saved, extra) of one step directory of a `Checkpointer`, for tools that read a
+  training checkpoint without its model (nothing is created, moved or cleaned up).
+
+  The state comes back as orbax restores it without a target: nested dicts and lists of
+  arrays (a TrainState of ser/train.py: {'params', 'opt_state', 'best'}).
+
+  Raises:
+    CheckpointFormatError: written in another checkpoint format (before any array is read).
+    CheckpointDamagedError: the step cannot be read (one line naming it).
+  """
+  step_dir = os.path.abspath(os.fspath(step_dir))
+  where = f'checkpoint {step_dir}'
+
+  def read_extra():
+    handler = ocp.JsonCheckpointHandler()
+    try:
+      return handler.restore(epath.Path(os.path.join(step_dir, _EXTRA)))
+    finally:
+      handler.close()
+
+  def read_state():
+    with ocp.StandardCheckpointer() as checkpointer:
+      return checkpointer.restore(os.path.join(step_dir, _STATE))
+
+  extra = dict(_damage_guard(where, read_extra) or {})
+  _check_format(where, extra)
+  return _damage_guard(where, read_state), extra
+
+
 # ---- Inference bundle --------------------------------------------------------------------
 
 
-def _lists_to_tuples(obj: Any) -> Any:
-  # The configs of this project hold sequences as tuples; JSON turns them into lists.
+def lists_to_tuples(obj: Any) -> Any:
+  """A config read back from JSON with its lists turned back into tuples (the configs of
+  this project hold sequences as tuples; JSON turns them into lists)."""
   if isinstance(obj, dict):
-    return {k: _lists_to_tuples(v) for k, v in obj.items()}
+    return {k: lists_to_tuples(v) for k, v in obj.items()}
   if isinstance(obj, list):
-    return tuple(_lists_to_tuples(v) for v in obj)
+    return tuple(lists_to_tuples(v) for v in obj)
   return obj
 
 
@@ -445,7 +491,7 @@ def load_inference_bundle(directory: str | os.PathLike,
   if info.get('format') != _BUNDLE_FORMAT or info.get('version', 0) > _BUNDLE_VERSION:
     raise ValueError(f'{marker}: unsupported bundle {info}.')
   with open(os.path.join(directory, 'config.json'), encoding='utf-8') as f:
-    config = ml_collections.ConfigDict(_lists_to_tuples(json.load(f)))
+    config = ml_collections.ConfigDict(lists_to_tuples(json.load(f)))
   abstract = None if target is None else jax.tree.map(_abstract, target)
   with ocp.StandardCheckpointer() as ckptr:
     params = ckptr.restore(os.path.join(directory, 'params'), abstract)

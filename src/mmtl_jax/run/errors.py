@@ -7,6 +7,11 @@
   if __name__ == '__main__':
     errors.run(main)              # absl's app.run(main) inside the boundary
 
+Every config flag defined here comes with `--print_config` (print the resolved config as
+JSON, the content of <workdir>/config.json, and exit 0 before any work) and, when the entry
+point passes `quick=` (configs.quick.apply), `--quick` (a preset applied to the config file's
+config; `--<name>.<field>` overrides given on the command line still win).
+
 An expected error (an `ExpectedError`, a file system refusal: disk full, permission, read-only
 file system, a missing file, a bad flag, an unknown config field) prints one line to stderr,
 
@@ -229,7 +234,61 @@ def run(fn: Callable[..., Any]) -> None:
   if not verbose():  # orbax logs through absl's logger
     logging.getLogger('absl').addFilter(QuietEnvironmentErrors())
     logging.getLogger(BACKEND_LOGGER).addFilter(QuietBackendProbe())
-  app.run(boundary(fn), flags_parser=_parse_flags)
+  app.run(boundary(_with_config_flags(fn)), flags_parser=_parse_flags)
+
+
+# name -> quick preset (or None) of every config flag defined by `define_config_file`.
+_CONFIG_FLAGS: dict = {}
+
+
+def config_json(config: Any) -> str:
+  """The resolved config as the JSON text --print_config prints and the training loop writes
+  to <workdir>/config.json (tuples as lists; a value with no JSON form as its str)."""
+  import json  # pylint: disable=g-import-not-at-top
+  return json.dumps(config.to_dict() if hasattr(config, 'to_dict') else config, indent=1,
+                    default=str) + '\n'
+
+
+def apply_preset(config: Any, preset: Callable[[Any], Any], overridden: list) -> None:
+  """`preset(config)` in place, then the fields in `overridden` (dotted paths given on the
+  command line) set back to their command-line values: an explicit override wins."""
+  def get(path):
+    node = config
+    for part in path.split('.'):
+      node = node[part]
+    return node
+
+  kept = {}
+  for path in overridden:
+    try:
+      kept[path] = get(path)
+    except (KeyError, AttributeError, TypeError):  # an override the preset cannot touch
+      continue
+  preset(config)
+  for path, value in kept.items():
+    parent, _, leaf = path.rpartition('.')
+    (get(parent) if parent else config)[leaf] = value
+
+
+def _with_config_flags(fn: Callable[..., Any]) -> Callable[..., Any]:
+  """fn after the config flags' --quick and --print_config have been served."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+
+  def wrapped(argv):
+    values = flags.FLAGS
+    for name, quick in _CONFIG_FLAGS.items():
+      if quick is not None and values['quick'].value:
+        apply_preset(values[name].value, quick, _overrides(name, sys.argv[1:]))
+    if _CONFIG_FLAGS and values['print_config'].value:
+      for name in _CONFIG_FLAGS:
+        sys.stdout.write(config_json(values[name].value))
+      sys.stdout.flush()
+      return None
+    return fn(argv)
+
+  wrapped.__name__ = getattr(fn, '__name__', 'main')
+  wrapped.__doc__ = fn.__doc__
+  return wrapped
 
 
 def _field_paths(config: Any, prefix: str = '') -> set:
@@ -300,12 +359,25 @@ def unknown_fields(name: str, default: str, argv: list) -> list:
   return lines
 
 
-def define_config_file(name: str, default: str, help_string: str, **kwargs) -> Any:
+def define_config_file(name: str, default: str, help_string: str,
+                       quick: Optional[Callable[[Any], Any]] = None, **kwargs) -> Any:
   """ml_collections' `config_flags.DEFINE_config_file`, but an override that names no field
   of the config (`--config.meta.foo=1`) is one line with the close matches and exit status 1
-  (ml_collections raises a three-part traceback while the module is imported)."""
+  (ml_collections raises a three-part traceback while the module is imported).
+
+  Also defines --print_config (print the resolved config as JSON and exit, see `run`) and,
+  with `quick` (a function that changes a config in place, e.g. configs.quick.apply), --quick.
+  """
+  from absl import flags  # pylint: disable=g-import-not-at-top
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
   lines = unknown_fields(name, default, sys.argv[1:])
   if lines:
     fail(lines[0])
+  if 'print_config' not in flags.FLAGS:
+    flags.DEFINE_bool('print_config', False, 'Print the resolved config (the config file, '
+                      'then --quick, then the --config.* overrides) as JSON and exit.')
+  if quick is not None and 'quick' not in flags.FLAGS:
+    flags.DEFINE_bool('quick', False, 'A quick try on any config: one fold, few steps, all '
+                      'systems (mmtl_jax.configs.quick); --config.* overrides still apply.')
+  _CONFIG_FLAGS[name] = quick
   return config_flags.DEFINE_config_file(name, default, help_string, **kwargs)

@@ -38,6 +38,47 @@ def paper_budget(cfg: Mapping[str, Any]) -> str:
           'head frozen; CNN-LSTM: none, it has no auxiliary task); no emotion label is used')
 
 
+def corpus_label(cfg: Mapping[str, Any] | None) -> str:
+  """The corpus a run trained on, in a few words: data.kind, and for a manifest the CSV's
+  directory and name ('manifest emodb/annotations.csv'), for IEMOCAP its sessions."""
+  kind = str(config_get(cfg, 'data.kind', '?'))
+  if kind == 'manifest':
+    path = str(config_get(cfg, 'data.manifest.path', '') or '')
+    parts = [p for p in path.replace('\\', '/').split('/') if p][-2:]
+    return f"manifest {'/'.join(parts)}" if parts else 'manifest'
+  if kind == 'iemocap':
+    sessions = config_get(cfg, 'data.iemocap.sessions')
+    if isinstance(sessions, (list, tuple)):
+      return f"iemocap sessions {','.join(str(s) for s in sessions)}"
+  return kind
+
+
+def training_budget(cfg: Mapping[str, Any] | None) -> str:
+  """'150 steps' (train.steps per fold), with ', folds.which 0' when a subset of folds ran."""
+  which = config_get(cfg, 'folds.which', ())
+  subset = (f", folds.which {','.join(str(w) for w in which)}"
+            if isinstance(which, (list, tuple)) and which else '')
+  return f"{config_get(cfg, 'train.steps', '?')} steps{subset}"
+
+
+def budget_record(cfg: Mapping[str, Any] | None) -> dict[str, Any]:
+  """results.json's 'budget' and 'corpus' entries: what two runs must share to be compared
+  (the config holds the same fields; these say it in one place gather and readers use)."""
+  protocols = {}
+  for protocol in config_get(cfg, 'eval.protocols', ('paper', 'strict')):
+    protocols[str(protocol)] = (paper_budget(cfg or {}) if protocol == 'paper' else
+                                'no label of the test speaker' if protocol == 'strict' else
+                                'see mmtl_jax.ser.evaluate')
+  return {'budget': {'train_steps': config_get(cfg, 'train.steps'),
+                     'segments_per_speaker': config_get(cfg, 'train.segments_per_speaker'),
+                     'folds_which': list(config_get(cfg, 'folds.which', ()) or ()),
+                     'finetune_steps': config_get(cfg, 'eval.finetune_steps'),
+                     'finetune_unit': config_get(cfg, 'eval.finetune_unit'),
+                     'protocols': protocols, 'text': training_budget(cfg)},
+          'corpus': {'kind': config_get(cfg, 'data.kind'), 'label': corpus_label(cfg),
+                     'classes': list(config_get(cfg, 'data.classes', ()) or ())}}
+
+
 def protocol_budgets(cfg: Mapping[str, Any] | None) -> list[str]:
   """Markdown bullet lines, one per configured protocol."""
   cfg = cfg or {}

@@ -2,7 +2,7 @@
 results.json runs (gather, ser/study.py). Text only: ser/results.py writes the files.
 
 All values are shown in % (metrics are fractions in [0, 1] in results.json); '–' marks a
-missing value. The definitions of UA / WA, pooled and mean ± std are in ser/results.py.
+missing value, 'n/a' a statistic that one fold x seed cannot give (a std, an interval, a p). The definitions of UA / WA, pooled and mean ± std are in ser/results.py.
 """
 
 from __future__ import annotations
@@ -21,8 +21,14 @@ def pct(x: float | None) -> str:
   return '–' if x is None else f'{100.0 * x:.2f}'
 
 
+NOT_APPLICABLE = 'n/a'
+
+
 def _pm(mean: float | None, std: float | None) -> str:
-  return '–' if mean is None else f'{pct(mean)} ± {pct(std)}'
+  """'mean ± std' in %; std None with a mean (a single fold x seed) prints 'n/a'."""
+  if mean is None:
+    return '–'
+  return f'{pct(mean)} ± {NOT_APPLICABLE if std is None else pct(std)}'
 
 
 def _md_cell(value: Any) -> str:
@@ -45,7 +51,8 @@ DEFINITIONS = (
     'UA = mean per-class recall over the classes present in the test set; WA = accuracy. '
     '**Pooled** = metrics over the union of all folds\' test utterances (each utterance scored '
     'once; with several seeds, the mean over seeds of the pooled values). '
-    '**mean ± std** = over folds (× seeds), sample std (ddof=1). All values in %.')
+    '**mean ± std** = over folds (× seeds), sample std (ddof=1); n/a with a single fold × '
+    'seed. All values in %.')
 
 SUMMARY_HEADER = ('| Model | Protocol | UA (pooled) | WA (pooled) | UA mean ± std | '
                   'WA mean ± std | Folds × seeds |\n'
@@ -67,7 +74,11 @@ def results_markdown(config: Mapping[str, Any] | None, runs: Sequence[Mapping[st
   lines = ['# Results', '']
   if config:
     mode, seed = (budgets.config_get(config, f, '?') for f in ('meta.mode', 'seed'))
-    lines += [f'Auxiliary tasks: {aux_label(config)}; meta mode: {mode}; seed: {seed}.', '']
+    lines += [f'Auxiliary tasks: {aux_label(config)}; meta mode: {mode}; seed: {seed}.', '',
+              f'Corpus: {budgets.corpus_label(config)}; training budget: '
+              f'{budgets.training_budget(config)} per fold, '
+              f"{budgets.config_get(config, 'train.segments_per_speaker', '?')} segments per "
+              'speaker task.', '']
   if notes:
     lines += [notes, '']
   lines += [SUMMARY_HEADER, *(summary_row(r) for r in runs), '', DEFINITIONS, '',
@@ -108,12 +119,12 @@ def run_context(cfg: Mapping[str, Any] | None, protocol: str) -> tuple[str, str,
   get = lambda field, default=None: budgets.config_get(cfg, field, default)
   classes = get('data.classes')
   classes = ', '.join(map(str, classes)) if isinstance(classes, (list, tuple)) else '?'
-  budget = f"{get('train.steps', '?')} steps"
+  budget = budgets.training_budget(cfg)
   if protocol == 'paper':
     n = get('eval.finetune_steps', 0)
     budget += (f"; fine-tune {n} {get('eval.finetune_unit', 'steps')} "
                f"{get('eval.finetune_optimizer', 'sgd')}" if n else '; no fine-tuning')
-  return str(get('data.kind', '?')), classes, budget
+  return budgets.corpus_label(cfg), classes, budget
 
 
 def workdirs_table(workdirs: Sequence[tuple[str, Mapping[str, Any], Sequence[Mapping[str, Any]]]],

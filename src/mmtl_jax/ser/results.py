@@ -18,10 +18,13 @@ results.json (the contract other tools read; all metrics are fractions in [0, 1]
                  "dev_UA": float | null, "dev_WA": float | null,
                  "confusion": [[C ints] x C], ...extra JSON-able fields}, ...],
       "mean": {"UA": float, "WA": float, "dev_UA": float | null, "dev_WA": float | null},
-      "std": {"UA": float, "WA": float, "dev_UA": float | null, "dev_WA": float | null},
+      "std": {"UA": float | null, "WA": float | null, "dev_UA": ..., "dev_WA": ...},
       "confusion": {"counts": [[C ints] x C], "normalised": [[C floats] x C],
                     "classes": [C names]},
       "per_class_recall": {name: float | null}}, ...],
+   "budget": {"train_steps", "segments_per_speaker", "folds_which", "finetune_steps",
+              "finetune_unit", "protocols": {protocol: words}, "text"},
+   "corpus": {"kind", "label", "classes"}   (mmtl_jax.ser.budgets.budget_record),
    "provenance": {...mmtl_jax.run.provenance.provenance(started, ended)...}}
 
 Definitions:
@@ -29,7 +32,8 @@ Definitions:
   * pooled: UA / WA over the union of all folds' test utterances of one seed (each utterance
     is scored exactly once); with several seeds, the mean of the per-seed pooled values.
   * mean / std: over all (fold, seed) records; std is the sample standard deviation (ddof=1),
-    0 for a single record. dev_* are null unless every record carries them.
+    null for a single record (one number has no spread: tables print 'n/a', not 0). dev_*
+    are null unless every record carries them.
   * confusion: counts summed over all records (an utterance counts once per seed); normalised
     = counts divided by their row sums (rows are true classes).
   * provenance (see mmtl_jax.run.provenance): what produced the file (versions, git commit,
@@ -49,6 +53,7 @@ import numpy as np
 
 from mmtl_jax.run import files
 from mmtl_jax.run.files import atomic_write_json, atomic_write_text, to_jsonable
+from mmtl_jax.ser import budgets
 from mmtl_jax.ser import metrics
 from mmtl_jax.ser import report
 from mmtl_jax.ser.confusion_plot import CONFUSION_DIR, confusion_basename, plot_confusion
@@ -98,10 +103,12 @@ def fold_record(model: str, protocol: str, fold: int | str, y_true: Any, y_pred:
 
 
 def _mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None]:
+  """(mean, sample std); std None for fewer than 2 values (ddof=1 is undefined there, and a
+  0 would print as '± 0.00', a spread nobody measured)."""
   if not values or any(v is None for v in values):
     return None, None
   arr = np.asarray(values, dtype=np.float64)
-  std = float(np.std(arr, ddof=1)) if arr.size > 1 else 0.0
+  std = float(np.std(arr, ddof=1)) if arr.size > 1 else None
   return float(arr.mean()), std
 
 
@@ -294,7 +301,7 @@ def write_results(workdir: str | os.PathLike, config: Any,
     paths[stem + '.png'] = png_path
   atomic_write_text(paths['markdown'], report.results_markdown(cfg, runs, notes))
   # results.json last: its presence tells gather() that the rest is complete.
-  content = {'config': cfg, 'runs': runs}
+  content = {'config': cfg, **budgets.budget_record(cfg), 'runs': runs}
   if provenance_info is not None:
     content['provenance'] = to_jsonable(dict(provenance_info), strict=True)
   atomic_write_json(paths['json'], content)

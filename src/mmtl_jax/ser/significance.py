@@ -6,6 +6,8 @@ percentile bootstrap interval over the pairs (resampling pairs, so the interval 
 spread of speakers and seeds) and the two-sided Wilcoxon signed-rank p, which assumes nothing
 about the shape of the differences. With n pairs the smallest attainable Wilcoxon p is 2 / 2^n
 (n = 10: 0.002), so a handful of folds can never show significance however large the effect.
+With a single pair there is no spread to resample and no rank to test: the interval and the
+p are None, printed 'n/a' (rather than an interval [d, d] and p = 1 that look like results).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import numpy as np
 from scipy import stats
 
 BOOTSTRAP_SAMPLES = 10_000
+MIN_PAIRS = 2  # fewer: no interval, no p ('n/a')
 
 
 def paired_scores(run_a: Mapping[str, Any], run_b: Mapping[str, Any], metric: str = 'UA'
@@ -67,16 +70,18 @@ def compare(run_a: Mapping[str, Any], run_b: Mapping[str, Any], metric: str = 'U
 
   Returns:
     {'a', 'b', 'protocol', 'metric', 'n_pairs', 'mean_a', 'mean_b', 'mean_diff', 'ci95':
-    [lo, hi], 'wilcoxon_p' (None if all differences are 0), 'wins' (pairs where a > b),
-    'losses', 'ties'}.
+    [lo, hi] (None for a single pair), 'wilcoxon_p' (None for a single pair or if all
+    differences are 0), 'wins' (pairs where a > b), 'losses', 'ties'}.
   """
   keys, a, b = paired_scores(run_a, run_b, metric)
   diffs = a - b
+  enough = len(keys) >= MIN_PAIRS
   return {
       'a': run_a.get('label', run_a.get('model')), 'b': run_b.get('label', run_b.get('model')),
       'protocol': run_a.get('protocol'), 'metric': metric, 'n_pairs': len(keys),
       'mean_a': float(a.mean()), 'mean_b': float(b.mean()), 'mean_diff': float(diffs.mean()),
-      'ci95': list(bootstrap_interval(diffs, seed)), 'wilcoxon_p': wilcoxon_p(diffs),
+      'ci95': list(bootstrap_interval(diffs, seed)) if enough else None,
+      'wilcoxon_p': wilcoxon_p(diffs) if enough else None,
       'wins': int((diffs > 0).sum()), 'losses': int((diffs < 0).sum()),
       'ties': int((diffs == 0).sum()),
   }
@@ -113,13 +118,15 @@ def markdown(comparisons: Sequence[Mapping[str, Any]]) -> str:
   lines = ['| A | B | Protocol | Pairs | mean A − B | 95% bootstrap CI | Wilcoxon p | '
            'A > B / A < B / = |', '|---|---|---|---:|---:|---:|---:|---:|']
   for c in comparisons:
-    p = '–' if c['wilcoxon_p'] is None else f"{c['wilcoxon_p']:.3g}"
-    lo, hi = c['ci95']
+    few = c['n_pairs'] < MIN_PAIRS
+    p = ('n/a' if few else '–' if c['wilcoxon_p'] is None else f"{c['wilcoxon_p']:.3g}")
+    ci = 'n/a' if c['ci95'] is None else f"[{_pct(c['ci95'][0])}, {_pct(c['ci95'][1])}]"
     lines.append(f"| {c['a']} | {c['b']} | {c['protocol']} | {c['n_pairs']} | "
-                 f"{_pct(c['mean_diff'])} | [{_pct(lo)}, {_pct(hi)}] | {p} | "
+                 f"{_pct(c['mean_diff'])} | {ci} | {p} | "
                  f"{c['wins']} / {c['losses']} / {c['ties']} |")
   lines += ['', 'Paired over (fold, seed): the same test speaker and seed for both systems. '
             f"Differences in {comparisons[0]['metric'] if comparisons else 'UA'} percentage "
             f'points; CI = percentile bootstrap over the pairs ({BOOTSTRAP_SAMPLES} resamples); '
-            'p = two-sided Wilcoxon signed-rank.']
+            'p = two-sided Wilcoxon signed-rank (– when every difference is 0); n/a with a '
+            'single pair.']
   return '\n'.join(lines)

@@ -236,6 +236,13 @@ def _pct(x: float | None) -> str:
   return '–' if x is None else f'{100.0 * x:.2f}'
 
 
+def _std(dev: Mapping[str, Any]) -> str:
+  """The std cell: 'n/a' where a mean exists without a spread (a single fold x seed)."""
+  if dev['dev_UA'] is not None and dev['dev_UA_std'] is None:
+    return 'n/a'
+  return _pct(dev['dev_UA_std'])
+
+
 def markdown(content: Mapping[str, Any]) -> str:
   """sweep.md: every point's mean dev UA per system, then the choice per system."""
   systems = sorted({s for p in content['points'] for s in p['dev']})
@@ -243,7 +250,7 @@ def markdown(content: Mapping[str, Any]) -> str:
            '| Point | ' + ' | '.join(f'{s} dev UA' for s in systems) + ' |',
            '|---|' + '---:|' * len(systems)]
   for p in content['points']:
-    cells = [(_pct(p['dev'][s]['dev_UA']) + ' ± ' + _pct(p['dev'][s]['dev_UA_std']))
+    cells = [(_pct(p['dev'][s]['dev_UA']) + ' ± ' + _std(p['dev'][s]))
              if s in p['dev'] else '' for s in systems]
     lines.append(f"| {p['name']} | " + ' | '.join(cells) + ' |')
   lines += ['', '## Chosen', '', '| System | Point | mean dev UA | folds × seeds |',

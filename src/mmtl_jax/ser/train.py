@@ -14,6 +14,8 @@ Workdir layout::
   <workdir>/<model>/<fold>/bundle/  inference bundle of the dev-selected ('strict') params
   <workdir>/<model>/<fold>/result.json   the fold's test results (its presence = fold done)
                                          and its fingerprint (also in every checkpoint)
+  <workdir>/config.json             the resolved config of the run (what --print_config
+                                    prints), written before the first fold trains
   <workdir>/.mmtl_jax.lock          held while a run uses the workdir (mmtl_jax.run.lock)
   <workdir>/train.log               what the terminal shows, with the time of each line, and the
                                     periodic progress lines (appended by every run)
@@ -581,6 +583,9 @@ def _write_tables(workdir: str, config: ml_collections.ConfigDict, classes: List
   return results_lib.load_results(workdir)
 
 
+CONFIG_JSON = 'config.json'
+
+
 def check_paths(workdir: str) -> None:
   """Refuses, before any work, a --workdir that is not a directory and results files that
   are directories (they would fail only after every fold has trained).
@@ -681,6 +686,8 @@ def _run(config: ml_collections.ConfigDict, workdir: str, t0: float) -> Dict[str
   mesh = process.task_mesh(config)
   seeds = tuple(int(x) for x in config.train.get('seeds', ())) or (int(config.seed),)
   check_fold_dirs(config, store, folds, seeds, workdir)
+  if process.is_primary():  # after the stale-fold check: a refused config is not recorded
+    files.atomic_write_text(os.path.join(workdir, CONFIG_JSON), errors.config_json(config))
   fold_records: List[Dict[str, Any]] = []
   with _reporter(config, folds, seeds, workdir) as reporter:
     for model_name in config.train.models:

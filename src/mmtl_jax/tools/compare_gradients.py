@@ -5,6 +5,7 @@ MMTL spec of the SER model (`ser.mmtl_spec`). Everything runs in float64 (jax x6
 inside a context, restored after) so a central finite difference can check the exact gradient.
 """
 
+import json
 import os
 from typing import Any, Dict, Optional, Sequence
 
@@ -13,7 +14,9 @@ import numpy as np
 
 import ml_collections
 
+from mmtl_jax.data import features as features_lib
 from mmtl_jax.meta import diagnostics
+from mmtl_jax.run import checkpoint as ckpt_lib
 from mmtl_jax.run import files
 from mmtl_jax.run import progress
 from mmtl_jax.ser import losses as ser
@@ -87,23 +90,125 @@ def compare(config: Any, params: Optional[Dict[str, Any]] = None,
   return result
 
 
-def restore(path: str) -> Dict[str, Any]:
-  """{'theta', 'phi'} of an orbax PyTree checkpoint directory.
+# Where the run's config is found, from a fold directory upward: the workdir's config.json
+# (ser/train.py), then the fold's inference bundle, then the workdir's results.json.
+_RUN_CONFIGS = ('config.json', os.path.join('bundle', 'config.json'))
+
+
+def locate(path: str) -> str:
+  """The checkpoint directory `path` stands for (absolute; a relative path is taken from the
+  current directory): a training step `<workdir>/<model>/<fold>/checkpoints/<step>` as is,
+  a fold directory or its checkpoints/ as their latest step, anything else as is (an orbax
+  PyTree checkpoint of {theta, phi}).
 
   Raises:
-    MissingFileError / DamagedFileError: one line naming `path`.
+    MissingFileError: `path` is not a directory, or a fold directory without any step.
+  """
+  full = os.path.abspath(os.path.expanduser(path))
+  if not os.path.isdir(full):
+    raise files.MissingFileError(
+        f'no checkpoint directory, {full}, give a training checkpoint '
+        '(<workdir>/mmtl/<fold>/checkpoints/<step>), a fold directory, or an orbax checkpoint '
+        'of {theta, phi} in --checkpoints')
+  if ckpt_lib.is_step_dir(full):
+    return full
+  directory = os.path.join(full, 'checkpoints') if os.path.isdir(
+      os.path.join(full, 'checkpoints')) else full
+  steps = ckpt_lib.step_dirs(directory)
+  if steps:
+    return steps[max(steps)]
+  if directory != full:
+    raise files.MissingFileError(f'no complete checkpoint step in {directory}, {full}, train '
+                                 'that fold first (or give another checkpoint)')
+  return full
+
+
+def run_config(step_dir: str) -> Optional[Dict[str, Any]]:
+  """The config (plain JSON) of the training run a step directory belongs to, or None: the
+  first of <dir>/config.json, <dir>/bundle/config.json, <dir>/results.json's 'config' for
+  <dir> the step's parents (fold, seed, model, workdir)."""
+  directory = os.path.dirname(os.path.dirname(step_dir))  # .../<fold>/checkpoints/<step>
+  for _ in range(4):
+    for name in _RUN_CONFIGS:
+      path = os.path.join(directory, name)
+      if os.path.isfile(path):
+        return files.read_json(path, 'start the training command of that workdir again')
+    results = os.path.join(directory, 'results.json')
+    if os.path.isfile(results):
+      return files.read_json(results, 'start the training command again').get('config')
+    directory = os.path.dirname(directory)
+  return None
+
+
+def restore(path: str) -> Dict[str, Any]:
+  """{'theta', 'phi'} of a checkpoint (see `locate`): a training checkpoint's current params
+  ('params' of ser/train.py's TrainState), or an orbax PyTree checkpoint of {theta, phi}.
+
+  Raises:
+    MissingFileError / DamagedFileError: one line naming `path`; CheckpointFormatError for a
+    training checkpoint of another format.
   """
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  if not os.path.isdir(path):
-    raise files.MissingFileError(f'no checkpoint directory, {path}, give an orbax checkpoint '
-                                 'directory of {theta, phi} in --checkpoints')
+  full = locate(path)
+  if ckpt_lib.is_step_dir(full):
+    state, _ = ckpt_lib.read_step(full)
+    params = state.get('params', {}) if isinstance(state, dict) else {}
+    if not {'theta', 'phi'} <= set(params):
+      raise files.DamagedFileError(
+          f"a training checkpoint without MMTL's theta and phi (params: {sorted(params)}), "
+          f'{full}, give a checkpoint of the mmtl system (<workdir>/mmtl/<fold>/...)')
+    return {'theta': params['theta'], 'phi': params['phi']}
   try:
-    restored = ocp.PyTreeCheckpointer().restore(path)
+    restored = ocp.PyTreeCheckpointer().restore(full)
     return {'theta': restored['theta'], 'phi': restored['phi']}
   except (OSError, ValueError, KeyError, TypeError) as e:
     raise files.DamagedFileError(f'unreadable checkpoint ({type(e).__name__}: '
-                                 f'{str(e).splitlines()[0] if str(e) else ""}), {path}, give an '
-                                 'orbax checkpoint of {theta, phi} in --checkpoints') from e
+                                 f'{str(e).splitlines()[0] if str(e) else ""}), {full}, give a '
+                                 'training checkpoint (<workdir>/mmtl/<fold>/checkpoints/<step>'
+                                 '), a fold directory, or an orbax checkpoint of {theta, phi} '
+                                 'in --checkpoints') from e
+
+
+def config_for_run(config: Any, run: Dict[str, Any]) -> ml_collections.ConfigDict:
+  """`config` with the trained run's model (computed in float64), its segment shape
+  (frames, bins), its number of auxiliary tasks and its inner rates and steps, so that the
+  checkpoint's params fit and are differentiated under the settings they were trained with.
+  """
+  out = ml_collections.ConfigDict(config.to_dict())
+  model = dict(run['model'])
+  model['dtype'] = 'float64'
+  out.model = ml_collections.ConfigDict(ckpt_lib.lists_to_tuples(model))
+  features = ml_collections.ConfigDict(run['features'])
+  out.compare.frames = int(features.n_frames)
+  out.compare.bins = int(features_lib.n_bins(features))
+  out.compare.num_aux = len(run['data']['aux_tasks'])
+  for field in ('alpha', 'beta', 'inner_steps'):
+    out.meta[field] = run['meta'][field]
+  return out
+
+
+def restore_all(config: Any, paths: Sequence[str]
+                ) -> tuple[ml_collections.ConfigDict, list[Dict[str, Any]], list[str]]:
+  """(config fitted to the checkpoints' run, their {theta, phi}, their resolved directories).
+
+  Training checkpoints bring their run's config (`run_config`, `config_for_run`); they must
+  all come from runs of one model. Legacy {theta, phi} checkpoints use `config` as given.
+
+  Raises:
+    CheckpointMismatchError (an ExpectedError): the checkpoints come from runs of different
+    models; see `locate` and `restore` for the others.
+  """
+  located = [locate(p) for p in paths]
+  runs = [run_config(p) for p in located if ckpt_lib.is_step_dir(p)]
+  runs = [r for r in runs if r is not None]
+  models = {json.dumps(r.get('model'), sort_keys=True) for r in runs}
+  if len(models) > 1:
+    raise ckpt_lib.CheckpointMismatchError(
+        f'the checkpoints come from runs of {len(models)} different models, --checkpoints, '
+        'compare checkpoints of one run (or of runs with the same config.model) at a time')
+  if runs:
+    config = config_for_run(config, runs[0])
+  return config, [restore(p) for p in located], located
 
 
 def plot(result: Dict[str, Any], path: str) -> None:
