@@ -23,18 +23,19 @@ With --workdir, compiled XLA programs are cached in <workdir>/xla_cache, so late
 resumed runs skip most compilation.
 """
 
+import contextlib
 import json
 import os
 
 from absl import flags
 from ml_collections import config_flags
-from tqdm.auto import tqdm
 
 from mmtl_jax.configs import config_path
 from mmtl_jax.configs import fewshot as fewshot_config
 from mmtl_jax.fewshot import experiment, report
 from mmtl_jax.run.files import atomic_write_json, atomic_write_text, to_jsonable
 from mmtl_jax.run import errors
+from mmtl_jax.run import progress as progress_lib
 
 FLAGS = flags.FLAGS
 errors.define_config_file('config', config_path('fewshot'), 'few-shot config file')
@@ -145,13 +146,21 @@ def main(argv):
     import jax  # pylint: disable=g-import-not-at-top
     jax.config.update('jax_compilation_cache_dir', os.path.join(FLAGS.workdir, 'xla_cache'))
     jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
-  bars = lambda **kw: tqdm(leave=False, **kw)
+  log = (progress_lib.log_to(os.path.join(FLAGS.workdir, 'fewshot.log')) if FLAGS.workdir
+         else contextlib.nullcontext())
+  with log:
+    _work(config, json_path, md_path, diag_dir)
+
+
+def _work(config, json_path, md_path, diag_dir):
+  bars = lambda what, units, pending: progress_lib.Progress(
+      what, units, pending=pending, every_s=progress_lib.interval(config))
   save = lambda result, complete: atomic_write_json(json_path, to_jsonable(dict(
       result, config=config, quick=_is_quick(), complete=complete)))  # NaN -> null
   if FLAGS.search:
     done = _earlier(json_path, config, 'points')
     partial = (lambda points: save({'points': points}, False)) if json_path else None
-    result = experiment.search(config, FLAGS.methods or None, progress_factory=bars,
+    result = experiment.search(config, FLAGS.methods or None, progress=bars,
                                on_point=partial, done=done)
     text = report.search_markdown(result)
   else:
@@ -161,7 +170,7 @@ def main(argv):
       make_hook = diagnostics.hook_factory(config, diag_dir or '.')
     done = _earlier(json_path, config, 'records')
     partial = (lambda records: save({'records': records}, False)) if json_path else None
-    result = experiment.run(config, FLAGS.methods or None, progress_factory=bars,
+    result = experiment.run(config, FLAGS.methods or None, progress=bars,
                             make_hook=make_hook, on_record=partial, done=done)
     text = report.markdown(result)
   print(text)

@@ -191,7 +191,8 @@ def test_cli_tiny_run_beats_chance_and_writes_records(tmp_path):
   out, md = tmp_path / 'fs.json', tmp_path / 'fs.md'
   cmd = [sys.executable, str(ROOT / 'experiments' / 'fewshot.py'), '--quick',
          '--methods=fomaml', '--config.train.iterations=15', '--config.model.channels=8',
-         '--config.eval.episodes=40', '--config.eval.chunk=40', f'--json={out}', f'--md={md}']
+         '--config.eval.episodes=40', '--config.eval.chunk=40', f'--json={out}', f'--md={md}',
+         '--config.train.report_every_s=0']
   proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
   assert proc.returncode == 0, proc.stderr[-3000:]
   data = json.loads(out.read_text())
@@ -205,6 +206,8 @@ def test_cli_tiny_run_beats_chance_and_writes_records(tmp_path):
   # 5-way: chance is 20%; the CI half-width keeps a lucky draw from passing.
   assert record['accuracy'] - record['ci95'] > 30.0, record
   assert '| fomaml | 5-way 1-shot |' in md.read_text()
+  # stdout is a pipe: progress comes as plain lines with an ETA (issue 21), no bars.
+  assert '[record fomaml 5-way 1-shot seed 0] step 15/15' in proc.stdout and 'ETA' in proc.stdout
 
 
 def test_report_compares_exact_and_first_order_paired_over_seeds():

@@ -63,7 +63,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.train.meta_batch = 4  # tasks per outer step (Finn et al.: 32, 16 for 20-way)
   c.train.meta_batch_by_way = ((20, 2),)  # (way, tasks) exceptions: halved, as Finn et al.
   c.train.query = 5  # query images per class in training episodes
-  c.train.log_every = 20
+  c.train.report_every_s = 30.0  # progress lines where stdout is no terminal (0: each step)
   c.train.implicit_warn_every = 50  # outer steps between repeated iMAML solve warnings
 
   # One block per method (systems.py says what each field means for it). lr: inner rate;

@@ -84,6 +84,42 @@ def build_alphabet(data: Any) -> Tuple[np.ndarray, Dict[str, np.ndarray]]:
   return alphabet, episodes.split_classes(int(data.num_characters), tuple(data.split))
 
 
+_NO_TRAINING = {'s_per_iter': 0.0, 'compile_s': 0.0, 'train_s': 0.0,
+                'final_outer_loss': float('nan')}
+
+
+def _network_run(name, way, shot, config, alphabet, splits, progress, make_hook, seed,
+                 overrides, split, eval_config):
+  """(result, train info, extra record fields, iterations) of a network-based method."""
+  model = Conv4(way=way, channels=int(config.model.channels),
+                downsample=str(config.model.get('downsample', 'stride')))
+  image_shape = (int(config.data.size), int(config.data.size), 1)
+  key = jax.random.fold_in(jax.random.PRNGKey(seed), way * 1000 + shot)
+  cfg = systems.method_config(config, name, way)
+  for field, value in (overrides or {}).items():
+    cfg[field] = value
+  run_config = config.copy_and_resolve_references()
+  run_config.seed = seed
+  net, batch_stats = systems.init_network(model, key, image_shape)
+  losses = systems.make_losses(model, batch_stats)
+  method = systems.build(name, cfg, losses, int(config.train.iterations))
+  params = systems.method_params(method, net, cfg)
+  hook, finish = make_hook(name, way, shot, method, losses) if make_hook else (None, None)
+  info = dict(_NO_TRAINING)
+  if method.meta_trained:
+    params, info = loop.train(method, params, alphabet, splits['train'], way=way, shot=shot,
+                              config=run_config, progress=progress, on_step=hook,
+                              meta_batch=meta_batch_of(config, way))
+  result = loop.evaluate(method, losses, params, alphabet, splits[split], way=way, shot=shot,
+                         eval_config=eval_config, split=split)
+  extra = {'settings': {k: cfg[k] for k in sorted(cfg.keys())}}
+  if 'implicit' in info:
+    extra['implicit'] = info['implicit']
+  if finish is not None:
+    extra['diagnostics'] = finish()
+  return result, info, extra, int(config.train.iterations) if method.meta_trained else 0
+
+
 def run_one(name: str, way: int, shot: int, config: Any, alphabet: np.ndarray,
             splits: Dict[str, np.ndarray], progress: Optional[Any] = None,
             make_hook: Optional[HookFactory] = None, *, seed: Optional[int] = None,
@@ -94,45 +130,16 @@ def run_one(name: str, way: int, shot: int, config: Any, alphabet: np.ndarray,
   (default config.eval); returns its record."""
   seed = int(config.seed if seed is None else seed)
   eval_config = config.eval if eval_config is None else eval_config
-  classes = splits[split]
-  if name in baselines.BASELINES:
-    with PeakRSS() as peak:
+  with PeakRSS() as peak:
+    if name in baselines.BASELINES:
       result = loop.evaluate_with(lambda batch, i: baselines.nearest_centroid(batch, way),
-                                  alphabet, classes, way=way, shot=shot,
+                                  alphabet, splits[split], way=way, shot=shot,
                                   eval_config=eval_config, split=split)
-    info = {'s_per_iter': 0.0, 'compile_s': 0.0, 'train_s': 0.0,
-            'final_outer_loss': float('nan')}
-    iterations, record_extra = 0, {}
-  else:
-    model = Conv4(way=way, channels=int(config.model.channels),
-                  downsample=str(config.model.get('downsample', 'stride')))
-    image_shape = (int(config.data.size), int(config.data.size), 1)
-    key = jax.random.fold_in(jax.random.PRNGKey(seed), way * 1000 + shot)
-    cfg = systems.method_config(config, name, way)
-    for field, value in (overrides or {}).items():
-      cfg[field] = value
-    run_config = config.copy_and_resolve_references()
-    run_config.seed = seed
-    with PeakRSS() as peak:
-      net, batch_stats = systems.init_network(model, key, image_shape)
-      losses = systems.make_losses(model, batch_stats)
-      method = systems.build(name, cfg, losses, int(config.train.iterations))
-      params = systems.method_params(method, net, cfg)
-      hook, finish = make_hook(name, way, shot, method, losses) if make_hook else (None, None)
-      info = {'s_per_iter': 0.0, 'compile_s': 0.0, 'train_s': 0.0,
-              'final_outer_loss': float('nan')}
-      if method.meta_trained:
-        params, info = loop.train(method, params, alphabet, splits['train'], way=way,
-                                  shot=shot, config=run_config, progress=progress,
-                                  on_step=hook, meta_batch=meta_batch_of(config, way))
-      result = loop.evaluate(method, losses, params, alphabet, classes, way=way, shot=shot,
-                             eval_config=eval_config, split=split)
-    iterations = int(config.train.iterations) if method.meta_trained else 0
-    record_extra = {'settings': {k: cfg[k] for k in sorted(cfg.keys())}}
-    if 'implicit' in info:
-      record_extra['implicit'] = info['implicit']
-    if finish is not None:
-      record_extra['diagnostics'] = finish()
+      info, extra, iterations = dict(_NO_TRAINING), {}, 0
+    else:
+      result, info, extra, iterations = _network_run(
+          name, way, shot, config, alphabet, splits, progress, make_hook, seed, overrides,
+          split, eval_config)
   record = {'method': name, 'way': way, 'shot': shot, 'seed': seed, 'split': split,
             'accuracy': result['accuracy'], 'ci95': result['ci95'],
             'accuracy_unit': ACCURACY_UNIT,
@@ -143,23 +150,20 @@ def run_one(name: str, way: int, shot: int, config: Any, alphabet: np.ndarray,
             'meta_batch': meta_batch_of(config, way), 'compile_s': info['compile_s'],
             'train_s': info['train_s'], 'final_outer_loss': info['final_outer_loss'],
             'wall_s': peak.wall_s}
-  record.update(record_extra)
+  record.update(extra)
   return record
 
 
-def _bar(progress_factory, total: int, desc: str):
-  return None if progress_factory is None else progress_factory(total=total, desc=desc)
-
-
 def run(config: Any, method_names: Optional[Sequence[str]] = None,
-        progress_factory: Optional[Callable[..., Any]] = None,
+        progress: Optional[Callable[..., Any]] = None,
         make_hook: Optional[HookFactory] = None,
         on_record: Optional[Callable[[List[Dict[str, Any]]], None]] = None,
         done: Sequence[Dict[str, Any]] = ()) -> Dict[str, Any]:
   """All seeds x settings x methods of `config` (method_names overrides config.methods),
   seeds outermost so that a stopped run has whole tables for its first seeds.
 
-  progress_factory(total=..., desc=...) -> a tqdm-like bar per record (or None: silent).
+  progress(what, units, pending) -> a `run.progress.Progress` (or None: silent): one unit per
+    record, lines with ETAs in a log file, bars on a terminal.
   on_record(records so far): called after each record (e.g. to save partial results).
   done: records of an earlier, interrupted run of the same config; their (method, way, shot,
     seed) are not run again.
@@ -173,27 +177,33 @@ def run(config: Any, method_names: Optional[Sequence[str]] = None,
   render_s = time.perf_counter() - start
   records = list(done)
   finished = {(r['method'], r['way'], r['shot'], r['seed']) for r in records}
-  for seed in seeds_of(config):
-    for way, shot in settings:
-      for name in names:
-        if (name, way, shot, seed) in finished:
-          continue
-        bar = _bar(progress_factory, int(config.train.iterations),
-                   f'{name} {way}-way {shot}-shot seed {seed}')
-        records.append(run_one(name, way, shot, config, alphabet, splits, bar, make_hook,
-                               seed=seed))
-        if bar is not None:
-          bar.set_postfix(acc=f"{records[-1]['accuracy']:.1f}%")
-          bar.close()
-        if on_record is not None:
-          on_record(records)
+  units = [(seed, way, shot, name) for seed in seeds_of(config) for way, shot in settings
+           for name in names]
+  todo = [u for u in units if (u[3], u[1], u[2], u[0]) not in finished]
+  report = progress('record', len(units), len(todo)) if progress else None
+  for seed, way, shot, name in units:
+    unit = f'{name} {way}-way {shot}-shot seed {seed}'
+    if (name, way, shot, seed) in finished:
+      if report:
+        report.read_back(unit)
+      continue
+    if report:
+      report.start(unit, int(config.train.iterations))
+    records.append(run_one(name, way, shot, config, alphabet, splits, report, make_hook,
+                           seed=seed))
+    if report:
+      report.finish(f"test accuracy {records[-1]['accuracy']:.1f}%")
+    if on_record is not None:
+      on_record(records)
+  if report:
+    report.close()
   return {'records': records, 'wall_s': time.perf_counter() - start, 'render_s': render_s,
           'classes': {k: int(len(v)) for k, v in splits.items()},
           'accuracy_unit': ACCURACY_UNIT}
 
 
 def search(config: Any, method_names: Optional[Sequence[str]] = None,
-           progress_factory: Optional[Callable[..., Any]] = None,
+           progress: Optional[Callable[..., Any]] = None,
            on_point: Optional[Callable[[List[Dict[str, Any]]], None]] = None,
            done: Sequence[Dict[str, Any]] = ()) -> Dict[str, Any]:
   """The validation search: for each way in config.search.ways (shot config.search.shot) and
@@ -211,23 +221,30 @@ def search(config: Any, method_names: Optional[Sequence[str]] = None,
   val_eval.seed = int(config.search.seed)
   shot = int(config.search.shot)
   points = list(done)
-  for way in [int(w) for w in config.search.ways]:
-    for name in names:
-      for overrides in config.search.grid[name]:
-        overrides = dict(overrides)
-        if any(p['method'] == name and p['way'] == way and p['overrides'] == overrides
-               for p in points):
-          continue
-        bar = _bar(progress_factory, int(config.train.iterations),
-                   f'search {name} {way}-way {overrides}')
-        record = run_one(name, way, shot, config, alphabet, splits, bar, seed=int(config.seed),
-                         overrides=overrides, split='val', eval_config=val_eval)
-        record['overrides'] = overrides
-        points.append(record)
-        if bar is not None:
-          bar.close()
-        if on_point is not None:
-          on_point(points)
+  units = [(int(way), name, dict(o)) for way in config.search.ways for name in names
+           for o in config.search.grid[name]]
+  is_done = lambda way, name, o: any(
+      p['method'] == name and p['way'] == way and p['overrides'] == o for p in points)
+  todo = [u for u in units if not is_done(*u)]
+  report = progress('grid point', len(units), len(todo)) if progress else None
+  for way, name, overrides in units:
+    unit = f'{name} {way}-way {overrides}'
+    if is_done(way, name, overrides):
+      if report:
+        report.read_back(unit)
+      continue
+    if report:
+      report.start(unit, int(config.train.iterations))
+    record = run_one(name, way, shot, config, alphabet, splits, report, seed=int(config.seed),
+                     overrides=overrides, split='val', eval_config=val_eval)
+    record['overrides'] = overrides
+    points.append(record)
+    if report:
+      report.finish(f"validation accuracy {record['accuracy']:.1f}%")
+    if on_point is not None:
+      on_point(points)
+  if report:
+    report.close()
   return {'points': points, 'chosen': choose(points), 'accuracy_unit': ACCURACY_UNIT}
 
 

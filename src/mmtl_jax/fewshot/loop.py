@@ -37,7 +37,8 @@ def train(method: System, params: Params, alphabet: np.ndarray, classes: np.ndar
 
   Args:
     meta_batch: tasks per outer step (default config.train.meta_batch).
-    progress: a tqdm bar (or None); advanced once per step, loss in its postfix.
+    progress: a `run.progress.Progress` whose current unit is this run (or None);
+      update(iteration, loss=...) after each step.
     on_step: optional hook (diagnostics), its time not counted in s_per_iter.
 
   Returns:
@@ -53,8 +54,8 @@ def train(method: System, params: Params, alphabet: np.ndarray, classes: np.ndar
   key = jax.random.fold_in(jax.random.PRNGKey(int(config.seed)), 1)
   tc = config.train
   tasks = int(tc.meta_batch if meta_batch is None else meta_batch)
-  times, loss, solves, failed, last_warn = [], float('nan'), [], 0, None
-  warn_every = int(tc.get('implicit_warn_every', 50))
+  times, loss = [], float('nan')
+  monitor = SolveMonitor(method.name, int(tc.get('implicit_warn_every', 50)))
   for it in range(int(tc.iterations)):
     batch = episodes.sample_tasks(alphabet, classes,
                                   episodes.episode_rng(int(config.seed), 'train', it),
@@ -67,29 +68,46 @@ def train(method: System, params: Params, alphabet: np.ndarray, classes: np.ndar
     params, state, metrics = step(params, state, batch, rng)
     loss = float(jax.block_until_ready(metrics['outer_loss']))
     times.append(time.perf_counter() - start)
-    if 'cg_residual' in metrics:
-      solve = {k: float(metrics[k]) for k in ('cg_residual', 'prox_grad_ratio')}
-      solves.append(solve)
-      problems = meta.solve_problems(solve)
-      failed += bool(problems)
-      if problems and (last_warn is None or it - last_warn >= warn_every):
-        logging.warning('%s step %d: %s', method.name, it, '; '.join(problems))
-        last_warn = it
+    monitor.check(it, metrics)
     if progress is not None:
-      progress.update(1)
-      if it % max(int(tc.log_every), 1) == 0:
-        progress.set_postfix(loss=f'{loss:.3f}')
+      progress.update(it + 1, loss=loss)
   later = times[1:] or times
   info = {'compile_s': times[0] if times else 0.0,
           's_per_iter': float(np.mean(later)) if later else 0.0,
           'train_s': float(np.sum(times)), 'final_outer_loss': loss}
-  if solves:
-    res = np.array([s['cg_residual'] for s in solves])
-    info['implicit'] = {'cg_residual_mean': float(res.mean()), 'cg_residual_max': float(res.max()),
-                        'prox_grad_ratio_mean': float(np.mean([s['prox_grad_ratio']
-                                                               for s in solves])),
-                        'failed_steps': failed, 'steps': len(solves)}
+  if monitor.summary():
+    info['implicit'] = monitor.summary()
   return params, info
+
+
+class SolveMonitor:
+  """Checks each step's iMAML solve metrics (`meta.solve_problems`), warns at most once per
+  `warn_every` steps, and summarises them; silent for metrics without 'cg_residual'."""
+
+  def __init__(self, name: str, warn_every: int):
+    self.name, self.warn_every = name, warn_every
+    self.solves, self.failed, self.last_warn = [], 0, None
+
+  def check(self, it: int, metrics: Dict[str, Any]) -> None:
+    if 'cg_residual' not in metrics:
+      return
+    solve = {k: float(metrics[k]) for k in ('cg_residual', 'prox_grad_ratio')}
+    self.solves.append(solve)
+    problems = meta.solve_problems(solve)
+    self.failed += bool(problems)
+    if problems and (self.last_warn is None or it - self.last_warn >= self.warn_every):
+      logging.warning('%s step %d: %s', self.name, it, '; '.join(problems))
+      self.last_warn = it
+
+  def summary(self) -> Dict[str, Any]:
+    """{'cg_residual_mean', 'cg_residual_max', 'prox_grad_ratio_mean', 'failed_steps',
+    'steps'} over the checked steps ({} when none was checked)."""
+    if not self.solves:
+      return {}
+    res = np.array([s['cg_residual'] for s in self.solves])
+    return {'cg_residual_mean': float(res.mean()), 'cg_residual_max': float(res.max()),
+            'prox_grad_ratio_mean': float(np.mean([s['prox_grad_ratio'] for s in self.solves])),
+            'failed_steps': self.failed, 'steps': len(self.solves)}
 
 
 def make_scorer(method: System, losses: Losses) -> Callable[..., jax.Array]:
