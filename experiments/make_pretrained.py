@@ -31,8 +31,10 @@ _WORKDIR = flags.DEFINE_string('workdir', 'runs/pretrained_emodb', 'Study and fi
                                '(resumable).')
 _OUT = flags.DEFINE_string('out', None, 'The bundle directory to write (replaced).',
                            required=True)
-_SEEDS = flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds of the study (the fit uses '
-                           'config.seed).')
+_SEEDS = flags.DEFINE_multi_integer('seeds', [0, 1, 2], 'Seeds of the study, one flag each '
+                                    '(the fit uses config.seed).')
+_NOTE = flags.DEFINE_string('corpus_note', '', 'How this copy of EmoDB differs from the '
+                            'original release, for the model card (e.g. resampled, cut).')
 _DTYPE = flags.DEFINE_enum('storage_dtype', 'float32', ['float32', 'float16'],
                            'Storage of the parameters (float16: half the size).')
 
@@ -45,8 +47,8 @@ def main(argv):
   config = _CONFIG.value
   config.data.manifest.path = pretrained.emodb_manifest(_EMODB.value)
   made = pretrained.make_pretrained(
-      config, _WORKDIR.value, _OUT.value, [int(s) for s in _SEEDS.value],
-      storage_dtype=None if _DTYPE.value == 'float32' else _DTYPE.value)
+      config, _WORKDIR.value, _OUT.value, _SEEDS.value,
+      about=dict(pretrained.EMODB, corpus_note=_NOTE.value), storage_dtype=None if _DTYPE.value == 'float32' else _DTYPE.value)
   print(f"bundle: {made['bundle']}\n{made['info']['loso']}")
 
 

@@ -53,8 +53,13 @@ EMODB = {
     'corpus': 'EmoDB (Berlin Database of Emotional Speech; Burkhardt et al., 2005): acted '
               'German speech, 10 speakers (5 female, 5 male), 10 sentences',
     'language': 'German',
+    'speech': 'acted (actors speaking emotionally neutral sentences in a given emotion), '
+              'studio recordings',
+    'classes_note': "the 4 classes of the IEMOCAP protocol; EmoDB's boredom, disgust and "
+                    'fear are left out, so every labelled clip gets one of these 4',
+    'use': 'trying the package on real speech, and a small research baseline for acted German '
+           'emotional speech. Not for decisions about people',
 }
-
 
 class StudyError(errors.ExpectedError, ValueError):
   """A LOSO study whose results cannot choose the training length or fill the card."""
@@ -259,13 +264,12 @@ def model_card(info: Mapping[str, Any], config: ml_collections.ConfigDict, param
       f"`experiments/predict.py --pretrained={info['name']} a.wav` uses it, offline.", '',
       '## What it is', '',
       f"- **System**: MMTL (meta multi-task learning, Cai et al., Interspeech 2020), the "
-      f"CNN-BiLSTM of Table 1 at laptop scale (`configs/emodb_small.py`), {n_params} "
-      f"parameters; auxiliary tasks {', '.join(config.data.aux_tasks)} (4 bins each).",
+      f"CNN-BiLSTM of Table 1 at laptop scale, {n_params} parameters; auxiliary tasks "
+      f"{', '.join(config.data.aux_tasks)} ({config.model.num_outputs} bins each).",
       f"- **Corpus**: {info['corpus']}; {info['utterances']} utterances of the classes below.",
-      f"- **Language**: {info['language']}. **Speech**: acted (actors reading neutral "
-      'sentences in a given emotion), studio recordings.',
-      f'- **Classes**: {classes} (the 4 classes of the IEMOCAP protocol; EmoDB\'s boredom, '
-      'disgust and fear are left out, so every clip gets one of these 4).',
+      *([f"- **Data**: {info['corpus_note']}."] if info.get('corpus_note') else []),
+      f"- **Language**: {info['language']}. **Speech**: {info['speech']}.",
+      f"- **Classes**: {classes} ({info['classes_note']}).",
       f"- **Input**: any wav, resampled to {feats.sample_rate} Hz mono; {feats.max_segment_s:g} "
       f"s segments of {feats.n_frames} frames ({feats.hop_ms:g} ms hop); clips under "
       'a quarter of a segment get no label.',
@@ -280,18 +284,18 @@ def model_card(info: Mapping[str, Any], config: ml_collections.ConfigDict, param
       f"Training length of this model: {info['steps']} steps = the median of the "
       f"{s['records']} steps the study selected on its dev speakers "
       f"({', '.join(map(str, sorted(s['selected_steps'])))}): chosen without test data. The "
-      'learning rates were chosen on dev speakers of folds 0-2 of the same corpus '
-      '(docs/SETTINGS.md); those speakers are test speakers of other folds, so the study\'s '
-      'figures may be slightly optimistic.', '',
+      "config's learning rates were chosen on dev speakers (docs/SETTINGS.md: EmoDB folds "
+      "0-2); those speakers are test speakers of other folds, so the study's figures may be "
+      'slightly optimistic.', '',
       '## Intended use and limits', '',
-      '- For trying the package on real speech and as a small research baseline for acted '
-      'German emotional speech. Not for decisions about people.',
-      '- 10 speakers of one studio corpus, acted emotions: expect much lower accuracy on '
-      'spontaneous speech, other languages, other microphones or noisy channels (not '
-      'measured).',
-      '- Every labelled clip gets one of the 4 classes, even when it expresses none of them.',
-      "- The study's interval is over 10 speakers: it says how much the UA varies with the "
-      'speaker, not how the model does on speakers unlike these.', '',
+      f"- Intended use: {info['use']}.",
+      f"- {len(info['speakers'])} speakers of one corpus ({info['speech']}): expect much lower "
+      'accuracy on spontaneous speech, other languages, other microphones or noisy channels '
+      '(not measured).',
+      f'- Every labelled clip gets one of the {len(config.classes)} classes, even when it '
+      'expresses none of them.',
+      f"- The study's interval is over {s['folds']} speakers: it says how much the UA varies "
+      'with the speaker, not how the model does on speakers unlike these.', '',
       '## Reproduce', '',
       '```', ' '.join(info['command']) or '(command unknown)', '```', '',
       f"mmtl_jax {info.get('mmtl_jax')}, git commit {info.get('git_commit')}"
@@ -305,6 +309,11 @@ def make_pretrained(config: ml_collections.ConfigDict, workdir: str, out: str,
                     storage_dtype: Optional[str] = None) -> Dict[str, Any]:
   """The LOSO study (resumed if begun) in <workdir>/loso, the fit on all speakers for the
   median selected step in <workdir>/all_speakers, and the bundle with its card in `out`.
+
+  Args:
+    about: the words of the card and header: 'name', 'corpus', 'language', 'speech',
+      'classes_note', 'use', optionally 'corpus_note' (e.g. how this copy of the corpus
+      differs from the original); see EMODB.
 
   Returns:
     {'bundle': out, 'info': bundle.json's info}.
