@@ -253,28 +253,33 @@ def _card_figures(info: Mapping[str, Any]) -> List[str]:
       f'Test UA per speaker (mean over seeds): {speakers}.']
 
 
-def model_card(info: Mapping[str, Any], config: ml_collections.ConfigDict, params: Any) -> str:
-  """MODEL_CARD.md of a pretrained bundle: every figure from `info` (the study it ran)."""
-  s = info['study']
+def _card_what(info: Mapping[str, Any], config: ml_collections.ConfigDict, params: Any
+               ) -> List[str]:
+  """The card's 'What it is' list."""
   n_params = sum(int(np.size(x)) for x in jax.tree.leaves(params))
-  classes = ', '.join(config.classes)
   feats = config.features
-  return '\n'.join([
-      f"# Model card: pretrained `{info['name']}` (MMTL, {len(config.classes)} emotions)", '',
-      f"`experiments/predict.py --pretrained={info['name']} a.wav` uses it, offline.", '',
-      '## What it is', '',
+  return [
       f"- **System**: MMTL (meta multi-task learning, Cai et al., Interspeech 2020), the "
       f"CNN-BiLSTM of Table 1 at laptop scale, {n_params} parameters; auxiliary tasks "
       f"{', '.join(config.data.aux_tasks)} ({config.model.num_outputs} bins each).",
       f"- **Corpus**: {info['corpus']}; {info['utterances']} utterances of the classes below.",
       *([f"- **Data**: {info['corpus_note']}."] if info.get('corpus_note') else []),
       f"- **Language**: {info['language']}. **Speech**: {info['speech']}.",
-      f"- **Classes**: {classes} ({info['classes_note']}).",
+      f"- **Classes**: {', '.join(config.classes)} ({info['classes_note']}).",
       f"- **Input**: any wav, resampled to {feats.sample_rate} Hz mono; {feats.max_segment_s:g} "
       f"s segments of {feats.n_frames} frames ({feats.hop_ms:g} ms hop); clips under "
       'a quarter of a segment get no label.',
       f"- **Training**: all {len(info['speakers'])} speakers, {info['steps']} meta-steps, "
-      f"seed {config.seed}; no speaker held out. Protocol: {info['protocol']}.", '',
+      f"seed {config.seed}; no speaker held out. Protocol: {info['protocol']}."]
+
+
+def model_card(info: Mapping[str, Any], config: ml_collections.ConfigDict, params: Any) -> str:
+  """MODEL_CARD.md of a pretrained bundle: every figure from `info` (the study it ran)."""
+  s = info['study']
+  return '\n'.join([
+      f"# Model card: pretrained `{info['name']}` (MMTL, {len(config.classes)} emotions)", '',
+      f"`experiments/predict.py --pretrained={info['name']} a.wav` uses it, offline.", '',
+      '## What it is', '', *_card_what(info, config, params), '',
       '## How well the recipe did: leave-one-speaker-out study', '',
       f"The same recipe, trained {s['records']} times (each of the {s['folds']} speakers "
       f"held out as the test speaker, the next one as dev speaker; seeds "
