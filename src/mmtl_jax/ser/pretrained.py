@@ -23,6 +23,7 @@ units, seeds of one speaker are not.
 """
 
 import os
+import shlex
 import shutil
 import time
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -294,7 +295,7 @@ def model_card(info: Mapping[str, Any], config: ml_collections.ConfigDict, param
       'slightly optimistic.', '',
       '## Intended use and limits', '',
       f"- Intended use: {info['use']}.",
-      f"- {len(info['speakers'])} speakers of one corpus ({info['speech']}): expect much lower "
+      f"- {len(info['speakers'])} speakers of one corpus, {info['speech']}: expect much lower "
       'accuracy on spontaneous speech, other languages, other microphones or noisy channels '
       '(not measured).',
       f'- Every labelled clip gets one of the {len(config.classes)} classes, even when it '
@@ -302,7 +303,8 @@ def model_card(info: Mapping[str, Any], config: ml_collections.ConfigDict, param
       f"- The study's interval is over {s['folds']} speakers: it says how much the UA varies "
       'with the speaker, not how the model does on speakers unlike these.', '',
       '## Reproduce', '',
-      '```', ' '.join(info['command']) or '(command unknown)', '```', '',
+      '```', f"python {shlex.join(info['command'])}" if info['command'] else '(unknown)',
+      '```', '',
       f"mmtl_jax {info.get('mmtl_jax')}, git commit {info.get('git_commit')}"
       f"{' (with uncommitted changes)' if info.get('git_dirty') else ''}; the config is "
       "`config.json`, the rest of the record `bundle.json`'s `info`. The parameters derive "
