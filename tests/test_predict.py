@@ -103,28 +103,34 @@ def test_damaged_bundles_raise_one_line_errors(bundle, tmp_path):
     predict.Predictor(str(tmp_path / 'nowhere'))
 
 
-def _bundle_of(config, path, classes):
-  params = systems.make_system('mmtl', config).init(
-      jax.random.key(0), (1, config.features.n_frames, features.n_bins(config.features)))
-  bundle_config = ml_collections.ConfigDict(config.to_dict())
-  bundle_config.bundle_model = 'mmtl'
-  bundle_config.classes = tuple(classes)
-  return ckpt_lib.save_inference_bundle(path, params, bundle_config)
+def _edited_copy(bundle, path, edit):
+  """A copy of `bundle` whose config.json `edit(config)` has changed."""
+  shutil.copytree(bundle, path)
+  with open(os.path.join(path, 'config.json'), encoding='utf-8') as f:
+    config = json.load(f)
+  edit(config)
+  with open(os.path.join(path, 'config.json'), 'w', encoding='utf-8') as f:
+    json.dump(config, f)
+  return str(path)
 
 
-def test_fewer_classes_than_outputs_use_the_first_outputs(tiny_config, wavs, tmp_path):
+def test_fewer_classes_than_outputs_use_the_first_outputs(bundle, wavs, tmp_path):
   """Two classes on the 4-output head (shared with the aux bins): the posteriors are over the
   head's first 2 outputs, as ser/evaluate.py scores them; fewer outputs than classes is a
   damaged bundle."""
-  config = tiny_config('unused')
-  config.data.classes = ('neu', 'ang')
-  two = predict.Predictor(_bundle_of(config, str(tmp_path / 'two'), ('neu', 'ang')))
+  def two_classes(config):
+    config['classes'] = config['data']['classes'] = ['neu', 'ang']
+
+  def one_output(config):
+    two_classes(config)
+    config['model']['num_outputs'] = 1
+
+  two = predict.Predictor(_edited_copy(bundle, tmp_path / 'two', two_classes))
   r = two.predict_file(wavs['speech'])
   assert set(r['posteriors']) == {'neu', 'ang'} and r['emotion'] in ('neu', 'ang')
   assert sum(r['posteriors'].values()) == pytest.approx(1.0, abs=1e-6)
-  config.model.num_outputs = 1
   with pytest.raises(predict.BundleError, match='1 outputs for 2 classes'):
-    predict.Predictor(_bundle_of(config, str(tmp_path / 'one'), ('neu', 'ang')))
+    predict.Predictor(_edited_copy(bundle, tmp_path / 'one', one_output))
 
 
 def test_header_says_what_the_model_is(bundle, tmp_path):
