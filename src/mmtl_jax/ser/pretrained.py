@@ -151,7 +151,7 @@ def fit_all_speakers(config: ml_collections.ConfigDict, workdir: str, features_d
   Args:
     config: the study's config (its train.steps is replaced by `steps`).
     workdir: where the fit's checkpoints and logs go (<workdir>/checkpoints, logs); an
-      earlier fit's checkpoints there are replaced, never resumed.
+      earlier fit's are removed first, never resumed.
     features_dir: the workdir whose feature store to use (the study's: a cache hit).
     steps: optimiser steps.
 
@@ -161,7 +161,8 @@ def fit_all_speakers(config: ml_collections.ConfigDict, workdir: str, features_d
   config = config.copy_and_resolve_references()
   config.train.steps = int(steps)
   store = store_lib.build_feature_store(config, features_dir)
-  shutil.rmtree(os.path.join(workdir, 'checkpoints'), ignore_errors=True)  # never resumed
+  for old in ('checkpoints', 'logs'):  # a fit is never resumed: an earlier one's files go
+    shutil.rmtree(os.path.join(workdir, old), ignore_errors=True)
   system = systems_lib.make_system(MODEL, config)
   place_state, place_batch = process.placement(None)
   state = train_lib.create_state(system, store, config, place_state)
@@ -248,7 +249,8 @@ def _card_figures(info: Mapping[str, Any]) -> List[str]:
       f"| std over speakers | {_pct(s['std_UA'])} |",
       f"| pooled UA / WA (all test utterances) | {_pct(s['pooled_UA'])} / "
       f"{_pct(s['pooled_WA'])} |",
-      f"| dev UA, mean (the speakers that chose the step) | {_pct(s['mean_dev_UA'])} |",
+      f"| dev UA of the selected steps, mean over the {s['records']} runs | "
+      f"{_pct(s['mean_dev_UA'])} |",
       '| chance UA | 25.0% |', '',
       f'Per-class recall (pooled): {recall}.', '',
       f'Test UA per speaker (mean over seeds): {speakers}.']
