@@ -1,15 +1,22 @@
 """Predicts the emotion of wav files (any sample rate or channel count) with a trained model.
 
+  python experiments/predict.py --pretrained=emodb a.wav       # shipped with the package
   python experiments/predict.py --checkpoint=runs/demo/mmtl/Ses01-testSes01M/bundle a.wav b.wav
   python experiments/predict.py --checkpoint=runs/demo a.wav      # first MMTL fold's bundle
                                          # (never a <fold>.stale-<n> moved aside by a restart)
 
+--pretrained=emodb is MMTL trained on all ten EmoDB speakers (acted German speech; neutral,
+anger, happiness, sadness): src/mmtl_jax/pretrained/emodb/MODEL_CARD.md says what it is and
+its limits. It needs no download.
+
 Prints one line per file (emotion and posteriors), or a JSON list with --json. A clip that is
 digital silence, too short for one segment or non-finite (samples near 1e20 overflow) gets no
-label but a warning ('emotion': null and 'warning' in JSON); see mmtl_jax.ser.predict. Which
-bundle was used and why is printed first (on stderr with --json). Long files run
---batch_segments segments at a time. A file that is missing ('file not found')
-or cannot be read gets an error line; the others are still predicted.
+label but a warning ('emotion': null, 'posteriors': null and 'warning' in JSON); see
+mmtl_jax.ser.predict. First comes a header (on stderr with --json): which bundle was used and
+why, what the model was trained on (corpus, classes, fold, protocol, dev UA), and a warning
+when that was synthetic audio. Long files run --batch_segments segments at a time. A file
+that is missing ('file not found') or cannot be read gets an error line; the others are still
+predicted.
 
 Exit status: 0 when every file was predicted (warnings included), 1 if any file failed,
 2 when the bundle is missing or damaged (one line on stderr, no traceback).
@@ -22,18 +29,21 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from mmtl_jax import pretrained
 from mmtl_jax.ser import predict
 from mmtl_jax.run import errors
 
-_CHECKPOINT = flags.DEFINE_string('checkpoint', None, 'Bundle, fold directory or workdir.',
-                                  required=True)
+_CHECKPOINT = flags.DEFINE_string('checkpoint', None, 'Bundle, fold directory or workdir.')
+_PRETRAINED = flags.DEFINE_enum('pretrained', None, list(pretrained.NAMES),
+                                'A model shipped with the package, instead of --checkpoint.')
+flags.mark_flags_as_mutual_exclusive(['checkpoint', 'pretrained'], required=True)
 _JSON = flags.DEFINE_bool('json', False, 'Print a JSON list instead of text lines.')
 _BATCH = flags.DEFINE_integer('batch_segments', 64, 'Segments per model call (bounds the '
                               'memory of a long file).', lower_bound=1)
 
 
 def _print_text(predictor: predict.Predictor, results: list) -> None:
-  print(f'# model {predictor.model} from {predictor.bundle} ({predictor.choice})')
+  print('\n'.join(predictor.header()))
   for r in results:
     if 'error' in r:
       print(f"{r['path']}: ERROR {r['error']}", file=sys.stderr)
@@ -51,13 +61,13 @@ def main(argv):
   if not paths:
     raise app.UsageError('give one or more wav files')
   try:
-    predictor = predict.Predictor(_CHECKPOINT.value, batch_segments=_BATCH.value)
+    predictor = predict.Predictor(_CHECKPOINT.value, batch_segments=_BATCH.value,
+                                  pretrained=_PRETRAINED.value)
   except FileNotFoundError as e:  # exit status 2: the bundle, not a wav file
     errors.fail(str(e), 2)
   results = predictor.predict_files(paths)
   if _JSON.value:
-    print(f'# model {predictor.model} from {predictor.bundle} ({predictor.choice})',
-          file=sys.stderr)
+    print('\n'.join(predictor.header()), file=sys.stderr)
     print(json.dumps(results, indent=1))
   else:
     _print_text(predictor, results)

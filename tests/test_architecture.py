@@ -24,11 +24,13 @@ ALLOWED = {
     'models': {'records', 'registry'},
     'data': {'records', 'registry', 'run'},
     'run': {'records', 'registry', 'meta'},
-    'ser': {'records', 'registry', 'meta', 'models', 'data', 'run'},
+    'ser': {'records', 'registry', 'meta', 'models', 'data', 'run', 'pretrained'},
     'configs': set(),
-    'tools': {'records', 'registry', 'meta', 'models', 'data', 'run', 'ser', 'configs'},
+    'tools': {'records', 'registry', 'meta', 'models', 'data', 'run', 'ser', 'configs',
+              'pretrained'},
     'examples': {'records', 'registry', 'meta', 'models', 'run'},
     'fewshot': {'records', 'registry', 'meta', 'models', 'run'},
+    'pretrained': {'run'},
 }
 MAX_CODE_LINES = 45  # per function, without docstring, comments and blank lines
 

@@ -100,6 +100,8 @@ ENTRY_POINTS = [
     ('gradient_curve', [BAD_FIELD], ['--config.nosuchfield']),
     ('sinusoid', [BAD_FIELD], ['--config.nosuchfield']),
     ('accelerator_checks', [BAD_FIELD], ['--config.nosuchfield']),
+    ('make_pretrained', ['--emodb=/nowhere/emodb', '--out=/tmp/unused'],
+     ['/nowhere/emodb', 'annotations.csv']),
 ]
 
 

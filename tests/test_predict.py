@@ -1,5 +1,6 @@
-"""predict: missing files, digital silence, clips too short for one segment, damaged bundles;
-through the library and through experiments/predict.py."""
+"""predict: missing files, digital silence, clips too short for one segment, damaged bundles,
+fewer classes than outputs, the header that says what the model is; through the library and
+through experiments/predict.py."""
 
 import json
 import os
@@ -69,6 +70,8 @@ def test_missing_file_silence_and_short_clips(bundle, wavs, tmp_path):
   for name in ('zeros', 'near_silent'):
     assert r[name]['emotion'] is None and 'digital silence' in r[name]['warning']
   assert r['too_short']['emotion'] is None and 'too short' in r['too_short']['warning']
+  for name in ('zeros', 'near_silent', 'too_short'):  # no label, so no number to misread
+    assert r[name]['posteriors'] is None
   assert '2 frames < 8' in r['too_short']['warning']  # 800 samples, 512 hop: 2 frames
 
 
@@ -98,6 +101,54 @@ def test_damaged_bundles_raise_one_line_errors(bundle, tmp_path):
   damaged('mismatch', widen_lstm)
   with pytest.raises(FileNotFoundError, match='no inference bundle'):
     predict.Predictor(str(tmp_path / 'nowhere'))
+
+
+def _edited_copy(bundle, path, edit):
+  """A copy of `bundle` whose config.json `edit(config)` has changed."""
+  shutil.copytree(bundle, path)
+  with open(os.path.join(path, 'config.json'), encoding='utf-8') as f:
+    config = json.load(f)
+  edit(config)
+  with open(os.path.join(path, 'config.json'), 'w', encoding='utf-8') as f:
+    json.dump(config, f)
+  return str(path)
+
+
+def test_fewer_classes_than_outputs_use_the_first_outputs(bundle, wavs, tmp_path):
+  """Two classes on the 4-output head (shared with the aux bins): the posteriors are over the
+  head's first 2 outputs, as ser/evaluate.py scores them; fewer outputs than classes is a
+  damaged bundle."""
+  def two_classes(config):
+    config['classes'] = config['data']['classes'] = ['neu', 'ang']
+
+  def one_output(config):
+    two_classes(config)
+    config['model']['num_outputs'] = 1
+
+  two = predict.Predictor(_edited_copy(bundle, tmp_path / 'two', two_classes))
+  r = two.predict_file(wavs['speech'])
+  assert set(r['posteriors']) == {'neu', 'ang'} and r['emotion'] in ('neu', 'ang')
+  assert sum(r['posteriors'].values()) == pytest.approx(1.0, abs=1e-6)
+  with pytest.raises(predict.BundleError, match='1 outputs for 2 classes'):
+    predict.Predictor(_edited_copy(bundle, tmp_path / 'one', one_output))
+
+
+def test_header_says_what_the_model_is(bundle, tmp_path):
+  """A fold bundle written before bundle.json carried its info: fold, protocol and dev UA come
+  from the fold's result.json beside it; a synthetic-corpus model is warned about."""
+  fold_dir = tmp_path / 'work' / 'mmtl' / 'Ses01-testSes01M'
+  shutil.copytree(bundle, fold_dir / 'bundle')
+  with open(fold_dir / 'result.json', 'w', encoding='utf-8') as f:
+    json.dump({'name': 'Ses01-testSes01M', 'test_speaker': 'Ses01M', 'dev_speaker': 'Ses01F',
+               'records': {'paper': {'dev_UA': 0.9, 'selected_step': 2},
+                           'strict': {'dev_UA': 0.5625, 'selected_step': 4}}}, f)
+  header = '\n'.join(predict.Predictor(str(fold_dir)).header())
+  assert 'fold: Ses01-testSes01M (test speaker Ses01M, dev speaker Ses01F)' in header
+  assert 'protocol: strict; dev UA: 56.25% (step 4)' in header
+  assert 'classes: neu, ang, hap, sad' in header and 'synthetic audio' in header
+  assert predict.SYNTHETIC_WARNING in header
+  bare = predict.Predictor(bundle).header()  # nothing beside it: said to be unknown
+  assert 'fold: unknown' in bare[1] and 'dev UA: unknown' in bare[1]
 
 
 def _run_cli(*args):

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from mmtl_jax.run import checkpoint as ckpt_lib
 from mmtl_jax.ser import predict
 from mmtl_jax.ser import train
 from mmtl_jax.data import sampler as sampler_lib
@@ -85,6 +86,21 @@ def test_predict_a_corpus_wav_and_a_44k_stereo_file(predicted, corpus_wav):
     assert abs(sum(r['posteriors'].values()) - 1.0) < 1e-5
   wave, rate = sf.read(corpus_wav, dtype='float32')
   assert rate == 16000 and results[0]['segments'] == int(np.ceil(len(wave) / rate / 1.0))
+
+
+def test_a_fold_bundle_says_its_fold_protocol_and_dev_ua(predicted, trained):
+  """The bundle's own bundle.json says what predict's header shows (it holds without the
+  fold's result.json beside it): fold, speakers, the 'strict' protocol, its dev UA."""
+  predictor, _ = predicted
+  info = ckpt_lib.read_bundle_info(predictor.bundle)['info']
+  with open(os.path.join(trained[0], 'mmtl', FOLD, 'result.json'), encoding='utf-8') as f:
+    strict = json.load(f)['records']['strict']
+  assert info['fold'] == FOLD and info['protocol'] == 'strict'
+  assert (info['dev_UA'], info['selected_step']) == (strict['dev_UA'], strict['selected_step'])
+  line = predictor.header()[1]
+  assert f"fold: {FOLD} (test speaker {info['test_speaker']}" in line
+  assert f"dev UA: {100 * strict['dev_UA']:.2f}% (step {strict['selected_step']})" in line
+  assert predict.SYNTHETIC_WARNING in predictor.header()[-1]  # the demo corpus
 
 
 def test_predict_reports_a_corrupt_wav_and_goes_on(predicted):

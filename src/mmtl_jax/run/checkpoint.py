@@ -20,6 +20,10 @@ a logged warning, is moved aside to `<step>.damaged-<n>`, and the previous kept 
 
 An inference bundle (`save_inference_bundle`) is a directory with the trained params and the
 config as JSON, enough for a prediction script to rebuild the model from that directory alone.
+Its params are an orbax checkpoint (``params/``, format version 1) or, for a bundle shipped
+inside the package, one numpy file (``params.npz``, version 2: a handful of plain files, read
+without orbax, optionally stored as float16). ``bundle.json`` may carry an ``info`` dict: what
+the model is (fold, protocol, dev UA, corpus, the command that made it); `read_bundle_info`.
 """
 
 from __future__ import annotations
@@ -46,7 +50,9 @@ PyTree = Any
 _STATE = 'state'
 _EXTRA = 'extra'
 _BUNDLE_FORMAT = 'mmtl_jax.inference_bundle'
-_BUNDLE_VERSION = 1
+_BUNDLE_VERSION = 2  # the newest read: 1 = orbax params/, 2 = params.npz
+_NPZ = 'params.npz'
+_BUNDLE_STORAGES = ('orbax', 'npz')
 # The layout of what a training checkpoint holds. 2 (mmtl_jax 0.2.0): MMTL's optimiser state
 # is `meta.MetaState(opt, step, model)`; 1 (mmtl_jax 0.1.0 and before): a bare optax state.
 CHECKPOINT_FORMAT = 2
@@ -423,25 +429,69 @@ def _this_process_only() -> dict[str, Any]:
       primary_host=me, active_processes={me})}
 
 
+def _flat_params(tree: PyTree, prefix: str = '') -> dict[str, np.ndarray]:
+  """{'theta/conv_0/kernel': array} of a tree of nested dicts (what Flax params are)."""
+  if not isinstance(tree, Mapping):
+    return {prefix: np.asarray(tree)}
+  out = {}
+  for key, value in tree.items():
+    if not isinstance(key, str) or not key or '/' in key:
+      raise ValueError(f"npz bundles hold nested dicts with plain string keys; got {key!r}")
+    out.update(_flat_params(value, f'{prefix}/{key}' if prefix else key))
+  return out
+
+
+def _nested_params(flat: Mapping[str, np.ndarray]) -> dict[str, Any]:
+  """The inverse of `_flat_params`."""
+  tree: dict[str, Any] = {}
+  for name, value in flat.items():
+    *parents, leaf = name.split('/')
+    node = tree
+    for p in parents:
+      node = node.setdefault(p, {})
+    node[leaf] = value
+  return tree
+
+
+def _write_npz(path: str, params: PyTree, storage_dtype: str | None) -> None:
+  """params.npz: every leaf a host array; float32 leaves cast to `storage_dtype` if given."""
+  flat = _flat_params(jax.device_get(params))
+  if storage_dtype is not None:
+    flat = {k: v.astype(storage_dtype) if v.dtype == np.float32 else v
+            for k, v in flat.items()}
+  with open(path, 'wb') as f:
+    np.savez(f, **flat)
+
+
 def save_inference_bundle(directory: str | os.PathLike, params: PyTree, config: Any,
-                          overwrite: bool = True) -> str:
+                          overwrite: bool = True, info: Mapping[str, Any] | None = None,
+                          storage: str = 'orbax', storage_dtype: str | None = None) -> str:
   """Writes a directory from which a prediction script can rebuild and run the model.
 
-  Layout: ``params/`` (orbax StandardSave of `params`), ``config.json`` (the config as plain
-  JSON) and ``bundle.json`` (format marker and version). The bundle is assembled in a
-  temporary sibling directory and renamed into place, so readers never see half a bundle.
-  With several JAX processes (jax.distributed), the calling process writes it alone: call
-  it from one process, with host (numpy) params.
+  Layout: ``params/`` (orbax StandardSave of `params`; storage='npz': ``params.npz`` instead),
+  ``config.json`` (the config as plain JSON) and ``bundle.json`` (format marker, version,
+  mmtl_jax version, `info`). The bundle is assembled in a temporary sibling directory and
+  renamed into place, so readers never see half a bundle. With several JAX processes
+  (jax.distributed), the calling process writes it alone: call it from one process, with
+  host (numpy) params.
 
   Args:
     directory: the bundle directory.
-    params: the trained parameter pytree (e.g. {'meta': ..., 'transfer': ...}).
+    params: the trained parameter pytree (e.g. {'meta': ..., 'transfer': ...}); nested dicts
+      of arrays for storage='npz'.
     config: ml_collections.ConfigDict (or mapping) of the run.
     overwrite: replace an existing bundle; if False, an existing directory is an error.
+    info: JSON-able description of the model, stored in bundle.json (`read_bundle_info`).
+    storage: 'orbax' (version 1, what training writes) or 'npz' (version 2, one file).
+    storage_dtype: storage='npz' only: e.g. 'float16' stores float32 leaves at half the
+      size; `load_inference_bundle` casts them back to float32.
 
   Returns:
     The absolute bundle directory.
   """
+  if storage not in _BUNDLE_STORAGES or (storage_dtype is not None and storage != 'npz'):
+    raise ValueError(f'storage must be one of {_BUNDLE_STORAGES} (storage_dtype with npz '
+                     f'only); got {storage!r}, {storage_dtype!r}')
   directory = os.path.abspath(os.fspath(directory))
   if os.path.exists(directory) and not overwrite:
     raise FileExistsError(f'{directory} exists and overwrite=False.')
@@ -449,13 +499,7 @@ def save_inference_bundle(directory: str | os.PathLike, params: PyTree, config: 
   os.makedirs(parent, exist_ok=True)
   tmp = files.make_temp_dir('.' + os.path.basename(directory) + '.tmp-', parent)
   try:
-    with ocp.StandardCheckpointer(**_this_process_only()) as ckptr:
-      ckptr.save(os.path.join(tmp, 'params'), jax.tree.map(_host_copy, params))
-      ckptr.wait_until_finished()
-    files.atomic_write_json(os.path.join(tmp, 'config.json'), files.to_jsonable(config))
-    from mmtl_jax import __version__  # pylint: disable=g-import-not-at-top
-    files.atomic_write_json(os.path.join(tmp, 'bundle.json'), {
-        'format': _BUNDLE_FORMAT, 'version': _BUNDLE_VERSION, 'mmtl_jax': __version__})
+    _write_bundle_files(tmp, params, config, info, storage, storage_dtype)
     if os.path.exists(directory):
       old = tempfile.mkdtemp(prefix='.' + os.path.basename(directory) + '.old-', dir=parent)
       os.replace(directory, os.path.join(old, 'bundle'))
@@ -469,6 +513,54 @@ def save_inference_bundle(directory: str | os.PathLike, params: PyTree, config: 
   return directory
 
 
+def _write_bundle_files(tmp: str, params: PyTree, config: Any, info: Mapping[str, Any] | None,
+                        storage: str, storage_dtype: str | None) -> None:
+  """The files of a bundle (see `save_inference_bundle`) into the directory `tmp`."""
+  if storage == 'npz':
+    _write_npz(os.path.join(tmp, _NPZ), params, storage_dtype)
+  else:
+    with ocp.StandardCheckpointer(**_this_process_only()) as ckptr:
+      ckptr.save(os.path.join(tmp, 'params'), jax.tree.map(_host_copy, params))
+      ckptr.wait_until_finished()
+  files.atomic_write_json(os.path.join(tmp, 'config.json'), files.to_jsonable(config))
+  from mmtl_jax import __version__  # pylint: disable=g-import-not-at-top
+  marker = {'format': _BUNDLE_FORMAT, 'version': 2 if storage == 'npz' else 1,
+            'mmtl_jax': __version__}
+  if storage == 'npz':
+    marker['stored_dtype'] = storage_dtype or 'as trained'
+  if info:
+    marker['info'] = files.to_jsonable(dict(info))
+  files.atomic_write_json(os.path.join(tmp, 'bundle.json'), marker)
+
+
+def read_bundle_info(directory: str | os.PathLike) -> dict[str, Any]:
+  """bundle.json of a bundle: {'format', 'version', 'mmtl_jax', 'info'?, 'stored_dtype'?}.
+
+  Raises:
+    FileNotFoundError: `directory` has no bundle.json.
+    ValueError: it is not a bundle this version reads.
+  """
+  marker = os.path.join(os.path.abspath(os.fspath(directory)), 'bundle.json')
+  if not os.path.exists(marker):
+    raise FileNotFoundError(f'{os.path.dirname(marker)} is not an inference bundle (no '
+                            'bundle.json).')
+  with open(marker, encoding='utf-8') as f:
+    info = json.load(f)
+  if (not isinstance(info, dict) or info.get('format') != _BUNDLE_FORMAT
+      or info.get('version', 0) > _BUNDLE_VERSION):
+    raise ValueError(f'{marker}: unsupported bundle {info}.')
+  return info
+
+
+def _read_npz(path: str) -> dict[str, Any]:
+  """params.npz back as nested dicts of arrays; float16 leaves as float32 (the dtype every
+  stored float leaf was trained in: `_write_npz` casts float32 leaves only)."""
+  with np.load(path, allow_pickle=False) as data:
+    flat = {k: data[k].astype(np.float32) if data[k].dtype == np.float16 else data[k]
+            for k in data.files}
+  return _nested_params(flat)
+
+
 def load_inference_bundle(directory: str | os.PathLike,
                           target: PyTree | None = None
                           ) -> tuple[PyTree, ml_collections.ConfigDict]:
@@ -477,21 +569,19 @@ def load_inference_bundle(directory: str | os.PathLike,
   Args:
     directory: the bundle directory.
     target: optional params pytree (arrays or ShapeDtypeStruct) giving structure, dtypes and
-      shardings; without it the params come back as saved (nested dicts of jax arrays).
+      shardings; without it the params come back as saved (nested dicts of jax arrays; of
+      numpy arrays from a params.npz bundle, whose structure `target` is not checked against).
 
   Returns:
     (params, config): config is a ConfigDict in which JSON lists are turned back into tuples.
   """
   directory = os.path.abspath(os.fspath(directory))
-  marker = os.path.join(directory, 'bundle.json')
-  if not os.path.exists(marker):
-    raise FileNotFoundError(f'{directory} is not an inference bundle (no bundle.json).')
-  with open(marker, encoding='utf-8') as f:
-    info = json.load(f)
-  if info.get('format') != _BUNDLE_FORMAT or info.get('version', 0) > _BUNDLE_VERSION:
-    raise ValueError(f'{marker}: unsupported bundle {info}.')
+  read_bundle_info(directory)
   with open(os.path.join(directory, 'config.json'), encoding='utf-8') as f:
     config = ml_collections.ConfigDict(lists_to_tuples(json.load(f)))
+  npz = os.path.join(directory, _NPZ)
+  if os.path.exists(npz):
+    return _read_npz(npz), config
   abstract = None if target is None else jax.tree.map(_abstract, target)
   with ocp.StandardCheckpointer() as ckptr:
     params = ckptr.restore(os.path.join(directory, 'params'), abstract)

@@ -1,11 +1,18 @@
-"""Emotion of wav files with a trained model (an inference bundle written by training).
+"""Emotion of wav files with a trained model (an inference bundle written by training, or a
+pretrained one shipped with the package: `Predictor(pretrained='emodb')`).
 
 A bundle holds the parameters and the run's config, so the features and the model are
 rebuilt exactly as trained. Utterance posterior = mean of its segments' posteriors, each
-segment read up to its valid frames only.
+segment read up to its valid frames only; the posteriors are over the classes, the first
+len(classes) outputs of the head (model.num_outputs may be larger: the head is shared with
+the auxiliary tasks' bins), as in ser/evaluate.py.
+
+`Predictor.header()` says what the model is: system, corpus, classes, fold, protocol, dev UA
+(from bundle.json's 'info', else the fold's result.json beside the bundle, else the config),
+and warns when it was trained on synthetic audio: its labels mean nothing for real speech.
 
 No confident label is given for a clip the model cannot judge; its result carries a
-'warning' and 'emotion' None instead:
+'warning', 'emotion' None and 'posteriors' None (no number to misread) instead:
   digital silence  the decoded waveform's peak |amplitude| is below SILENCE_PEAK (1e-4, about
                    -80 dBFS; all-zero files included);
   too short        the clip's longest segment has fewer valid frames than `min_frames`:
@@ -14,7 +21,7 @@ No confident label is given for a clip the model cannot judge; its result carrie
                    2 ** (conv blocks) frames the model's pools need to leave the BiLSTM one;
   non-finite       samples or features that are NaN or infinite (a float wav with samples
                    near 1e20 overflows the power spectrum), or posteriors that are: the model
-                   is never trusted with them ('posteriors' None too).
+                   is never trusted with them.
 Long files run in batches of at most `batch_segments` segments (features and model), so the
 memory a file needs is bounded by the batch, not its length (the waveform is read whole).
 A missing file is an error 'file not found'; a bundle that cannot be loaded, or whose
@@ -22,16 +29,18 @@ parameters do not fit its model, raises `BundleError` with a one-line message.
 """
 
 import glob
+import json
 import math
 import os
 import re
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from mmtl_jax import pretrained as pretrained_lib
 from mmtl_jax.run import checkpoint as ckpt_lib
 from mmtl_jax.run import errors
 from mmtl_jax.ser import systems as systems_lib
@@ -126,20 +135,88 @@ def clip_warning(wave: np.ndarray, lengths: np.ndarray,
   return ''
 
 
+SYNTHETIC_WARNING = ('WARNING: this model was trained on synthetic audio (the demo corpus), '
+                     'not speech: its labels mean nothing for real speech')
+
+
+def corpus_description(config: ml_collections.ConfigDict) -> str:
+  """What a config trained on, in words (for bundles whose info does not say)."""
+  kind = str(config.data.get('kind', ''))
+  if kind == 'synthetic':
+    return 'synthetic audio (the embedded demo corpus; not speech)'
+  if kind == 'iemocap':
+    sessions = ','.join(str(x) for x in config.data.iemocap.sessions)
+    return f'IEMOCAP ({config.data.iemocap.selection}, sessions {sessions})'
+  if kind == 'manifest':
+    return f'CSV manifest {os.path.basename(str(config.data.manifest.path)) or "?"}'
+  return kind or 'unknown'
+
+
+def _fold_result_info(bundle: str) -> Dict[str, Any]:
+  """The fold, protocol and dev UA of a training bundle from the fold's result.json beside it
+  (bundles written before bundle.json carried them); {} if there is none to read."""
+  try:
+    with open(os.path.join(os.path.dirname(bundle), 'result.json'), encoding='utf-8') as f:
+      result = json.load(f)
+    records = result['records']
+    protocol = 'strict' if 'strict' in records else next(iter(records))
+    return {'fold': result['name'], 'test_speaker': result['test_speaker'],
+            'dev_speaker': result['dev_speaker'], 'protocol': protocol,
+            'dev_UA': records[protocol]['dev_UA'],
+            'selected_step': records[protocol]['selected_step']}
+  except (OSError, ValueError, KeyError, TypeError, StopIteration):
+    return {}
+
+
+def describe(bundle: str, config: ml_collections.ConfigDict, classes: Sequence[str],
+             model: str) -> Dict[str, Any]:
+  """What the bundle's model is: {'model', 'corpus', 'classes', 'fold', 'protocol', 'dev_UA',
+  'synthetic'} as text (bool for 'synthetic'), plus any other 'info' bundle.json holds.
+  Unknown items read 'unknown'."""
+  info = dict(ckpt_lib.read_bundle_info(bundle).get('info') or {}) or _fold_result_info(bundle)
+  fold = info.get('fold', 'unknown')
+  if info.get('test_speaker') is not None:
+    fold = f"{fold} (test speaker {info['test_speaker']}, dev speaker {info.get('dev_speaker')})"
+  dev_ua = info.get('dev_UA')
+  if isinstance(dev_ua, (int, float)):
+    dev_ua = f'{100 * dev_ua:.2f}%' + (f" (step {info['selected_step']})"
+                                       if 'selected_step' in info else '')
+  synthetic = bool(info.get('synthetic', str(config.data.get('kind', '')) == 'synthetic'))
+  return dict(info, model=model, corpus=info.get('corpus') or corpus_description(config),
+              classes=', '.join(classes), fold=fold, protocol=info.get('protocol', 'unknown'),
+              dev_UA=dev_ua if dev_ua is not None else 'unknown', synthetic=synthetic)
+
+
 class Predictor:
   """Loads a bundle once; `predict_files` scores any number of wav files.
 
+  Args:
+    checkpoint: a bundle, fold directory or workdir (`choose_bundle`); or None with
+      `pretrained`.
+    batch_segments: segments per model call.
+    pretrained: the name of a bundle shipped with the package (`mmtl_jax.pretrained.NAMES`),
+      instead of `checkpoint`.
+
   Raises (constructor):
     FileNotFoundError: no bundle at `checkpoint`.
+    ValueError: neither or both of checkpoint and pretrained; batch_segments < 1.
+    pretrained_lib.UnknownPretrainedError: `pretrained` is no shipped bundle's name.
     BundleError: the bundle is damaged (unreadable files, or parameters that do not fit the
-      model its config describes); one-line message.
+      model its config describes, or fewer outputs than classes); one-line message.
   """
 
-  def __init__(self, checkpoint: str, batch_segments: int = 64):
+  def __init__(self, checkpoint: Optional[str] = None, batch_segments: int = 64,
+               pretrained: Optional[str] = None):
     if int(batch_segments) < 1:
       raise ValueError(f'batch_segments must be >= 1 (got {batch_segments})')
+    if (checkpoint is None) == (pretrained is None):
+      raise ValueError('give one of checkpoint and pretrained')
     self.batch_segments = int(batch_segments)
-    self.bundle, self.choice = choose_bundle(checkpoint)
+    if pretrained is not None:
+      self.bundle = pretrained_lib.bundle_path(pretrained)
+      self.choice = f'the pretrained {pretrained!r} model shipped with mmtl_jax'
+    else:
+      self.bundle, self.choice = choose_bundle(checkpoint)
     try:
       self.params, self.config = ckpt_lib.load_inference_bundle(self.bundle)
       self.model = str(self.config.get('bundle_model', 'mmtl'))
@@ -147,14 +224,20 @@ class Predictor:
       if 'name' not in self.config.model:  # bundles written before models were chosen by name
         self.config.model.name = 'cnn_bilstm'  # held the only model there was
       system = systems_lib.make_system(self.model, self.config)
-      self._posteriors = jax.jit(
-          lambda p, x, lengths: jax.nn.softmax(system.predict_logits(p, x, lengths), axis=-1))
+      c = len(self.classes)  # the head's first C outputs are the classes (ser/evaluate.py)
+      self._posteriors = jax.jit(lambda p, x, lengths: jax.nn.softmax(
+          system.predict_logits(p, x, lengths)[..., :c], axis=-1))
       self._check_shapes()
+      self.description = describe(self.bundle, self.config, self.classes, self.model)
     except Exception as e:  # pylint: disable=broad-except
       raise BundleError(f'damaged inference bundle {self.bundle}: {one_line(e)}') from e
 
   def _check_shapes(self) -> None:
-    """Traces one prediction (no compilation): params that do not fit the model fail here."""
+    """Traces one prediction (no compilation): params that do not fit the model, or a head
+    with fewer outputs than classes, fail here."""
+    outputs = int(self.config.model.get('num_outputs', len(self.classes)))
+    if outputs < len(self.classes):
+      raise ValueError(f'the model has {outputs} outputs for {len(self.classes)} classes')
     shape = (1, int(self.config.features.n_frames), features_lib.n_bins(self.config.features))
     out = jax.eval_shape(self._posteriors, self.params, jax.ShapeDtypeStruct(shape, jnp.float32),
                          jax.ShapeDtypeStruct((1,), jnp.int32))
@@ -162,9 +245,23 @@ class Predictor:
       raise ValueError(f'the model gives {out.shape[-1]} posteriors for {len(self.classes)} '
                        'classes')
 
+  def header(self) -> List[str]:
+    """Comment lines saying which bundle this is and what its model is (and, for a model
+    trained on synthetic audio, a warning line)."""
+    d = self.description
+    lines = [f'# model {self.model} from {self.bundle} ({self.choice})',
+             f"# trained on: {d['corpus']}; classes: {d['classes']}; fold: {d['fold']}; "
+             f"protocol: {d['protocol']}; dev UA: {d['dev_UA']}"]
+    if d.get('loso'):
+      lines.append(f"# leave-one-speaker-out study of this recipe: {d['loso']}")
+    if d['synthetic']:
+      lines.append(f'# {SYNTHETIC_WARNING}')
+    return lines
+
   def predict_file(self, path: str) -> Dict[str, Any]:
     """{'path', 'emotion', 'posteriors': {class: p}, 'segments', 'seconds'}, plus 'warning'
-    (and 'emotion' None) for a clip that gets no label (see the module docstring).
+    (and 'emotion' and 'posteriors' None) for a clip that gets no label (see the module
+    docstring).
 
     Raises:
       FileNotFoundError: 'file not found'; any decoding error of the file.
@@ -186,10 +283,8 @@ class Predictor:
                  'overflow the spectrum); no label')
     elif not np.all(np.isfinite(probs)):
       warning = 'the model gave non-finite posteriors (NaN or infinite); no label'
-    if warning:
-      result.update(emotion=None, warning=warning)
-      if not np.all(np.isfinite(probs)) or not finite:
-        result['posteriors'] = None  # strict JSON, and no number to misread
+    if warning:  # no label, and no posteriors: strict JSON, and no number to misread
+      result.update(emotion=None, posteriors=None, warning=warning)
     return result
 
   def _segment_posteriors(self, wave: np.ndarray) -> tuple:
@@ -225,6 +320,6 @@ class Predictor:
     return out
 
 
-__all__ = ['BundleError', 'Predictor', 'SILENCE_PEAK', 'choose_bundle', 'clip_warning',
-           'find_bundle',
-           'min_frames', 'one_line']
+__all__ = ['BundleError', 'Predictor', 'SILENCE_PEAK', 'SYNTHETIC_WARNING', 'choose_bundle',
+           'clip_warning', 'corpus_description', 'describe', 'find_bundle', 'min_frames',
+           'one_line']

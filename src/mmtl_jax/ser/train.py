@@ -330,15 +330,20 @@ def finish_fold(state: TrainState, system: systems_lib.System, evaluator: eval_l
                   'y_pred': r['y_pred'].tolist(), 'utt_ids': r['utt_ids'].tolist(),
                   'dev_UA': state.best_dev[p]['UA'], 'dev_WA': state.best_dev[p]['WA'],
                   'selected_step': state.best_dev[p]['step']}
-  bundle_params = state.best['strict'] if 'strict' in state.best else state.best[protocols[0]]
+  bundle_protocol = 'strict' if 'strict' in state.best else protocols[0]
+  bundle_params = state.best[bundle_protocol]
   bundle_config = ml_collections.ConfigDict(config.to_dict())
   bundle_config.bundle_model = system.name
   bundle_config.classes = tuple(store.classes)
   if mesh is not None:  # host copies: the bundle must not depend on this run's devices
     bundle_params = jax.device_get(bundle_params)
-  if process.is_primary():
-    ckpt_lib.save_inference_bundle(os.path.join(fold_dir, 'bundle'), bundle_params,
-                                   bundle_config)
+  if process.is_primary():  # info: what predict's header says the model is
+    ckpt_lib.save_inference_bundle(
+        os.path.join(fold_dir, 'bundle'), bundle_params, bundle_config, info={
+            'fold': _fold_name(fold), 'test_speaker': fold.test_speaker,
+            'dev_speaker': fold.dev_speaker, 'protocol': bundle_protocol,
+            'dev_UA': state.best_dev[bundle_protocol]['UA'],
+            'selected_step': state.best_dev[bundle_protocol]['step']})
   return {'fold': fold.index, 'name': _fold_name(fold), 'dev_speaker': fold.dev_speaker,
           'test_speaker': fold.test_speaker, 'records': records}
 
