@@ -29,8 +29,9 @@ def _method(**kwargs) -> ml_collections.ConfigDict:
 def _imaml(**kwargs) -> ml_collections.ConfigDict:
   # Rajeswaran et al. (2019) and their code (aravindr93/imaml_dev): 16 inner steps at 5-way
   # (25 at 20-way), lambda 2, 5 CG steps on the damped system 2 I + H / (lambda + 10), the
-  # pull-back step, plain SGD steps at test time.
-  base = dict(steps=16, eval_steps=16, lr=0.1, lam=2.0, cg_steps=5, cg_damping=1.0,
+  # pull-back step, plain SGD steps at test time. The validation search chose lambda 0.5
+  # (84.4% against 84.3% for 2 and 83.2% undamped; docs/fewshot.md).
+  base = dict(steps=16, eval_steps=16, lr=0.1, lam=0.5, cg_steps=5, cg_damping=1.0,
               cg_lam_damping=10.0, pull_back=True, test_adapt='plain')
   base.update(kwargs)
   return _method(**base)
@@ -77,7 +78,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.method.imaml = _imaml()
   c.method.meta_sgd = _method(rate_outer_lr=1e-3)
   c.method.anil = _method(steps=5, eval_steps=10)
-  c.method.finetune = _method(steps=0, eval_steps=10, lr=0.1)  # no meta-training
+  c.method.finetune = _method(steps=0, eval_steps=10, lr=0.4)  # no meta-training
   c.method.nearest_centroid = ml_collections.ConfigDict()  # pixels; nothing to set
 
   c.by_way = ml_collections.ConfigDict()
