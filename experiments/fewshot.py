@@ -32,7 +32,7 @@ from ml_collections import config_flags
 
 from mmtl_jax.configs import config_path
 from mmtl_jax.configs import fewshot as fewshot_config
-from mmtl_jax.fewshot import experiment, report
+from mmtl_jax.fewshot import experiment, report, stats
 from mmtl_jax.run.files import atomic_write_json, atomic_write_text, to_jsonable
 from mmtl_jax.run import errors
 from mmtl_jax.run import progress as progress_lib
@@ -110,20 +110,29 @@ def _earlier(json_path, config, key):
 
 
 def _merge():
+  """One table from several runs' JSON files. A later file wins: for each (method, way,
+  shot), records whose settings differ from the later file's are dropped (and listed), as
+  is an earlier record of the same seed."""
   records = []
   for path in FLAGS.merge:
     try:
       with open(path) as f:
-        records += json.load(f)['records']
+        records.append(json.load(f)['records'])
     except (OSError, ValueError, KeyError) as e:
       raise errors.ExpectedError(f'--merge {path}: not a fewshot JSON ({e})') from e
-  result = {'records': records, 'accuracy_unit': experiment.ACCURACY_UNIT,
+  kept, dropped = experiment.merge_records(records)
+  for r in dropped:
+    print(f"dropped: {r['method']} {r['way']}-way {r['shot']}-shot seed {r['seed']} "
+          f"(settings {r.get('settings')} replaced by a later file's)")
+  result = {'records': kept, 'accuracy_unit': experiment.ACCURACY_UNIT,
             'merged_from': list(FLAGS.merge)}
-  print(report.markdown(result))
+  text = report.markdown(result)
+  print(text)
   if FLAGS.json:
-    atomic_write_json(FLAGS.json, to_jsonable(dict(result, complete=True)))
+    atomic_write_json(FLAGS.json, to_jsonable(dict(result, rows=stats.aggregate(kept),
+                                                   complete=True)))
   if FLAGS.md:
-    atomic_write_text(FLAGS.md, report.markdown(result))
+    atomic_write_text(FLAGS.md, text)
 
 
 def main(argv):
@@ -156,7 +165,8 @@ def _work(config, json_path, md_path, diag_dir):
   bars = lambda what, units, pending: progress_lib.Progress(
       what, units, pending=pending, every_s=progress_lib.interval(config))
   save = lambda result, complete: atomic_write_json(json_path, to_jsonable(dict(
-      result, config=config, quick=_is_quick(), complete=complete)))  # NaN -> null
+      result, config=config, quick=_is_quick(), complete=complete,
+      rows=stats.aggregate(result.get('records', [])))))  # NaN -> null
   if FLAGS.search:
     done = _earlier(json_path, config, 'points')
     partial = (lambda points: save({'points': points}, False)) if json_path else None

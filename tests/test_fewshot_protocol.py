@@ -129,3 +129,14 @@ def test_statistics_over_seeds_and_paired_differences():
   lines = report.baseline_check(stats.aggregate(
       recs + [_record('nearest_centroid', 0, [1, 0.5, 0.5, 1])]))  # 75.0
   assert lines[0].endswith('NOT beaten by fomaml')  # 68.75; maml (81.25) beats it
+
+
+def test_merging_runs_keeps_the_later_settings_and_one_record_per_seed():
+  old = dict(_record('anil', 0, [0.2, 0.2]), settings={'lr': 0.1})
+  old1 = dict(_record('anil', 1, [0.2, 0.2]), settings={'lr': 0.1})
+  new = dict(_record('anil', 0, [0.5, 0.5]), settings={'lr': 0.4})
+  maml = dict(_record('maml', 0, [0.9, 0.9]), settings={'lr': 0.4})
+  maml_again = dict(_record('maml', 0, [0.8, 0.8]), settings={'lr': 0.4})
+  kept, dropped = experiment.merge_records([[old, old1, maml], [new, maml_again]])
+  assert {id(r) for r in kept} == {id(new), id(maml_again)}
+  assert {id(r) for r in dropped} == {id(old), id(old1), id(maml)}

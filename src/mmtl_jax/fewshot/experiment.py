@@ -202,6 +202,28 @@ def run(config: Any, method_names: Optional[Sequence[str]] = None,
           'accuracy_unit': ACCURACY_UNIT}
 
 
+def merge_records(runs: Sequence[Sequence[Dict[str, Any]]]
+                  ) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]]]:
+  """(kept, dropped) records of several runs, later runs winning: per (method, way, shot)
+  only records with the latest run's settings are kept, and per seed the latest record."""
+  latest: Dict[Tuple[Any, ...], Any] = {}
+  for recs in runs:
+    for r in recs:
+      latest[(r['method'], r['way'], r['shot'])] = r.get('settings')
+  chosen: Dict[Tuple[Any, ...], Dict[str, Any]] = {}
+  dropped = []
+  for recs in runs:
+    for r in recs:
+      key = (r['method'], r['way'], r['shot'])
+      if r.get('settings') != latest[key]:
+        dropped.append(r)
+        continue
+      if key + (r['seed'],) in chosen:
+        dropped.append(chosen[key + (r['seed'],)])
+      chosen[key + (r['seed'],)] = r
+  return list(chosen.values()), dropped
+
+
 def search(config: Any, method_names: Optional[Sequence[str]] = None,
            progress: Optional[Callable[..., Any]] = None,
            on_point: Optional[Callable[[List[Dict[str, Any]]], None]] = None,
