@@ -152,12 +152,14 @@ def markdown(result: Dict[str, Any], title: str = 'Few-shot glyphs') -> str:
   recs = result['records']
   rows = stats.aggregate(recs)
   trained = [r for r in recs if r.get('iterations')]
+  where = (f"merged from {len(result['merged_from'])} runs" if result.get('merged_from')
+           else f"classes per split {result.get('classes', {})}; total wall time "
+                f"{result.get('wall_s', 0.0):.0f} s")
   head = (f"# {title}\n\n{len(recs)} records ({len(rows)} rows); "
           f"{trained[0]['iterations'] if trained else 0} meta-iterations per meta-learner, "
           f"{recs[0]['eval_episodes'] if recs else 0} test episodes each (the same for every "
-          f"method and seed); classes per split {result.get('classes', {})}; accuracy in "
-          f"{result.get('accuracy_unit', 'percent')}; total wall time "
-          f"{result.get('wall_s', 0.0):.0f} s.\n")
+          f"method and seed); accuracy in {result.get('accuracy_unit', 'percent')}; "
+          f"{where}.\n")
   parts = [head, format_table(rows), '', '## Baselines', ''] + (
       baseline_check(rows) or ['- (no baseline in these records)'])
   parts += ['', '## Paired comparisons', ''] + (paired_lines(recs) or ['- (none)'])
