@@ -31,7 +31,6 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import jax
 import ml_collections
 import numpy as np
-from tqdm.auto import tqdm
 
 from mmtl_jax.data import sampler as sampler_lib
 from mmtl_jax.data import store as store_lib
@@ -40,6 +39,7 @@ from mmtl_jax.run import errors
 from mmtl_jax.run import files
 from mmtl_jax.run import metric_log
 from mmtl_jax.run import process
+from mmtl_jax.run import progress
 from mmtl_jax.run import provenance as provenance_lib
 from mmtl_jax.ser import significance
 from mmtl_jax.ser import systems as systems_lib
@@ -177,7 +177,8 @@ def fit_all_speakers(config: ml_collections.ConfigDict, workdir: str, features_d
           dev_speaker='', protocols=(), seed=int(config.seed), steps=int(steps),
           log_every=int(config.train.log_every), eval_every=int(steps),
           checkpoint_every=int(config.train.checkpoint_every), checkpointer=checkpointer,
-          writer=mw, name=f'{MODEL} on all {len(store.speakers)} speakers')
+          writer=mw, name=f'{MODEL} on all {len(store.speakers)} speakers',
+          reporter=progress.Progress('fit', 1, every_s=progress.interval(config)))
       state = _fit_steps(state, run)
   finally:
     checkpointer.close()
@@ -187,13 +188,14 @@ def fit_all_speakers(config: ml_collections.ConfigDict, workdir: str, features_d
 def _fit_steps(state: train_lib.TrainState, run: train_lib.FoldRun) -> train_lib.TrainState:
   """Steps 1 .. run.steps of `train_lib.train_one_step`, with the parameter guard and a
   checkpoint when due (no dev selection: there is no dev speaker)."""
-  bar = tqdm(range(run.steps), desc=run.name, leave=False, dynamic_ncols=True, disable=None)
-  for _ in bar:
-    state = train_lib.train_one_step(state, run, bar)
+  run.reporter.start(run.name, run.steps, done=state.step)
+  while state.step < run.steps:
+    state = train_lib.train_one_step(state, run)
     if state.step % run.checkpoint_every == 0 or state.step == run.steps:
       train_lib.check_finite_params(state, run)
       train_lib.save_state(state, run.checkpointer)
-  bar.close()
+  run.reporter.finish()
+  run.reporter.close()
   return state
 
 
