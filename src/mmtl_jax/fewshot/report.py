@@ -124,7 +124,8 @@ def findings(records: Sequence[Dict[str, Any]]) -> List[str]:
   for way, shot in ((5, 1), (5, 5), (20, 1)):
     p = stats.paired(records, 'imaml', 'maml', way, shot)
     if p is not None:
-      verdict = ('at least as good' if p['diff'] >= 0 or _within(p) == 'inside'
+      verdict = ('at least as good' if p['diff'] >= 0 else
+                 'behind, but zero is inside the seed interval' if _within(p) == 'inside'
                  else 'worse')
       out.append(f"- Rajeswaran et al. 2019 (iMAML at least as good as MAML), {way}-way "
                  f"{shot}-shot: imaml - maml = {p['diff']:+.1f} {_pm(p['seed_ci95'])}: "
