@@ -140,6 +140,12 @@ def main(argv):
   if FLAGS.merge:
     return _merge()
   config = _config()
+  try:  # before any rendering or compiling: one line naming the field
+    experiment.settings_of(config)
+    experiment.seeds_of(config)
+    experiment.check_methods(FLAGS.methods or tuple(config.methods))
+  except ValueError as e:
+    raise errors.ExpectedError(f'{e} (config or --methods/--ways/--shots/--seeds)') from e
   if FLAGS.memory:
     rows = experiment.meta_gradient_memory(config)
     text = report.memory_markdown(rows)

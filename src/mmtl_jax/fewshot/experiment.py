@@ -171,13 +171,13 @@ def run(config: Any, method_names: Optional[Sequence[str]] = None,
   'classes': {split: number of classes}, 'accuracy_unit'}.
   """
   names = check_methods(method_names or tuple(config.methods))
-  settings = settings_of(config)
+  settings, seeds = settings_of(config), seeds_of(config)
   start = time.perf_counter()
   alphabet, splits = build_alphabet(config.data)
   render_s = time.perf_counter() - start
   records = list(done)
   finished = {(r['method'], r['way'], r['shot'], r['seed']) for r in records}
-  units = [(seed, way, shot, name) for seed in seeds_of(config) for way, shot in settings
+  units = [(seed, way, shot, name) for seed in seeds for way, shot in settings
            for name in names]
   todo = [u for u in units if (u[3], u[1], u[2], u[0]) not in finished]
   report = progress('record', len(units), len(todo)) if progress else None
