@@ -158,7 +158,7 @@ def test_orbax_thread_tracebacks_of_a_full_disk_are_dropped():
 @pytest.mark.parametrize('name,args,fragments', [
     ('train', ['--config=/nonexistent/config.py'], ['cannot load the config file',
                                                     '/nonexistent/config.py']),
-    ('fewshot', ['--methods=nope'], ["unknown few-shot system 'nope'", 'known']),
+    ('fewshot', ['--methods=nope'], ["unknown few-shot method 'nope'", 'nearest_centroid']),
     ('fewshot', ['--ways=a'], ['--ways']),
     ('study', ['--workdir=/tmp/unused_study', '--reference_mode=first_order'],
      ['--reference_mode']),

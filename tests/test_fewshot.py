@@ -181,8 +181,10 @@ def test_config_variants_and_settings_checks():
   full.shots = (1, 5, 6)
   with pytest.raises(ValueError, match='exceeds'):
     experiment.settings_of(full)
-  with pytest.raises(ValueError, match='known'):
+  with pytest.raises(ValueError, match='known: maml, .*nearest_centroid'):  # baselines too
     experiment.check_methods(['maml', 'protonet'])
+  assert experiment.check_methods(['nearest_centroid', 'finetune']) == ['nearest_centroid',
+                                                                       'finetune']
   assert loop.ci95(np.array([0.0, 1.0])) == pytest.approx(100 * 1.96 * 0.5 / np.sqrt(2))
 
 

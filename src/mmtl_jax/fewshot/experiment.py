@@ -63,9 +63,11 @@ def meta_batch_of(config: Any, way: int) -> int:
 def check_methods(names: Sequence[str]) -> List[str]:
   """The names, each a registered method or a baseline (ValueError listing the known ones
   otherwise)."""
+  known = systems.SYSTEMS.names() + tuple(baselines.BASELINES)
   for name in names:
-    if name not in baselines.BASELINES:
-      systems.SYSTEMS.get(name)
+    if name not in known:
+      raise ValueError(f'unknown few-shot method {name!r} (config.methods or --methods); '
+                       f'known: {", ".join(known)}')
   return list(names)
 
 
