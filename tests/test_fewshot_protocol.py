@@ -3,6 +3,8 @@ settings per way, the validation search's choice, trivial baselines, and statist
 seeds and pairs of methods."""
 
 import hashlib
+import json
+import os
 
 import numpy as np
 import pytest
@@ -74,12 +76,33 @@ def test_settings_per_way_override_the_five_way_block():
   c = fewshot_config.get_config()
   five, twenty = systems.method_config(c, 'maml', 5), systems.method_config(c, 'maml', 20)
   assert (five.steps, five.lr) == (1, 0.4)  # Finn et al. 5-way
-  assert (twenty.steps, twenty.eval_steps, twenty.lr) == (5, 5, 0.1)  # Finn et al. 20-way
+  # Finn et al.'s 20-way steps, the rate of the 20-way validation search
+  assert (twenty.steps, twenty.eval_steps, twenty.lr) == (5, 5, 0.4)
   assert c.method.maml.steps == 1  # a copy: the config is untouched
   assert systems.method_config(c, 'imaml', 20).steps == 25
   c.by_way.way20.maml.nope = 1
   with pytest.raises(ValueError, match='no field'):
     systems.method_config(c, 'maml', 20)
+
+
+def test_shipped_settings_are_the_committed_search_choice():
+  # docs/fewshot_search.json is the validation evidence; a config edited by hand (or a
+  # search rerun without updating the config) would make the doc's claim false.
+  path = os.path.join(os.path.dirname(__file__), '..', 'docs', 'fewshot_search.json')
+  with open(path) as f:
+    chosen = json.load(f)['chosen']
+  c = fewshot_config.get_config()
+  for name, per_way in chosen.items():
+    assert set(per_way) <= {'way5', 'way20'}, per_way
+    for key, choice in per_way.items():
+      cfg = systems.method_config(c, name, int(key[3:]))
+      for field, value in choice['overrides'].items():
+        assert cfg[field] == value, (name, key, field, cfg[field], value)
+  # 20-way: Finn et al.'s setting (maml, fomaml, meta_sgd) or iMAML's own; every other
+  # method is validated at 20-way too, not run with a 5-way choice nobody checked there.
+  published = {'maml', 'fomaml', 'meta_sgd', 'imaml'}
+  for name in set(fewshot_config.SYSTEMS + ('finetune',)) - published:
+    assert 'way20' in chosen[name], name
 
 
 def test_search_chooses_the_best_validation_point_per_method_and_way():
