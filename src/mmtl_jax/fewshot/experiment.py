@@ -207,7 +207,9 @@ def run(config: Any, method_names: Optional[Sequence[str]] = None,
 def merge_records(runs: Sequence[Sequence[Dict[str, Any]]]
                   ) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]]]:
   """(kept, dropped) records of several runs, later runs winning: per (method, way, shot)
-  only records with the latest run's settings are kept, and per seed the latest record."""
+  only records with the latest run's settings are kept, and per seed the latest record.
+  Kept records come in table order (setting, then baselines and systems in their
+  registered order, then seed), whatever order the runs came in."""
   latest: Dict[Tuple[Any, ...], Any] = {}
   for recs in runs:
     for r in recs:
@@ -223,7 +225,11 @@ def merge_records(runs: Sequence[Sequence[Dict[str, Any]]]
       if key + (r['seed'],) in chosen:
         dropped.append(chosen[key + (r['seed'],)])
       chosen[key + (r['seed'],)] = r
-  return list(chosen.values()), dropped
+  order = list(baselines.BASELINES) + ['finetune'] + list(systems.SYSTEMS.names())
+  rank = lambda name: order.index(name) if name in order else len(order)
+  kept = sorted(chosen.values(), key=lambda r: (int(r['way']), int(r['shot']),
+                                                rank(r['method']), r['method'], r['seed']))
+  return kept, dropped
 
 
 def search(config: Any, method_names: Optional[Sequence[str]] = None,
