@@ -105,6 +105,23 @@ def test_shipped_settings_are_the_committed_search_choice():
     assert 'way20' in chosen[name], name
 
 
+def test_committed_table_was_run_with_the_shipped_settings():
+  # docs/fewshot.json is the table's evidence: a config changed without rerunning the rows
+  # (or rows merged from runs of older settings) would make the doc describe other runs.
+  path = os.path.join(os.path.dirname(__file__), '..', 'docs', 'fewshot.json')
+  with open(path) as f:
+    records = json.load(f)['records']
+  c = fewshot_config.get_config()
+  rows = {}
+  for r in records:
+    rows.setdefault((r['method'], r['way'], r['shot']), set()).add(r['seed'])
+    if r['method'] != 'nearest_centroid':
+      assert r['settings'] == systems.method_config(c, r['method'], r['way']).to_dict(), r
+  assert {m for m, _, _ in rows} == set(c.methods)
+  assert {(w, s) for _, w, s in rows} == set(zip(c.ways, c.shots))
+  assert all(len(seeds) >= 3 for seeds in rows.values()), rows
+
+
 def test_search_chooses_the_best_validation_point_per_method_and_way():
   points = [{'method': 'maml', 'way': 5, 'overrides': {'lr': 0.1}, 'accuracy': 80.0, 'ci95': 1},
             {'method': 'maml', 'way': 5, 'overrides': {'lr': 0.4}, 'accuracy': 85.0, 'ci95': 1},
