@@ -28,7 +28,6 @@ import json
 import os
 
 from absl import flags
-from ml_collections import config_flags
 
 from mmtl_jax.configs import config_path
 from mmtl_jax.configs import fewshot as fewshot_config
@@ -38,8 +37,10 @@ from mmtl_jax.run import errors
 from mmtl_jax.run import progress as progress_lib
 
 FLAGS = flags.FLAGS
-errors.define_config_file('config', config_path('fewshot'), 'few-shot config file')
-flags.DEFINE_bool('quick', False, 'the < 5 minute run: 5-way 1-shot only (see above)')
+flags.DEFINE_bool('quick', False, 'the < 10 minute run on 2 cores: 5-way 1-shot, one seed '
+                  '(configs/fewshot.py:quick); --config.* overrides still apply')
+errors.define_config_file('config', config_path('fewshot'), 'few-shot config file',
+                          quick=fewshot_config.quick)  # idempotent
 flags.DEFINE_string('json', '', 'write {"records": [...]} here, rewritten after every record '
                     '("complete": false until the end); default <workdir>/fewshot.json')
 flags.DEFINE_string('md', '', 'write the markdown table here (default: <workdir>/fewshot.md '
@@ -62,10 +63,7 @@ flags.DEFINE_integer('diagnostics_every', None, 'every N outer steps, compare fi
 
 
 def _config():
-  config = FLAGS.config
-  if FLAGS.quick and not FLAGS['config'].config_filename.endswith(':quick'):
-    config = fewshot_config.get_config('quick')  # then the --config.* overrides again
-    config.update_from_flattened_dict(config_flags.get_override_values(FLAGS['config']))
+  config = FLAGS.config  # --quick already applied (errors.define_config_file)
   if FLAGS.ways or FLAGS.shots:
     try:
       config.ways = tuple(int(w) for w in (FLAGS.ways or config.ways))

@@ -65,3 +65,18 @@ def test_print_config_prints_the_resolved_config_and_does_no_work(tmp_path):
   assert printed['folds']['which'] == [0] and printed['train']['eval_every'] == 10  # preset
   assert printed['data']['kind'] == 'manifest'  # the config file
   assert not workdir.exists()  # printed and exited before any work
+
+
+@pytest.mark.slow  # a subprocess
+def test_fewshot_print_config_shows_what_quick_runs():
+  # The bug it catches: fewshot's --quick was applied inside main, after --print_config had
+  # already printed the full table's config (3 seeds, 3 settings, 300 iterations).
+  out = subprocess.run(
+      [sys.executable, os.path.join(REPO, 'experiments', 'fewshot.py'), '--quick',
+       '--config.seeds=2', '--print_config'],
+      capture_output=True, text=True, timeout=300,
+      env=dict(os.environ, PYTHONPATH=os.path.join(REPO, 'src')))
+  assert out.returncode == 0, out.stderr
+  printed = json.loads(out.stdout)
+  assert printed['ways'] == [5] and printed['train']['iterations'] == 100  # the preset
+  assert printed['seeds'] == 2  # the override, over the preset's 1
