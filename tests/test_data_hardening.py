@@ -9,7 +9,9 @@ import re
 import shutil
 import threading
 import time
+import types
 
+import ml_collections
 import numpy as np
 import pytest
 import soundfile as sf
@@ -17,7 +19,7 @@ import soundfile as sf
 from mmtl_jax.configs import emodb
 from mmtl_jax.data import corpus, store as store_lib, synthetic
 from mmtl_jax.run import files
-from mmtl_jax.ser import config_check, confusion_plot
+from mmtl_jax.ser import config_check, confusion_plot, train
 from mmtl_jax.ser import train
 
 HOSTILE = ['/../../../escaped', '..', '.', '', '.hidden', 'a/b', 'a_b', 'a\\b', 'a?b',
@@ -370,3 +372,19 @@ def test_folds_which_out_of_range_is_refused_before_extraction(tiny_config, corp
   monkeypatch.setattr(store_lib, '_compute', lambda *a, **k: pytest.fail('extracted'))
   with pytest.raises(ValueError, match=r'folds.which .*indices \[70\] outside 0..'):
     train.train_and_evaluate(c, str(tmp_path / 'w'))
+
+
+def test_fold_directories_stay_apart_on_case_insensitive_file_systems(tmp_path):
+  # The bug it catches: speakers 'S1' and 's1' got fold directories 'S1' and 's1', one and
+  # the same directory on macOS or Windows, so the two folds overwrote each other's
+  # checkpoints and results.
+  names = ['S1', 's1', 'Ses01', 'a/b', 'Ses01']
+  out = files.safe_components(names)
+  assert out[2] == out[4] == 'Ses01'  # plain and unique up to case: unchanged
+  assert out[3] == files.safe_component('a/b')
+  assert len({c.casefold() for c in out[:4]}) == 4
+  assert out == files.safe_components(names)  # the same run resumes into the same dirs
+  folds = [types.SimpleNamespace(index=i, name=n) for i, n in enumerate(['S1', 's1'])]
+  dirs = [d for *_, d in train._fold_dirs(  # pylint: disable=protected-access
+      ml_collections.ConfigDict({'seed': 0}), 'mmtl', folds, (0,), str(tmp_path))]
+  assert len({d.casefold() for d in dirs}) == 2, dirs

@@ -7,6 +7,7 @@ so results and bundles are readable by whoever the user's umask lets read them.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import json
 import math
@@ -14,7 +15,7 @@ import os
 import re
 import shutil
 import tempfile
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, List, Mapping, Sequence
 
 import numpy as np
 
@@ -198,6 +199,21 @@ def safe_component(name: Any) -> str:
   name = str(name)
   if _PLAIN_NAME.fullmatch(name):
     return name
+  return _encoded(name)
+
+
+def _encoded(name: str) -> str:
   readable = re.sub(r'[^A-Za-z0-9._-]', '_', name[:64]).lstrip('.-') or '_'
   digest = hashlib.sha256(name.encode('utf-8', 'surrogatepass')).hexdigest()[:16]
   return f'{readable}~{digest}'
+
+
+def safe_components(names: Sequence[Any]) -> List[str]:
+  """`safe_component` of each of `names` (entries of one directory), kept apart on
+  case-insensitive file systems too (macOS, Windows): plain names that differ only in case
+  ('S1', 's1') would share one directory there, so each of them is encoded ('S1~<digest>'),
+  as a non-plain name is. The same set of names always gives the same components."""
+  plain = [safe_component(n) for n in names]
+  count = collections.Counter(c.casefold() for c in set(plain))  # a repeated name is one entry
+  return [c if count[c.casefold()] == 1 or '~' in c else _encoded(str(n))
+          for n, c in zip(names, plain)]

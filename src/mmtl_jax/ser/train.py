@@ -23,8 +23,9 @@ Workdir layout::
                                     results.json also holds the run's provenance
 
 With several seeds (config.train.seeds), <workdir>/<model>/seed<s>/<fold>/ instead. <model>
-and <fold> are `run.files.safe_component` of the names: a fold named after a speaker such as
-'/../x' or '.hidden' gets an encoded directory inside the workdir.
+and <fold> are `run.files.safe_component(s)` of the names: a fold named after a speaker such as
+'/../x' or '.hidden' gets an encoded directory inside the workdir, and so do folds whose names
+differ only in case ('S1', 's1'), which would share a directory on macOS or Windows.
 
 One fold trains over one `TrainState`: `create_state`, then `restore_state` (its latest
 checkpoint, if any), then `train_steps`, which runs `train_one_step` and, when due,
@@ -486,8 +487,9 @@ def _fold_dirs(config: ml_collections.ConfigDict, model_name: str, folds: List[A
     model_dir = os.path.join(workdir, files.safe_component(model_name))
     if len(seeds) > 1:
       model_dir = os.path.join(model_dir, f'seed{seed}')
+    names = files.safe_components([_fold_name(fold) for fold in folds])
     for i, fold in enumerate(folds):
-      yield seed_config, i, fold, os.path.join(model_dir, files.safe_component(_fold_name(fold)))
+      yield seed_config, i, fold, os.path.join(model_dir, names[i])
 
 
 def _expected(config: ml_collections.ConfigDict, model_name: str, store: Any) -> Dict[str, Any]:
