@@ -19,7 +19,7 @@ import soundfile as sf
 from mmtl_jax.configs import emodb
 from mmtl_jax.data import corpus, store as store_lib, synthetic
 from mmtl_jax.run import files
-from mmtl_jax.ser import config_check, confusion_plot, train
+from mmtl_jax.ser import config_check, confusion_plot
 from mmtl_jax.ser import train
 
 HOSTILE = ['/../../../escaped', '..', '.', '', '.hidden', 'a/b', 'a_b', 'a\\b', 'a?b',

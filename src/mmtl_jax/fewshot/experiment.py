@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mmtl_jax import meta
-from mmtl_jax.fewshot import baselines, episodes, glyphs, loop, systems
+from mmtl_jax.fewshot import baselines, episodes, glyphs, loop, report, systems
 from mmtl_jax.fewshot.measure import PeakRSS
 from mmtl_jax.models.conv4 import Conv4
 
@@ -225,7 +225,7 @@ def merge_records(runs: Sequence[Sequence[Dict[str, Any]]]
       if key + (r['seed'],) in chosen:
         dropped.append(chosen[key + (r['seed'],)])
       chosen[key + (r['seed'],)] = r
-  order = list(baselines.BASELINES) + ['finetune'] + list(systems.SYSTEMS.names())
+  order = list(report.BASELINE_NAMES) + list(systems.SYSTEMS.names())  # index: first one
   rank = lambda name: order.index(name) if name in order else len(order)
   kept = sorted(chosen.values(), key=lambda r: (int(r['way']), int(r['shot']),
                                                 rank(r['method']), r['method'], r['seed']))
