@@ -31,10 +31,11 @@ from absl import flags
 
 from mmtl_jax.configs import config_path
 from mmtl_jax.configs import fewshot as fewshot_config
-from mmtl_jax.fewshot import experiment, report, stats
+from mmtl_jax.fewshot import experiment, report
 from mmtl_jax.run.files import atomic_write_json, atomic_write_text, to_jsonable
 from mmtl_jax.run import errors
 from mmtl_jax.run import progress as progress_lib
+from mmtl_jax.run import stats
 
 FLAGS = flags.FLAGS
 flags.DEFINE_bool('quick', False, 'the < 10 minute run on 2 cores: 5-way 1-shot, one seed '

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from mmtl_jax.configs import fewshot as fewshot_config
-from mmtl_jax.fewshot import baselines, episodes, experiment, glyphs, loop, report, stats
+from mmtl_jax.fewshot import baselines, episodes, experiment, glyphs, loop, report
+from mmtl_jax.run import stats
 from mmtl_jax.fewshot import systems
 
 

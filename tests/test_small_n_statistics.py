@@ -7,8 +7,9 @@ import json
 import ml_collections
 import pytest
 
+from mmtl_jax.run import stats as run_stats
 from mmtl_jax.ser import results
-from mmtl_jax.ser import significance
+from mmtl_jax.ser import report
 from mmtl_jax.ser import sweep
 
 
@@ -42,17 +43,17 @@ def _one_fold_runs():
 def test_one_pair_has_no_interval_and_no_p():
   # The bug: one pair gave ci95 [d, d] and Wilcoxon p 1.0, numbers that look like results.
   mmtl, base = _one_fold_runs()
-  c = significance.compare(mmtl, base)
+  c = run_stats.compare(mmtl, base)
   assert c['n_pairs'] == 1 and c['mean_diff'] > 0
   assert c['ci95'] is None and c['wilcoxon_p'] is None
-  row = significance.markdown([c]).splitlines()[2]
+  row = report.comparisons_markdown([c]).splitlines()[2]
   assert row.count('n/a') == 2, row
   # Two pairs are enough for both.
   two = dict(mmtl, folds=mmtl['folds'] + [dict(mmtl['folds'][0], fold='f2', UA=0.9)])
   two_base = dict(base, folds=base['folds'] + [dict(base['folds'][0], fold='f2', UA=0.4)])
-  c2 = significance.compare(two, two_base)
+  c2 = run_stats.compare(two, two_base)
   assert c2['ci95'] is not None and c2['wilcoxon_p'] is not None
-  assert 'n/a' not in significance.markdown([c2]).splitlines()[2]
+  assert 'n/a' not in report.comparisons_markdown([c2]).splitlines()[2]
 
 
 def test_one_fold_tables_print_na_and_name_corpus_and_budget(tmp_path):

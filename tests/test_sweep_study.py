@@ -1,4 +1,4 @@
-"""Dev-only selection (ser/sweep), paired significance (ser/significance) and the multi-arm
+"""Dev-only selection (ser/sweep), paired significance (run/stats) and the multi-arm
 study (ser/study)."""
 
 import json
@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from mmtl_jax.ser import significance
+from mmtl_jax.run import stats as run_stats
+from mmtl_jax.ser import report
 from mmtl_jax.ser import study
 from mmtl_jax.ser import sweep
 from mmtl_jax.ser import train
@@ -33,7 +34,7 @@ def test_compare_pairs_by_fold_and_seed_not_by_position():
   a = _run('mmtl', [0.6, 0.7, 0.8, 0.5], seeds=(0, 1))
   b = _run('cnn_lstm', [0.5, 0.6, 0.7, 0.5], seeds=(0, 1))
   b['folds'] = b['folds'][::-1] + [{'fold': 9, 'seed': 0, 'UA': 0.0}]  # order + unmatched
-  c = significance.compare(a, b)
+  c = run_stats.compare(a, b)
   assert c['n_pairs'] == 4
   assert c['mean_diff'] == pytest.approx(0.075)
   assert (c['wins'], c['losses'], c['ties']) == (3, 0, 1)
@@ -44,28 +45,28 @@ def test_compare_pairs_by_fold_and_seed_not_by_position():
 def test_bootstrap_interval_is_deterministic_and_narrows_with_more_pairs():
   rng = np.random.default_rng(1)
   small, large = rng.normal(0.02, 0.05, 10), rng.normal(0.02, 0.05, 1000)
-  assert significance.bootstrap_interval(small) == significance.bootstrap_interval(small)
-  lo_s, hi_s = significance.bootstrap_interval(small)
-  lo_l, hi_l = significance.bootstrap_interval(large)
+  assert run_stats.bootstrap_interval(small) == run_stats.bootstrap_interval(small)
+  lo_s, hi_s = run_stats.bootstrap_interval(small)
+  lo_l, hi_l = run_stats.bootstrap_interval(large)
   assert hi_l - lo_l < (hi_s - lo_s) / 3
   assert lo_l < large.mean() < hi_l
 
 
 def test_wilcoxon_matches_scipy_and_is_none_without_differences():
   diffs = np.array([0.05, 0.02, -0.01, 0.04, 0.03, 0.06, -0.02, 0.01])
-  assert significance.wilcoxon_p(diffs) == pytest.approx(stats.wilcoxon(diffs).pvalue)
-  assert significance.wilcoxon_p(np.zeros(5)) is None
+  assert run_stats.wilcoxon_p(diffs) == pytest.approx(stats.wilcoxon(diffs).pvalue)
+  assert run_stats.wilcoxon_p(np.zeros(5)) is None
 
 
 def test_compare_with_pairs_each_protocol_with_its_own():
   runs = [_run('mmtl', [0.6, 0.7]), _run('mmtl', [0.5, 0.5], protocol='strict'),
           _run('cnn_lstm', [0.5, 0.6]), _run('cnn_lstm', [0.5, 0.6], protocol='strict')]
-  out = significance.compare_with(runs, 'mmtl')
+  out = run_stats.compare_with(runs, 'mmtl')
   assert [(c['b'], c['protocol']) for c in out] == [('cnn_lstm', 'paper'),
                                                    ('cnn_lstm', 'strict')]
   assert out[0]['mean_diff'] == pytest.approx(0.1)
   assert out[1]['mean_diff'] == pytest.approx(-0.05)
-  assert '| mmtl | cnn_lstm | paper | 2 | +10.00 |' in significance.markdown(out)
+  assert '| mmtl | cnn_lstm | paper | 2 | +10.00 |' in report.comparisons_markdown(out)
 
 
 # ---- sweep ---------------------------------------------------------------------------------

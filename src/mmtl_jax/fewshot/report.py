@@ -16,7 +16,7 @@ Published figures quoted (accuracy %, the papers' own tables):
 import math
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from mmtl_jax.fewshot import stats
+from mmtl_jax.run import stats
 
 # (way, shot) -> (exact MAML, first-order MAML) accuracy, %, with the table each comes from.
 PUBLISHED = {

@@ -41,7 +41,7 @@ from mmtl_jax.run import metric_log
 from mmtl_jax.run import process
 from mmtl_jax.run import progress
 from mmtl_jax.run import provenance as provenance_lib
-from mmtl_jax.ser import significance
+from mmtl_jax.run import stats
 from mmtl_jax.ser import systems as systems_lib
 from mmtl_jax.ser import train as train_lib
 
@@ -127,7 +127,7 @@ def study_summary(results: Mapping[str, Any]) -> Dict[str, Any]:
   return {
       'folds': len(speaker_ua), 'seeds': list(run['seeds']), 'records': len(run['folds']),
       'mean_UA': float(values.mean()), 'std_UA': float(values.std(ddof=1)) if values.size > 1
-      else 0.0, 'ci95_UA': list(significance.bootstrap_interval(values)),
+      else 0.0, 'ci95_UA': list(stats.bootstrap_interval(values)),
       'pooled_UA': run['pooled']['UA'], 'pooled_WA': run['pooled']['WA'],
       'mean_dev_UA': run['mean']['dev_UA'], 'per_class_recall': run['per_class_recall'],
       'selected_steps': [int(s) for s in steps], 'steps': chosen_steps(steps),

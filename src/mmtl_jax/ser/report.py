@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
+from mmtl_jax.run import stats
 from mmtl_jax.ser import budgets
-from mmtl_jax.ser import significance
 from mmtl_jax.ser.confusion_plot import CONFUSION_DIR, confusion_basename
 
 _AUX_ABBREV = {'valence': 'V', 'activation': 'A', 'arousal': 'A', 'dominance': 'D'}
@@ -90,10 +90,34 @@ def results_markdown(config: Mapping[str, Any] | None, runs: Sequence[Mapping[st
 
 def _comparison_lines(runs: Sequence[Mapping[str, Any]]) -> list[str]:
   """MMTL against each baseline, paired over (fold, seed); [] without MMTL or a baseline."""
-  comparisons = significance.compare_with(runs, 'mmtl')
+  comparisons = stats.compare_with(runs, 'mmtl')
   if not comparisons:
     return []
-  return ['## MMTL against each baseline (paired)', '', significance.markdown(comparisons), '']
+  return ['## MMTL against each baseline (paired)', '', comparisons_markdown(comparisons), '']
+
+
+def _signed_pct(x: float) -> str:
+  return f'{100.0 * x:+.2f}'
+
+
+def comparisons_markdown(comparisons: Sequence[Mapping[str, Any]]) -> str:
+  """A markdown table of `run.stats.compare` results (differences in UA percentage points)."""
+  lines = ['| A | B | Protocol | Pairs | mean A − B | 95% bootstrap CI | Wilcoxon p | '
+           'A > B / A < B / = |', '|---|---|---|---:|---:|---:|---:|---:|']
+  for c in comparisons:
+    few = c['n_pairs'] < stats.MIN_PAIRS
+    p = ('n/a' if few else '–' if c['wilcoxon_p'] is None else f"{c['wilcoxon_p']:.3g}")
+    ci = ('n/a' if c['ci95'] is None
+          else f"[{_signed_pct(c['ci95'][0])}, {_signed_pct(c['ci95'][1])}]")
+    lines.append(f"| {c['a']} | {c['b']} | {c['protocol']} | {c['n_pairs']} | "
+                 f"{_signed_pct(c['mean_diff'])} | {ci} | {p} | "
+                 f"{c['wins']} / {c['losses']} / {c['ties']} |")
+  lines += ['', 'Paired over (fold, seed): the same test speaker and seed for both systems. '
+            f"Differences in {comparisons[0]['metric'] if comparisons else 'UA'} percentage "
+            'points; CI = percentile bootstrap over the pairs '
+            f'({stats.BOOTSTRAP_SAMPLES} resamples); p = two-sided Wilcoxon signed-rank (– '
+            'when every difference is 0); n/a with a single pair.']
+  return '\n'.join(lines)
 
 
 def _fold_tables(runs: Sequence[Mapping[str, Any]]) -> list[str]:

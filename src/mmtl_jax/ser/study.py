@@ -22,9 +22,9 @@ import ml_collections
 from mmtl_jax.run import errors
 from mmtl_jax.run import files
 from mmtl_jax.run import lock as lock_lib
+from mmtl_jax.run import stats
 from mmtl_jax.ser import config_check
 from mmtl_jax.ser import report
-from mmtl_jax.ser import significance
 from mmtl_jax.ser import sweep
 
 
@@ -147,7 +147,7 @@ def _train_arms(config, arms, configs, study_dir, train_fn, reference) -> dict[s
   content = {'seeds': files.to_jsonable(config.train.seeds or (config.seed,)),
              'arms': [files.to_jsonable(dataclasses.asdict(a)) for a in arms],
              'reference': reference, 'runs': runs,
-             'comparisons': significance.compare_with(runs, reference)}
+             'comparisons': stats.compare_with(runs, reference)}
   files.atomic_write_json(os.path.join(study_dir, 'study.json'), content)
   files.atomic_write_text(os.path.join(study_dir, 'study.md'), markdown(content))
   return content
@@ -161,4 +161,4 @@ def markdown(content: Mapping[str, Any]) -> str:
       + '; '.join(f"{a['name']} ({a['overrides']})" for a in content['arms']) + '.', '',
       report.SUMMARY_HEADER, *rows, '', report.DEFINITIONS, '',
       f"## {content['reference']} against each other system", '',
-      significance.markdown(content['comparisons']), '']) + '\n'
+      report.comparisons_markdown(content['comparisons']), '']) + '\n'
