@@ -16,6 +16,10 @@ The last two steps compile in this process and are not cut: budget 480 s leaves 
      the H100 roofline estimate next to the measured time (tools/paper_shape.py).
 """
 
+from mmtl_jax import extras
+
+extras.require_or_exit('ser', 'experiments/accelerator_checks.py')  # one line, not a traceback
+
 import json
 import time
 

@@ -17,6 +17,10 @@ combination runs in fresh subprocesses (cold compile, then warm persistent cache
 field means: src/mmtl_jax/tools/benchmark.py. Figures and analysis: docs/PERFORMANCE.md.
 """
 
+from mmtl_jax import extras
+
+extras.require_or_exit('ser', 'experiments/benchmark.py')  # one line, not a traceback
+
 import json
 
 from absl import flags

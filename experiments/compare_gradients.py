@@ -13,6 +13,10 @@ inner rates replace the config's, so that the params fit. The first table is at 
 initialisation of that model, then one per checkpoint (also in --json).
 """
 
+from mmtl_jax import extras
+
+extras.require_or_exit('ser', 'experiments/compare_gradients.py')  # one line, not a traceback
+
 import json
 
 from absl import flags

@@ -8,6 +8,10 @@ Usage::
 Each workdir must hold the results.json written by training (mmtl_jax.ser.results).
 """
 
+from mmtl_jax import extras
+
+extras.require_or_exit('ser', 'experiments/gather.py')  # one line, not a traceback
+
 from collections.abc import Sequence
 
 from absl import app

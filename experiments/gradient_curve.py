@@ -5,6 +5,10 @@ meta-training (first fold), per parameter group. See mmtl_jax/tools/gradient_cur
   python experiments/gradient_curve.py --every=5 --config.meta.alpha=0.1
 """
 
+from mmtl_jax import extras
+
+extras.require_or_exit('ser', 'experiments/gradient_curve.py')  # one line, not a traceback
+
 import json
 
 from absl import flags

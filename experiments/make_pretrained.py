@@ -14,6 +14,10 @@ r"""Makes the pretrained EmoDB bundle shipped in src/mmtl_jax/pretrained/emodb, 
 See mmtl_jax.ser.pretrained.
 """
 
+from mmtl_jax import extras
+
+extras.require_or_exit('ser', 'experiments/make_pretrained.py')  # one line, not a traceback
+
 from absl import app
 from absl import flags
 from absl import logging

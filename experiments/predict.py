@@ -22,6 +22,10 @@ Exit status: 0 when every file was predicted (warnings included), 1 if any file 
 2 when the bundle is missing or damaged (one line on stderr, no traceback).
 """
 
+from mmtl_jax import extras
+
+extras.require_or_exit('ser', 'experiments/predict.py')  # one line, not a traceback
+
 import json
 import sys
 

@@ -13,6 +13,10 @@ when present (mmtl_jax.data.emodb). Without them the CSV has no rating columns: 
 --config=src/mmtl_jax/configs/emodb_small.py:sex. The last line printed is the CSV's path.
 """
 
+from mmtl_jax import extras
+
+extras.require_or_exit('ser', 'experiments/prepare_emodb.py')  # one line, not a traceback
+
 from absl import app
 from absl import flags
 

@@ -8,6 +8,10 @@ The whole config is checked first: every problem is reported at once (exit statu
 any feature is extracted. The last line printed is the path of the store's JSON manifest.
 """
 
+from mmtl_jax import extras
+
+extras.require_or_exit('ser', 'experiments/preprocess.py')  # one line, not a traceback
+
 from absl import flags
 
 from mmtl_jax import configs

@@ -7,6 +7,10 @@ meta mode and for a pretrained (joint regression) baseline.
   python experiments/sinusoid.py --config.train.steps=1000   # quicker
 """
 
+from mmtl_jax import extras
+
+extras.require_or_exit('ser', 'experiments/sinusoid.py')  # one line, not a traceback
+
 import json
 
 from absl import flags

@@ -13,6 +13,10 @@ paired over (fold, seed): mean UA difference, 95% bootstrap interval, Wilcoxon p
 """
 
 
+from mmtl_jax import extras
+
+extras.require_or_exit('ser', 'experiments/study.py')  # one line, not a traceback
+
 from absl import app
 from absl import flags
 from absl import logging

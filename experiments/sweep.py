@@ -12,6 +12,10 @@ read back). Any --config.* flag applies to every point.
 """
 
 
+from mmtl_jax import extras
+
+extras.require_or_exit('ser', 'experiments/sweep.py')  # one line, not a traceback
+
 from absl import app
 from absl import flags
 from absl import logging

@@ -15,6 +15,10 @@ fold's result.json and the inference bundles, while the orbax checkpoints are wr
 collectively (orbax's multi-host protocol), so the workdir must be on a shared file system.
 """
 
+from mmtl_jax import extras
+
+extras.require_or_exit('ser', 'experiments/train.py')  # one line, not a traceback
+
 from absl import app
 from absl import flags
 from absl import logging

@@ -20,17 +20,18 @@ PACKAGE = 'mmtl_jax'
 ALLOWED = {
     'records': set(),
     'registry': set(),
+    'extras': set(),
     'meta': {'registry'},
     'models': {'records', 'registry'},
-    'data': {'records', 'registry', 'run'},
-    'run': {'records', 'registry', 'meta'},
-    'ser': {'records', 'registry', 'meta', 'models', 'data', 'run', 'pretrained'},
-    'configs': set(),
-    'tools': {'records', 'registry', 'meta', 'models', 'data', 'run', 'ser', 'configs',
+    'data': {'extras', 'records', 'registry', 'run'},
+    'run': {'extras', 'records', 'registry', 'meta'},
+    'ser': {'extras', 'records', 'registry', 'meta', 'models', 'data', 'run', 'pretrained'},
+    'configs': {'extras'},
+    'tools': {'extras', 'records', 'registry', 'meta', 'models', 'data', 'run', 'ser', 'configs',
               'pretrained'},
     'examples': {'records', 'registry', 'meta', 'models', 'run'},
-    'fewshot': {'records', 'registry', 'meta', 'models', 'run'},
-    'pretrained': {'run'},
+    'fewshot': {'extras', 'records', 'registry', 'meta', 'models', 'run'},
+    'pretrained': {'extras', 'run'},
 }
 MAX_CODE_LINES = 45  # per function, without docstring, comments and blank lines
 

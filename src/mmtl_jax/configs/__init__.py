@@ -1,5 +1,10 @@
 """Experiment configs: Python files with `get_config()` returning a `ConfigDict`."""
 
+from mmtl_jax import extras
+
+extras.require('ser', 'mmtl_jax.configs')  # before any import that needs the extra
+
+
 import os
 
 CONFIG_DIR = os.path.dirname(os.path.abspath(__file__))

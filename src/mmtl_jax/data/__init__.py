@@ -5,6 +5,11 @@ Data flow: `read_corpus` (the reader of config.data.kind in `CORPORA`) ->
 for meta-training.
 """
 
+from mmtl_jax import extras
+
+extras.require('ser', 'mmtl_jax.data')  # before any import that needs the extra
+
+
 from mmtl_jax.data.corpus import CORPORA, read_corpus
 from mmtl_jax.data.features import file_features, waveform_features
 from mmtl_jax.data.folds import Fold, class_weights, make_folds, speaker_class_weights

@@ -16,3 +16,8 @@ for the meta-learning library (`mmtl_jax.meta`), Omniglot-style.
 
 The model is `mmtl_jax.models.conv4.Conv4`; the entry point is experiments/fewshot.py.
 """
+
+from mmtl_jax import extras
+
+extras.require('ser', 'mmtl_jax.fewshot')  # before any import that needs the extra
+

@@ -9,6 +9,11 @@ Each is a `mmtl_jax.run.checkpoint` bundle of storage 'npz' (params.npz, config.
 bundle.json); the package data of pyproject.toml ships those files and the model card.
 """
 
+from mmtl_jax import extras
+
+extras.require('ser', 'mmtl_jax.pretrained')  # before any import that needs the extra
+
+
 import os
 
 from mmtl_jax.run import errors
