@@ -22,8 +22,7 @@ def _maml():
   predict = lambda p, xs: jnp.tanh(xs @ p['net']['w1']) @ p['net']['w2']
   support = lambda p, b, r: jnp.mean((predict(p, b['x'][:4]) - b['y'][:4]) ** 2)
   query = lambda p, b, r: jnp.mean((predict(p, b['x'][4:]) - b['y'][4:]) ** 2)
-  spec = meta.MetaSpec((meta.Stage('net', support, lr=0.4),), query, strategy='map',
-                       implicit_lam=3.0)
+  spec = meta.MetaSpec((meta.Stage('net', support, lr=0.4),), query, strategy='map')
   return spec, params, batch, support
 
 
@@ -75,13 +74,17 @@ def test_report_skips_implicit_for_several_stages_and_reuses_its_compilation():
 @pytest.mark.slow  # over 5 s alone
 def test_the_training_hook_is_jittable_and_agrees_with_the_report():
   spec, params, batch, _ = _maml()
-  hook = jax.jit(diagnostics.make_gradient_hook(spec, modes=('first_order', 'implicit')))
+  implicit = meta.Implicit(lam=3.0)  # estimators are objects with their own settings
+  hook = jax.jit(diagnostics.make_gradient_hook(
+      spec, estimators={'first_order': meta.FirstOrder(), 'implicit': implicit}))
   out = hook(params, batch, RNG)
   assert set(out) == {f'{m}/{g}{k}' for m in ('first_order', 'implicit')
                       for g in ('', 'net/')
                       for k in ('cosine', 'norm_ratio', 'relative_error')} | {
                           'implicit/cg_residual', 'implicit/prox_grad_ratio'}
-  report = diagnostics.gradient_report(spec, params, batch, RNG, float64=False)
+  report = diagnostics.gradient_report(
+      spec, params, batch, RNG, float64=False,
+      estimators={'exact': meta.Exact(), 'first_order': meta.FirstOrder(), 'implicit': implicit})
   solve = report['implicit_solve']  # the implicit solves are judged in the report too
   assert solve['failed'] == bool(solve['problems'])
   np.testing.assert_allclose(solve['cg_residual'], out['implicit/cg_residual'], rtol=1e-4)
@@ -100,4 +103,4 @@ def test_leaf_names_follow_the_tree():
 @pytest.mark.parametrize('modes', [('exact',), ()])
 def test_a_hook_without_approximate_modes_returns_nothing(modes):
   spec, params, batch, _ = _maml()
-  assert not diagnostics.make_gradient_hook(spec, modes=modes)(params, batch, RNG)
+  assert not diagnostics.make_gradient_hook(spec, estimators=modes)(params, batch, RNG)

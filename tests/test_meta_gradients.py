@@ -47,7 +47,7 @@ def test_exact_meta_gradient_matches_central_finite_differences(tiny_model):
     params = jax.tree.map(lambda x: x.astype(jnp.float64), params)
     batch = ser.random_batch(num_tasks=2, batch_size=3, frames=8, bins=8, num_aux=3, seed=1)
     batch = {k: v.astype(np.float64) if v.dtype == np.float32 else v for k, v in batch.items()}
-    key, spec = jax.random.PRNGKey(2), mmtl(ser.make_losses(model), 'exact', inner_steps=2)
+    key, spec = jax.random.PRNGKey(2), mmtl(ser.make_losses(model), 'exact', steps=2)
     grads = jax.jit(lambda p: meta.meta_gradient(spec, p, batch, key).grads)(params)
     objective = jax.jit(lambda p: meta.meta_objective(spec, p, batch, key))
     leaves, treedef = jax.tree.flatten(params)
@@ -109,7 +109,7 @@ def test_two_inner_steps_equal_two_manual_applications(tiny_model):
   inner_loss, transfer_loss = ser.make_losses(model)
   rng = jax.random.PRNGKey(5)
   stages = meta.recipes.mmtl(inner_loss, transfer_loss, alpha=ALPHA, beta=BETA,
-                             inner_steps=2).stages
+                             steps=2).stages
   adapted, stats = jax.jit(lambda p: meta.adapt_stages(stages, p, batch, rng))(params)
 
   @jax.jit

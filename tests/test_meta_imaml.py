@@ -52,7 +52,7 @@ def test_implicit_gradient_equals_the_closed_form_of_the_proximal_problem(strate
     params, batch, inner, outer, closed_form = _quadratic()
     # SGD at rate 1/(L + lam) contracts by at most 1 - (mu + lam)/(L + lam) per step.
     stage = meta.Stage('head', inner, steps=300, lr=0.2)
-    spec = meta.MetaSpec((stage,), outer, mode='implicit', implicit_lam=LAM, cg_steps=8,
+    spec = meta.MetaSpec((stage,), outer, meta.Implicit(lam=LAM, cg_steps=8),
                          strategy=strategy)
     assert meta.recipes.imaml(inner, outer, groups='head', steps=300, lr=0.2, lam=LAM,
                               cg_steps=8, strategy=strategy) == spec  # the recipe is this spec
@@ -63,7 +63,7 @@ def test_implicit_gradient_equals_the_closed_form_of_the_proximal_problem(strate
       np.testing.assert_allclose(got[name], want[name], rtol=1e-9, atol=1e-11)
     np.testing.assert_allclose(metrics['outer_loss'], closed_form(params), rtol=1e-9)
     # ... and the first-order gradient (what iMAML replaces) is visibly different.
-    first = meta.meta_gradient(meta.MetaSpec((stage,), outer, mode='first_order'), params,
+    first = meta.meta_gradient(meta.MetaSpec((stage,), outer, estimator='first_order'), params,
                                batch, RNG).grads
     assert not np.allclose(first['head'], want['head'], rtol=1e-2)
 
@@ -80,7 +80,7 @@ def test_implicit_gradient_matches_finite_differences_on_a_nonlinear_net():
     support = lambda p, b, r: jnp.mean((predict(p, b['x'][:4]) - b['y'][:4]) ** 2)
     query = lambda p, b, r: jnp.mean((predict(p, b['x'][4:]) - b['y'][4:]) ** 2)
     spec = meta.MetaSpec((meta.Stage('net', support, steps=200, lr=0.1),), query,
-                         mode='implicit', implicit_lam=5.0, cg_steps=12, strategy='map')
+                         meta.Implicit(lam=5.0, cg_steps=12), strategy='map')
     grads = jax.jit(lambda p: meta.meta_gradient(spec, p, batch, RNG).grads)(params)
     objective = jax.jit(lambda p: meta.meta_objective(spec, p, batch, RNG))
     d = jax.tree.map(lambda l: jnp.cos(jnp.arange(l.size, dtype=jnp.float64)).reshape(l.shape),
@@ -98,7 +98,7 @@ def _temp_bytes(mode, steps):
   params = {'net': {'w': jax.random.normal(k[0], (16, 16))}}
   batch = {'x': jax.random.normal(k[1], (2, 64, 16))}
   loss = lambda p, b, r: jnp.mean(jnp.tanh(b['x'] @ p['net']['w']) ** 2)
-  spec = meta.MetaSpec((meta.Stage('net', loss, steps=steps, lr=0.1),), loss, mode=mode,
+  spec = meta.MetaSpec((meta.Stage('net', loss, steps=steps, lr=0.1),), loss, estimator=mode,
                        strategy='map')
   compiled = jax.jit(lambda p: meta.meta_gradient(spec, p, batch, RNG)).lower(
       params).compile()
@@ -125,9 +125,9 @@ def test_implicit_needs_one_stage_and_a_positive_lambda():
   loss = lambda p, b, r: 0.0
   two = (meta.Stage('a', loss, lr=0.1), meta.Stage('b', loss, lr=0.1))
   with pytest.raises(ValueError, match='exactly one stage'):
-    meta.MetaSpec(two, loss, mode='implicit')
-  with pytest.raises(ValueError, match='implicit_lam must be > 0'):
-    meta.MetaSpec(two[:1], loss, mode='implicit', implicit_lam=0.0)
+    meta.MetaSpec(two, loss, 'implicit')
+  with pytest.raises(ValueError, match='lam must be > 0'):
+    meta.Implicit(lam=0.0)
 
 
 def _indefinite_quadratic():
@@ -158,7 +158,7 @@ def test_damped_implicit_solve_gives_the_closed_form_damped_direction_on_an_inde
     params, batch, inner, outer, q = _indefinite_quadratic()
     damping, lam_damping = 1.0, 10.0  # the iMAML authors' defaults
     spec = meta.recipes.imaml(inner, outer, groups='head', steps=3, lr=0.05, lam=LAM,
-                              cg_steps=4, cg_damping=damping, cg_lam_damping=lam_damping,
+                              cg_steps=4, damping=damping, lam_damping=lam_damping,
                               strategy='loop')
     out = jax.jit(lambda p: meta.meta_gradient(spec, p, batch, RNG))(params)
     phi = _proximal_sgd(params, batch, q, 3, 0.05)
@@ -211,8 +211,8 @@ def test_pull_back_inner_solve_is_plain_steps_then_one_step_towards_theta():
   with jax.enable_x64(True):
     params, batch, inner, outer, q = _indefinite_quadratic()
     spec = meta.recipes.imaml(inner, outer, groups='head', steps=3, lr=0.05, lam=LAM,
-                              cg_steps=4, cg_damping=1.0, cg_lam_damping=10.0,
-                              implicit_pull_back=True, strategy='loop')
+                              cg_steps=4, damping=1.0, lam_damping=10.0,
+                              pull_back=True, strategy='loop')
     out = meta.meta_gradient(spec, params, batch, RNG)
     theta, phi = params['head'], params['head']
     for _ in range(3):
@@ -222,4 +222,4 @@ def test_pull_back_inner_solve_is_plain_steps_then_one_step_towards_theta():
                                0.5 * jnp.sum((phi - batch['y'][0]) ** 2), rtol=1e-12)
     with pytest.raises(ValueError, match='pull-back'):
       meta.MetaSpec((meta.Stage('head', inner, optimizer=optax.sgd(0.1)),),
-                    outer, mode='implicit', implicit_pull_back=True)
+                    outer, meta.Implicit(pull_back=True))

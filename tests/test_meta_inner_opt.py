@@ -71,7 +71,7 @@ def test_exact_gradient_through_the_inner_optimizer_matches_finite_differences(n
   with jax.enable_x64(True):
     params, batch, support, query = _problem(jnp.float64)
     stage, params = STAGES[name](support, params)
-    spec = meta.MetaSpec((stage,), query, mode='exact', strategy='map')
+    spec = meta.MetaSpec((stage,), query, estimator='exact', strategy='map')
     grads = jax.jit(lambda p: meta.meta_gradient(spec, p, batch, RNG).grads)(params)
     objective = jax.jit(lambda p: meta.meta_objective(spec, p, batch, RNG))
     leaves, treedef = jax.tree.flatten(params)
@@ -96,7 +96,7 @@ def test_first_order_holds_the_inner_update_constant_but_not_the_learned_rates()
   stage = meta.Stage('net', support, steps=2, learned_lr='lr',
                      optimizer=optax.scale_by_adam(eps_root=1e-8))
   one_task = jax.tree.map(lambda x: x[None], task)  # a meta-batch of this task alone
-  grads = meta.meta_gradient(meta.MetaSpec((stage,), query, mode='first_order'), params,
+  grads = meta.meta_gradient(meta.MetaSpec((stage,), query, estimator='first_order'), params,
                              one_task, RNG).grads
 
   def hand(p):  # the same two steps, the Adam direction wrapped in stop_gradient
@@ -141,7 +141,7 @@ def test_lslr_uses_rate_s_at_step_s():
 def test_meta_sgd_rates_move_under_the_outer_optimizer(mode):
   params, batch, support, query = _problem(tasks=4)
   params = dict(params, lr=meta.meta_sgd_rates(params['net'], 0.1))
-  spec = meta.MetaSpec((meta.Stage('net', support, learned_lr='lr'),), query, mode=mode,
+  spec = meta.MetaSpec((meta.Stage('net', support, learned_lr='lr'),), query, estimator=mode,
                        strategy='vmap')
   init_fn, step_fn = meta.make_step(
       spec, meta.group_optimizer({'net': optax.adam(1e-2), 'lr': optax.adam(1e-2)}))

@@ -21,7 +21,7 @@ from mmtl_jax.ser import losses as ser
 RNG = jax.random.PRNGKey(3)
 
 # recipes.mmtl's keywords as the old MetaConfig defaulted them (alpha, beta are required).
-DEFAULTS = dict(alpha=0.01, beta=0.01, inner_steps=1, mode='first_order')
+DEFAULTS = dict(alpha=0.01, beta=0.01, steps=1, mode='first_order')
 
 
 @pytest.fixture(name='setup', scope='module')
@@ -92,7 +92,7 @@ def test_default_mode_gives_theta_the_emotion_gradient(setup):
 @pytest.mark.slow  # over 5 s alone
 def test_reptile_with_one_inner_step_gives_theta_no_emotion_gradient(setup):
   """The degeneracy the default avoids: theta - theta' = alpha * grad L_aux(theta)."""
-  options = dict(mode='reptile', strategy='loop', inner_steps=1)
+  options = dict(mode='reptile', strategy='loop', steps=1)
   batch = setup[1]
   before = _meta_gradient(setup, **options)
   after = _meta_gradient(setup, _other_targets(batch), **options)
@@ -124,7 +124,7 @@ def test_reptile_emotion_matches_a_plain_loop_over_tasks(setup):
   """By hand: per task, adapt first order, take the outer gradient at the adapted params with
   the task's outer key, add params - adapted; mean over tasks."""
   params, batch, _, transfer_loss, _, _ = setup
-  options = dict(mode='reptile_emotion', strategy='loop', inner_steps=2, alpha=0.2, beta=0.1)
+  options = dict(mode='reptile_emotion', strategy='loop', steps=2, alpha=0.2, beta=0.1)
   stages = _mmtl(setup, **options).stages
 
   @jax.jit
@@ -169,7 +169,7 @@ def test_multi_step_exact_gradient_matches_finite_differences():
   with jax.enable_x64(True):
     params, batch, support, query = _regression(jnp.float64)
     spec = meta.MetaSpec((meta.Stage('net', support, steps=3, lr=0.3),), query,
-                         multi_step=True, multi_step_anneal=4, strategy='map')
+                         meta.MultiStep(meta.Exact(), anneal=4), strategy='map')
     grads = meta.meta_gradient(spec, params, batch, RNG, step=1).grads
     objective = lambda p: meta.meta_objective(spec, p, batch, RNG, step=1)
     d = jax.tree.map(lambda l: jnp.cos(jnp.arange(l.size, dtype=jnp.float64)).reshape(l.shape),
@@ -179,7 +179,7 @@ def test_multi_step_exact_gradient_matches_finite_differences():
           - objective(jax.tree.map(lambda p, v: p - eps * v, params, d))) / (2 * eps)
     analytic = sum(jnp.vdot(g, v) for g, v in zip(jax.tree.leaves(grads), jax.tree.leaves(d)))
     assert abs(float(fd - analytic)) <= 1e-7 * abs(float(analytic))
-    plain = meta.meta_gradient(dataclasses.replace(spec, multi_step=False), params, batch,
+    plain = meta.meta_gradient(dataclasses.replace(spec, estimator=meta.Exact()), params, batch,
                                RNG).grads
     assert not np.allclose(plain['net']['w1'], grads['net']['w1'], rtol=1e-3)
 
@@ -187,7 +187,7 @@ def test_multi_step_exact_gradient_matches_finite_differences():
 def test_first_order_multi_step_is_the_weighted_sum_of_gradients_after_each_step():
   params, batch, support, query = _regression()
   spec = meta.MetaSpec((meta.Stage('net', support, steps=3, lr=0.3),), query,
-                       mode='first_order', multi_step=True, multi_step_anneal=4,
+                       meta.MultiStep(meta.FirstOrder(), anneal=4),
                        strategy='loop')
   weights = meta.multi_step_weights(2, 3, 4)
   grads = meta.meta_gradient(spec, params, batch, RNG, step=2).grads
@@ -209,10 +209,10 @@ def test_first_order_multi_step_is_the_weighted_sum_of_gradients_after_each_step
 def test_derivative_order_annealing_switches_at_k_and_compiles_once():
   params, batch, support, query = _regression()
   stage = meta.Stage('net', support, steps=2, lr=0.3)
-  spec = meta.MetaSpec((stage,), query, mode='exact', first_order_until=2, strategy='vmap')
-  fo = meta.meta_gradient(dataclasses.replace(spec, first_order_until=0, mode='first_order'),
+  spec = meta.MetaSpec((stage,), query, meta.Exact(first_order_until=2), strategy='vmap')
+  fo = meta.meta_gradient(dataclasses.replace(spec, estimator=meta.FirstOrder()),
                           params, batch, RNG).grads
-  exact = meta.meta_gradient(dataclasses.replace(spec, first_order_until=0), params, batch,
+  exact = meta.meta_gradient(dataclasses.replace(spec, estimator=meta.Exact()), params, batch,
                              RNG).grads
   grad_at = jax.jit(lambda p, step: meta.meta_gradient(spec, p, batch, RNG, step=step).grads)
   for step, want in ((0, fo), (1, fo), (2, exact), (5, exact)):

@@ -85,7 +85,7 @@ def test_mmtl_through_stages_follows_the_hand_written_loop_and_documented_keys(s
                                                                               mode):
   params, batch, inner_loss, transfer_loss = _mlp_mmtl()
   kw = dict(alpha=0.3, beta=0.2)
-  spec = meta.recipes.mmtl(inner_loss, transfer_loss, inner_steps=steps, mode=mode,
+  spec = meta.recipes.mmtl(inner_loss, transfer_loss, steps=steps, mode=mode,
                            strategy=strategy, log_inner_after=True, **kw)
   got = jax.jit(lambda p: meta.meta_gradient(spec, p, batch, RNG))(params)
   assert got.state is None
@@ -107,7 +107,7 @@ def test_mmtl_with_empty_phi_skips_eq_5():
   params = {'theta': params['theta'], 'phi': {}}
   task = jax.tree.map(lambda x: x[0], batch)
   stages = meta.recipes.mmtl(inner_loss, transfer_loss, alpha=0.3, beta=0.2,
-                             inner_steps=2).stages
+                             steps=2).stages
   for first_order in (False, True):
     adapted, stats = jax.jit(lambda p, fo=first_order: meta.adapt_stages(
         stages, p, task, RNG, first_order=fo))(params)
@@ -156,7 +156,7 @@ def test_anil_adapts_only_the_head_and_the_body_gets_a_second_order_gradient():
   assert not np.allclose(adapted['head'], params['head'])
   exact = meta.meta_gradient(spec, params, task_batch, RNG).grads
   first = meta.meta_gradient(
-      meta.MetaSpec(spec.stages, loss, mode='first_order', strategy='loop'), params,
+      meta.MetaSpec(spec.stages, loss, estimator='first_order', strategy='loop'), params,
       task_batch, RNG).grads
   want = jax.grad(lambda p: meta.meta_objective(spec, p, task_batch, RNG))(params)
   for name in ('body', 'head'):
@@ -196,21 +196,19 @@ def test_bad_params_and_specs_raise_clear_errors():
     meta.adapt_stages((meta.Stage('net', loss, lr=0.1),), params, batch, RNG)
   with pytest.raises(ValueError, match='non-empty sequence of Stage'):
     meta.MetaSpec((), loss)
-  with pytest.raises(ValueError, match="invalid MetaSpec: mode: unknown 'nope'"):
-    meta.MetaSpec((meta.Stage('head', loss, lr=0.1),), loss, mode='nope')
+  with pytest.raises(ValueError, match="invalid MetaSpec: estimator: unknown 'nope'"):
+    meta.MetaSpec((meta.Stage('head', loss, lr=0.1),), loss, estimator='nope')
   # One ValueError lists every problem of the spec.
   with pytest.raises(ValueError, match='invalid MetaSpec: ') as error:
-    meta.MetaSpec((meta.Stage('head', loss, lr=0.1),), loss, mode='nope', strategy='nowhere',
-                  task_reduce='max', task_chunk=-1, task_groups=-2, multi_step_anneal=0,
-                  implicit_lam=0.0)
+    meta.MetaSpec((meta.Stage('head', loss, lr=0.1),), loss, estimator='nope',
+                  strategy='nowhere', task_reduce='max', task_chunk=-1, task_groups=-2)
   message = str(error.value)
-  for problem in ("mode: unknown 'nope'", "strategy: 'nowhere' not in",
+  for problem in ("estimator: unknown 'nope'", "strategy: 'nowhere' not in",
                   "task_reduce: 'max' not in", 'task_chunk: must be >= 0, got -1',
-                  'task_groups: must be >= 0, got -2', 'multi_step_anneal: must be >= 1',
-                  'implicit_lam must be > 0'):
+                  'task_groups: must be >= 0, got -2'):
     assert problem in message, (problem, message)
   with pytest.raises(ValueError, match='needs the outer step'):
-    spec = meta.MetaSpec((meta.Stage('head', loss, lr=0.1),), loss, multi_step=True)
+    spec = meta.MetaSpec((meta.Stage('head', loss, lr=0.1),), loss, meta.MultiStep())
     meta.meta_gradient(spec, params, jax.tree.map(lambda x: x[None], batch), RNG)
   with pytest.raises(ValueError, match=r"no outer transform for params group\(s\) \['head'\]"):
     meta.group_optimizer({'body': optax.adam(1e-3)}).init(params)
@@ -246,9 +244,10 @@ def spec_for(mode, strategy, support, query):
   stage = meta.Stage('head', support, steps=2, lr=0.3)
   stages = (meta.Stage('body', support, lr=0.1), stage) if mode != 'implicit' else (stage,)
   if mode == 'maml++':  # multi-step loss and derivative-order annealing (exact from step 1)
-    return meta.MetaSpec(stages, query, strategy=strategy, multi_step=True,
-                         multi_step_anneal=4, first_order_until=1)
-  return meta.MetaSpec(stages, query, mode=mode, strategy=strategy, implicit_lam=2.0)
+    return meta.MetaSpec(stages, query, meta.MultiStep(meta.Exact(first_order_until=1), 4),
+                         strategy=strategy)
+  estimator = meta.Implicit(lam=2.0) if mode == 'implicit' else mode
+  return meta.MetaSpec(stages, query, estimator=estimator, strategy=strategy)
 
 def gradients(strategy, modes, mesh=None):
   params, batch, state, support, query = general_problem()

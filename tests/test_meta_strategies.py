@@ -176,7 +176,7 @@ def test_reptile_direction_matches_closed_form_on_a_quadratic():
   inner_loss = lambda t, batch, rng: 0.5 * jnp.sum((t - batch['a']) ** 2)
   transfer_loss = lambda t, p, batch, rng: 0.5 * jnp.sum((p - batch['b'] * t) ** 2)
   spec = meta.recipes.mmtl(inner_loss, transfer_loss, mode='reptile', strategy='vmap',
-                           inner_steps=2, alpha=alpha, beta=beta)
+                           steps=2, alpha=alpha, beta=beta)
   direction = meta.meta_gradient(spec, {'theta': theta, 'phi': phi}, {'a': a, 'b': b},
                                  jax.random.PRNGKey(0)).grads
   theta_i = a + (1 - alpha) ** 2 * (theta - a)
@@ -187,7 +187,7 @@ def test_reptile_direction_matches_closed_form_on_a_quadratic():
   # task_reduce='sum' is what eqs. 6-7 write: n times the mean.
   summed = meta.meta_gradient(
       meta.recipes.mmtl(inner_loss, transfer_loss, mode='reptile', strategy='map',
-                        inner_steps=2, alpha=alpha, beta=beta, task_reduce='sum'),
+                        steps=2, alpha=alpha, beta=beta, task_reduce='sum'),
       {'theta': theta, 'phi': phi}, {'a': a, 'b': b}, jax.random.PRNGKey(0)).grads
   np.testing.assert_allclose(summed['theta'], 3 * direction['theta'], rtol=1e-6)
 

@@ -1,6 +1,7 @@
 """Extensions by registration alone: a model, a meta mode, a corpus and a system are each one
 definition plus one registry entry, with no library file edited."""
 
+import dataclasses
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -93,13 +94,17 @@ def test_a_registered_model_runs_through_the_demo_loop(tiny_mlp, tiny_config, co
 def test_a_registered_meta_mode_runs_through_make_step(tiny_model):
   calls = []
 
-  def half_first_order(params, adapt, outer):
-    """First order, scaled by 1/2: a mode a researcher might add."""
-    calls.append(1)
-    grads, loss, adapted, stats = meta.MODES.get('first_order')(params, adapt, outer)
-    return jax.tree.map(lambda g: 0.5 * g, grads), loss, adapted, stats
+  @dataclasses.dataclass(frozen=True)
+  class HalfFirstOrder(meta.Estimator):
+    """First order, scaled by `scale`: an estimator a researcher might add."""
+    scale: float = 0.5
 
-  meta.MODES.register('half_first_order', half_first_order)
+    def direction(self, params, task):
+      calls.append(1)
+      grads, loss, adapted, stats = meta.FirstOrder().direction(params, task)
+      return jax.tree.map(lambda g: self.scale * g, grads), loss, adapted, stats
+
+  meta.MODES.register('half_first_order', HalfFirstOrder)
   try:
     model = tiny_model()
     params = ser.init_params(model, jax.random.PRNGKey(0), (1, 8, 8))

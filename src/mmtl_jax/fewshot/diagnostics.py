@@ -29,13 +29,21 @@ MODES = ('first_order', 'reptile', 'implicit')  # the default of config.diagnost
 
 
 def reference_spec(config: Any, losses: Losses) -> meta.MetaSpec:
-  """MAML's meta-objective as one stage (the diagnostics compare modes on it)."""
-  m, im = config.method.maml, config.method.imaml
-  stage = meta.Stage(NET, losses.support, steps=int(m.steps), lr=float(m.lr))
-  return meta.MetaSpec(stages=(stage,), outer_loss=losses.query, mode='exact',
-                       strategy=str(m.strategy), implicit_lam=float(im.lam),
-                       cg_steps=int(im.cg_steps), cg_damping=float(im.cg_damping),
-                       cg_lam_damping=float(im.cg_lam_damping))
+  """MAML's meta-objective as one stage (the diagnostics compare estimators on it)."""
+  m = config.method.maml
+  return meta.recipes.maml(losses.support, losses.query, groups=NET, steps=int(m.steps),
+                           lr=float(m.lr), strategy=str(m.strategy))
+
+
+def compared_estimators(config: Any, modes: Tuple[str, ...]) -> Dict[str, meta.Estimator]:
+  """{mode: estimator} of config.diagnostics_modes (with 'exact'): each `meta.MODES` name
+  built with its defaults, but 'implicit' with config.method.imaml's lambda, CG steps and
+  damped system (the iMAML being trained)."""
+  im = config.method.imaml
+  settings = {'implicit': dict(lam=float(im.lam), cg_steps=int(im.cg_steps),
+                               damping=float(im.cg_damping),
+                               lam_damping=float(im.cg_lam_damping))}
+  return {mode: meta.MODES.get(mode)(**settings.get(mode, {})) for mode in modes}
 
 
 def plot_curve(points: List[Dict[str, Any]], path: str, title: str) -> None:
@@ -74,8 +82,9 @@ def hook_factory(config: Any, out_dir: str) -> Callable[..., Tuple[Callable, Cal
   def make_hook(name, way, shot, method, losses):
     del method
     spec = reference_spec(config, losses)
-    grads_fn = jax.jit(lambda p, b, r: meta.diagnostics.mode_gradients(spec, p, b, r, modes,
-                                                                        with_solve=True))
+    estimators = compared_estimators(config, modes)
+    grads_fn = jax.jit(lambda p, b, r: meta.diagnostics.mode_gradients(
+        spec, p, b, r, estimators, with_solve=True))
     points = []
 
     def hook(it, params, batch, rng):

@@ -18,7 +18,8 @@ Params are named groups {'body': conv0..conv3 and bn0..bn3, 'head': the Dense la
   finetune  a baseline: no meta-training; the randomly initialised network is fine-tuned on
             each test episode's support set (eval_steps SGD steps of lr)
 
-Inner loops are unrolled one-step stages (see `unrolled`), except iMAML's training stage.
+Training specs come from `meta.recipes`, one stage each with `unroll=True` (straight-line
+steps); test-time adaptation is unrolled one-step stages (see `unrolled`).
 BatchNorm is transductive, as in Finn et al.'s code: every forward pass (inner steps, outer
 loss, evaluation) normalises with the statistics of the images it is given and running
 averages are never used, so the losses take no model state. `SYSTEMS` maps a name to a
@@ -127,12 +128,12 @@ def _adam(cfg: Any) -> optax.GradientTransformation:
 
 @SYSTEMS.register('maml')
 def maml(cfg: Any, losses: Losses, iterations: int, mode: str = 'exact') -> System:
-  stages = lambda steps: unrolled(NET, losses.support, steps, lr=float(cfg.lr))
-  spec = meta.MetaSpec(stages=stages(int(cfg.steps)), outer_loss=losses.query, mode=mode,
-                       strategy=str(cfg.strategy))
+  spec = meta.recipes.maml(losses.support, losses.query, groups=NET, steps=int(cfg.steps),
+                           lr=float(cfg.lr), mode=mode, strategy=str(cfg.strategy),
+                           unroll=True)
   opt = meta.group_optimizer({'body': _adam(cfg), 'head': _adam(cfg)})
   return System('maml' if mode == 'exact' else 'fomaml', spec, opt,
-                _fixed(stages(int(cfg.eval_steps))))
+                _fixed(unrolled(NET, losses.support, int(cfg.eval_steps), lr=float(cfg.lr))))
 
 
 @SYSTEMS.register('fomaml')
@@ -146,8 +147,8 @@ def reptile(cfg: Any, losses: Losses, iterations: int) -> System:
   Omniglot runs used Adam; an optax optimiser's state would need one multi-step, i.e. looped,
   stage); the outer step params += eps * mean(adapted - params), eps annealed linearly from
   outer_lr to 0. Test time: eval_steps SGD steps on the support set."""
-  spec = meta.MetaSpec(stages=unrolled(NET, losses.both, int(cfg.steps), lr=float(cfg.lr)),
-                       outer_loss=losses.query, mode='reptile', strategy=str(cfg.strategy))
+  spec = meta.recipes.reptile(losses.both, losses.query, groups=NET, steps=int(cfg.steps),
+                              lr=float(cfg.lr), strategy=str(cfg.strategy), unroll=True)
   eps = optax.linear_schedule(float(cfg.outer_lr), 0.0, max(int(iterations), 1))
   opt = meta.group_optimizer({'body': optax.sgd(eps), 'head': optax.sgd(eps)})
   return System('reptile', spec, opt,
@@ -156,18 +157,19 @@ def reptile(cfg: Any, losses: Losses, iterations: int) -> System:
 
 @SYSTEMS.register('imaml')
 def imaml(cfg: Any, losses: Losses, iterations: int) -> System:
-  """Mode 'implicit' needs exactly one stage; it is unrolled (Stage.unroll) because XLA:CPU
-  runs convolutions in a loop body far slower. cfg: steps, lr, lam, cg_steps, cg_damping and
-  cg_lam_damping (the damped system), pull_back, test_adapt: 'plain' (eval_steps SGD steps on
-  the support loss, as the iMAML authors' code evaluates) or 'proximal' (the same proximal
-  problem as in training, around the meta-params)."""
+  """`meta.recipes.imaml`: one stage, unrolled (Stage.unroll) because XLA:CPU runs
+  convolutions in a loop body far slower. cfg: steps, lr, lam, cg_steps, cg_damping and
+  cg_lam_damping (the damped system: the estimator's damping and lam_damping), pull_back,
+  test_adapt: 'plain' (eval_steps SGD steps on the support loss, as the iMAML authors' code
+  evaluates) or 'proximal' (the same proximal problem as in training, around the
+  meta-params)."""
   lam = float(cfg.lam)
-  stage = meta.Stage(NET, losses.support, steps=int(cfg.steps), lr=float(cfg.lr), unroll=True)
-  spec = meta.MetaSpec(stages=(stage,), outer_loss=losses.query, mode='implicit',
-                       strategy=str(cfg.strategy), implicit_lam=lam,
-                       cg_steps=int(cfg.cg_steps), cg_damping=float(cfg.cg_damping),
-                       cg_lam_damping=float(cfg.cg_lam_damping),
-                       implicit_pull_back=bool(cfg.pull_back))
+  spec = meta.recipes.imaml(losses.support, losses.query, groups=NET, steps=int(cfg.steps),
+                            lr=float(cfg.lr), lam=lam, cg_steps=int(cfg.cg_steps),
+                            damping=float(cfg.cg_damping),
+                            lam_damping=float(cfg.cg_lam_damping),
+                            pull_back=bool(cfg.pull_back), strategy=str(cfg.strategy),
+                            unroll=True)
   opt = meta.group_optimizer({'body': _adam(cfg), 'head': _adam(cfg)})
   test = unrolled(NET, losses.support, int(cfg.eval_steps), lr=float(cfg.lr))
   if str(cfg.test_adapt) not in ('plain', 'proximal'):
@@ -187,8 +189,8 @@ def meta_sgd(cfg: Any, losses: Losses, iterations: int) -> System:
   """Rates (params['lr'], one per entry of body and head, initialised to cfg.lr) are
   meta-trained with Adam at cfg.rate_outer_lr; every inner step uses the same rates."""
   stages = lambda steps: unrolled(NET, losses.support, steps, learned_lr='lr')
-  spec = meta.MetaSpec(stages=stages(int(cfg.steps)), outer_loss=losses.query, mode='exact',
-                       strategy=str(cfg.strategy))
+  spec = meta.recipes.meta_sgd(losses.support, losses.query, groups=NET, rates='lr',
+                               steps=int(cfg.steps), strategy=str(cfg.strategy), unroll=True)
   opt = meta.group_optimizer({'body': _adam(cfg), 'head': _adam(cfg),
                               'lr': optax.adam(float(cfg.rate_outer_lr))})
   return System('meta_sgd', spec, opt, _fixed(stages(int(cfg.eval_steps))), learned_lr=True)
@@ -197,8 +199,8 @@ def meta_sgd(cfg: Any, losses: Losses, iterations: int) -> System:
 @SYSTEMS.register('anil')
 def anil(cfg: Any, losses: Losses, iterations: int) -> System:
   stages = lambda steps: unrolled('head', losses.support, steps, lr=float(cfg.lr))
-  spec = meta.MetaSpec(stages=stages(int(cfg.steps)), outer_loss=losses.query, mode='exact',
-                       strategy=str(cfg.strategy))
+  spec = meta.recipes.anil(losses.support, losses.query, head='head', steps=int(cfg.steps),
+                           lr=float(cfg.lr), strategy=str(cfg.strategy), unroll=True)
   opt = meta.group_optimizer({'body': _adam(cfg), 'head': _adam(cfg)})
   return System('anil', spec, opt, _fixed(stages(int(cfg.eval_steps))))
 

@@ -3,8 +3,10 @@
 Params are a dict of named groups; the inner adaptation is a sequence of `Stage`s, each
 adapting one group with its own loss, steps and inner rule (SGD, any optax transformation, or
 learned Meta-SGD / LSLR rates in a group of their own); a `MetaSpec` adds the outer loss, the
-gradient estimator (`mode`: 'exact', 'first_order', 'reptile', 'reptile_emotion', a
-registered one, or 'implicit') and the task strategy. `recipes` builds the usual ones:
+gradient estimator (an object owning its settings: `Exact()`, `FirstOrder()`, `Reptile()`,
+`ReptileEmotion()`, `Implicit(lam=...)`, `MultiStep(base, anneal)`, or a registered one; the
+`MODES` registry maps config.meta.mode's names to them) and the task strategy. `recipes`
+builds the usual ones:
 
   spec = meta.recipes.maml(support_loss, query_loss, groups=('body', 'head'), steps=5,
                            lr=0.01)                       # or fomaml, reptile, anil, meta_sgd,
@@ -16,29 +18,30 @@ registered one, or 'implicit') and the task strategy. `recipes` builds the usual
 
   grads, metrics, new_state = meta.meta_gradient(spec, params, task_batch, rng)
 
-Task strategies ('vmap', 'map', 'loop', 'sharded', 'auto') and the placement helpers for a
-device mesh (`default_mesh`, `replicate`, `shard_task_batch`) are in the task axis;
+Task strategies ('vmap', 'map', 'loop', 'sharded', 'auto') are the task axis; the placement
+helpers for a device mesh (`default_mesh`, `replicate`, `shard_task_batch`) are apart from it;
 `diagnostics` compares exact and approximate meta-gradients. docs/META_API.md has a worked
 recipe for each learner. Modules whose names start with '_' are internal.
 """
 
 from mmtl_jax.meta import diagnostics, recipes
 from mmtl_jax.meta._adaptation import adapt_stages
-from mmtl_jax.meta._estimators import MODES
-from mmtl_jax.meta._implicit import conjugate_gradient, proximal_stage, solve_problems
+from mmtl_jax.meta._estimators import (MODES, Estimator, Exact, FirstOrder, MultiStep, Reptile,
+                                       ReptileEmotion, estimator, multi_step_weights)
+from mmtl_jax.meta._implicit import (Implicit, conjugate_gradient, proximal_stage,
+                                     solve_problems)
 from mmtl_jax.meta._inner_optim import lslr_rates, meta_sgd_rates
-from mmtl_jax.meta._tasks import default_mesh, num_tasks, replicate
-from mmtl_jax.meta._tasks import resolve as resolve_strategy
-from mmtl_jax.meta._tasks import resolve_groups as resolve_task_groups
-from mmtl_jax.meta._tasks import shard_task_batch, sum_over_tasks
+from mmtl_jax.meta._placement import default_mesh, replicate, shard_task_batch
+from mmtl_jax.meta._tasks import (num_tasks, resolve_strategy, resolve_task_groups,
+                                  sum_over_tasks)
 from mmtl_jax.meta.gradient import MetaGradient, meta_gradient, meta_objective
-from mmtl_jax.meta.gradient import multi_step_weights
-from mmtl_jax.meta.spec import IMPLICIT, STRATEGIES, TASK_REDUCES, MetaSpec, Stage
+from mmtl_jax.meta.spec import STRATEGIES, TASK_REDUCES, MetaSpec, Stage
 from mmtl_jax.meta.step import MetaState, group_optimizer, make_step
 
 __all__ = [
-    'IMPLICIT', 'MODES', 'STRATEGIES', 'TASK_REDUCES', 'MetaGradient', 'MetaSpec', 'MetaState',
-    'Stage', 'adapt_stages', 'conjugate_gradient', 'default_mesh', 'diagnostics',
+    'MODES', 'STRATEGIES', 'TASK_REDUCES', 'Estimator', 'Exact', 'FirstOrder', 'Implicit',
+    'MetaGradient', 'MetaSpec', 'MetaState', 'MultiStep', 'Reptile', 'ReptileEmotion', 'Stage',
+    'adapt_stages', 'conjugate_gradient', 'default_mesh', 'diagnostics', 'estimator',
     'group_optimizer', 'lslr_rates', 'make_step', 'meta_gradient', 'meta_objective',
     'meta_sgd_rates', 'multi_step_weights', 'num_tasks', 'proximal_stage', 'recipes',
     'replicate', 'resolve_strategy', 'resolve_task_groups', 'shard_task_batch',

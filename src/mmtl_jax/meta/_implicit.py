@@ -1,4 +1,5 @@
-"""iMAML (Rajeswaran et al. 2019): implicit meta-gradients of a proximal inner problem.
+"""iMAML (Rajeswaran et al. 2019): implicit meta-gradients of a proximal inner problem, the
+`Implicit` estimator (registered as 'implicit'), which owns its settings and its adaptation.
 
 For the spec's single stage adapting group theta (other groups b, e.g. ANIL's body):
   phi*(theta, b) = argmin_phi  L_in(phi, b) + lam/2 ||phi - theta||^2
@@ -14,8 +15,8 @@ When H has eigenvalues below -lam (a non-convex support loss, common early in tr
 I + H / lam is indefinite: CG then has no solution to converge to and its iterate can point
 anywhere. Two guards, both reported:
   damping (the iMAML authors' code, aravindr93/imaml_dev: regu_coef 1, lam_damping 10): solve
-    A v = g with A = (1 + cg_damping) I + H / (lam + cg_lam_damping), and use v / (lam +
-    cg_lam_damping) in the cross term; with both 0 this is the exact system above;
+    A v = g with A = (1 + damping) I + H / (lam + lam_damping), and use v / (lam +
+    lam_damping) in the cross term; with both 0 this is the exact system above;
   CG stops at the first direction of non-positive curvature (p^T A p <= 0) and keeps its
     iterate (if that is the first direction: x = g, the solution for H = 0).
 Metrics per task (averaged over tasks like every metric): 'cg_residual' = ||g - A v|| / ||g||
@@ -30,7 +31,7 @@ proximal objective.
 """
 
 import dataclasses
-from typing import Any, Callable, Dict, Tuple
+from typing import Any, Callable, Dict, List, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -38,6 +39,7 @@ import optax
 
 from mmtl_jax.meta._adaptation import (adapt_stages, after_losses, call_loss, get_group,
                                        put_group, stage_key)
+from mmtl_jax.meta._estimators import MODES, Direction, Estimator
 from mmtl_jax.meta.spec import RNG_OUTER, Params, PyTree, Stage
 
 
@@ -87,12 +89,12 @@ def proximal_stage(stage: Stage, center: PyTree, lam: float) -> Stage:
   return dataclasses.replace(stage, loss=loss, log_after=False)
 
 
-def inner_stages(spec, params: Params) -> Tuple[Stage, ...]:
+def inner_stages(stage: Stage, params: Params, lam: float, pull_back: bool = False
+                 ) -> Tuple[Stage, ...]:
   """The stages that solve the inner problem around params' group (module docstring): the
-  proximal stage, or with spec.implicit_pull_back the plain stage and one pull-back step."""
-  stage, lam = spec.stages[0], spec.implicit_lam
+  proximal stage, or with pull_back the plain stage and one pull-back step."""
   center = get_group(params, stage)
-  if not spec.implicit_pull_back:
+  if not pull_back:
     return (proximal_stage(stage, center, lam),)
 
   def penalty(full, *args):
@@ -125,16 +127,70 @@ def solve_problems(metrics: Dict[str, Any], *, max_residual: float = 1.0,
   return out
 
 
-def task_gradient(spec, params: Params, batch: PyTree, rng: jax.Array, *, state: Any = None
-                  ) -> Tuple[Params, Dict[str, jax.Array], Any]:
+@MODES.register('implicit')
+@dataclasses.dataclass(frozen=True)
+class Implicit(Estimator):
+  """iMAML's estimator (module docstring): it owns its adaptation (the proximal inner
+  problem, first order) and the conjugate-gradient solve. One stage only, no learned rates,
+  not under `MultiStep`.
+
+  lam: the proximal strength lambda (> 0).
+  cg_steps: conjugate-gradient iterations (>= 1).
+  damping, lam_damping: the damped system (1 + damping) I + H / (lam + lam_damping) (0, 0:
+    the exact implicit gradient; the iMAML authors' code: 1, 10).
+  pull_back: the inner problem as the authors' code solves it: the stage on its own loss,
+    then one SGD step (the stage's lr) on lam/2 ||phi - params||^2.
+  Metrics per task: 'cg_residual', 'cg_iterations', 'prox_grad_ratio'.
+  """
+
+  lam: float = 1.0
+  cg_steps: int = 10
+  damping: float = 0.0
+  lam_damping: float = 0.0
+  pull_back: bool = False
+
+  def __post_init__(self):
+    problems = []
+    if not self.lam > 0:
+      problems.append(f'lam must be > 0, got {self.lam}')
+    if int(self.cg_steps) < 1:
+      problems.append(f'cg_steps must be >= 1, got {self.cg_steps}')
+    if not (self.damping >= 0 and self.lam_damping >= 0):
+      problems.append(f'damping and lam_damping must be >= 0, got {self.damping} and '
+                      f'{self.lam_damping}')
+    if problems:
+      raise ValueError('Implicit: ' + '; '.join(problems))
+
+  def problems(self, spec: Any) -> List[str]:
+    out = []
+    if len(spec.stages) != 1:
+      out.append(f'estimator: Implicit needs exactly one stage, got {len(spec.stages)}')
+    if spec.estimator is not self:
+      out.append('estimator: Implicit cannot be wrapped (it has no multi-step trajectory)')
+    if spec.learned_rates:
+      out.append('estimator: Implicit does not support learned rates')
+    if self.pull_back and spec.stages[0].lr is None:
+      out.append('estimator: Implicit(pull_back=True) needs a stage with a plain SGD rate '
+                 '(lr) for its pull-back step')
+    return out
+
+  def inner_stages(self, spec: Any, params: Params) -> Tuple[Stage, ...]:
+    return inner_stages(spec.stages[0], params, self.lam, self.pull_back)
+
+  def direction(self, params: Params, task: Any) -> Direction:
+    return _direction(self, task.spec, params, task.batch, task.rng, task.state)
+
+
+def _direction(est: Implicit, spec: Any, params: Params, batch: PyTree, rng: jax.Array,
+               state: Any) -> Direction:
   """iMAML direction of ONE task (module docstring); `rng` is the task's key. Returns
-  (grads, metrics, adapted model state)."""
-  stage, lam = spec.stages[0], spec.implicit_lam
+  (grads, outer loss, adapted params, stats: the metrics and 'model_state' when given)."""
+  stage, lam = spec.stages[0], est.lam
   params = jax.lax.stop_gradient(params)
-  adapted, stats = adapt_stages(inner_stages(spec, params), params, batch, rng,
+  adapted, stats = adapt_stages(est.inner_stages(spec, params), params, batch, rng,
                                 first_order=True, state=state)
   adapted = jax.lax.stop_gradient(adapted)
-  new_state = stats.pop('model_state', None)
+  new_state = stats.get('model_state')
   outer_rng = jax.random.fold_in(rng, RNG_OUTER)
   loss, g_out = jax.value_and_grad(
       lambda a: call_loss(spec.outer_loss, a, new_state, batch, outer_rng)[0])(adapted)
@@ -145,8 +201,8 @@ def task_gradient(spec, params: Params, batch: PyTree, rng: jax.Array, *, state:
                                hvp_rng)[0]
     return jax.grad(fn)(get_group(full, stage))
 
-  scale = 1.0 + spec.cg_damping
-  lam_h = lam + spec.cg_lam_damping
+  scale = 1.0 + est.damping
+  lam_h = lam + est.lam_damping
 
   def matvec(v):  # ((1 + damping) I + H / (lam + lam_damping)) v, H forward-over-reverse
     hv = jax.jvp(lambda s: inner_grad(put_group(adapted, stage, s)),
@@ -154,7 +210,7 @@ def task_gradient(spec, params: Params, batch: PyTree, rng: jax.Array, *, state:
     return jax.tree.map(lambda a, h: scale * a + h / lam_h, v, hv)
 
   g = get_group(g_out, stage)
-  v, iterations = _cg(matvec, g, spec.cg_steps)
+  v, iterations = _cg(matvec, g, est.cg_steps)
   residual = jax.tree.map(jnp.subtract, g, matvec(v))
   tiny = jnp.finfo(jnp.result_type(loss)).tiny
   cross = jax.grad(lambda full: optax.tree.vdot(inner_grad(full), v) / lam_h)(adapted)
@@ -165,10 +221,12 @@ def task_gradient(spec, params: Params, batch: PyTree, rng: jax.Array, *, state:
   prox_grad = jax.tree.map(lambda a, b, c: a + lam * (b - c), inner_grad(adapted),
                            get_group(adapted, stage), center)
   start_grad = inner_grad(params)
-  metrics = dict(stats, outer_loss=loss,
-                 cg_residual=jnp.sqrt(_sq_norm(residual) / jnp.maximum(_sq_norm(g), tiny)),
-                 cg_iterations=iterations.astype(loss.dtype),
-                 prox_grad_ratio=jnp.sqrt(_sq_norm(prox_grad)
-                                          / jnp.maximum(_sq_norm(start_grad), tiny)))
-  metrics.update(after_losses(spec.stages, adapted, batch, rng, new_state))
-  return grads, metrics, new_state
+  stats.update(cg_residual=jnp.sqrt(_sq_norm(residual) / jnp.maximum(_sq_norm(g), tiny)),
+               cg_iterations=iterations.astype(loss.dtype),
+               prox_grad_ratio=jnp.sqrt(_sq_norm(prox_grad)
+                                        / jnp.maximum(_sq_norm(start_grad), tiny)))
+  return grads, loss, adapted, stats
+
+
+__all__ = ['Implicit', 'conjugate_gradient', 'inner_stages', 'proximal_stage',
+           'solve_problems']

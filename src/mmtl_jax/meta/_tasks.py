@@ -1,5 +1,6 @@
-"""The task axis: how per-task results are computed and summed over a meta-batch, and how
-inputs are placed on a device mesh (`replicate`, `shard_task_batch`).
+"""The task axis: how per-task results are computed and summed over a meta-batch. Pure
+functions: the real task count is an explicit argument, nothing is kept between calls.
+Placing inputs on a device mesh is meta/_placement.py's (`replicate`, `shard_task_batch`).
 
   vmap:    all tasks at once under jax.vmap. Best on accelerators. Vmapping per-task
            adapted weights turns lax convolutions into grouped convolutions, which XLA:CPU
@@ -22,9 +23,10 @@ inputs are placed on a device mesh (`replicate`, `shard_task_batch`).
            The default mesh spans jax.devices(), i.e. every host's devices after
            jax.distributed.initialize(); place the inputs with `replicate` and
            `shard_task_batch` so that the jitted step receives global arrays.
-           `meta_gradient` hands the params to the shard_map as explicit inputs
-           (`on_task_shards`): closed-over arrays placed on a mesh are rejected inside
-           shard_map.
+           `meta_gradient` runs ONE shard_map (`on_task_shards`) whose body is the
+           device-local sum (`local_sum`) with the real task count passed in; it hands the
+           params to the shard_map as explicit inputs: closed-over arrays placed on a mesh are
+           rejected inside shard_map.
   auto:    'loop' on CPU, 'vmap' elsewhere.
 `task_chunk` > 0 (vmap / sharded) processes that many tasks at a time, accumulating the sum
 (sequentially, to bound memory; `task_groups` then does not apply).
@@ -32,30 +34,29 @@ All strategies give the same sums up to float reassociation.
 
 Padding ('sharded'): n tasks that are not a multiple of the d devices are padded, inside the
 jitted function, with copies of task 0 up to the next multiple of d. Each padded task's
-outputs are multiplied by 0 before the device-local sum and the psum, so every sum is over the
-n real tasks only, and callers still divide by n (`num_tasks` of the batch they passed).
-`on_task_shards` rescales the per-device means of its grad_fn accordingly. The padded tasks
-cost compute (up to d - 1 extra tasks), nothing else.
+outputs are multiplied by 0 before the device-local sum and the psum (`local_sum`'s `real`
+argument: task ids >= real are padding), so every sum is over the n real tasks only, and
+callers still divide by n (`num_tasks` of the batch they passed). `on_task_shards` rescales
+the per-device means of its body accordingly. The padded tasks cost compute (up to d - 1 extra
+tasks), nothing else.
 """
 
-import contextlib
 import os
-import threading
 from typing import Any, Callable, Iterator, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, PartitionSpec as P
+
+from mmtl_jax.meta._placement import default_mesh, mesh_axis
 
 PyTree = Any
 
 TaskFn = Callable[[PyTree, jax.Array], PyTree]  # (one task's batch, task index) -> outputs
 
-TASK_AXIS = 'tasks'
 
-
-def resolve(strategy: str) -> str:
+def resolve_strategy(strategy: str) -> str:
   """Replaces 'auto' by the fastest strategy for the default backend: CPU lacks fast grouped
   convolutions, so it loops; accelerators have them, so they vmap."""
   if strategy == 'auto':
@@ -69,21 +70,6 @@ def num_tasks(task_batch: PyTree) -> int:
   if len(sizes) != 1:
     raise ValueError(f'task_batch leaves must share one leading task axis, got sizes {sizes}')
   return sizes.pop()
-
-
-def default_mesh() -> Mesh:
-  """A 1-D mesh over all (global) devices, axis name 'tasks'.
-
-  On one host these are its local devices; after `jax.distributed.initialize()` they are the
-  devices of every process, in the same order on each.
-  """
-  return Mesh(np.array(jax.devices()), (TASK_AXIS,))
-
-
-def _mesh_axis(mesh: Mesh) -> str:
-  if len(mesh.axis_names) != 1:
-    raise ValueError(f'sharded strategy needs a 1-D mesh, got axes {mesh.axis_names}')
-  return mesh.axis_names[0]
 
 
 def padded_num_tasks(n: int, mesh: Mesh) -> int:
@@ -107,21 +93,6 @@ def pad_tasks(task_batch: PyTree, size: int) -> PyTree:
       task_batch)
 
 
-# The number of real tasks while a padded shard_map body is traced (None: no padding). Set by
-# `_real_tasks` around the trace; read by `sum_over_tasks` on a device's shard.
-_PADDING = threading.local()
-
-
-@contextlib.contextmanager
-def _real_tasks(n: Optional[int]) -> Iterator[None]:
-  previous = getattr(_PADDING, 'n', None)
-  _PADDING.n = n
-  try:
-    yield
-  finally:
-    _PADDING.n = previous
-
-
 def _zero_padded(fn: TaskFn, real: Optional[int]) -> TaskFn:
   """fn whose outputs are multiplied by 0 for task indices >= real (the padded tasks)."""
   if real is None:
@@ -134,61 +105,10 @@ def _zero_padded(fn: TaskFn, real: Optional[int]) -> TaskFn:
   return weighted
 
 
-def _global_array(value: Any, sharding: NamedSharding) -> jax.Array:
-  """A global jax.Array from a value every process holds in full (host or replicated)."""
-  if isinstance(value, jax.Array) and value.sharding == sharding:
-    return value
-  host = np.asarray(value)
-  return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
-
-
-def shard_task_batch(task_batch: PyTree, mesh: Mesh) -> PyTree:
-  """Places a task batch on `mesh`, split on its leading task axis (NamedSharding P('tasks')).
-
-  Every process must pass the same full batch (our sampler is deterministic in
-  (seed, step, task)); each process only copies the slices of its own devices, via
-  `jax.make_array_from_callback`, so this works on one host and across hosts alike.
-
-  Args:
-    task_batch: pytree of host arrays (numpy, or fully replicated jax arrays) with a
-      leading task axis of size n on every leaf.
-    mesh: 1-D mesh (e.g. `default_mesh()`).
-
-  Returns:
-    The same pytree of global jax.Arrays; task t lives on mesh device t // (n // devices).
-    When n is not a multiple of the number of devices, the batch is replicated instead
-    (NamedSharding P()): the sharded step pads it inside the jit (module docstring).
-
-  Raises:
-    ValueError: a mesh that is not 1-D, or leaves disagreeing on n.
-  """
-  axis = _mesh_axis(mesh)
-  even = num_tasks(task_batch) % mesh.devices.size == 0
-  sharding = NamedSharding(mesh, P(axis) if even else P())
-  return jax.tree.map(lambda leaf: _global_array(leaf, sharding), task_batch)
-
-
-def replicate(tree: PyTree, mesh: Mesh) -> PyTree:
-  """Places every array leaf of `tree` (params, optimiser state) whole on every device of
-  `mesh` (NamedSharding P()), as global jax.Arrays built with `jax.make_array_from_callback`.
-
-  Every process must pass the same values. Leaves already replicated on `mesh` are returned
-  as they are (no copy).
-  """
-  sharding = NamedSharding(mesh, P())
-  return jax.tree.map(lambda leaf: _global_array(leaf, sharding), tree)
-
-
-def _shard_local(task_chunk: int) -> str:
+def shard_local_strategy(task_chunk: int) -> str:
   """How one device computes its own tasks under 'sharded': as 'auto' would (CPU devices
   loop: no grouped convolutions), but vmap in chunks when task_chunk is set."""
-  return 'vmap' if task_chunk > 0 else resolve('auto')
-
-
-def in_task_shard(mesh: Optional[Mesh] = None) -> bool:
-  """True when traced inside a shard_map over the task axis of `mesh` (default mesh)."""
-  axis = _mesh_axis(mesh or default_mesh())
-  return axis in jax.sharding.get_abstract_mesh().manual_axes
+  return 'vmap' if task_chunk > 0 else resolve_strategy('auto')
 
 
 def _tree_sum0(tree: PyTree) -> PyTree:
@@ -234,7 +154,7 @@ def _cpu_cores() -> int:
     return os.cpu_count() or 1
 
 
-def resolve_groups(task_groups: int, n: int) -> int:
+def resolve_task_groups(task_groups: int, n: int) -> int:
   """How many vmapped groups 'vmap' splits n tasks into.
 
   task_groups > 0 is taken as it is; 0 (auto) is two per CPU core on the CPU backend (what
@@ -260,9 +180,12 @@ def _grouped_vmap_sum(fn: TaskFn, batch: PyTree, ids: jax.Array, groups: int) ->
                   for a, b in zip(bounds[:-1], bounds[1:]))
 
 
-def _local_sum(fn: TaskFn, batch: PyTree, ids: jax.Array, strategy: str, chunk: int,
-               real: Optional[int] = None, groups: int = 0) -> PyTree:
-  """Sum of fn over this device's tasks; tasks with ids >= real (padding) contribute 0."""
+def local_sum(fn: TaskFn, batch: PyTree, ids: jax.Array, strategy: str, chunk: int = 0,
+              real: Optional[int] = None, groups: int = 0) -> PyTree:
+  """sum_i fn(batch[i], ids[i]) over the leading axis, on one device, by `strategy` ('vmap',
+  'map' or 'loop'; resolved, not 'auto' or 'sharded'); tasks with ids >= real (padding,
+  module docstring) contribute 0 (real None: no padding). chunk, groups: `sum_over_tasks`'
+  task_chunk and task_groups."""
   fn = _zero_padded(fn, real)
   n = ids.shape[0]
   if strategy == 'map':
@@ -270,7 +193,7 @@ def _local_sum(fn: TaskFn, batch: PyTree, ids: jax.Array, strategy: str, chunk: 
   if strategy == 'loop':
     return _loop_sum(fn, batch, ids)
   if chunk <= 0 or chunk >= n:
-    groups = resolve_groups(groups, n)
+    groups = resolve_task_groups(groups, n)
     if groups > 1:
       return _grouped_vmap_sum(fn, batch, ids, groups)
     return _tree_sum0(jax.vmap(fn)(batch, ids))
@@ -285,86 +208,71 @@ def sum_over_tasks(fn: TaskFn, task_batch: PyTree, strategy: str = 'auto', task_
                    mesh: Optional[Mesh] = None, task_groups: int = 0) -> PyTree:
   """Returns sum_t fn(task_batch[t], t) over the leading task axis, per `strategy`.
 
-  With 'sharded', called inside a shard_map over `mesh` (e.g. from `on_task_shards`),
-  task_batch holds this device's n tasks only: the result is the sum over them, indexed
-  globally (device d's task i is task d * n + i), and the reduction over devices is left to
-  the caller.
-
   Args:
     fn: pure function of (one task's batch without the task axis, int32 task index); its
-      outputs must be summable pytrees of arrays (e.g. (grads, metrics)).
+      outputs must be summable pytrees of arrays (e.g. (grads, metrics)). Under 'sharded' it
+      is closed over inside a shard_map, so it must not close over arrays placed on a mesh
+      (`on_task_shards` takes such inputs explicitly).
     task_batch: pytree with a leading task axis of size n on every leaf.
     strategy: 'auto' | 'vmap' | 'map' | 'loop' | 'sharded'.
     task_chunk: tasks per chunk for 'vmap' and 'sharded' (per device); 0 = all at once.
     mesh: 1-D mesh for 'sharded' (default: `default_mesh()`, all global devices).
     task_groups: for 'vmap' without task_chunk, the number of vmapped groups the tasks are
-      split into (0: `resolve_groups`' default for the backend; 1: one vmap over all).
+      split into (0: `resolve_task_groups`' default for the backend; 1: one vmap over all).
   """
-  strategy = resolve(strategy)
+  strategy = resolve_strategy(strategy)
   n = num_tasks(task_batch)
-  ids = jnp.arange(n, dtype=jnp.int32)
   if strategy in ('vmap', 'map', 'loop'):
-    return _local_sum(fn, task_batch, ids, strategy, task_chunk, groups=task_groups)
+    ids = jnp.arange(n, dtype=jnp.int32)
+    return local_sum(fn, task_batch, ids, strategy, task_chunk, groups=task_groups)
   if strategy != 'sharded':
     raise ValueError(f'unknown task strategy {strategy!r}')
+  local_strategy = shard_local_strategy(task_chunk)
+
+  def body(_, batch, ids, real):
+    return local_sum(fn, batch, ids, local_strategy, task_chunk, real, task_groups), ()
+
+  return on_task_shards(body, None, task_batch, mesh, task_reduce='sum')[0]
+
+
+def on_task_shards(body: Callable[..., Tuple[PyTree, PyTree]], replicated: PyTree,
+                   task_batch: PyTree, mesh: Optional[Mesh] = None,
+                   task_reduce: str = 'mean') -> Tuple[PyTree, PyTree]:
+  """ONE shard_map over `mesh`: body(replicated, batch, ids, real) -> (grads, rest) per device.
+
+  replicated (params, keys, ...) enters whole on every device as an explicit input (closed-
+  over arrays placed on a mesh are rejected inside shard_map); task_batch, padded to a
+  multiple of the device count (module docstring), and its global int32 task ids are split
+  on the task axis; real is the number of real tasks when padded (ids >= real are padding),
+  else None. The per-device results are combined: grads by their mean (task_reduce='mean':
+  equal shards, so the mean over all tasks) or sum ('sum'), rest by their mean. With padding,
+  the means (a device's sums over its real tasks divided by its m / d tasks) are rescaled by
+  m / n, which assumes body's outputs are its task sums divided by its own task count (or,
+  for 'sum' grads, the sums), as `meta_gradient`'s are; integer leaves are left as they are.
+  """
   mesh = mesh or default_mesh()
-  axis = _mesh_axis(mesh)
-  local_strategy = _shard_local(task_chunk)
-  if in_task_shard(mesh):  # already on one device's shard (of a batch padded by the caller)
-    global_ids = jax.lax.axis_index(axis) * n + ids
-    return _local_sum(fn, task_batch, global_ids, local_strategy, task_chunk,
-                      getattr(_PADDING, 'n', None), task_groups)
+  axis = mesh_axis(mesh)
+  n = num_tasks(task_batch)
   padded = padded_num_tasks(n, mesh)
   real = n if padded != n else None
+  reduce_grads = jax.lax.psum if task_reduce == 'sum' else jax.lax.pmean
+  grad_scale = 1.0 if task_reduce == 'sum' else padded / n
 
-  def local(batch, local_ids):
-    return jax.lax.psum(
-        _local_sum(fn, batch, local_ids, local_strategy, task_chunk, real, task_groups), axis)
+  def local(replicated, batch, ids):
+    grads, rest = body(replicated, batch, ids, real)
+    return reduce_grads(grads, axis), jax.lax.pmean(rest, axis)
 
-  sharded = jax.shard_map(local, mesh=mesh, in_specs=(P(axis), P(axis)), out_specs=P(),
-                          check_vma=False)
-  return sharded(pad_tasks(task_batch, padded), jnp.arange(padded, dtype=jnp.int32))
+  grads, rest = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(axis), P(axis)),
+                              out_specs=P(), check_vma=False)(
+                                  replicated, pad_tasks(task_batch, padded),
+                                  jnp.arange(padded, dtype=jnp.int32))
+  if real is None:
+    return grads, rest
+  scale = lambda s: (lambda x: x * jnp.asarray(s, x.dtype)
+                     if jnp.issubdtype(x.dtype, jnp.inexact) else x)
+  return jax.tree.map(scale(grad_scale), grads), jax.tree.map(scale(padded / n), rest)
 
 
-def on_task_shards(grad_fn: Callable[..., Tuple[PyTree, PyTree]], mesh: Optional[Mesh] = None,
-                   task_reduce: str = 'mean') -> Callable[..., Tuple[PyTree, PyTree]]:
-  """Runs grad_fn(params, task_batch, rng) -> (grads, metrics) once per device of `mesh`.
-
-  params and rng enter the shard_map as replicated inputs, task_batch split on its leading
-  task axis; grad_fn (e.g. `meta_gradient` with strategy 'sharded') sees its device's tasks
-  and reduces over them, then the per-device results are combined: grads by their mean
-  (task_reduce='mean': equal shards, so the mean over all tasks) or sum ('sum'), metrics by
-  their mean. Unlike `sum_over_tasks` alone, nothing is closed over inside the shard_map:
-  closed-over arrays placed on the mesh (e.g. by `replicate`, or the previous jitted step's
-  output) are rejected inside shard_map, so params must come in as explicit inputs.
-
-  n tasks not a multiple of the d devices are padded to m (module docstring): grad_fn's
-  per-task sums then hold the real tasks only, and its means (sums / (m / d)) are rescaled
-  by m / n, which assumes grad_fn's outputs are its task sums divided by its own task count
-  (or, for 'sum', the sums), as `meta_gradient`'s are.
-  """
-
-  def wrapped(params, task_batch, rng):
-    m = mesh or default_mesh()
-    axis = _mesh_axis(m)
-    n = num_tasks(task_batch)
-    padded = padded_num_tasks(n, m)
-    real = n if padded != n else None
-    reduce_grads = jax.lax.psum if task_reduce == 'sum' else jax.lax.pmean
-    grad_scale = 1.0 if task_reduce == 'sum' else padded / n
-
-    def local(params, task_batch, rng):
-      with _real_tasks(real):
-        grads, metrics = grad_fn(params, task_batch, rng)
-      return reduce_grads(grads, axis), jax.lax.pmean(metrics, axis)
-
-    grads, metrics = jax.shard_map(local, mesh=m, in_specs=(P(), P(axis), P()), out_specs=P(),
-                                   check_vma=False)(params, pad_tasks(task_batch, padded), rng)
-    if real is None:
-      return grads, metrics
-    # Integer leaves (counters in a model state) are not means: left as they are.
-    scale = lambda s: (lambda x: x * jnp.asarray(s, x.dtype)
-                       if jnp.issubdtype(x.dtype, jnp.inexact) else x)
-    return jax.tree.map(scale(grad_scale), grads), jax.tree.map(scale(padded / n), metrics)
-
-  return wrapped
+__all__ = ['local_sum', 'num_tasks', 'on_task_shards', 'pad_tasks', 'padded_num_tasks',
+           'resolve_strategy', 'resolve_task_groups', 'shard_local_strategy',
+           'sum_over_tasks']

@@ -5,28 +5,34 @@
   hook = make_gradient_hook(spec)                                    # during training
   metrics.update(jax.jit(hook)(params, task_batch, rng))             # every N steps
 
-`gradient_report` computes the meta-gradient of every mode in `modes` ('exact', 'first_order',
-'reptile', 'implicit'; implicit only for one-stage specs) and compares each with 'exact', per
+`gradient_report` computes the meta-gradient of the spec under every estimator of
+`estimators` (a mapping {label: Estimator}, or `MODES` names built with their defaults;
+default 'exact', 'first_order', 'reptile', 'implicit') and compares each with 'exact', per
 leaf and globally (cosine, norm ratio, relative error), plus a central finite difference of
-the exact meta-objective along a random unit direction. Reptile's direction is lr * steps
-times a gradient, so it is divided by lr * steps of the stage adapting each group (stages
-with a plain lr) to make norms comparable.
+the exact meta-objective along a random unit direction. An estimator that cannot run the spec
+(its `problems`, e.g. `Implicit` on a two-stage spec) is left out. Under a `MultiStep` spec
+every estimator gets the same multi-step loss. Reptile's direction is lr * steps times a
+gradient, so it is divided by lr * steps of the stage adapting each group (stages with a
+plain lr) to make norms comparable.
 """
 
 import contextlib
 import dataclasses
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
 
 import optax
 
+from mmtl_jax.meta._estimators import Estimator, Exact, MultiStep, Reptile, estimator
 from mmtl_jax.meta._implicit import solve_problems
 from mmtl_jax.meta.gradient import meta_gradient, meta_objective
-from mmtl_jax.meta.spec import IMPLICIT, MetaSpec, Params, PyTree
+from mmtl_jax.meta.spec import MetaSpec, Params, PyTree
 
-COMPARED = ('exact', 'first_order', 'reptile', IMPLICIT)
+COMPARED = ('exact', 'first_order', 'reptile', 'implicit')
+# {label: Estimator}, or MODES names (each built with its defaults, labelled by its name).
+Estimators = Union[Mapping[str, Estimator], Sequence[str]]
 _TINY = 1e-30
 
 
@@ -57,33 +63,48 @@ def reptile_scale(spec: MetaSpec, direction: Params) -> Params:
   return out
 
 
-def _supported(spec: MetaSpec, mode: str) -> bool:
-  return mode != IMPLICIT or (len(spec.stages) == 1 and not spec.multi_step
-                              and not spec.learned_rates)
+def _labelled(estimators: Estimators) -> Dict[str, Estimator]:
+  if isinstance(estimators, Mapping):
+    return {str(k): estimator(v) for k, v in estimators.items()}
+  return {e if isinstance(e, str) else type(e).__name__: estimator(e) for e in estimators}
+
+
+def compared_spec(spec: MetaSpec, est: Estimator) -> Optional[MetaSpec]:
+  """spec with estimator `est` (under spec's `MultiStep` loss when it has one), or None when
+  `est` cannot run it."""
+  if isinstance(spec.estimator, MultiStep):
+    try:
+      est = MultiStep(est, spec.estimator.anneal)
+    except ValueError:
+      return None
+  try:
+    return dataclasses.replace(spec, estimator=est)
+  except ValueError:
+    return None
 
 
 def mode_gradients(spec: MetaSpec, params: Params, task_batch: PyTree, rng: jax.Array,
-                   modes: Sequence[str] = COMPARED, *, with_solve: bool = False,
+                   estimators: Estimators = COMPARED, *, with_solve: bool = False,
                    **kwargs) -> Any:
-  """{mode: meta-gradient} of spec under each supported mode (reptile rescaled); kwargs
-  (state, step, mesh) go to `meta_gradient`. Pure: jit it. with_solve: return (that dict,
-  the implicit mode's solve metrics {'cg_residual', 'prox_grad_ratio'}, {} without it)."""
-  out = _mode_gradients(spec, params, task_batch, rng, modes, **kwargs)
+  """{label: meta-gradient} of spec under each estimator that can run it (Reptile's
+  rescaled); kwargs (state, step, mesh) go to `meta_gradient`. Pure: jit it. with_solve:
+  return (that dict, the solve metrics {'cg_residual', 'prox_grad_ratio'} of an estimator
+  that reports them (iMAML's), {} without one)."""
+  out = _mode_gradients(spec, params, task_batch, rng, estimators, **kwargs)
   return out if with_solve else out[0]
 
 
-def _mode_gradients(spec, params, task_batch, rng, modes, **kwargs):
-  """(`mode_gradients`, the implicit mode's solve metrics {'cg_residual', 'prox_grad_ratio'}
-  or {} when implicit is not among the modes)."""
-  base = dataclasses.replace(spec, first_order_until=0)
+def _mode_gradients(spec, params, task_batch, rng, estimators, **kwargs):
+  """(`mode_gradients`, the solve metrics {'cg_residual', 'prox_grad_ratio'} or {})."""
   grads, solve = {}, {}
-  for mode in modes:
-    if _supported(spec, mode):
-      out = meta_gradient(dataclasses.replace(base, mode=mode), params, task_batch, rng,
-                          **kwargs)
-      grads[mode] = reptile_scale(spec, out.grads) if mode == 'reptile' else out.grads
-      if mode == IMPLICIT:
-        solve = {k: out.metrics[k] for k in ('cg_residual', 'prox_grad_ratio')}
+  for label, est in _labelled(estimators).items():
+    candidate = compared_spec(spec, est)
+    if candidate is None:
+      continue
+    out = meta_gradient(candidate, params, task_batch, rng, **kwargs)
+    grads[label] = reptile_scale(spec, out.grads) if isinstance(est, Reptile) else out.grads
+    if 'cg_residual' in out.metrics:
+      solve = {k: out.metrics[k] for k in ('cg_residual', 'prox_grad_ratio')}
   return grads, solve
 
 
@@ -128,7 +149,7 @@ def _to64(tree: PyTree) -> PyTree:
 
 
 def make_gradient_report(spec: MetaSpec, task_batch: PyTree, rng: jax.Array, *,
-                         modes: Sequence[str] = COMPARED, fd_eps: float = 1e-6,
+                         estimators: Estimators = COMPARED, fd_eps: float = 1e-6,
                          direction_seed: int = 0, float64: bool = True, state: Any = None,
                          step: Any = None) -> Callable[[Params], Dict[str, Any]]:
   """report(params) -> the full offline comparison (module docstring), compiled once and
@@ -137,17 +158,18 @@ def make_gradient_report(spec: MetaSpec, task_batch: PyTree, rng: jax.Array, *,
 
   The report is {'global', 'layers'} of `compare_gradients` and 'finite_difference': {'eps',
   'fd' (central difference of the exact objective along a unit random direction d), 'exact'
-  and each other mode (<grad, d>), 'relative_error' |fd - exact| / |fd|}; with the implicit
-  mode also 'implicit_solve': {'cg_residual', 'prox_grad_ratio', 'problems' (the failures
+  and each other estimator (<grad, d>), 'relative_error' |fd - exact| / |fd|}; with the implicit
+  estimator also 'implicit_solve': {'cg_residual', 'prox_grad_ratio', 'problems' (the failures
   `solve_problems` finds, [] when the solves are sound), 'failed' (bool)}.
   """
   context = (lambda: jax.enable_x64(True)) if float64 else contextlib.nullcontext
   cast = _to64 if float64 else (lambda tree: tree)
-  exact = dataclasses.replace(spec, mode='exact', first_order_until=0)
+  exact = compared_spec(spec, Exact())
   with context():
     task_batch, state = cast(task_batch), cast(state)
   kwargs = {'state': state, 'step': step}
-  gradients = jax.jit(lambda p: _mode_gradients(spec, p, task_batch, rng, modes, **kwargs))
+  gradients = jax.jit(lambda p: _mode_gradients(spec, p, task_batch, rng, estimators,
+                                                     **kwargs))
   objective = lambda p: meta_objective(exact, p, task_batch, rng, **kwargs)
   fd_fn = jax.jit(lambda p, d: finite_difference(objective, p, d, fd_eps))
 
@@ -176,18 +198,19 @@ def gradient_report(spec: MetaSpec, params: Params, task_batch: PyTree, rng: jax
   return make_gradient_report(spec, task_batch, rng, **kwargs)(params)
 
 
-def make_gradient_hook(spec: MetaSpec, modes: Sequence[str] = ('first_order',),
+def make_gradient_hook(spec: MetaSpec, estimators: Estimators = ('first_order',),
                        per_group: bool = True) -> Callable[..., Dict[str, jax.Array]]:
   """A pure, jit-able hook(params, task_batch, rng, state=None, step=None) -> {name: scalar}
-  to call every N training steps: for each mode, '{mode}/cosine', '{mode}/norm_ratio' and
-  '{mode}/relative_error' against the exact meta-gradient, and with per_group the same per
-  params group ('{mode}/{group}/cosine', ...); with the implicit mode also
-  'implicit/cg_residual' and 'implicit/prox_grad_ratio'. Costs one meta-gradient per mode
-  plus exact."""
+  to call every N training steps: for each estimator, '{label}/cosine', '{label}/norm_ratio'
+  and '{label}/relative_error' against the exact meta-gradient, and with per_group the same
+  per params group ('{label}/{group}/cosine', ...); with iMAML's estimator also
+  'implicit/cg_residual' and 'implicit/prox_grad_ratio'. Costs one meta-gradient per
+  estimator plus exact."""
+  compared = {'exact': Exact(), **_labelled(estimators)}
 
   def hook(params, task_batch, rng, state=None, step=None):
-    grads, solve = _mode_gradients(spec, params, task_batch, rng, ('exact',) + tuple(modes),
-                                   state=state, step=step)
+    grads, solve = _mode_gradients(spec, params, task_batch, rng, compared, state=state,
+                                   step=step)
     out = {f'implicit/{k}': v for k, v in solve.items()}
     for mode in grads:
       if mode == 'exact':
@@ -201,6 +224,6 @@ def make_gradient_hook(spec: MetaSpec, modes: Sequence[str] = ('first_order',),
   return hook
 
 
-__all__ = ['COMPARED', 'compare_gradients', 'finite_difference', 'gradient_report',
+__all__ = ['COMPARED', 'compare_gradients', 'compared_spec', 'finite_difference', 'gradient_report',
            'leaf_names', 'make_gradient_hook', 'make_gradient_report', 'mode_gradients',
            'random_direction', 'reptile_scale', 'similarity']

@@ -3,8 +3,8 @@
 Params are a dict of named groups (group name -> any pytree). A `Stage` adapts one group (or
 a tuple of groups, adapted together) for `steps` steps of its own loss and inner rule; its
 loss receives the FULL params dict, in which earlier stages' groups are already adapted.
-A `MetaSpec` chains stages, names the outer loss, the gradient estimator (`mode`), the task
-strategy and the memory options. `mmtl_jax.meta.recipes` builds the usual ones.
+A `MetaSpec` chains stages, names the outer loss, the gradient estimator (an `Estimator`
+object owning its settings), the task strategy and the memory option. `mmtl_jax.meta.recipes` builds the usual ones.
 
 Loss contracts (one task, no task axis; pure):
   without model state:  loss(params, batch, rng) -> scalar
@@ -24,7 +24,7 @@ from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 import optax
 
-from mmtl_jax.meta._estimators import MODES
+from mmtl_jax.meta._estimators import MODES, Estimator, Exact
 
 PyTree = Any
 Params = Dict[str, PyTree]
@@ -33,7 +33,6 @@ Group = Union[str, Tuple[str, ...]]
 
 STRATEGIES = ('auto', 'vmap', 'map', 'loop', 'sharded')
 TASK_REDUCES = ('mean', 'sum')
-IMPLICIT = 'implicit'
 
 # fold_in tags of a task key (module docstring).
 RNG_ADAPT, RNG_OUTER, RNG_METRICS = 0, 1, 2
@@ -105,10 +104,11 @@ class MetaSpec:
   Attributes:
     stages: the inner adaptation, a tuple of `Stage`s run in order.
     outer_loss: the outer (query) loss at the adapted params (module docstring).
-    mode: the gradient estimator, a `MODES` name ('exact', 'first_order', 'reptile',
-      'reptile_emotion', or a registered one) or 'implicit' (iMAML: exactly one stage).
-      With learned rates, 'first_order' backpropagates through the stopped inner loop so
-      that the rates get their gradient; params still see the identity Jacobian.
+    estimator: the gradient estimator, an `Estimator` (meta/_estimators.py: `Exact()`,
+      `FirstOrder()`, `Reptile()`, `ReptileEmotion()`, `Implicit(lam=...)`, `MultiStep(...)`,
+      or a registered one) or a `MODES` name, built with its defaults ('exact', 'implicit',
+      ...). It owns its settings and their checks; `problems(spec)` says what it cannot do
+      with these stages (e.g. `Implicit` needs exactly one).
     strategy: how the task axis is computed: 'vmap', 'map' (lax.scan), 'loop' (Python loop
       traced into the jit), 'sharded' (tasks split over a device mesh) or 'auto' (CPU: loop,
       else vmap). See docs/META_API.md, "Task strategies".
@@ -117,38 +117,21 @@ class MetaSpec:
       run side by side (0 = two per CPU core on CPU, 1 on accelerators).
     task_reduce: 'mean' or 'sum' of the per-task directions.
     remat: rematerialise each inner step in the backward pass (exact mode memory).
-    multi_step: MAML++ multi-step loss: the outer loss is sum_s w_s outer(params after step s
-      of the LAST stage), w = `multi_step_weights(step, steps, multi_step_anneal)`.
-    multi_step_anneal: outer steps over which w moves from uniform to the last step only.
-    first_order_until: MAML++ derivative-order annealing: outer steps < this use
-      'first_order', later ones `mode` (which must then be 'exact'); 0 = off.
-    implicit_lam: iMAML's proximal strength lambda (> 0).
-    cg_steps: iMAML's conjugate-gradient iterations.
-    cg_damping, cg_lam_damping: iMAML's damped system (1 + cg_damping) I + H / (implicit_lam
-      + cg_lam_damping) (0, 0: the exact implicit gradient; the iMAML authors' code: 1, 10).
-    implicit_pull_back: iMAML's inner problem as the authors' code solves it: the stage on its
-      own loss, then one SGD step (the stage's lr) on lam/2 ||phi - params||^2.
   """
 
   stages: Tuple[Stage, ...]
   outer_loss: Loss
-  mode: str = 'exact'
+  estimator: Any = Exact()
   strategy: str = 'auto'
   task_chunk: int = 0
   task_groups: int = 0
   task_reduce: str = 'mean'
   remat: bool = False
-  multi_step: bool = False
-  multi_step_anneal: int = 1
-  first_order_until: int = 0
-  implicit_lam: float = 1.0
-  cg_steps: int = 10
-  cg_damping: float = 0.0
-  cg_lam_damping: float = 0.0
-  implicit_pull_back: bool = False
 
   def __post_init__(self):
     object.__setattr__(self, 'stages', tuple(self.stages))
+    if isinstance(self.estimator, str) and self.estimator in MODES:
+      object.__setattr__(self, 'estimator', MODES.get(self.estimator)())
     problems = _problems(self)
     if problems:
       raise ValueError('invalid MetaSpec: ' + '; '.join(problems))
@@ -159,43 +142,30 @@ class MetaSpec:
 
   @property
   def needs_step(self) -> bool:
-    """Whether the meta-gradient depends on the outer step counter."""
-    return self.multi_step or self.first_order_until > 0
+    """Whether the meta-gradient depends on the outer step counter (the estimator's
+    schedule: multi-step weights, derivative-order annealing)."""
+    return self.estimator.needs_step
 
 
 def _problems(spec: MetaSpec) -> list:
-  """Every problem of `spec`, as 'field: what is wrong' strings."""
+  """Every problem of `spec`, as 'field: what is wrong' strings; the estimator adds its own."""
   out = []
-  if not spec.stages or not all(isinstance(s, Stage) for s in spec.stages):
+  stages_ok = bool(spec.stages) and all(isinstance(s, Stage) for s in spec.stages)
+  if not stages_ok:
     out.append('stages: need a non-empty sequence of Stage')
-  if spec.mode != IMPLICIT and spec.mode not in MODES:
-    out.append(f'mode: unknown {spec.mode!r}; known: {MODES.names() + (IMPLICIT,)}')
+  if not isinstance(spec.estimator, Estimator):
+    out.append(f'estimator: unknown {spec.estimator!r}; known: {MODES.names()} '
+               '(or an Estimator)')
+  elif stages_ok:
+    out.extend(spec.estimator.problems(spec))
   if spec.strategy not in STRATEGIES:
     out.append(f'strategy: {spec.strategy!r} not in {STRATEGIES}')
   if spec.task_reduce not in TASK_REDUCES:
     out.append(f'task_reduce: {spec.task_reduce!r} not in {TASK_REDUCES}')
-  for name in ('task_chunk', 'task_groups', 'first_order_until'):
+  for name in ('task_chunk', 'task_groups'):
     if getattr(spec, name) < 0:
       out.append(f'{name}: must be >= 0, got {getattr(spec, name)}')
-  if spec.multi_step_anneal < 1:
-    out.append(f'multi_step_anneal: must be >= 1, got {spec.multi_step_anneal}')
-  if spec.first_order_until and spec.mode != 'exact':
-    out.append("first_order_until: derivative-order annealing needs mode='exact'")
-  if spec.mode == IMPLICIT:
-    if len(spec.stages) != 1:
-      out.append(f"mode: 'implicit' needs exactly one stage, got {len(spec.stages)}")
-    if spec.multi_step or any(s.learned_lr for s in spec.stages if isinstance(s, Stage)):
-      out.append("mode: 'implicit' supports neither multi_step nor learned rates")
-  if spec.implicit_lam <= 0 or spec.cg_steps < 1:
-    out.append('implicit_lam must be > 0 and cg_steps >= 1')
-  if spec.cg_damping < 0 or spec.cg_lam_damping < 0:
-    out.append(f'cg_damping and cg_lam_damping must be >= 0, got {spec.cg_damping} and '
-               f'{spec.cg_lam_damping}')
-  if spec.implicit_pull_back and spec.stages and isinstance(spec.stages[0], Stage) and (
-      spec.stages[0].lr is None):
-    out.append('implicit_pull_back: the stage needs a plain SGD rate (lr) for its pull-back '
-               'step')
   return out
 
 
-__all__ = ['IMPLICIT', 'STRATEGIES', 'TASK_REDUCES', 'MetaSpec', 'Params', 'PyTree', 'Stage']
+__all__ = ['STRATEGIES', 'TASK_REDUCES', 'MetaSpec', 'Params', 'PyTree', 'Stage']

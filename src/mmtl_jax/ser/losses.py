@@ -132,13 +132,15 @@ def predict_logits(params: Params, x: jax.Array, model_config: Any,
 
 def mmtl_spec(config: ml_collections.ConfigDict) -> meta.MetaSpec:
   """MMTL's `MetaSpec` (`meta.recipes.mmtl`) from a full config: the losses of
-  config.model, and config.meta's mode, alpha, beta, inner_steps, log_inner_after and task
-  axis / memory options (configs/base.py documents them)."""
+  config.model, and config.meta's mode (a `meta.MODES` name, its estimator built with its
+  defaults), alpha, beta, inner_steps, log_inner_after and task axis / memory options
+  (configs/base.py documents them). The one place config.meta's names meet the library's:
+  inner_steps is the recipe's `steps`."""
   m = config.meta
   inner_loss, transfer_loss = make_losses(config.model)
   return meta.recipes.mmtl(
       inner_loss, transfer_loss, alpha=float(m.alpha), beta=float(m.beta),
-      inner_steps=int(m.inner_steps), mode=str(m.mode), log_inner_after=bool(m.log_inner_after),
+      steps=int(m.inner_steps), mode=str(m.mode), log_inner_after=bool(m.log_inner_after),
       strategy=str(m.strategy), task_chunk=int(m.task_chunk), task_groups=int(m.task_groups),
       task_reduce=str(m.task_reduce), remat=bool(m.remat))
 

@@ -62,7 +62,7 @@ def compare(config: Any, params: Optional[Dict[str, Any]] = None,
   config.meta.mode = 'exact'
   spec = ser.mmtl_spec(config)
   report = diagnostics.make_gradient_report(
-      spec, _float64_batch(config), jax.random.PRNGKey(config.seed), modes=COMPARED,
+      spec, _float64_batch(config), jax.random.PRNGKey(config.seed), estimators=COMPARED,
       fd_eps=cc.fd_eps, direction_seed=cc.direction_seed)
   name = 'initial parameters' if params is None else 'given parameters'
   if params is None:
