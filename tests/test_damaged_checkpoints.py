@@ -6,11 +6,11 @@ import pytest
 
 from mmtl_jax.run import checkpoint
 from mmtl_jax.run import errors
-from mmtl_jax.ser import train
+from mmtl_jax.ser import fold
 
 
 def _state(value=0.0):
-  return train.TrainState(params={'w': np.full((3,), value, np.float32)}, opt_state={},
+  return fold.TrainState(params={'w': np.full((3,), value, np.float32)}, opt_state={},
                           best={}, best_dev={}, step=0, sampler_position=0, seed=0)
 
 
@@ -18,7 +18,7 @@ def _damaged_fold(tmp_path):
   directory = tmp_path / 'fold' / 'checkpoints'
   with checkpoint.Checkpointer(str(directory), max_to_keep=2) as ckpt:
     for step in (1, 2):
-      train.save_state(train.dataclasses.replace(_state(float(step)), step=step), ckpt)
+      fold.save_state(fold.dataclasses.replace(_state(float(step)), step=step), ckpt)
   for step in (1, 2):
     (directory / str(step) / 'state' / '_METADATA').write_text('')
   return directory
@@ -28,7 +28,7 @@ def test_every_checkpoint_damaged_names_them_and_how_to_go_on(tmp_path):
   directory = _damaged_fold(tmp_path)
   with checkpoint.Checkpointer(str(directory), max_to_keep=2) as ckpt:
     with pytest.raises(checkpoint.CheckpointDamagedError) as err:
-      train.restore_state(ckpt, _state(), lambda s: s, str(tmp_path / 'fold'))
+      fold.restore_state(ckpt, _state(), lambda s: s, str(tmp_path / 'fold'))
   line = errors.expected_line(err.value)
   assert '\n' not in line
   assert str(directory / '2') in line and str(directory / '1') in line  # 2 moved aside first
@@ -38,7 +38,7 @@ def test_every_checkpoint_damaged_names_them_and_how_to_go_on(tmp_path):
 def test_restart_moves_damaged_checkpoints_aside_and_starts_afresh(tmp_path):
   directory = _damaged_fold(tmp_path)
   with checkpoint.Checkpointer(str(directory), max_to_keep=2) as ckpt:
-    state = train.restore_state(ckpt, _state(7.0), lambda s: s, str(tmp_path / 'fold'),
+    state = fold.restore_state(ckpt, _state(7.0), lambda s: s, str(tmp_path / 'fold'),
                                 restart=True)
     assert state.step == 0 and float(state.params['w'][0]) == 7.0
     assert ckpt.all_steps() == []

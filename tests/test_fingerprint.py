@@ -8,6 +8,7 @@ import pytest
 
 from mmtl_jax.run import checkpoint as ckpt_lib
 from mmtl_jax.ser import fingerprint
+from mmtl_jax.ser import fold as fold_lib
 from mmtl_jax.ser import train
 
 
@@ -109,9 +110,9 @@ def test_result_json_and_checkpoints_store_the_fingerprint(tiny_config, corpus_r
     assert extra['fingerprint'] == expected and extra['step'] == 2
     # A checkpoint of another config is refused before any array is read (the state below
     # has no arrays at all).
-    empty = train.TrainState(params={}, opt_state={}, best={}, best_dev={}, step=0,
+    empty = fold_lib.TrainState(params={}, opt_state={}, best={}, best_dev={}, step=0,
                              sampler_position=0, seed=0)
     with pytest.raises(train.StaleRunError, match='model.lstm_hidden: 4 -> 16'):
-      train.restore_state(ckpt, empty, lambda t: t, fold_dir,
+      fold_lib.restore_state(ckpt, empty, lambda t: t, fold_dir,
                           dict(expected, **{'model.lstm_hidden': 16}))
   assert out['provenance']['command'] and out['provenance']['backend']

@@ -10,7 +10,7 @@ Four steps, all driven by `make_pretrained` (experiments/make_pretrained.py):
      selected on its dev speakers (`chosen_steps`). The final fit has no dev speaker, so it
      cannot select a step itself.
   3. One fit on all speakers (`fit_all_speakers`, `<workdir>/all_speakers`): the same
-     `train.create_state` / `train.train_one_step` as a fold, for exactly that many steps,
+     `fold.create_state` / `fold.train_one_step` as a fold, for exactly that many steps,
      with every speaker a task.
   4. The bundle (`write_pretrained`): storage 'npz' (one params.npz, no orbax needed to read
      it), bundle.json's info saying what the model is (corpus, classes, fold, protocol, the
@@ -42,6 +42,7 @@ from mmtl_jax.run import process
 from mmtl_jax.run import progress
 from mmtl_jax.run import provenance as provenance_lib
 from mmtl_jax.run import stats
+from mmtl_jax.ser import fold as fold_lib
 from mmtl_jax.ser import systems as systems_lib
 from mmtl_jax.ser import train as train_lib
 
@@ -165,12 +166,12 @@ def fit_all_speakers(config: ml_collections.ConfigDict, workdir: str, features_d
     shutil.rmtree(os.path.join(workdir, old), ignore_errors=True)
   system = systems_lib.make_system(MODEL, config)
   place_state, place_batch = process.placement(None)
-  state = train_lib.create_state(system, store, config, place_state)
+  state = fold_lib.create_state(system, store, config, place_state)
   checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'), max_to_keep=1,
                                        save_interval_steps=1)
   try:
     with metric_log.MetricWriter(os.path.join(workdir, 'logs'), fold='all_speakers') as mw:
-      run = train_lib.FoldRun(
+      run = fold_lib.FoldRun(
           step_fn=jax.jit(system.train_step, donate_argnums=(0, 1)),
           sampler=sampler_lib.TaskSampler(store, store.speakers, config, int(config.seed)),
           key=jax.random.key(int(config.seed)), place_batch=place_batch, evaluator=None,
@@ -185,15 +186,15 @@ def fit_all_speakers(config: ml_collections.ConfigDict, workdir: str, features_d
   return jax.device_get(state.params), store
 
 
-def _fit_steps(state: train_lib.TrainState, run: train_lib.FoldRun) -> train_lib.TrainState:
-  """Steps 1 .. run.steps of `train_lib.train_one_step`, with the parameter guard and a
+def _fit_steps(state: fold_lib.TrainState, run: fold_lib.FoldRun) -> fold_lib.TrainState:
+  """Steps 1 .. run.steps of `fold_lib.train_one_step`, with the parameter guard and a
   checkpoint when due (no dev selection: there is no dev speaker)."""
   run.reporter.start(run.name, run.steps, done=state.step)
   while state.step < run.steps:
-    state = train_lib.train_one_step(state, run)
+    state = fold_lib.train_one_step(state, run)
     if state.step % run.checkpoint_every == 0 or state.step == run.steps:
-      train_lib.check_finite_params(state, run)
-      train_lib.save_state(state, run.checkpointer)
+      fold_lib.check_finite_params(state, run)
+      fold_lib.save_state(state, run.checkpointer)
   run.reporter.finish()
   run.reporter.close()
   return state
