@@ -9,6 +9,7 @@ Layout::
   <study_dir>/<arm>/            an ordinary training workdir per arm (resumable)
   <study_dir>/features, synthetic_corpus    shared by the arms
   <study_dir>/study.json, study.md          summary per system and the paired comparisons
+  <study_dir>/records/<fingerprint>.json    a finished arm's labelled runs (run/runner.py)
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import ml_collections
 
 from mmtl_jax.run import errors
 from mmtl_jax.run import files
-from mmtl_jax.run import lock as lock_lib
+from mmtl_jax.run import runner
 from mmtl_jax.run import stats
 from mmtl_jax.ser import config_check
 from mmtl_jax.ser import report
@@ -126,20 +127,34 @@ def run_study(config: ml_collections.ConfigDict, arms: Sequence[Arm], study_dir:
   config = sweep.shared_corpus(config, study_dir)
   configs = [sweep.with_overrides(config, arm.overrides) for arm in arms]
   check_arms(arms, configs)  # before any arm trains
-  with lock_lib.WorkdirLock(study_dir):  # one study per directory (each arm locks its own)
-    return _train_arms(config, arms, configs, study_dir, train_fn, reference)
+  return _train_arms(config, arms, configs, study_dir, train_fn, reference)
 
 
 def _train_arms(config, arms, configs, study_dir, train_fn, reference) -> dict[str, Any]:
-  """The training loop of `run_study`, under the study directory's lock."""
-  arm_dirs = [os.path.join(study_dir, arm.name) for arm in arms]
+  """Every arm through `runner.run_units` (the study directory's lock, one record per
+  finished arm, read back on a rerun), then study.json / study.md."""
+  arm_dirs = {arm.name: os.path.join(study_dir, arm.name) for arm in arms}
+  by_name = {arm.name: (arm, cfg) for arm, cfg in zip(arms, configs)}
+  units = [runner.Unit(name=arm.name, key={'arm': arm.name},
+                       config={'arm': files.to_jsonable(dataclasses.asdict(arm)),
+                               'config': files.to_jsonable(cfg)})
+           for arm, cfg in zip(arms, configs)]
 
-  def train_arm(i: int) -> list[dict[str, Any]]:
-    sweep.share_dirs(study_dir, arm_dirs[i])
-    return labelled_runs(train_fn(configs[i], arm_dirs[i]), arms[i])
+  def train_arm(unit: runner.Unit, reporter: Any) -> dict[str, Any]:
+    del reporter  # the training reports its own progress
+    arm, cfg = by_name[unit.name]
+    sweep.share_dirs(study_dir, arm_dirs[arm.name])
+    return {'runs': labelled_runs(train_fn(cfg, arm_dirs[arm.name]), arm)}
 
-  runs = [run for arm_runs in sweep.run_units('study arm', [a.name for a in arms], arm_dirs,
-                                              config, train_arm) for run in arm_runs]
+  with runner.Runner(study_dir) as held:  # one study per directory (each arm locks its own)
+    records = held.run(units, train_arm,
+                       make_progress=sweep.point_progress('study arm', config))
+    return _write_study(config, arms, records, study_dir, reference)
+
+
+def _write_study(config, arms, records, study_dir, reference) -> dict[str, Any]:
+  """study.json / study.md from the arms' records (each {'runs': labelled runs})."""
+  runs = [run for record in records for run in record['runs']]
   labels = [(r['label'], r['protocol']) for r in runs]
   if len(set(labels)) != len(labels):
     raise StudyError(f'study labels repeat across arms: {labels}, the arms, give each '

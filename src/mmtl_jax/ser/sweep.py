@@ -9,6 +9,8 @@ Layout::
   <sweep_dir>/points/<point name>/    one ordinary training workdir per grid point (resumable)
   <sweep_dir>/features, synthetic_corpus   shared by all points
   <sweep_dir>/sweep.json, sweep.md         every point's dev figures and the choice per system
+  <sweep_dir>/records/<fingerprint>.json   a finished point's dev figures (run/runner.py: a
+                                           rerun reads them back and trains no finished point)
 """
 
 from __future__ import annotations
@@ -23,8 +25,8 @@ import ml_collections
 
 from mmtl_jax.run import errors
 from mmtl_jax.run import files
-from mmtl_jax.run import lock as lock_lib
 from mmtl_jax.run import progress
+from mmtl_jax.run import runner
 from mmtl_jax.ser import config_check
 
 
@@ -181,46 +183,42 @@ def run_sweep(config: ml_collections.ConfigDict, grid: Mapping[str, Sequence[Any
     except config_check.ConfigError as e:
       raise config_check.ConfigError([f'grid point {point_name(point)}: {p}'
                                       for p in e.problems]) from None
-  with lock_lib.WorkdirLock(sweep_dir):  # one sweep per directory (each point locks its own)
-    return _train_points(points, configs, grid, sweep_dir, train_fn)
+  return _train_points(points, configs, grid, sweep_dir, train_fn)
 
 
-def run_units(what: str, names: Sequence[str], directories: Sequence[str],
-              config: ml_collections.ConfigDict, train_one: Callable[[int], Any]) -> list:
-  """[train_one(i) for each unit i], reported as units `names` of a `progress.Progress`
-  (a line when each starts, with the run's ETA from the units finished so far; a unit whose
-  directory already holds results.json is read back, and takes no time)."""
-  done = [os.path.exists(os.path.join(d, 'results.json')) for d in directories]
-  out = []
-  # No heartbeat: the training inside reports its own progress every report_every_s.
-  with progress.Progress(what, len(names), every_s=progress.interval(config), announce=True,
-                         pending=done.count(False)) as reporter:
-    for i, name in enumerate(names):
-      if not done[i]:
-        reporter.start(name, 1)
-      out.append(train_one(i))
-      if done[i]:
-        reporter.read_back(name)
-      else:
-        reporter.finish()
-  return out
+def point_progress(what: str, config: ml_collections.ConfigDict
+                   ) -> Callable[[int, int], progress.Progress]:
+  """The `runner.run_units` progress of long, few units (grid points, study arms): a line
+  when each starts, with the run's ETA from the units finished so far. No heartbeat: the
+  training inside reports its own progress every report_every_s."""
+  return lambda units, pending: progress.Progress(
+      what, units, every_s=progress.interval(config), announce=True, pending=pending)
 
 
 def _train_points(points, configs, grid, sweep_dir, train_fn) -> dict[str, Any]:
-  """The training loop of `run_sweep`, under the sweep directory's lock."""
-  done = []
+  """Every grid point through `runner.run_units` (the sweep directory's lock, one record per
+  finished point, read back on a rerun); sweep.json / sweep.md after each point."""
   names = [point_name(p) for p in points]
   point_dirs = [os.path.join(sweep_dir, 'points', name) for name in names]
+  units = [runner.Unit(name=n, key={'point': files.to_jsonable(p)},
+                       config=files.to_jsonable(c)) for n, p, c in zip(names, points, configs)]
+  dirs = {u.name: d for u, d in zip(units, point_dirs)}
+  by_name = {n: (p, c) for n, p, c in zip(names, points, configs)}
+  content: dict[str, Any] = {}
 
-  def train_point(i: int) -> None:
-    share_dirs(sweep_dir, point_dirs[i])
-    results = train_fn(configs[i], point_dirs[i])
-    done.append({'name': names[i], 'overrides': files.to_jsonable(points[i]),
-                 'dev': dev_figures(results)})
-    write(sweep_dir, grid, done)  # partial results survive an interrupted sweep
+  def train_point(unit: runner.Unit, reporter: Any) -> dict[str, Any]:
+    del reporter  # the training reports its own progress
+    share_dirs(sweep_dir, dirs[unit.name])
+    point, cfg = by_name[unit.name]
+    return {'name': unit.name, 'overrides': files.to_jsonable(point),
+            'dev': dev_figures(train_fn(cfg, dirs[unit.name]))}
 
-  run_units('sweep point', names, point_dirs, configs[0], train_point)
-  return write(sweep_dir, grid, done)
+  def partial(records: list) -> None:  # partial results survive an interrupted sweep
+    content.update(write(sweep_dir, grid, records))
+
+  runner.run_units(sweep_dir, units, train_point, on_record=partial,
+                   make_progress=point_progress('sweep point', configs[0]))
+  return content
 
 
 def write(sweep_dir: str, grid: Mapping[str, Sequence[Any]],
