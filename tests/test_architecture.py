@@ -24,7 +24,7 @@ ALLOWED = {
     'meta': {'registry'},
     'models': {'records', 'registry'},
     'data': {'extras', 'records', 'registry', 'run'},
-    'run': {'extras', 'records', 'registry', 'meta'},
+    'run': {'extras', 'records', 'registry'},
     'ser': {'extras', 'records', 'registry', 'meta', 'models', 'data', 'run', 'pretrained'},
     'configs': {'extras'},
     'tools': {'extras', 'records', 'registry', 'meta', 'models', 'data', 'run', 'ser', 'configs',
@@ -233,3 +233,51 @@ def test_every_package_imported_by_src_is_declared():
   missing = {m: owners.get(m) for m in imported
              if not {_distribution(d) for d in owners.get(m, [m])} & declared}
   assert not missing, f'imported by src/ but not declared in pyproject.toml: {missing}'
+
+
+def test_run_does_not_import_meta():
+  # run/ is infrastructure below the meta library: it builds its own task mesh (process.py).
+  edges = graph()
+  bad = [f'{m} imports {t}' for m, targets in edges.items() if layer(m) == 'run'
+         for t in targets if layer(t) == 'meta']
+  assert not bad, bad
+
+
+def test_no_thread_local_state_in_src():
+  # The task axis passes its padding count explicitly; no module keeps hidden per-thread state.
+  hits = [str(path) for path in (SRC / PACKAGE).rglob('*.py')
+          if 'threading.local' in path.read_text()]
+  assert not hits, hits
+
+
+def _architecture_block(heading: str) -> str:
+  """The first ```python block after `heading` in docs/ARCHITECTURE.md."""
+  text = (SRC.parent / 'docs' / 'ARCHITECTURE.md').read_text()
+  after = text[text.index(heading):]
+  start = after.index('```python\n') + len('```python\n')
+  return after[start:after.index('```', start)]
+
+
+@pytest.mark.parametrize('strategy', ['loop', 'map', 'vmap', 'sharded'])
+def test_the_worked_example_estimator_runs_under_every_strategy(strategy):
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from mmtl_jax import meta  # pylint: disable=g-import-not-at-top
+  scope = {}
+  exec(compile(_architecture_block('### A meta mode'), 'ARCHITECTURE.md', 'exec'), scope)
+  try:
+    loss = lambda p, b, r: jnp.mean((b['x'] * p['net']['w'] - b['y']) ** 2)
+    batch = {'x': jnp.linspace(0.5, 2.0, 12).reshape(3, 4),
+             'y': jnp.linspace(-1.0, 1.0, 12).reshape(3, 4)}
+    params = {'net': {'w': jnp.asarray(40.0)}}
+    spec = meta.recipes.maml(loss, loss, groups='net', steps=2, lr=0.01,
+                             mode='first_order_clipped', strategy=strategy)
+    assert isinstance(spec.estimator, scope['FirstOrderClipped'])
+    grads = meta.meta_gradient(spec, params, batch, jax.random.PRNGKey(0)).grads
+    plain = meta.meta_gradient(meta.recipes.fomaml(loss, loss, groups='net', steps=2, lr=0.01,
+                                                   strategy=strategy),
+                               params, batch, jax.random.PRNGKey(0)).grads
+    assert abs(float(plain['net']['w'])) > 1  # clipped per task to norm 1, so the mean too
+    assert abs(float(grads['net']['w'])) <= 1 + 1e-6
+  finally:
+    meta.MODES.unregister('first_order_clipped')
