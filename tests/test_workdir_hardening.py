@@ -69,12 +69,13 @@ def test_temporaries_of_killed_writes_are_removed(tmp_path):
   store = types.SimpleNamespace(manifest={'config_hash': '0' * 16})
   folds = [types.SimpleNamespace(index=0, name='Ses01-testSes01M')]
   fold_dir = tmp_path / 'mmtl' / 'Ses01-testSes01M'
-  (fold_dir / '.bundle.tmp-k1ll3d' / 'params').mkdir(parents=True)
-  (fold_dir / '.result.json.abc123.json.tmp').write_text('{"rec')
-  (tmp_path / '.results.json.x1y2.json.tmp').write_text('{')
+  (fold_dir / files.temp_name('bundle') / 'params').mkdir(parents=True)
+  (fold_dir / files.temp_name('result.json', keep_extension=True)).write_text('{"rec')
+  results_tmp = tmp_path / files.temp_name('results.json', keep_extension=True)
+  results_tmp.write_text('{')
   train.check_fold_dirs(config, store, folds, (0,), str(tmp_path))
   assert sorted(os.listdir(fold_dir)) == ['fingerprint.json']  # not stale: nothing computed
-  assert not (tmp_path / '.results.json.x1y2.json.tmp').exists()
+  assert not results_tmp.exists()
 
 
 def test_workdir_naming_a_file_is_refused_before_work(tmp_path):

@@ -1,8 +1,10 @@
 """Run files: plain JSON values and atomic writes (a crash never leaves a truncated file).
 
-Files and directories made through `tempfile` start as 0600 / 0700 whatever the umask; the
-writers here give them the modes `open` / `os.makedirs` would (0666 / 0777 less the umask),
-so results and bundles are readable by whoever the user's umask lets read them.
+Temporary files and directories are created with the modes `open` / `os.makedirs` give
+(0666 / 0777 less the umask), not tempfile's 0600 / 0700, so results and bundles are readable
+by whoever the user's umask lets read them. Files written in place (appended logs, the lock)
+are opened with `open_no_follow`: a symbolic link planted at their name is refused, never
+followed to a file outside the workdir.
 """
 
 from __future__ import annotations
@@ -13,8 +15,8 @@ import json
 import math
 import os
 import re
+import secrets
 import shutil
-import tempfile
 from typing import Any, Callable, List, Mapping, Sequence
 
 import numpy as np
@@ -35,9 +37,22 @@ class PathError(errors.ExpectedError, ValueError):
   """A path given to the run that is of the wrong kind (a file for a directory, ...)."""
 
 
-# What atomic_write and make_temp_dir leave behind when killed: `.<name>.<random><ext>.tmp`
-# files and `.<name>.tmp-<random>` directories.
-_KILLED_WRITE = re.compile(r'^\..+(\.tmp|\.tmp-[A-Za-z0-9_]+)$')
+# The temporaries of atomic_write and make_temp_dir, what they leave behind when killed:
+# `.<name>.mmtl_jax-tmp-<16 hex digits>`, a file keeping <name>'s extension after it (for
+# tools that sniff it). A name no user picks, so cleanup matches only what this project made:
+# a user's own `.notes.tmp` or `.x.tmp-1` is never touched (older releases' temporaries,
+# `.<name>.<random>.tmp`, are not provably ours and are left alone too).
+_TMP_TAG = '.mmtl_jax-tmp-'
+_KILLED_WRITE = re.compile(r'^\..+\.mmtl_jax-tmp-[0-9a-f]{16}(\.[A-Za-z0-9]{1,16})?$')
+_KEPT_EXTENSION = re.compile(r'\.[A-Za-z0-9]{1,16}')
+
+
+def temp_name(name: str, keep_extension: bool = False) -> str:
+  """A fresh temporary entry name for `name` (one path component) that `remove_killed_writes`
+  recognises: `.<name>.mmtl_jax-tmp-<16 random hex digits>[<name>'s extension>]`."""
+  ext = os.path.splitext(name)[1] if keep_extension else ''
+  ext = ext if _KEPT_EXTENSION.fullmatch(ext) else ''
+  return f'.{name}{_TMP_TAG}{secrets.token_hex(8)}{ext}'
 
 
 def remove_killed_writes(directory: str | os.PathLike) -> list[str]:
@@ -141,10 +156,11 @@ def default_mode(directory: bool = False) -> int:
   return (0o777 if directory else 0o666) & ~process_umask()
 
 
-def make_temp_dir(prefix: str, parent: str) -> str:
-  """tempfile.mkdtemp(prefix, dir=parent), with the mode os.makedirs would give it."""
-  path = tempfile.mkdtemp(prefix=prefix, dir=parent)
-  os.chmod(path, default_mode(directory=True))
+def make_temp_dir(name: str, parent: str) -> str:
+  """A new empty directory `parent`/`temp_name(name)` (never an existing one), with the mode
+  os.makedirs would give it; `remove_killed_writes(parent)` removes it if it is left over."""
+  path = os.path.join(parent, temp_name(name))
+  os.mkdir(path, 0o777)  # the umask applies, as for os.makedirs
   return path
 
 
@@ -161,15 +177,15 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
 
 def atomic_write(path: str | os.PathLike, write_fn: Callable[[Any], Any]) -> None:
   """Calls write_fn(binary file) on a temporary file beside `path`, then os.replace: a crash
-  never leaves a truncated file."""
+  never leaves a truncated file. A symbolic link at `path` is replaced by the file, never
+  written through (os.replace renames onto the link itself)."""
   path = os.fspath(path)
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
-  suffix = os.path.splitext(path)[1]  # keeps the extension for tools that sniff it
-  fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix=suffix + '.tmp',
-                             dir=directory)
+  tmp = os.path.join(directory, temp_name(os.path.basename(path), keep_extension=True))
+  # O_EXCL: a fresh file, never one (or a link) already there; the umask applies to 0666.
+  fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666)
   try:
-    os.fchmod(fd, default_mode())  # mkstemp makes 0600
     with os.fdopen(fd, 'wb') as f:
       write_fn(f)
       f.flush()
@@ -179,6 +195,24 @@ def atomic_write(path: str | os.PathLike, write_fn: Callable[[Any], Any]) -> Non
     if os.path.exists(tmp):
       os.unlink(tmp)
     raise
+
+
+def open_no_follow(path: str | os.PathLike, flags: int, mode: int = 0o666) -> int:
+  """os.open(path, flags | O_NOFOLLOW, mode): a descriptor of the file at `path` itself.
+
+  Raises:
+    PathError: `path` is a symbolic link (one line naming it and where it points): whatever
+      it points at is neither read nor written.
+  """
+  path = os.fspath(path)
+  try:
+    return os.open(path, flags | os.O_NOFOLLOW, mode)
+  except OSError:
+    if not os.path.islink(path):  # ELOOP also stands for a link loop in a parent
+      raise
+    raise PathError(f'{path} is a symbolic link (to {os.readlink(path)}), which mmtl_jax '
+                    'does not write through: remove the link (or use another directory)'
+                    ) from None
 
 
 # A name kept as it is: letters, digits, '_', '-' and '.', not starting with '.' or '-'.
