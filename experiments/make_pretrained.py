@@ -23,6 +23,7 @@ from absl import flags
 from absl import logging
 
 from mmtl_jax import configs
+from mmtl_jax.run import checkpoint
 from mmtl_jax.run import errors
 from mmtl_jax.ser import pretrained
 
@@ -33,8 +34,9 @@ _EMODB = flags.DEFINE_string('emodb', None, 'EmoDB annotations CSV or its direct
                              required=True)
 _WORKDIR = flags.DEFINE_string('workdir', 'runs/pretrained_emodb', 'Study and fit directory '
                                '(resumable).')
-_OUT = flags.DEFINE_string('out', None, 'The bundle directory to write (replaced).',
-                           required=True)
+_OUT = flags.DEFINE_string('out', None, 'The bundle directory to write: a new one, or an '
+                           'earlier bundle (replaced); never the workdir, a parent of it or a '
+                           'directory of other files.', required=True)
 _SEEDS = flags.DEFINE_multi_integer('seeds', [0, 1, 2], 'Seeds of the study, one flag each '
                                     '(the fit uses config.seed).')
 _NOTE = flags.DEFINE_string('corpus_note', '', 'How this copy of EmoDB differs from the '
@@ -50,9 +52,13 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   config = _CONFIG.value
   config.data.manifest.path = pretrained.emodb_manifest(_EMODB.value)
+  # --out is replaced whole at the end: refused now, before hours of study, if it is not a
+  # bundle (or absent), or if it is the workdir or a parent of it.
+  checkpoint.check_bundle_target(_OUT.value, keep=[_WORKDIR.value])
   made = pretrained.make_pretrained(
       config, _WORKDIR.value, _OUT.value, _SEEDS.value,
-      about=dict(pretrained.EMODB, corpus_note=_NOTE.value), storage_dtype=None if _DTYPE.value == 'float32' else _DTYPE.value)
+      about=dict(pretrained.EMODB, corpus_note=_NOTE.value),
+      storage_dtype=None if _DTYPE.value == 'float32' else _DTYPE.value)
   print(f"bundle: {made['bundle']}\n{made['info']['loso']}")
 
 

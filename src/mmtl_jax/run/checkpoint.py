@@ -24,6 +24,8 @@ Its params are an orbax checkpoint (``params/``, format version 1) or, for a bun
 inside the package, one numpy file (``params.npz``, version 2: a handful of plain files, read
 without orbax, optionally stored as float16). ``bundle.json`` may carry an ``info`` dict: what
 the model is (fold, protocol, dev UA, corpus, the command that made it); `read_bundle_info`.
+Writing a bundle replaces only an absent directory or an earlier bundle holding nothing else
+(`check_bundle_target`): a directory of the user's files, or a workdir, is refused.
 """
 
 from __future__ import annotations
@@ -32,8 +34,7 @@ import json
 import logging
 import os
 import shutil
-import tempfile
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 from etils import epath
 import jax
@@ -463,17 +464,74 @@ def _write_npz(path: str, params: PyTree, storage_dtype: str | None) -> None:
     np.savez(f, **flat)
 
 
+class BundleTargetError(errors.ExpectedError, ValueError):
+  """A directory a bundle may not be written to: it exists and is not a bundle, or holds
+  files a bundle does not, or it is a directory to keep (a workdir) or a parent of one."""
+
+
+# What a bundle directory holds: the files save_inference_bundle writes and the model card
+# ser.pretrained writes beside them. Any other entry is the user's, and replacing the
+# directory would delete it.
+_BUNDLE_ENTRIES = frozenset({'bundle.json', 'config.json', 'params', _NPZ, 'MODEL_CARD.md'})
+
+
+def _is_bundle_dir(directory: str) -> bool:
+  """Whether `directory` has a bundle.json of this project's bundle format (any version)."""
+  try:
+    with open(os.path.join(directory, 'bundle.json'), encoding='utf-8') as f:
+      marker = json.load(f)
+  except (OSError, ValueError):
+    return False
+  return isinstance(marker, dict) and marker.get('format') == _BUNDLE_FORMAT
+
+
+def check_bundle_target(directory: str | os.PathLike,
+                        keep: Sequence[str | os.PathLike] = ()) -> str:
+  """The absolute `directory` if a bundle may be written there (replacing what is there):
+  it is absent, or an inference bundle (bundle.json of this format) holding nothing but a
+  bundle's entries; and it is none of `keep` (e.g. the run's workdir) nor a parent of one.
+
+  Raises:
+    BundleTargetError: otherwise; one line naming the directory and what to do.
+  """
+  directory = os.path.abspath(os.fspath(directory))
+  real = os.path.realpath(directory)
+  for kept in keep:
+    kept_real = os.path.realpath(os.fspath(kept))
+    if os.path.commonpath([real, kept_real]) == real:
+      what = 'is' if real == kept_real else 'is a parent of'
+      raise BundleTargetError(
+          f'the bundle directory {what} {os.fspath(kept)}, whose files writing the bundle '
+          f'would delete, {directory}, give a directory of its own (new, or a bundle)')
+  if not os.path.lexists(directory):
+    return directory
+  if os.path.islink(directory) or not os.path.isdir(directory) or not _is_bundle_dir(
+      directory):
+    raise BundleTargetError(
+        f'exists and is not an inference bundle (no bundle.json of {_BUNDLE_FORMAT}), only a '
+        f'bundle is replaced, {directory}, give a new directory or an old bundle')
+  others = sorted(set(os.listdir(directory)) - _BUNDLE_ENTRIES)
+  if others:
+    raise BundleTargetError(
+        f"the bundle holds files of its own ({', '.join(others[:3])}"
+        f"{', ...' if len(others) > 3 else ''}) that replacing it would delete, {directory}, "
+        'move them out of it or give another directory')
+  return directory
+
+
 def save_inference_bundle(directory: str | os.PathLike, params: PyTree, config: Any,
                           overwrite: bool = True, info: Mapping[str, Any] | None = None,
-                          storage: str = 'orbax', storage_dtype: str | None = None) -> str:
+                          storage: str = 'orbax', storage_dtype: str | None = None,
+                          keep: Sequence[str | os.PathLike] = ()) -> str:
   """Writes a directory from which a prediction script can rebuild and run the model.
 
   Layout: ``params/`` (orbax StandardSave of `params`; storage='npz': ``params.npz`` instead),
   ``config.json`` (the config as plain JSON) and ``bundle.json`` (format marker, version,
   mmtl_jax version, `info`). The bundle is assembled in a temporary sibling directory and
-  renamed into place, so readers never see half a bundle. With several JAX processes
-  (jax.distributed), the calling process writes it alone: call it from one process, with
-  host (numpy) params.
+  renamed into place, so readers never see half a bundle. Only an absent directory or a
+  bundle is replaced (`check_bundle_target`, before anything is written): never a directory
+  of other files. With several JAX processes (jax.distributed), the calling process writes it
+  alone: call it from one process, with host (numpy) params.
 
   Args:
     directory: the bundle directory.
@@ -485,23 +543,28 @@ def save_inference_bundle(directory: str | os.PathLike, params: PyTree, config: 
     storage: 'orbax' (version 1, what training writes) or 'npz' (version 2, one file).
     storage_dtype: storage='npz' only: e.g. 'float16' stores float32 leaves at half the
       size; `load_inference_bundle` casts them back to float32.
+    keep: directories `directory` must not be nor contain (the workdir of the run).
 
   Returns:
     The absolute bundle directory.
+
+  Raises:
+    BundleTargetError: see `check_bundle_target`.
   """
   if storage not in _BUNDLE_STORAGES or (storage_dtype is not None and storage != 'npz'):
     raise ValueError(f'storage must be one of {_BUNDLE_STORAGES} (storage_dtype with npz '
                      f'only); got {storage!r}, {storage_dtype!r}')
   directory = os.path.abspath(os.fspath(directory))
-  if os.path.exists(directory) and not overwrite:
+  if os.path.lexists(directory) and not overwrite:
     raise FileExistsError(f'{directory} exists and overwrite=False.')
+  check_bundle_target(directory, keep)
   parent = os.path.dirname(directory)
   os.makedirs(parent, exist_ok=True)
-  tmp = files.make_temp_dir('.' + os.path.basename(directory) + '.tmp-', parent)
+  tmp = files.make_temp_dir(os.path.basename(directory), parent)
   try:
     _write_bundle_files(tmp, params, config, info, storage, storage_dtype)
     if os.path.exists(directory):
-      old = tempfile.mkdtemp(prefix='.' + os.path.basename(directory) + '.old-', dir=parent)
+      old = files.make_temp_dir(os.path.basename(directory), parent)
       os.replace(directory, os.path.join(old, 'bundle'))
       os.replace(tmp, directory)
       shutil.rmtree(old, ignore_errors=True)
