@@ -24,6 +24,7 @@ import sys
 from typing import Any, Optional
 
 from mmtl_jax.run import errors
+from mmtl_jax.run import files
 
 LOCK_NAME = '.mmtl_jax.lock'
 
@@ -71,11 +72,14 @@ class WorkdirLock:
 
     Raises:
       WorkdirLockedError: another process (or another WorkdirLock of this one) holds it.
+      files.PathError: the lock file's name is a symbolic link (nothing is written).
     """
     if self._fd is not None:
       raise RuntimeError(f'{self.path}: already acquired by this WorkdirLock')
     os.makedirs(os.path.dirname(self.path), exist_ok=True)
-    fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)  # the umask applies
+    # The umask applies; a symbolic link planted at the lock's name is refused (PathError),
+    # never followed: truncating the record would empty the file it points at.
+    fd = files.open_no_follow(self.path, os.O_RDWR | os.O_CREAT)
     try:
       fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -24,6 +24,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from mmtl_jax.run import files
+
 JSONL_NAME = 'metrics.jsonl'
 _RESERVED = ('step', 'fold', 'wall_time')
 
@@ -64,7 +66,11 @@ class MetricWriter:
     if not enabled:
       return
     os.makedirs(self._logdir, exist_ok=True)
-    self._jsonl = open(os.path.join(self._logdir, JSONL_NAME), 'a', encoding='utf-8')
+    # Appended in place: a symbolic link at its name is refused (files.PathError), never
+    # followed to a file outside the log directory.
+    fd = files.open_no_follow(os.path.join(self._logdir, JSONL_NAME),
+                              os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    self._jsonl = os.fdopen(fd, 'a', encoding='utf-8')
     if tensorboard:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
       self._tb = SummaryWriter(logdir=self._logdir)

@@ -55,6 +55,8 @@ from typing import Any, Callable, Iterable, Iterator, Optional, TextIO
 
 import tqdm
 
+from mmtl_jax.run import files
+
 DEFAULT_EVERY_S = 30.0
 # The files of the enclosing `log_to` blocks (innermost last): every line goes to each.
 _LOGS: list[TextIO] = []
@@ -84,9 +86,15 @@ def format_duration(seconds: Optional[float]) -> str:
 @contextlib.contextmanager
 def log_to(path: str) -> Iterator[None]:
   """While inside, every line of every `Progress` (and `line`) is appended to `path` too,
-  each after the local time; the file is created with its directory."""
+  each after the local time; the file is created with its directory.
+
+  Raises:
+    files.PathError: `path` is a symbolic link: appending through it would write to a file
+      outside the run's directory.
+  """
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with open(path, 'a', encoding='utf-8') as f:
+  fd = files.open_no_follow(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+  with os.fdopen(fd, 'a', encoding='utf-8') as f:
     with _LOCK:
       _LOGS.append(f)
     try:
