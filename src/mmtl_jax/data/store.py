@@ -34,7 +34,8 @@ Interrupted builds leave nothing running and, in the end, nothing on disk: the f
 workers die with the process that started them (SIGKILL included: Linux's parent-death
 signal, and a watchdog thread elsewhere; mmtl_jax.run.workers); SIGTERM and Ctrl-C stop the
 workers and remove the temporary directory; one left by a killed process is removed by the
-next build on the host (mmtl_jax.run.tmp_dirs).
+next build on the host, decided by the owner (pid, host, start time) recorded in it, never by
+its age, so a long build is never removed under its feet (mmtl_jax.run.tmp_dirs).
 """
 
 from __future__ import annotations
@@ -554,12 +555,11 @@ def _build(root: str, final: str, key: str, config: ml_collections.ConfigDict,
            utterances: Sequence[records.Utterance], problems: list) -> None:
   """Writes the store under a temporary name in `root` and renames it to `final`."""
   tmp_dirs.remove_stale_tmp(root)
-  tmp = os.path.join(root, tmp_dirs.tmp_dir_name(key))
-  shutil.rmtree(tmp, ignore_errors=True)
-  os.makedirs(tmp)
   with workers_lib.sigterm_raises():
+    tmp = tmp_dirs.make_tmp_dir(root, key)  # with its owner marker: live builds are kept
     try:
       _write(tmp, config, key, utterances, problems)
+      tmp_dirs.release(tmp)  # the marker is no file of the store
       _remove_incomplete(final)
       try:
         os.rename(tmp, final)
