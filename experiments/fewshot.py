@@ -18,24 +18,19 @@ per_episode, s_per_iter, peak_mem_mb (peak RSS, psutil), settings, ...}.
 --quick runs 5-WAY 1-SHOT ONLY, one seed, 100 meta-iterations and 100 test episodes (same
 alphabet, model and validated method settings): the same as
 --config=src/mmtl_jax/configs/fewshot.py:quick; --config.* overrides apply on top.
-Rerun the same command to resume: records already in the JSON (same config) are kept.
+Rerun the same command to resume: finished records are kept in <workdir>/records (else
+beside --json) and read back, never recomputed or dropped; the table shows every kept record
+of the current config (mmtl_jax.fewshot.table).
 With --workdir, compiled XLA programs are cached in <workdir>/xla_cache, so later seeds and
 resumed runs skip most compilation.
 """
-
-import contextlib
-import json
-import os
 
 from absl import flags
 
 from mmtl_jax.configs import config_path
 from mmtl_jax.configs import fewshot as fewshot_config
-from mmtl_jax.fewshot import experiment, report
-from mmtl_jax.run.files import atomic_write_json, atomic_write_text, to_jsonable
+from mmtl_jax.fewshot import table
 from mmtl_jax.run import errors
-from mmtl_jax.run import progress as progress_lib
-from mmtl_jax.run import stats
 
 FLAGS = flags.FLAGS
 flags.DEFINE_bool('quick', False, 'the < 10 minute run on 2 cores: 5-way 1-shot, one seed '
@@ -43,7 +38,8 @@ flags.DEFINE_bool('quick', False, 'the < 10 minute run on 2 cores: 5-way 1-shot,
 errors.define_config_file('config', config_path('fewshot'), 'few-shot config file',
                           quick=fewshot_config.quick)  # idempotent
 flags.DEFINE_string('json', '', 'write {"records": [...]} here, rewritten after every record '
-                    '("complete": false until the end); default <workdir>/fewshot.json')
+                    '("complete": false until every record asked for is in); default '
+                    '<workdir>/fewshot.json')
 flags.DEFINE_string('md', '', 'write the markdown table here (default: <workdir>/fewshot.md '
                     'when --workdir is set)')
 flags.DEFINE_list('methods', [], 'methods to run (default: config.methods, all six)')
@@ -58,141 +54,26 @@ flags.DEFINE_bool('memory', False, 'measure the compiled meta-gradient memory of
                   'imaml against the inner steps (1, 5, 10, 20); writes memory.json')
 flags.DEFINE_list('merge', [], 'JSON files of earlier runs: write their records as one table '
                   '(--md / --json) and exit')
-flags.DEFINE_string('workdir', '', 'folder for the outputs (created)')
+flags.DEFINE_string('workdir', '', 'folder for the outputs and the kept records (created)')
 flags.DEFINE_integer('diagnostics_every', None, 'every N outer steps, compare first-order, '
                      'Reptile and implicit meta-gradients with the exact one (JSON + PNG)')
-
-
-def _config():
-  config = FLAGS.config  # --quick already applied (errors.define_config_file)
-  if FLAGS.ways or FLAGS.shots:
-    try:
-      config.ways = tuple(int(w) for w in (FLAGS.ways or config.ways))
-      config.shots = tuple(int(s) for s in (FLAGS.shots or config.shots))
-    except ValueError as e:
-      raise errors.ExpectedError(f'{e}, --ways or --shots, give integers, e.g. --ways=5,20 '
-                                 '--shots=1,5') from e
-  if FLAGS.seed is not None:
-    config.seed = FLAGS.seed
-  if FLAGS.seeds is not None:
-    config.seeds = FLAGS.seeds
-  if FLAGS.diagnostics_every is not None:
-    config.diagnostics_every = FLAGS.diagnostics_every
-  return config
-
-
-def _is_quick():
-  return FLAGS.quick or FLAGS['config'].config_filename.endswith(':quick')
-
-
-def _paths(stem):
-  if FLAGS.workdir:
-    os.makedirs(FLAGS.workdir, exist_ok=True)
-  at = lambda name: os.path.join(FLAGS.workdir, name) if FLAGS.workdir else ''
-  return FLAGS.json or at(f'{stem}.json'), FLAGS.md or at(f'{stem}.md'), at('diagnostics')
-
-
-def _earlier(json_path, config, key):
-  """Records of an interrupted run at json_path with the same config (else [])."""
-  if not json_path or not os.path.exists(json_path):
-    return []
-  try:
-    with open(json_path) as f:
-      old = json.load(f)
-  except (OSError, ValueError) as e:
-    raise errors.ExpectedError(f'{json_path}: unreadable ({e}); move it aside to start '
-                               'again') from e
-  if old.get('config') != to_jsonable(config):
-    raise errors.ExpectedError(f'{json_path} holds a run of another config; use another '
-                               '--workdir or --json, or move it aside')
-  return [] if old.get('complete') else list(old.get(key, []))
-
-
-def _merge():
-  """One table from several runs' JSON files. A later file wins: for each (method, way,
-  shot), records whose settings differ from the later file's are dropped (and listed), as
-  is an earlier record of the same seed."""
-  records = []
-  for path in FLAGS.merge:
-    try:
-      with open(path) as f:
-        records.append(json.load(f)['records'])
-    except (OSError, ValueError, KeyError) as e:
-      raise errors.ExpectedError(f'--merge {path}: not a fewshot JSON ({e})') from e
-  kept, dropped = experiment.merge_records(records)
-  for r in dropped:
-    print(f"dropped: {r['method']} {r['way']}-way {r['shot']}-shot seed {r['seed']} "
-          f"(settings {r.get('settings')} replaced by a later file's)")
-  result = {'records': kept, 'accuracy_unit': experiment.ACCURACY_UNIT,
-            'merged_from': list(FLAGS.merge)}
-  text = report.markdown(result)
-  print(text)
-  if FLAGS.json:
-    atomic_write_json(FLAGS.json, to_jsonable(dict(result, rows=stats.aggregate(kept),
-                                                   complete=True)))
-  if FLAGS.md:
-    atomic_write_text(FLAGS.md, text)
 
 
 def main(argv):
   del argv
   if FLAGS.merge:
-    return _merge()
-  config = _config()
-  try:  # before any rendering or compiling: one line naming the field
-    experiment.settings_of(config)
-    experiment.seeds_of(config)
-    experiment.check_methods(FLAGS.methods or tuple(config.methods))
-  except ValueError as e:
-    raise errors.ExpectedError(f'{e} (config or --methods/--ways/--shots/--seeds)') from e
+    print(table.merge(FLAGS.merge, FLAGS.json, FLAGS.md))
+    return
+  config = table.apply_flags(FLAGS.config, FLAGS.ways, FLAGS.shots, FLAGS.seed, FLAGS.seeds,
+                             FLAGS.diagnostics_every)  # --quick already applied
   if FLAGS.memory:
-    rows = experiment.meta_gradient_memory(config)
-    text = report.memory_markdown(rows)
-    print(text)
-    json_path, md_path, _ = _paths('memory')
-    if json_path:
-      atomic_write_json(json_path, to_jsonable({'rows': rows, 'config': config}))
-    if md_path:
-      atomic_write_text(md_path, text)
-    return None
-  json_path, md_path, diag_dir = _paths('search' if FLAGS.search else 'fewshot')
-  if FLAGS.workdir:  # identical programs across seeds and resumed runs compile once
-    import jax  # pylint: disable=g-import-not-at-top
-    jax.config.update('jax_compilation_cache_dir', os.path.join(FLAGS.workdir, 'xla_cache'))
-    jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
-  log = (progress_lib.log_to(os.path.join(FLAGS.workdir, 'fewshot.log')) if FLAGS.workdir
-         else contextlib.nullcontext())
-  with log:
-    _work(config, json_path, md_path, diag_dir)
-
-
-def _work(config, json_path, md_path, diag_dir):
-  bars = lambda what, units, pending: progress_lib.Progress(
-      what, units, pending=pending, every_s=progress_lib.interval(config))
-  save = lambda result, complete: atomic_write_json(json_path, to_jsonable(dict(
-      result, config=config, quick=_is_quick(), complete=complete,
-      rows=stats.aggregate(result.get('records', [])))))  # NaN -> null
-  if FLAGS.search:
-    done = _earlier(json_path, config, 'points')
-    partial = (lambda points: save({'points': points}, False)) if json_path else None
-    result = experiment.search(config, FLAGS.methods or None, progress=bars,
-                               on_point=partial, done=done)
-    text = report.search_markdown(result)
-  else:
-    make_hook = None
-    if int(config.diagnostics_every) > 0:
-      from mmtl_jax.fewshot import diagnostics  # pylint: disable=g-import-not-at-top
-      make_hook = diagnostics.hook_factory(config, diag_dir or '.')
-    done = _earlier(json_path, config, 'records')
-    partial = (lambda records: save({'records': records}, False)) if json_path else None
-    result = experiment.run(config, FLAGS.methods or None, progress=bars,
-                            make_hook=make_hook, on_record=partial, done=done)
-    text = report.markdown(result)
-  print(text)
-  if json_path:
-    save(result, True)
-  if md_path:
-    atomic_write_text(md_path, text)
+    table.check(config, FLAGS.methods)
+    paths = table.outputs(FLAGS.workdir, FLAGS.json, FLAGS.md, 'memory')
+    print(table.memory(config, paths['json'], paths['md']))
+    return
+  table.run_table(config, workdir=FLAGS.workdir, json_path=FLAGS.json, md_path=FLAGS.md,
+                  methods=FLAGS.methods, search=FLAGS.search,
+                  quick=FLAGS.quick or FLAGS['config'].config_filename.endswith(':quick'))
 
 
 if __name__ == '__main__':

@@ -25,6 +25,9 @@ from mmtl_jax import meta
 from mmtl_jax.fewshot import baselines, episodes, glyphs, loop, report, systems
 from mmtl_jax.fewshot.measure import PeakRSS
 from mmtl_jax.models.conv4 import Conv4
+from mmtl_jax.run import files
+from mmtl_jax.run import progress as progress_lib
+from mmtl_jax.run import runner
 
 ACCURACY_UNIT = 'percent'
 
@@ -156,52 +159,136 @@ def run_one(name: str, way: int, shot: int, config: Any, alphabet: np.ndarray,
   return record
 
 
+def unit_config(config: Any, name: str, way: int, shot: int, eval_config: Any = None,
+                overrides: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+  """What decides the result of method `name` at `way`-way `shot`-shot (the seed is in the
+  unit's key): its settings for that way (plus `overrides`), the alphabet, model, training
+  and evaluation fields, the meta-batch. Display-only fields (train.report_every_s,
+  train.implicit_warn_every) are left out, so changing them recomputes nothing."""
+  train = {k: v for k, v in files.to_jsonable(config.train).items()
+           if k not in ('report_every_s', 'implicit_warn_every')}
+  method = ({} if name in baselines.BASELINES
+            else files.to_jsonable(systems.method_config(config, name, way)))
+  method.update(files.to_jsonable(overrides or {}))
+  return files.to_jsonable({
+      'method': method, 'data': config.data, 'model': config.model, 'train': train,
+      'eval': config.eval if eval_config is None else eval_config,
+      'meta_batch': meta_batch_of(config, way), 'shot': int(shot)})
+
+
+def test_unit(config: Any, name: str, way: int, shot: int, seed: int) -> runner.Unit:
+  """The table's unit: method `name`, `way`-way `shot`-shot, training seed `seed`, scored on
+  the test characters."""
+  return runner.Unit(
+      name=f'{name} {way}-way {shot}-shot seed {seed}',
+      key={'kind': 'test', 'method': name, 'way': int(way), 'shot': int(shot),
+           'seed': int(seed)},
+      config=unit_config(config, name, way, shot), steps=int(config.train.iterations))
+
+
+def search_eval(config: Any) -> Any:
+  """The validation episodes of the search: config.eval with the search's count and seed."""
+  val_eval = config.eval.copy_and_resolve_references()
+  val_eval.episodes = int(config.search.episodes)
+  val_eval.seed = int(config.search.seed)
+  return val_eval
+
+
+def search_unit(config: Any, name: str, way: int, overrides: Dict[str, Any]) -> runner.Unit:
+  """The search's unit: one grid point of method `name` at `way`-way (shot
+  config.search.shot, seed config.seed), scored on validation episodes."""
+  shot = int(config.search.shot)
+  return runner.Unit(
+      name=f'{name} {way}-way {overrides}',
+      key={'kind': 'search', 'method': name, 'way': int(way),
+           'overrides': files.to_jsonable(overrides)},
+      config=dict(unit_config(config, name, way, shot, search_eval(config), overrides),
+                  seed=int(config.seed)),
+      steps=int(config.train.iterations))
+
+
+def test_units(config: Any, method_names: Optional[Sequence[str]] = None
+               ) -> List[runner.Unit]:
+  """The table's units: seeds x settings x methods (method_names overrides config.methods),
+  seeds outermost so that a stopped run has whole tables for its first seeds."""
+  names = check_methods(method_names or tuple(config.methods))
+  return [test_unit(config, name, way, shot, seed) for seed in seeds_of(config)
+          for way, shot in settings_of(config) for name in names]
+
+
+def search_units(config: Any, method_names: Optional[Sequence[str]] = None
+                 ) -> List[runner.Unit]:
+  """The search's units: ways x methods with a grid x grid points, in that order."""
+  names = [n for n in check_methods(method_names or tuple(config.methods))
+           if n in config.search.grid]
+  return [search_unit(config, name, int(way), dict(o)) for way in config.search.ways
+          for name in names for o in config.search.grid[name]]
+
+
+class _Alphabet:
+  """The alphabet, rendered on first use only: a rerun that reads every record back renders
+  nothing."""
+
+  def __init__(self, data: Any):
+    self.data, self.value, self.render_s = data, None, 0.0
+
+  def get(self) -> Tuple[np.ndarray, Dict[str, np.ndarray]]:
+    if self.value is None:
+      start = time.perf_counter()
+      self.value = build_alphabet(self.data)
+      self.render_s = time.perf_counter() - start
+    return self.value
+
+
+def _progress(progress: Optional[Callable[..., Any]], what: str) -> Callable[[int, int], Any]:
+  """The runner's progress from `progress(what, units, pending)`; silent without one."""
+  if progress is None:
+    return lambda units, pending: progress_lib.Progress(what, units, pending=pending,
+                                                        enabled=False)
+  return lambda units, pending: progress(what, units, pending)
+
+
 def run(config: Any, method_names: Optional[Sequence[str]] = None,
         progress: Optional[Callable[..., Any]] = None,
         make_hook: Optional[HookFactory] = None,
         on_record: Optional[Callable[[List[Dict[str, Any]]], None]] = None,
-        done: Sequence[Dict[str, Any]] = ()) -> Dict[str, Any]:
+        held: Optional[runner.Runner] = None) -> Dict[str, Any]:
   """All seeds x settings x methods of `config` (method_names overrides config.methods),
   seeds outermost so that a stopped run has whole tables for its first seeds.
 
   progress(what, units, pending) -> a `run.progress.Progress` (or None: silent): one unit per
     record, lines with ETAs in a log file, bars on a terminal.
   on_record(records so far): called after each record (e.g. to save partial results).
-  done: records of an earlier, interrupted run of the same config; their (method, way, shot,
-    seed) are not run again.
-  Returns {'records': [...], 'wall_s': total seconds, 'render_s': alphabet seconds,
-  'classes': {split: number of classes}, 'accuracy_unit'}.
+  held: an entered `run.runner.Runner` whose store keeps each record as it finishes and
+    gives back those finished before (None: every record is computed, nothing is kept).
+  Returns {'records': [...] (this call's units, in order), 'wall_s': total seconds,
+  'render_s': alphabet seconds, 'classes': {split: number of classes}, 'accuracy_unit'}.
   """
-  names = check_methods(method_names or tuple(config.methods))
-  settings, seeds = settings_of(config), seeds_of(config)
   start = time.perf_counter()
-  alphabet, splits = build_alphabet(config.data)
-  render_s = time.perf_counter() - start
-  records = list(done)
-  finished = {(r['method'], r['way'], r['shot'], r['seed']) for r in records}
-  units = [(seed, way, shot, name) for seed in seeds for way, shot in settings
-           for name in names]
-  todo = [u for u in units if (u[3], u[1], u[2], u[0]) not in finished]
-  report = progress('record', len(units), len(todo)) if progress else None
-  for seed, way, shot, name in units:
-    unit = f'{name} {way}-way {shot}-shot seed {seed}'
-    if (name, way, shot, seed) in finished:
-      if report:
-        report.read_back(unit)
-      continue
-    if report:
-      report.start(unit, int(config.train.iterations))
-    records.append(run_one(name, way, shot, config, alphabet, splits, report, make_hook,
-                           seed=seed))
-    if report:
-      report.finish(f"test accuracy {records[-1]['accuracy']:.1f}%")
-    if on_record is not None:
-      on_record(records)
-  if report:
-    report.close()
-  return {'records': records, 'wall_s': time.perf_counter() - start, 'render_s': render_s,
-          'classes': {k: int(len(v)) for k, v in splits.items()},
+  alphabet = _Alphabet(config.data)
+  units = test_units(config, method_names)
+
+  def compute(unit: runner.Unit, report: Any) -> Dict[str, Any]:
+    k = unit.key
+    return run_one(k['method'], k['way'], k['shot'], config, *alphabet.get(), report,
+                   make_hook, seed=k['seed'])
+
+  records = (held or runner.Runner(None)).run(
+      units, compute, note=lambda r: f"test accuracy {r['accuracy']:.1f}%",
+      on_record=on_record, make_progress=_progress(progress, 'record'))
+  splits = episodes.split_classes(int(config.data.num_characters), tuple(config.data.split))
+  return {'records': records, 'wall_s': time.perf_counter() - start,
+          'render_s': alphabet.render_s, 'classes': {k: int(len(v)) for k, v in splits.items()},
           'accuracy_unit': ACCURACY_UNIT}
+
+
+def table_order(records: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
+  """Records in table order: setting, then baselines and systems in their registered order,
+  then seed."""
+  order = list(report.BASELINE_NAMES) + list(systems.SYSTEMS.names())  # index: first one
+  rank = lambda name: order.index(name) if name in order else len(order)
+  return sorted(records, key=lambda r: (int(r['way']), int(r['shot']), rank(r['method']),
+                                        r['method'], r['seed']))
 
 
 def merge_records(runs: Sequence[Sequence[Dict[str, Any]]]
@@ -225,56 +312,35 @@ def merge_records(runs: Sequence[Sequence[Dict[str, Any]]]
       if key + (r['seed'],) in chosen:
         dropped.append(chosen[key + (r['seed'],)])
       chosen[key + (r['seed'],)] = r
-  order = list(report.BASELINE_NAMES) + list(systems.SYSTEMS.names())  # index: first one
-  rank = lambda name: order.index(name) if name in order else len(order)
-  kept = sorted(chosen.values(), key=lambda r: (int(r['way']), int(r['shot']),
-                                                rank(r['method']), r['method'], r['seed']))
-  return kept, dropped
+  return table_order(list(chosen.values())), dropped
 
 
 def search(config: Any, method_names: Optional[Sequence[str]] = None,
            progress: Optional[Callable[..., Any]] = None,
            on_point: Optional[Callable[[List[Dict[str, Any]]], None]] = None,
-           done: Sequence[Dict[str, Any]] = ()) -> Dict[str, Any]:
+           held: Optional[runner.Runner] = None) -> Dict[str, Any]:
   """The validation search: for each way in config.search.ways (shot config.search.shot) and
   each method with a grid in config.search.grid, one run per grid point (the method's
   config for that way plus the point's overrides; seed config.seed), scored on
   config.search.episodes episodes of the VALIDATION characters. Test characters are never
-  touched. Returns {'points': records with 'overrides', 'chosen': {method: {'way<w>':
-  {'overrides', 'accuracy'}}}, 'accuracy_unit'}; ties keep the earlier grid point.
+  touched. `held`: as in `run` (points finished before are read back). Returns {'points':
+  records with 'overrides', 'chosen': {method: {'way<w>': {'overrides', 'accuracy'}}},
+  'accuracy_unit'}; ties keep the earlier grid point.
   """
-  names = [n for n in check_methods(method_names or tuple(config.methods))
-           if n in config.search.grid]
-  alphabet, splits = build_alphabet(config.data)
-  val_eval = config.eval.copy_and_resolve_references()
-  val_eval.episodes = int(config.search.episodes)
-  val_eval.seed = int(config.search.seed)
-  shot = int(config.search.shot)
-  points = list(done)
-  units = [(int(way), name, dict(o)) for way in config.search.ways for name in names
-           for o in config.search.grid[name]]
-  is_done = lambda way, name, o: any(
-      p['method'] == name and p['way'] == way and p['overrides'] == o for p in points)
-  todo = [u for u in units if not is_done(*u)]
-  report = progress('grid point', len(units), len(todo)) if progress else None
-  for way, name, overrides in units:
-    unit = f'{name} {way}-way {overrides}'
-    if is_done(way, name, overrides):
-      if report:
-        report.read_back(unit)
-      continue
-    if report:
-      report.start(unit, int(config.train.iterations))
-    record = run_one(name, way, shot, config, alphabet, splits, report, seed=int(config.seed),
-                     overrides=overrides, split='val', eval_config=val_eval)
-    record['overrides'] = overrides
-    points.append(record)
-    if report:
-      report.finish(f"validation accuracy {record['accuracy']:.1f}%")
-    if on_point is not None:
-      on_point(points)
-  if report:
-    report.close()
+  alphabet = _Alphabet(config.data)
+  units = search_units(config, method_names)
+
+  def compute(unit: runner.Unit, report: Any) -> Dict[str, Any]:
+    k = unit.key
+    record = run_one(k['method'], k['way'], int(config.search.shot), config, *alphabet.get(),
+                     report, seed=int(config.seed), overrides=k['overrides'], split='val',
+                     eval_config=search_eval(config))
+    record['overrides'] = k['overrides']
+    return record
+
+  points = (held or runner.Runner(None)).run(
+      units, compute, note=lambda r: f"validation accuracy {r['accuracy']:.1f}%",
+      on_record=on_point, make_progress=_progress(progress, 'grid point'))
   return {'points': points, 'chosen': choose(points), 'accuracy_unit': ACCURACY_UNIT}
 
 
