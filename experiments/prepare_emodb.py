@@ -10,7 +10,9 @@ sex, text and emotion come from the file names (03a01Fa.wav); recognition_pct an
 naturalness_pct from the perception test's erkennung.txt (and natuerlichkeit.txt) beside wav/
 when present (mmtl_jax.data.emodb). Without them the CSV has no rating columns: train with the
 ':sex' variant of the EmoDB configs (speaker sex as the auxiliary task), e.g.
---config=src/mmtl_jax/configs/emodb_small.py:sex. The last line printed is the CSV's path.
+--config=src/mmtl_jax/configs/emodb_small.py:sex. A ratings file with a sentence rated twice
+or a rating outside 0..100 (nan, 150) is refused in one line naming file and line. The last
+line printed is the CSV's path.
 """
 
 from mmtl_jax import extras

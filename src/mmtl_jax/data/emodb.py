@@ -16,7 +16,9 @@ beside it, when there is one.
 speaker, text and emotion from the file name, sex from the speaker (the release's
 documentation: 08, 09, 13, 14, 16 female), the ratings where their files are present. A
 column the ratings files do not give is left out of the CSV (never filled with a made-up
-value); configs/emodb.py then needs other auxiliary tasks (its ':sex' variant).
+value); configs/emodb.py then needs other auxiliary tasks (its ':sex' variant). A rating that
+is no percentage in [0, 100] (nan, inf, 150), a sentence rated on two rows, or two files
+giving one sentence different values is refused, naming file and line: no guess is written.
 """
 
 from __future__ import annotations
@@ -77,11 +79,17 @@ def wav_dir(emodb_dir: str) -> str:
 
 
 def _number(cell: str, where: str) -> float:
+  """A rating cell as a % in [0, 100] (the share of listeners: 'nan', 'inf' and 150 are no
+  ratings and never reach the CSV)."""
   try:
-    return float(cell.replace('\xa0', '').replace(',', '.'))
+    value = float(cell.replace('\xa0', '').replace(',', '.'))
   except ValueError:
     raise EmoDBLayoutError(f'rating {cell!r} is not a number, {where}, give the perception '
                            "test's file as released (decimal commas accepted)") from None
+  if not 0.0 <= value <= 100.0:  # also False for nan
+    raise EmoDBLayoutError(f'rating {cell!r} is not a percentage (0 to 100), {where}, give '
+                           "the perception test's file as released")
+  return value
 
 
 def read_ratings(path: str) -> dict[str, dict[str, float]]:
@@ -93,7 +101,8 @@ def read_ratings(path: str) -> dict[str, dict[str, float]]:
 
   Raises:
     EmoDBLayoutError: no header with 'Satz' and a rating column; a short row; a rating that
-    is not a number (each naming file and line).
+    is not a number or not a percentage in [0, 100]; a sentence rated on two rows (each
+    naming file and line).
   """
   with open(path, 'rb') as f:
     data = f.read()
@@ -101,7 +110,7 @@ def read_ratings(path: str) -> dict[str, dict[str, float]]:
     text = data.decode('utf-8-sig')
   except UnicodeDecodeError:
     text = data.decode('latin-1')  # the release's encoding; every byte decodes
-  header, columns, ratings = None, {}, {}
+  header, columns, ratings, lines = None, {}, {}, {}
   for number, line in enumerate(text.splitlines(), 1):
     # Fields are separated by spaces and tabs; a no-break space (\xa0) is part of a number
     # (the release has some), not a separator: _number drops it.
@@ -121,6 +130,10 @@ def read_ratings(path: str) -> dict[str, dict[str, float]]:
       raise EmoDBLayoutError(f'{len(fields)} field(s) where the header (line {header[1]}) '
                              f'needs {needed}, {where}, give the file as released')
     stem = os.path.splitext(fields[header[0]])[0]
+    if stem in lines:  # which of two ratings holds is not ours to guess
+      raise EmoDBLayoutError(f'{stem} is rated twice (lines {lines[stem]} and {number}), '
+                             f'{where}, keep one of the two rows')
+    lines[stem] = number
     ratings[stem] = {name: _number(fields[i], where) for name, i in columns.items()}
   if header is None:
     raise EmoDBLayoutError(f"no header row with a 'Satz' column and a rating column (one "
@@ -131,7 +144,11 @@ def read_ratings(path: str) -> dict[str, dict[str, float]]:
 
 def _collect_ratings(directories: list[str]) -> tuple[dict[str, dict[str, float]], list[str]]:
   """The ratings of every RATINGS_FILES file found in `directories` (first found wins per
-  file name), merged per stem; and the paths read."""
+  file name), merged per stem; and the paths read.
+
+  Raises:
+    EmoDBLayoutError: two files give one sentence different values of one rating.
+  """
   merged: dict[str, dict[str, float]] = {}
   read = []
   for name in RATINGS_FILES:
@@ -139,7 +156,13 @@ def _collect_ratings(directories: list[str]) -> tuple[dict[str, dict[str, float]
       path = os.path.join(directory, name)
       if os.path.isfile(path):
         for stem, values in read_ratings(path).items():
-          merged.setdefault(stem, {}).update(values)
+          known = merged.setdefault(stem, {})
+          clash = [c for c, v in values.items() if c in known and known[c] != v]
+          if clash:  # neither file is the one to believe
+            raise EmoDBLayoutError(
+                f'{stem} has {clash[0]} {known[clash[0]]} in {" or ".join(read)} but '
+                f'{values[clash[0]]} here, {path}, keep one of the two ratings')
+          known.update(values)
         read.append(path)
         break
   return merged, read
