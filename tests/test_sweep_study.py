@@ -119,6 +119,25 @@ def test_sweep_selects_on_dev_and_never_reads_test(tiny_config, corpus_root, tmp
   assert os.path.islink(os.path.join(seen[0][1], 'features'))
 
 
+def test_sweep_reads_finished_points_back_through_the_runner(tiny_config, corpus_root,
+                                                             tmp_path):
+  """A finished point's record (run/runner.py) is read back: its training is not called
+  again, and a rerun with one point of the grid keeps the other's record."""
+  seen = []
+
+  def fake_train(cfg, workdir):
+    seen.append(cfg.meta.gamma)
+    return {'runs': [_run('mmtl', [0.5, 0.5], dev={(0, 0): cfg.meta.gamma, (1, 0): 0.0})]}
+
+  grid = {'meta.gamma': [0.001, 0.01]}
+  first = sweep.run_sweep(tiny_config(corpus_root), grid, str(tmp_path), fake_train)
+  again = sweep.run_sweep(tiny_config(corpus_root), grid, str(tmp_path), fake_train)
+  assert seen == [0.001, 0.01] and again == first
+  sweep.run_sweep(tiny_config(corpus_root), {'meta.gamma': [0.01]}, str(tmp_path), fake_train)
+  assert seen == [0.001, 0.01]
+  assert len(os.listdir(tmp_path / 'records')) == 2
+
+
 def test_sweep_checks_every_point_before_training(tiny_config, corpus_root, tmp_path):
   calls = []
   with pytest.raises(ValueError, match='meta.gamma=-1'):
