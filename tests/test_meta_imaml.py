@@ -2,6 +2,8 @@
 Hessian-vector products; equal to the closed form on a quadratic, to finite differences on a
 non-linear net, and its memory does not grow with the inner steps."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -223,3 +225,34 @@ def test_pull_back_inner_solve_is_plain_steps_then_one_step_towards_theta():
     with pytest.raises(ValueError, match='pull-back'):
       meta.MetaSpec((meta.Stage('head', inner, optimizer=optax.sgd(0.1)),),
                     outer, meta.Implicit(pull_back=True))
+
+
+@pytest.mark.parametrize('settings, problem', [
+    (dict(lam=0.0), 'lam must be > 0'), (dict(lam=-1.0), 'lam must be > 0'),
+    (dict(cg_steps=0), 'cg_steps must be >= 1'),
+    (dict(damping=-1.0), 'damping and lam_damping must be >= 0'),
+    (dict(lam_damping=-0.5), 'damping and lam_damping must be >= 0')])
+def test_estimators_refuse_bad_settings_when_built(settings, problem):
+  with pytest.raises(ValueError, match=problem):
+    meta.Implicit(**settings)
+  with pytest.raises(ValueError, match=problem):  # the registry's factory is the class
+    meta.MODES.get('implicit')(**settings)
+
+
+def test_other_estimators_check_their_settings_and_what_they_can_run():
+  loss = lambda p, b, r: 0.0
+  with pytest.raises(ValueError, match='first_order_until must be >= 0'):
+    meta.Exact(first_order_until=-1)
+  with pytest.raises(ValueError, match='anneal must be >= 1'):
+    meta.MultiStep(meta.Exact(), anneal=0)
+  with pytest.raises(ValueError, match='base must be an Estimator'):
+    meta.MultiStep('exact')
+  stage = meta.Stage('a', loss, lr=0.1)
+  with pytest.raises(ValueError, match='Implicit cannot be wrapped'):
+    meta.MetaSpec((stage,), loss, meta.MultiStep(meta.Implicit()))
+  with pytest.raises(ValueError, match='learned rates'):
+    meta.MetaSpec((meta.Stage('a', loss, learned_lr='lr'),), loss, meta.Implicit())
+  spec = meta.recipes.imaml(loss, loss, groups='a', steps=2, lr=0.1, lam=3.0)
+  assert spec.estimator == meta.Implicit(lam=3.0)  # settings live on the estimator
+  assert meta.MetaSpec((stage,), loss, 'implicit').estimator == meta.Implicit()
+  assert len(dataclasses.fields(meta.MetaSpec)) <= 8
