@@ -25,6 +25,10 @@ With --workdir, compiled XLA programs are cached in <workdir>/xla_cache, so late
 resumed runs skip most compilation.
 """
 
+from mmtl_jax import extras
+
+extras.require_or_exit('ser', 'experiments/fewshot.py')  # one line, not a traceback
+
 from absl import flags
 
 from mmtl_jax.configs import config_path
