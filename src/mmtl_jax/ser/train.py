@@ -174,7 +174,7 @@ def check_fold_dirs(config: ml_collections.ConfigDict, store: Any, folds: List[A
                     seeds: Tuple[int, ...], workdir: str) -> None:
   """Before any training: every existing fold directory of this run must have been written
   under the current config (see `mmtl_jax.ser.fingerprint`). Temporaries of killed writes
-  (`.result.json.*.tmp`, `.bundle.tmp-*`) in the workdir and its fold directories go first.
+  (`.<name>.mmtl_jax-tmp-<hex>`: run/files.py `temp_name`) in the workdir and its fold directories go first.
 
   Raises:
     StaleRunError: listing every stale fold's differing fields, unless
