@@ -80,7 +80,8 @@ def test_default_mode_gives_theta_the_emotion_gradient(setup):
   config.model = setup[5]
   config.meta.strategy = 'loop'
   spec = ser.mmtl_spec(config)
-  assert spec.mode == inspect.signature(meta.recipes.mmtl).parameters['mode'].default
+  assert spec.estimator == meta.estimator(
+      inspect.signature(meta.recipes.mmtl).parameters['mode'].default)
   batch = setup[1]
   before = _meta_gradient(setup, spec=spec)
   after = _meta_gradient(setup, _other_targets(batch), spec=spec)
