@@ -2,17 +2,20 @@
 
 Tests take these as fixtures (no test imports another test file). Both configs are factories,
 since tests change a few fields of their own.
+
+Where a test goes: tests/<part>/ for the package part it tests (meta, models, data, run, ser,
+fewshot, tools, examples), the package-wide checks (architecture, packaging, README) here.
+tests/meta runs with the core install alone (`pip install mmtl_jax[test]`): this file
+imports the 'ser' extra's packages (ml_collections, the data layer) only inside the fixtures
+that need them.
 """
 
-import ml_collections
 import pytest
-
-from mmtl_jax.configs import demo
-from mmtl_jax.data import synthetic
 
 
 def make_tiny_model(dtype='float32', dropout=0.0):
   """config.model of a 2-block Table 1 model small enough for float64 checks (8 x 8 input)."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
   c = ml_collections.ConfigDict()
   c.name = 'cnn_bilstm'
   c.conv_features = (2, 3)
@@ -28,6 +31,7 @@ def make_tiny_model(dtype='float32', dropout=0.0):
 def make_tiny_config(corpus_root, models=('mmtl', 'cnn_lstm', 'cnn_lstm_mtl'), steps=4):
   """The demo config at test size: fold 0 of the synthetic corpus at `corpus_root`, 16 frames
   x 33 bins, a 3-block model of 2-4 channels, `steps` training steps."""
+  from mmtl_jax.configs import demo  # pylint: disable=g-import-not-at-top
   c = demo.get_config()
   c.data.root = corpus_root
   c.features.n_fft = 128
@@ -81,4 +85,5 @@ def tiny_config():
 @pytest.fixture(scope='session')
 def corpus_root(tmp_path_factory):
   """The embedded synthetic corpus (seed 0), written once per test process."""
+  from mmtl_jax.data import synthetic  # pylint: disable=g-import-not-at-top
   return synthetic.ensure_corpus(str(tmp_path_factory.mktemp('corpus')), seed=0)

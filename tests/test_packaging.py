@@ -198,3 +198,23 @@ def test_core_installs_into_a_fresh_venv_and_its_tests_pass(tmp_path):
                           '-m', 'not slow', str(ROOT / 'tests' / 'meta')],
                          capture_output=True, text=True, env=env, cwd=str(tmp_path), timeout=1500)
   assert tests.returncode == 0, tests.stdout[-4000:] + tests.stderr[-2000:]
+
+
+def test_the_library_tests_import_nothing_of_the_application():
+  # tests/meta runs in a core-only install (the fresh-venv test below): an import of ser, data,
+  # run, fewshot, tools or configs there would fail in it.
+  import ast  # pylint: disable=g-import-not-at-top
+  app = {'ser', 'data', 'run', 'fewshot', 'tools', 'configs'}
+  bad = []
+  for path in sorted((ROOT / 'tests' / 'meta').glob('*.py')):
+    for node in ast.walk(ast.parse(path.read_text(encoding='utf-8'))):
+      names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+               [node.module or ''] if isinstance(node, ast.ImportFrom) else [])
+      for name in names:
+        parts = name.split('.')
+        if parts[0] == 'mmtl_jax' and len(parts) > 1 and parts[1] in app:
+          bad.append(f'{path.name}:{node.lineno} imports {name}')
+        if parts[0] in {m.split('.')[0] for m in _blocked()}:
+          bad.append(f'{path.name}:{node.lineno} imports {name}')
+  assert len(list((ROOT / 'tests' / 'meta').glob('test_*.py'))) >= 8
+  assert not bad, bad

@@ -9,7 +9,7 @@ needs a single process. Process 0 is the one that writes shared files.
 
 run/ does not import the meta library: the mesh and the placement are built here with plain
 jax.sharding, the same as `meta.default_mesh`, `meta.replicate` and `meta.shard_task_batch`
-(tests/test_meta_sharded.py checks that they agree).
+(tests/meta/test_meta_sharded.py checks that they agree).
 """
 
 import os

@@ -199,7 +199,7 @@ def test_compare_gradients_docstring_example_runs_on_a_training_checkpoint(train
   import shlex  # pylint: disable=g-import-not-at-top
   import subprocess  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
-  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   script = os.path.join(repo, 'experiments', 'compare_gradients.py')
   with open(script, encoding='utf-8') as f:
     doc = ast.get_docstring(ast.parse(f.read()))

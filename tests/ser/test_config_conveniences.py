@@ -14,7 +14,7 @@ from mmtl_jax.configs import iemocap
 from mmtl_jax.configs import quick
 from mmtl_jax.run import errors
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.mark.parametrize('get_config', [emodb_small.get_config, iemocap.get_config])

@@ -13,7 +13,7 @@ from mmtl_jax.run import files
 from mmtl_jax.ser import results
 
 CLASSES = ('neu', 'ang', 'hap', 'sad')
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _config(aux=('valence', 'activation', 'dominance'), mode='reptile'):

@@ -17,7 +17,7 @@ from mmtl_jax.run import checkpoint as ckpt_lib
 from mmtl_jax.ser import predict
 from mmtl_jax.ser import pretrained
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 EMODB_WAV = '/work/shared/data/emodb/wav'
 RATE = 16000
 

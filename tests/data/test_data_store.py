@@ -19,7 +19,7 @@ from mmtl_jax.data import corpus, folds, sampler, store as store_lib, synthetic
 from mmtl_jax.data import features as features_lib
 from mmtl_jax.run import tmp_dirs
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 IMPRO = {'neu': 2, 'ang': 1, 'hap': 1, 'sad': 2, 'exc': 1, 'fru': 1, 'xxx': 1}
 SCRIPT = {'neu': 1, 'hap': 1}
 

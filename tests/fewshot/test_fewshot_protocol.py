@@ -89,7 +89,7 @@ def test_settings_per_way_override_the_five_way_block():
 def test_shipped_settings_are_the_committed_search_choice():
   # docs/fewshot_search.json is the validation evidence; a config edited by hand (or a
   # search rerun without updating the config) would make the doc's claim false.
-  path = os.path.join(os.path.dirname(__file__), '..', 'docs', 'fewshot_search.json')
+  path = os.path.join(os.path.dirname(__file__), '..', '..', 'docs', 'fewshot_search.json')
   with open(path) as f:
     chosen = json.load(f)['chosen']
   c = fewshot_config.get_config()
@@ -108,7 +108,7 @@ def test_shipped_settings_are_the_committed_search_choice():
 def test_committed_table_was_run_with_the_shipped_settings():
   # docs/fewshot.json is the table's evidence: a config changed without rerunning the rows
   # (or rows merged from runs of older settings) would make the doc describe other runs.
-  path = os.path.join(os.path.dirname(__file__), '..', 'docs', 'fewshot.json')
+  path = os.path.join(os.path.dirname(__file__), '..', '..', 'docs', 'fewshot.json')
   with open(path) as f:
     records = json.load(f)['records']
   c = fewshot_config.get_config()

@@ -10,7 +10,7 @@ import re
 import numpy as np
 import pytest
 
-DOC = pathlib.Path(__file__).resolve().parents[1] / 'docs' / 'META_API.md'
+DOC = pathlib.Path(__file__).resolve().parents[2] / 'docs' / 'META_API.md'
 RECIPES = ('MAML', 'FOMAML', 'Reptile', 'ANIL', 'Meta-SGD', 'MAML++', 'iMAML', 'MMTL')
 
 

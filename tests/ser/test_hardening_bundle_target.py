@@ -12,7 +12,7 @@ import pytest
 from mmtl_jax.run import checkpoint
 from mmtl_jax.run import errors
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PARAMS = {'w': np.ones(2, np.float32)}
 
 

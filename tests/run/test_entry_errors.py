@@ -15,7 +15,7 @@ import pytest
 from mmtl_jax.run import errors
 from mmtl_jax import configs
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ABSL_LOG = re.compile(r'^[IWEF]\d{4} ')  # absl/glog lines (a CPU-only jax warns once)
 
 

@@ -11,7 +11,7 @@ import pytest
 from mmtl_jax.data import emodb
 from mmtl_jax.run import errors
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 STEMS = ('03a01Fa', '08a02Wb', '16b10Tc')
 
 

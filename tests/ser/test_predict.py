@@ -18,7 +18,7 @@ from mmtl_jax.data import features
 from mmtl_jax.run import checkpoint as ckpt_lib
 from mmtl_jax.ser import predict, systems
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RATE = 16000
 
 

@@ -15,7 +15,7 @@ from mmtl_jax.configs import fewshot as fewshot_config
 from mmtl_jax.fewshot import episodes, experiment, glyphs, loop, report, systems
 from mmtl_jax.models.conv4 import Conv4
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 NETS = ('body', 'head')
 
 

@@ -189,7 +189,7 @@ def piped_run(tiny_config, corpus_root, tmp_path_factory):
   root = tmp_path_factory.mktemp('piped')
   workdir, out_path = root / 'run', root / 'stdout.txt'
   flags = _override_flags(_two_fold_config(tiny_config, corpus_root), demo.get_config())
-  script = os.path.join(os.path.dirname(__file__), '..', 'experiments', 'train.py')
+  script = os.path.join(os.path.dirname(__file__), '..', '..', 'experiments', 'train.py')
   with open(out_path, 'w') as out:
     done = subprocess.run([sys.executable, script, f'--workdir={workdir}', *flags], stdout=out,
                           stderr=subprocess.PIPE, text=True, timeout=600, check=False)

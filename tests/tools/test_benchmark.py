@@ -12,7 +12,7 @@ from mmtl_jax.tools import paper_shape
 from mmtl_jax.configs import base
 
 
-_SCRIPT = os.path.join(os.path.dirname(__file__), '..', 'experiments', 'benchmark.py')
+_SCRIPT = os.path.join(os.path.dirname(__file__), '..', '..', 'experiments', 'benchmark.py')
 
 
 @pytest.fixture(name='bench_config')

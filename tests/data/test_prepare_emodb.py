@@ -12,7 +12,7 @@ from mmtl_jax.configs import emodb as emodb_config
 from mmtl_jax.data import corpus
 from mmtl_jax.data import emodb
 
-EMODB = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..',
+EMODB = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..', '..',
                                       'shared', 'data', 'emodb'))
 
 

@@ -11,7 +11,7 @@ import pytest
 from mmtl_jax.run import files
 from mmtl_jax.run import stats
 
-DOCS = os.path.join(os.path.dirname(__file__), '..', 'docs')
+DOCS = os.path.join(os.path.dirname(__file__), '..', '..', 'docs')
 
 
 def _committed_fewshot():

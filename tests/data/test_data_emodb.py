@@ -10,7 +10,7 @@ import pytest
 from mmtl_jax.configs import emodb
 from mmtl_jax.data import corpus, folds, store as store_lib
 
-EMODB = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..', 'shared', 'data',
+EMODB = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..', '..', 'shared', 'data',
                      'emodb')
 
 
