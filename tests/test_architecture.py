@@ -295,3 +295,42 @@ def test_the_worked_example_estimator_runs_under_every_strategy(strategy):
     assert abs(float(grads['net']['w'])) <= 1 + 1e-6
   finally:
     meta.MODES.unregister('first_order_clipped')
+
+
+def _public_modules():
+  for path in sorted((SRC / PACKAGE).rglob('*.py')):
+    parts = path.relative_to(SRC / PACKAGE).parts
+    if any(p.startswith('_') for p in parts[:-1]) or (
+        parts[-1].startswith('_') and parts[-1] != '__init__.py'):
+      continue
+    yield path
+
+
+def test_every_public_module_declares_its_names():
+  """Each public module has an `__all__` (a package `__init__` that defines nothing may go
+  without), and every name in it is bound in the module."""
+  problems = []
+  for path in _public_modules():
+    tree = ast.parse(path.read_text(encoding='utf-8'))
+    bound, declared = set(), None
+    for node in tree.body:
+      if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        bound.add(node.name)
+      elif isinstance(node, (ast.Import, ast.ImportFrom)):
+        bound |= {(a.asname or a.name).split('.')[0] for a in node.names}
+      elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+        for t in targets:
+          if isinstance(t, ast.Name):
+            if t.id == '__all__':
+              declared = ast.literal_eval(node.value)
+            bound.add(t.id)
+    name = str(path.relative_to(SRC))
+    if declared is None:
+      defines = any(isinstance(n, (ast.FunctionDef, ast.ClassDef)) for n in tree.body)
+      if path.name != '__init__.py' or defines:
+        problems.append(f'{name}: no __all__')
+      continue
+    problems += [f'{name}: __all__ names {n!r}, which it does not bind'
+                 for n in declared if n not in bound]
+  assert not problems, '\n'.join(problems)

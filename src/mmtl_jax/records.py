@@ -56,3 +56,6 @@ def bin_index(value: float, edges: Sequence[float], where: str) -> int:
 def absolute(path: str, base: str) -> str:
   """`path` made absolute against `base` (unless already absolute), normalised."""
   return os.path.normpath(path if os.path.isabs(path) else os.path.join(base, path))
+
+
+__all__ = ['absolute', 'bin_index', 'Params', 'Problem', 'PyTree', 'Utterance']

@@ -66,3 +66,6 @@ class Registry(Generic[T]):
 
   def __len__(self) -> int:
     return len(self._entries)
+
+
+__all__ = ['Registry', 'T', 'UnknownNameError']

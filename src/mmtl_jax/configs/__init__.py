@@ -16,3 +16,6 @@ def config_path(name: str) -> str:
   if not os.path.exists(path):
     raise FileNotFoundError(f'no config named {name!r} in {CONFIG_DIR}')
   return path
+
+
+__all__ = ['CONFIG_DIR', 'config_path']

@@ -27,3 +27,6 @@ def get_config(arg: str = 'VAD') -> ml_collections.ConfigDict:
   c.data.aux_tasks = tuple(_NAMES[ch] for ch in 'VAD' if ch in subset)
   c.train.models = ('mmtl',)
   return c
+
+
+__all__ = ['get_config']

@@ -138,3 +138,6 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval.finetune_lr = 0.001  # gamma
   c.eval.batch_size = 256
   return c
+
+
+__all__ = ['get_config']

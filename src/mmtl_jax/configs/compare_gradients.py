@@ -29,3 +29,6 @@ def get_config():
   c.compare.direction_seed = 1
   c.compare.fd_eps = 1e-5
   return c
+
+
+__all__ = ['get_config']

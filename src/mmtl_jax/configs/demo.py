@@ -44,3 +44,6 @@ def scale_down(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 def get_config() -> ml_collections.ConfigDict:
   return scale_down(synthetic.get_config())
+
+
+__all__ = ['get_config', 'scale_down']

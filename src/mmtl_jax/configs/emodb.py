@@ -58,3 +58,6 @@ def _config() -> ml_collections.ConfigDict:
   })
   c.folds.scheme = 'speaker'
   return c
+
+
+__all__ = ['get_config', 'VARIANTS', 'variants']

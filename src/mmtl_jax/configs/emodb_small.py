@@ -21,3 +21,6 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.train.baseline_lr.cnn_lstm = 0.01
   c.train.baseline_lr.cnn_lstm_mtl = 0.01
   return emodb.variants(c, arg)
+
+
+__all__ = ['get_config']

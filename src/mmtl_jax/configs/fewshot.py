@@ -157,3 +157,6 @@ def paper(c: ml_collections.ConfigDict) -> None:
   c.eval.episodes = 600
   for name in SYSTEMS:
     c.method[name].strategy = 'vmap'
+
+
+__all__ = ['BASELINES', 'get_config', 'paper', 'quick', 'SYSTEMS']

@@ -21,3 +21,6 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.kind = 'iemocap'
   c.folds.swap = True  # every speaker tested once (see the docstring)
   return c
+
+
+__all__ = ['get_config']

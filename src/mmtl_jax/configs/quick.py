@@ -31,3 +31,6 @@ def apply(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.train.seeds = ()
   c.eval.finetune_steps = min(int(c.eval.finetune_steps), 3)
   return c
+
+
+__all__ = ['apply', 'STEPS', 'SYSTEMS']

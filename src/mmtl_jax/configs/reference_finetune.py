@@ -31,3 +31,6 @@ def get_config(base: str = 'demo') -> ml_collections.ConfigDict:
   name = base or 'demo'
   module = importlib.import_module(f'mmtl_jax.configs.{name}')
   return reference_strength(module.get_config())
+
+
+__all__ = ['get_config', 'REFERENCE_EPOCHS', 'reference_strength']

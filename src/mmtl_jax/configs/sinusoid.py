@@ -42,3 +42,6 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval.query_points = 100  # MSE measured on this many fresh points per task
   c.eval.adapt_steps = 1
   return c
+
+
+__all__ = ['get_config']

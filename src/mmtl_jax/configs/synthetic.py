@@ -14,3 +14,6 @@ def get_config() -> ml_collections.ConfigDict:
   c = base.get_config()
   c.data.kind = 'synthetic'
   return c
+
+
+__all__ = ['get_config']

@@ -48,3 +48,6 @@ def read_corpus(config: ml_collections.ConfigDict, workdir: Optional[str] = None
       raise ValueError(f'duplicate utterance id {u.utt_id!r} ({u.path})')
     seen.add(u.utt_id)
   return utterances, problems
+
+
+__all__ = ['CORPORA', 'CorpusReader', 'read_corpus']

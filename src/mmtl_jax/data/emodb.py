@@ -239,3 +239,9 @@ def prepare(emodb_dir: str, out: Optional[str] = None, overwrite: bool = False
   columns, rows, notes = manifest_rows(emodb_dir, os.path.dirname(out))
   files.atomic_write_text(out, manifest_text(columns, rows))
   return out, columns, notes
+
+
+__all__ = [
+    'BASE_COLUMNS', 'EmoDBLayoutError', 'EMOTIONS', 'manifest_rows', 'manifest_text', 'parse_name',
+    'prepare', 'RATING_COLUMNS', 'RATINGS_FILES', 'read_ratings', 'SEX', 'wav_dir',
+]

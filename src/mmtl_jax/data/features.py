@@ -80,11 +80,6 @@ def segment_spectrogram(wave: np.ndarray, features: ml_collections.ConfigDict
   return out, t
 
 
-def log_spectrogram(wave: np.ndarray, features: ml_collections.ConfigDict) -> np.ndarray:
-  """float32 [n_frames, n_bins] log-power spectrogram of one segment (time, frequency)."""
-  return segment_spectrogram(wave, features)[0]
-
-
 def waveform_segments(wave: np.ndarray, features: ml_collections.ConfigDict
                       ) -> tuple[np.ndarray, np.ndarray]:
   """(float32 [n_segments, n_frames, n_bins], int32 [n_segments] valid frames) of a
@@ -116,3 +111,9 @@ def file_segments(path: str, features: ml_collections.ConfigDict
 def file_features(path: str, features: ml_collections.ConfigDict) -> np.ndarray:
   """float32 [n_segments, n_frames, n_bins] of a wav file (any rate, any channel count)."""
   return file_segments(path, features)[0]
+
+
+__all__ = [
+    'file_features', 'file_segments', 'load_audio', 'n_bins',
+    'segment_spectrogram', 'split_segments', 'VERSION', 'waveform_features', 'waveform_segments',
+]

@@ -128,3 +128,6 @@ def speaker_class_weights(store: Any, speakers: Sequence[str], config: ml_collec
     pooled = weights(store.rows(speakers))
     return {s: pooled for s in speakers}
   return {s: weights(store.rows(s)) for s in speakers}
+
+
+__all__ = ['class_weights', 'Fold', 'make_folds', 'speaker_class_weights']

@@ -173,3 +173,9 @@ def read_iemocap(data: ml_collections.ConfigDict,
             utt_id=utt_id, path=wav, speaker=speaker, session=int(session), dialog=dialog,
             label=label, aux=bins, aux_raw=tuple(vad[i] for i in aux_pos)))
   return utterances, problems
+
+
+__all__ = [
+    'LAYOUT', 'parse_summary_line', 'read', 'read_emo_evaluation', 'read_iemocap', 'RELEASE_DIR',
+    'resolve_root', 'speaker_of', 'VAD_NAMES',
+]

@@ -34,3 +34,6 @@ def run() -> None:
 
 if __name__ == '__main__':
   run()
+
+
+__all__ = ['main', 'run']

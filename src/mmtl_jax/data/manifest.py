@@ -236,3 +236,6 @@ def read_manifest(data: ml_collections.ConfigDict) -> tuple[list[Utterance], lis
       utterances, int(opts.get('min_utterances_per_speaker', 1)), csv_path)
   _check_classes(utterances, classes, labels, csv_path)
   return utterances, _dropped_labels(dropped, classes, csv_path) + few
+
+
+__all__ = ['read', 'read_manifest']

@@ -79,3 +79,6 @@ class TaskSampler:
         'target_weight': self.target_weight.copy(),
         'aux_weight': self.aux_weight.copy(),
     }
+
+
+__all__ = ['TaskSampler']

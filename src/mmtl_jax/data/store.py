@@ -644,3 +644,9 @@ def format_summary(store: FeatureStore) -> str:
   lines += [f'left out: {p["path"]}: {p["reason"]}' for p in store.manifest.get('problems', [])]
   lines.append(f'cache: {"hit" if store.cache_hit else "built"} {store.directory}')
   return '\n'.join(lines)
+
+
+__all__ = [
+    'build_feature_store', 'check_aux_bins', 'check_stored', 'config_hash', 'content_hashes',
+    'FeatureStore', 'FORMAT', 'format_summary', 'load_store', 'StoreDamagedError', 'verify_store',
+]

@@ -278,3 +278,9 @@ def read(data: ml_collections.ConfigDict, workdir: Optional[str] = None
                   f'{os.path.join(os.path.abspath(root), RELEASE_DIR)}')
   root = ensure_corpus(root, seed=int(data.synthetic.seed))
   return iemocap.read_iemocap(data, root=root)
+
+
+__all__ = [
+    'CATEGORY_NAMES', 'ensure_corpus', 'IMPRO_COUNTS', 'IMPRO_DIALOGS', 'MARKER', 'read',
+    'SCRIPT_COUNTS', 'unreadable_on_purpose', 'VAD_MEAN', 'VAD_SD', 'VERSION', 'write_corpus',
+]

@@ -192,3 +192,6 @@ def synthesize(rng: np.random.Generator, duration: float, speaker: dict, categor
   scale = speaker['vtl'] * (1.03 if category in ('hap', 'exc') else 1.0)
   out = _articulate(rng, source, bounds, pause, scale, sr)
   return _level_and_noise(rng, out, prosody.energy_db)
+
+
+__all__ = ['BANDWIDTHS', 'CATEGORY', 'SAMPLE_RATE', 'speaker_params', 'synthesize', 'VOWELS']

@@ -160,3 +160,6 @@ def run(config: Any) -> Dict[str, Dict[str, float]]:
     theta, info = train(config, mode, theta0)
     results[mode] = dict(evaluate(config, theta), **info)
   return results
+
+
+__all__ = ['evaluate', 'make_losses', 'MLP', 'run', 'sample_tasks', 'train']

@@ -110,3 +110,6 @@ def hook_factory(config: Any, out_dir: str) -> Callable[..., Tuple[Callable, Cal
     return hook, finish
 
   return make_hook
+
+
+__all__ = ['compared_estimators', 'hook_factory', 'MODES', 'plot_curve', 'reference_spec']

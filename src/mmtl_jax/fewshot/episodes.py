@@ -96,3 +96,6 @@ def sample_tasks(alphabet: np.ndarray, classes: np.ndarray, rng: np.random.Gener
   query_x, query_y = part(shot, shot + query)
   return {'support_x': support_x, 'support_y': support_y, 'query_x': query_x,
           'query_y': query_y}
+
+
+__all__ = ['episode_rng', 'sample_classes', 'sample_tasks', 'split_classes', 'SPLITS']

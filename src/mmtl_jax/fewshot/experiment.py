@@ -389,3 +389,11 @@ def meta_gradient_memory(config: Any, names: Sequence[str] = ('maml', 'imaml'),
       temp = compiled.memory_analysis().temp_size_in_bytes
       out.append({'method': name, 'steps': int(n), 'temp_mb': temp / 2 ** 20})
   return out
+
+
+__all__ = [
+    'ACCURACY_UNIT', 'build_alphabet', 'check_methods', 'choose', 'HookFactory', 'merge_records',
+    'meta_batch_of', 'meta_gradient_memory', 'run', 'run_one', 'search', 'search_eval',
+    'search_unit', 'search_units', 'seeds_of', 'settings_of', 'table_order', 'test_unit',
+    'test_units', 'unit_config',
+]

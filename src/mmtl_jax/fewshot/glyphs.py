@@ -131,3 +131,9 @@ def class_images(alphabet: np.ndarray, classes: np.ndarray, sample_idx: np.ndarr
     mask = rots == r
     out[mask] = np.rot90(images[mask], k=r, axes=(-2, -1))
   return out
+
+
+__all__ = [
+    'character_strokes', 'class_images', 'class_of', 'num_classes', 'render_alphabet',
+    'render_character', 'ROTATIONS', 'split_class',
+]

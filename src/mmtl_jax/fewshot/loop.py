@@ -166,3 +166,6 @@ def ci95(values: np.ndarray) -> float:
   if values.size < 2:
     return 0.0
   return float(100.0 * 1.96 * values.std() / np.sqrt(values.size))
+
+
+__all__ = ['ci95', 'evaluate', 'evaluate_with', 'make_scorer', 'SolveMonitor', 'StepHook', 'train']

@@ -45,3 +45,5 @@ class PeakRSS:
     self._sample()
     self.wall_s = time.perf_counter() - self._start
 
+
+__all__ = ['PeakRSS']

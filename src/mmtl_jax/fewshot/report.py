@@ -198,3 +198,9 @@ def memory_markdown(rows: Sequence[Dict[str, Any]]) -> str:
     lines.append(f'| {m} | ' + ' | '.join(
         f"{table[(m, n)]:.1f}" if (m, n) in table else '' for n in steps) + ' |')
   return '\n'.join(lines) + '\n'
+
+
+__all__ = [
+    'baseline_check', 'BASELINE_NAMES', 'comparison', 'findings', 'format_table', 'implicit_lines',
+    'markdown', 'memory_markdown', 'paired_lines', 'PAIRS', 'PUBLISHED', 'search_markdown',
+]

@@ -247,3 +247,10 @@ def build(name: str, cfg: Any, losses: Losses, iterations: int) -> System:
     ValueError: an unknown name (listing the registered ones).
   """
   return SYSTEMS.get(name)(cfg, losses, iterations)
+
+
+__all__ = [
+    'anil', 'build', 'finetune', 'fomaml', 'imaml', 'init_network', 'Loss', 'Losses',
+    'make_losses', 'maml', 'meta_sgd', 'method_config', 'method_params', 'NET', 'reptile',
+    'System', 'SYSTEMS', 'to_groups', 'unrolled',
+]

@@ -212,3 +212,6 @@ def _run(config, held, paths, methods, search, quick) -> str:
   if paths['md']:
     files.atomic_write_text(paths['md'], text)
   return text
+
+
+__all__ = ['apply_flags', 'check', 'memory', 'merge', 'outputs', 'run_table', 'stored']

@@ -217,3 +217,9 @@ class MetaLearner(nn.Module):
     y = nn.Dense(self.num_outputs, dtype=self.dtype, param_dtype=self.param_dtype,
                  name='head')(y)
     return y.astype(jnp.promote_types(self.dtype, jnp.float32))  # f32, or f64 in x64 tests
+
+
+__all__ = [
+    'BiLSTM', 'compute_dtype', 'Dtype', 'DTYPES', 'mask_frames', 'max_pool_2x2', 'MetaLearner',
+    'valid_lengths',
+]

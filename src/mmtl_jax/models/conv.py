@@ -199,3 +199,6 @@ class Conv(nn.Module):
     else:
       y = _conv(x, kernel, _same_pads(self.kernel_size))
     return y + bias
+
+
+__all__ = ['Conv', 'conv2d_same']

@@ -19,3 +19,6 @@ class TransferLearner(nn.Module):
     y = nn.Dense(self.num_outputs, dtype=self.dtype, param_dtype=self.param_dtype,
                  name='fc')(meta_logits)
     return y.astype(jnp.promote_types(self.dtype, jnp.float32))
+
+
+__all__ = ['TransferLearner']

@@ -649,3 +649,11 @@ def load_inference_bundle(directory: str | os.PathLike,
   with ocp.StandardCheckpointer() as ckptr:
     params = ckptr.restore(os.path.join(directory, 'params'), abstract)
   return params, config
+
+
+__all__ = [
+    'BundleTargetError', 'check_bundle_target', 'CHECKPOINT_FORMAT', 'CheckpointDamagedError',
+    'Checkpointer', 'CheckpointFormatError', 'CheckpointMismatchError', 'is_step_dir',
+    'lists_to_tuples', 'load_inference_bundle', 'log', 'PyTree', 'read_bundle_info', 'read_step',
+    'save_inference_bundle', 'shape_mismatches', 'step_dirs',
+]

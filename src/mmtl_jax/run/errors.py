@@ -381,3 +381,10 @@ def define_config_file(name: str, default: str, help_string: str,
                       'systems (mmtl_jax.configs.quick); --config.* overrides still apply.')
   _CONFIG_FLAGS[name] = quick
   return config_flags.DEFINE_config_file(name, default, help_string, **kwargs)
+
+
+__all__ = [
+    'apply_preset', 'BACKEND_LOGGER', 'boundary', 'config_json', 'define_config_file',
+    'expected_line', 'ExpectedError', 'fail', 'one_line', 'QuietBackendProbe',
+    'QuietEnvironmentErrors', 'run', 'unknown_fields', 'verbose', 'VERBOSE_ENV',
+]

@@ -151,11 +151,6 @@ def process_umask() -> int:
   return mask
 
 
-def default_mode(directory: bool = False) -> int:
-  """The mode a new file (0666) or directory (0777) gets under the current umask."""
-  return (0o777 if directory else 0o666) & ~process_umask()
-
-
 def make_temp_dir(name: str, parent: str) -> str:
   """A new empty directory `parent`/`temp_name(name)` (never an existing one), with the mode
   os.makedirs would give it; `remove_killed_writes(parent)` removes it if it is left over."""
@@ -251,3 +246,11 @@ def safe_components(names: Sequence[Any]) -> List[str]:
   count = collections.Counter(c.casefold() for c in set(plain))  # a repeated name is one entry
   return [c if count[c.casefold()] == 1 or '~' in c else _encoded(str(n))
           for n, c in zip(names, plain)]
+
+
+__all__ = [
+    'atomic_write', 'atomic_write_json', 'atomic_write_text', 'DamagedFileError',
+    'make_temp_dir', 'MissingFileError', 'open_no_follow', 'PathError', 'process_umask',
+    'read_json', 'remove_killed_writes', 'safe_component', 'safe_components', 'temp_name',
+    'to_jsonable',
+]

@@ -114,3 +114,6 @@ class WorkdirLock:
 
   def __exit__(self, *exc_info) -> None:
     self.release()
+
+
+__all__ = ['holder_record', 'LOCK_NAME', 'WorkdirLock', 'WorkdirLockedError']

@@ -166,3 +166,6 @@ def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
         break
       raise
   return rows
+
+
+__all__ = ['JSONL_NAME', 'MetricWriter', 'read_jsonl']

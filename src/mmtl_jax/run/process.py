@@ -79,3 +79,6 @@ def enable_compilation_cache(config: ml_collections.ConfigDict) -> None:
   if path:
     jax.config.update('jax_compilation_cache_dir', os.path.expanduser(path))
     jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
+
+
+__all__ = ['enable_compilation_cache', 'is_primary', 'placement', 'TASK_AXIS', 'task_mesh']

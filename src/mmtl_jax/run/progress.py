@@ -391,3 +391,6 @@ class Progress:
   def _advance_overall(self) -> None:
     if self._overall is not None:
       self._overall.update(1)
+
+
+__all__ = ['DEFAULT_EVERY_S', 'format_duration', 'interval', 'line', 'log_to', 'Progress']

@@ -64,3 +64,6 @@ def provenance(started: float, ended: float) -> dict[str, Any]:
           'backend': jax.default_backend(), 'devices': [str(d) for d in jax.devices()],
           'process_count': jax.process_count(), 'command': list(sys.argv),
           'started': _iso(started), 'ended': _iso(ended), 'seconds': ended - started}
+
+
+__all__ = ['git_state', 'provenance', 'PROVENANCE_PACKAGES']

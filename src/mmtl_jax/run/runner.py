@@ -195,3 +195,8 @@ def run_units(workdir: Optional[str], units: Sequence[Unit],
   """
   with Runner(workdir) as held:
     return held.run(units, compute, **kwargs)
+
+
+__all__ = [
+    'fingerprint', 'FINGERPRINT_CHARS', 'RECORDS_DIR', 'run_units', 'Runner', 'Store', 'Unit',
+]

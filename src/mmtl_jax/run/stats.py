@@ -200,3 +200,9 @@ def paired(records: Sequence[Dict[str, Any]], a: str, b: str, way: int, shot: in
           'diff': float(np.mean(diffs)), 'seed_ci95': t_interval(diffs),
           'wins': int(sum(x > 0 for x in diffs)),
           'wilcoxon_p': wilcoxon_p(np.mean(per_episode, axis=0))}
+
+
+__all__ = [
+    'aggregate', 'bootstrap_interval', 'BOOTSTRAP_SAMPLES', 'compare', 'compare_with', 'Key',
+    'MIN_PAIRS', 'paired', 'paired_scores', 't_interval', 'wilcoxon_p',
+]

@@ -121,3 +121,6 @@ def remove_stale_tmp(root: str) -> list[str]:
       shutil.rmtree(path, ignore_errors=True)
       removed.append(path)
   return removed
+
+
+__all__ = ['host_name', 'make_tmp_dir', 'OWNER', 'release', 'remove_stale_tmp', 'tmp_dir_name']

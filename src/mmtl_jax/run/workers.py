@@ -124,3 +124,6 @@ def sigterm_raises() -> Iterator[None]:
     yield
   finally:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+__all__ = ['die_with_parent', 'map_in_pool', 'sigterm_raises', 'start_method', 'stop_workers']

@@ -92,3 +92,9 @@ def protocol_budgets(cfg: Mapping[str, Any] | None) -> list[str]:
     else:
       lines.append(f'- **{protocol}**: see mmtl_jax.ser.evaluate.')
   return lines
+
+
+__all__ = [
+    'budget_record', 'config_get', 'corpus_label', 'paper_budget', 'protocol_budgets',
+    'training_budget',
+]

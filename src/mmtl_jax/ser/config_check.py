@@ -304,3 +304,6 @@ def _model_problems(config: Any) -> List[str]:
     out.append('model.conv_kernels: one (time, freq) pair of integers >= 1 per entry of '
                f'model.conv_features (got {kernels!r})')
   return out
+
+
+__all__ = ['check_config', 'config_problems', 'ConfigError']

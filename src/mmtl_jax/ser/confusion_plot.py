@@ -52,3 +52,6 @@ def plot_confusion(path: str | os.PathLike, counts: Any, classes: Sequence[str],
               fontsize=8, color='white' if norm[i, j] > 0.5 else 'black')
   fig.tight_layout()
   atomic_write(path, lambda f: fig.savefig(f, format='png', dpi=120))
+
+
+__all__ = ['confusion_basename', 'CONFUSION_DIR', 'plot_confusion']

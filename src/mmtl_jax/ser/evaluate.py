@@ -187,3 +187,6 @@ def dev_scores(evaluator: Evaluator, params: Any, speaker: str, protocols: Tuple
 def tree_copy(tree: Any) -> Any:
   """A device copy of a pytree, safe from buffer donation of the original."""
   return jax.tree.map(jnp.copy, tree)
+
+
+__all__ = ['dev_scores', 'Evaluator', 'finetune_batches', 'PROTOCOLS', 'tree_copy']

@@ -132,3 +132,10 @@ def mismatch_message(stale: Mapping[str, list[str]], workdir: str) -> str:
   lines.append('To go on: use a new --workdir, or pass --config.train.on_changed_config=restart '
                'to move these folds aside (to <fold>.stale-<n>) and train them again.')
   return '\n'.join(lines)
+
+
+__all__ = [
+    'check_checkpoint', 'CHECKPOINT_KEY', 'differences', 'FILENAME', 'fingerprint', 'flatten',
+    'IGNORED', 'mismatch_message', 'move_aside', 'RECOVER', 'RESULT_KEY', 'stale_fields',
+    'StaleRunError', 'write',
+]

@@ -355,3 +355,10 @@ def train_fold(system: systems_lib.System, evaluator: eval_lib.Evaluator, step_f
   finally:
     checkpointer.close()
   return result
+
+
+__all__ = [
+    'check_finite_params', 'create_state', 'finish_fold', 'fold_name', 'FoldRun', 'log',
+    'log_run_config', 'NonFiniteLossError', 'PyTree', 'restore_state', 'save_state',
+    'select_on_dev', 'train_fold', 'train_one_step', 'train_steps', 'TrainState',
+]

@@ -225,3 +225,10 @@ def summarise(y_true: ArrayLike, y_pred: ArrayLike,
           n: (None if np.isnan(r) else float(r)) for n, r in zip(names, recall)
       },
   }
+
+
+__all__ = [
+    'ArrayLike', 'confusion_matrix', 'per_class_recall', 'per_class_recall_from_counts',
+    'predictions', 'row_normalise', 'summarise', 'unweighted_accuracy', 'utterance_labels',
+    'utterance_posteriors', 'utterance_predictions', 'weighted_accuracy',
+]

@@ -343,3 +343,10 @@ def make_pretrained(config: ml_collections.ConfigDict, workdir: str, out: str,
   info = bundle_info(summary, about, store, provenance_lib.provenance(t0, time.time()))
   return {'bundle': write_pretrained(out, params, config, store, info, storage_dtype),
           'info': info}
+
+
+__all__ = [
+    'bundle_info', 'CARD', 'chosen_steps', 'EMODB', 'emodb_manifest', 'fit_all_speakers',
+    'make_pretrained', 'model_card', 'study_config', 'study_summary', 'StudyError',
+    'write_pretrained',
+]

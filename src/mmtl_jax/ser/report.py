@@ -172,3 +172,9 @@ def workdirs_table(workdirs: Sequence[tuple[str, Mapping[str, Any], Sequence[Map
   if missing:
     lines += ['', 'No results yet: ' + ', '.join(missing) + '.']
   return '\n'.join(lines) + '\n'
+
+
+__all__ = [
+    'aux_label', 'comparisons_markdown', 'DEFINITIONS', 'NOT_APPLICABLE', 'pct',
+    'results_markdown', 'run_context', 'SUMMARY_HEADER', 'summary_row', 'workdirs_table',
+]

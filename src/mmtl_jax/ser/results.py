@@ -365,3 +365,9 @@ def gather(workdirs: Sequence[str | os.PathLike], skip_missing: bool = False) ->
     data = load_results(wd)
     found.append((name, data.get('config') or {}, data['runs']))
   return report.workdirs_table(found, missing)
+
+
+__all__ = [
+    'aggregate_runs', 'fold_record', 'gather', 'load_results', 'RESULTS_JSON', 'RESULTS_MD',
+    'workdir_labels', 'write_results',
+]

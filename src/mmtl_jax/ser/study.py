@@ -177,3 +177,9 @@ def markdown(content: Mapping[str, Any]) -> str:
       report.SUMMARY_HEADER, *rows, '', report.DEFINITIONS, '',
       f"## {content['reference']} against each other system", '',
       report.comparisons_markdown(content['comparisons']), '']) + '\n'
+
+
+__all__ = [
+    'Arm', 'check_arms', 'default_arms', 'labelled_runs', 'markdown', 'parse_seeds', 'run_study',
+    'StudyError',
+]

@@ -258,3 +258,10 @@ def markdown(content: Mapping[str, Any]) -> str:
   lines += ['', 'dev UA = UA on each fold\'s dev speaker at the checkpoint selected on it, '
             'mean ± std over folds (× seeds), in %.']
   return '\n'.join(lines) + '\n'
+
+
+__all__ = [
+    'choose', 'dev_figures', 'grid_points', 'GridError', 'GridFieldError', 'markdown',
+    'parse_grid', 'parse_value', 'point_name', 'point_progress', 'run_sweep', 'share_dirs',
+    'shared_corpus', 'TrainFn', 'with_overrides', 'write',
+]

@@ -210,3 +210,9 @@ def make_system(name: str, config: ml_collections.ConfigDict) -> System:
   """The System registered as `name` ('mmtl' | 'cnn_lstm' | 'cnn_lstm_mtl' | ...), built from
   `config`; ValueError listing the registered names if unknown."""
   return SYSTEMS.get(name)(config)
+
+
+__all__ = [
+    'baseline_lr', 'cnn_lstm_mtl_system', 'cnn_lstm_system', 'make_system', 'mmtl_system',
+    'MultiTaskCNNLSTM', 'System', 'SYSTEMS',
+]

@@ -79,3 +79,6 @@ def write_tables(workdir: str, config: ml_collections.ConfigDict, classes: List[
   if jax.process_count() > 1:  # the others read the tables once process 0 has written them
     multihost_utils.sync_global_devices('mmtl_jax.ser.train: results written')
   return results_lib.load_results(workdir)
+
+
+__all__ = ['NOTES', 'terminal_summary', 'text_table', 'TRAIN_LOG', 'write_tables']

@@ -314,3 +314,9 @@ def _run(config: ml_collections.ConfigDict, workdir: str, t0: float) -> Dict[str
       fold_records.extend(_train_model(model_name, config, store, folds, seeds, workdir, mesh,
                                        reporter))
   return tables.write_tables(workdir, config, list(store.classes), fold_records, t0, reporter)
+
+
+__all__ = [
+    'check_fold_dirs', 'check_paths', 'CheckpointMismatchError', 'CONFIG_JSON', 'finished_results',
+    'NonFiniteLossError', 'StaleRunError', 'train_and_evaluate', 'TRAIN_LOG', 'WorkdirLockedError',
+]

@@ -454,3 +454,10 @@ def summary(records: Sequence[Dict[str, Any]], peak: Optional[Dict[str, Any]] = 
 
 if __name__ == '__main__':
   _worker(sys.argv[1:])
+
+
+__all__ = [
+    'add_peak_fraction', 'conv_rates', 'format_row', 'format_table', 'Job', 'matmul_peak_gflops',
+    'measure', 'measure_matmul_peak', 'MODES', 'PEAK_SIZES', 'run', 'run_isolated', 'SHAPES',
+    'STRATEGIES', 'summary', 'TARGETS',
+]

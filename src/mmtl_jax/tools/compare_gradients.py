@@ -234,3 +234,9 @@ def plot(result: Dict[str, Any], path: str) -> None:
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)
+
+
+__all__ = [
+    'compare', 'COMPARED', 'config_for_run', 'locate', 'plot', 'restore', 'restore_all',
+    'run_config',
+]

@@ -154,3 +154,6 @@ def format_analysis(r: Dict[str, Any]) -> str:
   return (f'{r["mode"]:<12} {r["strategy"]:<8} remat={str(r["remat"]):<5} '
           f'compile {r["compile_s"]:6.1f} s  {r["work_gflop"]:8.1f} GFLOP  '
           f'{r["bytes_gb"]:7.1f} GB  peak {r["peak_mem_gb"]:6.2f} GB  {tail}')
+
+
+__all__ = ['analyse', 'estimate', 'format_analysis', 'H100', 'report', 'roofline_s', 'time_step']
