@@ -18,6 +18,11 @@ import ml_collections
 from mmtl_jax.data import iemocap, manifest, synthetic
 from mmtl_jax.registry import Registry
 from mmtl_jax.records import Problem, Utterance
+from mmtl_jax.run import errors
+
+
+class CorpusError(errors.InputError):
+  """A corpus whose utterances cannot be told apart (two with one id); a ValueError too."""
 
 CorpusReader = Callable[[ml_collections.ConfigDict, Optional[str]],
                         tuple[list[Utterance], list[Problem]]]
@@ -36,17 +41,20 @@ def read_corpus(config: ml_collections.ConfigDict, workdir: Optional[str] = None
     (utterances sorted by (speaker, utt_id), problems as [{'path', 'reason'}]).
 
   Raises:
-    ValueError: an unknown kind (listing the known ones) or a duplicated utterance id.
+    registry.UnknownNameError: an unknown kind (listing the known ones).
+    CorpusError: a duplicated utterance id.
   """
   reader = CORPORA.get(config.data.kind)
   utterances, problems = reader(config.data, None if workdir is None else
                                 os.path.abspath(workdir))
   utterances = sorted(utterances, key=lambda u: (u.speaker, u.utt_id))
-  seen = set()
+  seen = {}
   for u in utterances:
-    if u.utt_id in seen:
-      raise ValueError(f'duplicate utterance id {u.utt_id!r} ({u.path})')
-    seen.add(u.utt_id)
+    if u.utt_id in seen:  # e.g. a.wav and a.flac of one manifest: one id, one feature row
+      raise CorpusError(f'two recordings have the utterance id {u.utt_id!r} (the file name '
+                        f'without its extension), {seen[u.utt_id]} and {u.path}, rename one '
+                        'or remove one of them from the corpus')
+    seen[u.utt_id] = u.path
   return utterances, problems
 
 

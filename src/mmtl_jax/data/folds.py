@@ -20,6 +20,13 @@ from typing import Any, Sequence
 import ml_collections
 import numpy as np
 
+from mmtl_jax.run import errors
+
+
+class FoldsError(errors.InputError):
+  """config.folds that the corpus' speakers cannot satisfy (a scheme, fold index or speaker
+  count); the message names the field and what to change. A ValueError too."""
+
 
 @dataclasses.dataclass(frozen=True)
 class Fold:
@@ -40,18 +47,20 @@ def _session_folds(speakers: list[str], dev_gender: str, swap: bool) -> list[Fol
   for s in speakers:
     m = re.match(r'^(.*\D)?(\d+)([FM])$', s)
     if not m:
-      raise ValueError(f"folds.scheme='session' needs speakers named <session><F|M> like "
-                       f"'Ses01F'; got {s!r} (use folds.scheme='speaker')")
+      raise FoldsError(f"folds.scheme='session' needs speakers named <session><F|M> like "
+                       f"'Ses01F'; got {s!r}, config.folds.scheme, use folds.scheme='speaker'")
     sessions.setdefault(s[:-1], {})[s[-1]] = s
   if dev_gender not in ('F', 'M'):
-    raise ValueError(f"folds.dev_gender must be 'F' or 'M', got {dev_gender!r}")
+    raise FoldsError(f"folds.dev_gender must be 'F' or 'M', got {dev_gender!r}, "
+                     "config.folds.dev_gender, use 'F' or 'M'")
   other = 'M' if dev_gender == 'F' else 'F'
   folds = []
   for flip in ((False, True) if swap else (False,)):
     for session, by_gender in sorted(sessions.items()):
       if set(by_gender) != {'F', 'M'}:
-        raise ValueError(f'session {session} has speakers {sorted(by_gender.values())}; '
-                         'the session scheme needs one F and one M speaker per session')
+        raise FoldsError(f'session {session} has speakers {sorted(by_gender.values())}; '
+                         'the session scheme needs one F and one M speaker per session, '
+                         "config.folds.scheme, use folds.scheme='speaker'")
       dev, test = by_gender[dev_gender], by_gender[other]
       if flip:
         dev, test = test, dev
@@ -62,7 +71,9 @@ def _session_folds(speakers: list[str], dev_gender: str, swap: bool) -> list[Fol
 
 def _speaker_folds(speakers: list[str]) -> list[Fold]:
   if len(speakers) < 3:
-    raise ValueError(f'the speaker scheme needs at least 3 speakers, got {speakers}')
+    raise FoldsError(f'the speaker scheme needs at least 3 speakers (train, dev, test), the '
+                     f'corpus has {len(speakers)}: {speakers}, config.folds.scheme, add '
+                     'speakers to the corpus (or lower its min_utterances_per_speaker)')
   folds = []
   for i, test in enumerate(speakers):
     dev = speakers[(i + 1) % len(speakers)]
@@ -80,11 +91,14 @@ def make_folds(speakers_or_store: Any, config: ml_collections.ConfigDict) -> lis
   elif scheme == 'speaker':
     folds = _speaker_folds(speakers)
   else:
-    raise ValueError(f"folds.scheme {scheme!r}: 'session' | 'speaker'")
+    raise FoldsError(f"folds.scheme {scheme!r}, config.folds.scheme, use 'session' or "
+                     "'speaker'")
   which = tuple(config.folds.which)
   bad = [i for i in which if not 0 <= i < len(folds)]
   if bad:
-    raise ValueError(f'folds.which {which}: indices {bad} outside 0..{len(folds) - 1}')
+    raise FoldsError(f'folds.which {which}: indices {bad} outside 0..{len(folds) - 1} (the '
+                     f'corpus gives {len(folds)} folds), config.folds.which, give indices '
+                     f'0..{len(folds) - 1} or () for all')
   return [folds[i] for i in which] if which else folds
 
 
@@ -115,7 +129,8 @@ def speaker_class_weights(store: Any, speakers: Sequence[str], config: ml_collec
   num = config.model.num_outputs
   mode = config.folds.class_weights
   if mode not in ('speaker', 'pooled'):
-    raise ValueError(f"folds.class_weights {mode!r}: 'speaker' | 'pooled'")
+    raise FoldsError(f"folds.class_weights {mode!r}, config.folds.class_weights, use "
+                     "'speaker' or 'pooled'")
 
   def weights(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     target = class_weights(store.label[rows], num)

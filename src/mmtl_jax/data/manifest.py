@@ -34,12 +34,20 @@ from __future__ import annotations
 import collections
 import csv
 import io
+import math
 import os
 from typing import Any, Optional
 
 import ml_collections
 
 from mmtl_jax.records import Problem, Utterance, absolute, bin_index
+from mmtl_jax.run import errors
+from mmtl_jax.run import files
+
+
+class ManifestError(errors.InputError):
+  """A manifest (or its config.data.manifest settings) that cannot be read as a corpus; the
+  message names the file and line where one applies and what to change. A ValueError too."""
 
 
 def read(data: ml_collections.ConfigDict, workdir: Optional[str] = None
@@ -51,10 +59,15 @@ def read(data: ml_collections.ConfigDict, workdir: Optional[str] = None
 
 def _csv_path(opts: ml_collections.ConfigDict) -> str:
   if not opts.path:
-    raise ValueError("data.kind='manifest' needs config.data.manifest.path (a CSV file)")
+    raise ManifestError("data.kind='manifest' needs config.data.manifest.path (a CSV file), "
+                        'config.data.manifest.path, give the path of the CSV')
   csv_path = os.path.abspath(os.path.expanduser(opts.path))
+  if os.path.isdir(csv_path):
+    raise files.PathError(f'the manifest is a directory, {csv_path}, give the path of the '
+                          'CSV file in config.data.manifest.path')
   if not os.path.isfile(csv_path):
-    raise FileNotFoundError(f'manifest {csv_path} does not exist')
+    raise files.MissingFileError(f'the manifest does not exist, {csv_path}, give the path of '
+                                 'an existing CSV file in config.data.manifest.path')
   return csv_path
 
 
@@ -71,8 +84,8 @@ def _csv_text(csv_path: str) -> str:
     return data.decode('utf-8-sig')
   except UnicodeDecodeError as e:
     line = data[:e.start].count(b'\n') + 1
-    raise ValueError(f'{csv_path}:{line}: not UTF-8 (byte {data[e.start]:#04x}); save the CSV '
-                     'as UTF-8 (e.g. iconv -f <its encoding> -t utf-8)') from None
+    raise ManifestError(f'{csv_path}:{line}: not UTF-8 (byte {data[e.start]:#04x}); save the CSV '
+                        'as UTF-8 (e.g. iconv -f <its encoding> -t utf-8)') from None
 
 
 def _check_header(header: list[str], needed: list[str], csv_path: str,
@@ -81,18 +94,21 @@ def _check_header(header: list[str], needed: list[str], csv_path: str,
   column says which aux tasks the file could give instead)."""
   repeated = sorted({c for c in header if c and header.count(c) > 1})
   if repeated:  # csv.DictReader would silently keep the last of each
-    raise ValueError(f'{csv_path}:1: column(s) {repeated} appear more than once in the header '
-                     f'{header}; rename or remove the copies')
+    raise ManifestError(f'{csv_path}:1: column(s) {repeated} appear more than once in the header '
+                        f'{header}; rename or remove the copies')
   missing = [c for c in needed if c not in header]
   aux_missing = [c for c in missing if c in aux_tasks]
   if aux_missing:
-    raise ValueError(
+    raise ManifestError(
         f'{csv_path}:1: missing column(s) {missing}; header is {header}. {aux_missing} are '
         'data.aux_tasks: add them to the CSV or set data.aux_tasks to columns it has (each '
         'with an entry in data.manifest.aux_columns); for EmoDB without the perception '
         "test's ratings use the config's ':sex' variant (configs/emodb.py)")
   if missing:
-    raise ValueError(f'{csv_path}:1: missing column(s) {missing}; header is {header}')
+    other = [d for d in ';\t|' if len(header) == 1 and d in header[0]]
+    hint = (f'; the header is one field holding {other[0]!r}: save the CSV comma-separated'
+            if other else '; name those columns in the header or set data.manifest.*_column')
+    raise ManifestError(f'{csv_path}:1: missing column(s) {missing}; header is {header}{hint}')
 
 
 def _read_rows(csv_path: str, needed: list[str], aux_tasks: tuple = ()
@@ -113,11 +129,12 @@ def _read_rows(csv_path: str, needed: list[str], aux_tasks: tuple = ()
       if not fields:
         continue
       if len(fields) != len(header):
-        raise ValueError(f'{csv_path}:{reader.line_num}: {len(fields)} field(s) where the header '
-                         f'has {len(header)} ({header}); a short, truncated or misquoted row')
+        raise ManifestError(f'{csv_path}:{reader.line_num}: {len(fields)} field(s) where the '
+                            f'header has {len(header)} ({header}); a short, truncated or '
+                            'misquoted row')
       rows.append((reader.line_num, dict(zip(header, fields))))
   except csv.Error as e:
-    raise ValueError(f'{csv_path}:{reader.line_num}: {e}') from None
+    raise ManifestError(f'{csv_path}:{reader.line_num}: {e}') from None
   return rows
 
 
@@ -129,9 +146,16 @@ def _aux_value(value: str, name: str, spec: Any, categories: dict[str, list[str]
   try:
     number = float(value)
   except ValueError:
-    raise ValueError(f'{where}: column {name!r} value {value!r} is not a number') from None
+    raise ManifestError(f'{where}: column {name!r} value {value!r} is not a number') from None
+  if not math.isfinite(number):  # 'nan' parses as a float and fits no bin silently
+    raise ManifestError(f'{where}: column {name!r} value {value!r} is not a finite number; '
+                        'give a number inside its bin edges (or remove the row)')
   edges = tuple(float(e) for e in spec)
-  return bin_index(number, edges, f'{where} (column {name!r})'), number
+  try:
+    return bin_index(number, edges, f'{where} (column {name!r})'), number
+  except ValueError as e:
+    raise ManifestError(f'{e}; give a value inside the edges or widen '
+                        f'data.manifest.aux_columns[{name!r}]') from None
 
 
 def _duplicates(rows: list[tuple[int, dict[str, str]]], opts: ml_collections.ConfigDict,
@@ -143,8 +167,8 @@ def _duplicates(rows: list[tuple[int, dict[str, str]]], opts: ml_collections.Con
   for number, row in rows:
     rel, speaker = row[opts.path_column].strip(), row[opts.speaker_column].strip()
     if not rel or not speaker:
-      raise ValueError(f'{csv_path}:{number}: empty {opts.path_column!r} or '
-                       f'{opts.speaker_column!r}')
+      raise ManifestError(f'{csv_path}:{number}: empty {opts.path_column!r} or '
+                          f'{opts.speaker_column!r}')
     real = os.path.realpath(absolute(rel, base=os.path.dirname(csv_path)))
     if real in first:
       line, rel0, speaker0 = first[real]
@@ -153,8 +177,8 @@ def _duplicates(rows: list[tuple[int, dict[str, str]]], opts: ml_collections.Con
     else:
       first[real] = (number, rel, speaker)
   if clashes:
-    raise ValueError(f'{len(clashes)} recording(s) listed twice in the manifest:\n'
-                     + '\n'.join(clashes))
+    raise ManifestError(f'{len(clashes)} recording(s) listed twice in the manifest:\n'
+                        + '\n'.join(clashes))
 
 
 def _dropped_labels(dropped: collections.Counter, classes: tuple, csv_path: str
@@ -183,10 +207,10 @@ def _check_classes(utterances: list[Utterance], classes: tuple, labels: collecti
   missing = [c for c in classes if c not in present]
   if missing:
     found = ', '.join(f'{k!r}: {n}' for k, n in sorted(labels.items()))
-    raise ValueError(f'{csv_path}: data.classes {missing} have no utterance (after '
-                     'data.manifest.label_map and the speaker minimum); the labels in the '
-                     f'file (mapped) are {{{found}}}. Check the spelling of data.classes and '
-                     'the label_map.')
+    raise ManifestError(f'{csv_path}: data.classes {missing} have no utterance (after '
+                        'data.manifest.label_map and the speaker minimum); the labels in the '
+                        f'file (mapped) are {{{found}}}. Check the spelling of data.classes and '
+                        'the label_map.')
 
 
 def read_manifest(data: ml_collections.ConfigDict) -> tuple[list[Utterance], list[Problem]]:
@@ -206,11 +230,14 @@ def read_manifest(data: ml_collections.ConfigDict) -> tuple[list[Utterance], lis
   aux_columns = dict(opts.aux_columns)
   for name in data.aux_tasks:
     if name not in aux_columns:
-      raise ValueError(f'aux task {name!r} has no entry in config.data.manifest.aux_columns '
-                       f"({{column: 'categorical' | (edges...)}})")
+      raise ManifestError(f'aux task {name!r} has no entry in config.data.manifest.aux_columns '
+                          f"({{column: 'categorical' | (edges...)}})")
   label_map, classes = dict(opts.label_map), tuple(data.classes)
   rows = _read_rows(csv_path, [opts.path_column, opts.speaker_column, opts.label_column,
                                *data.aux_tasks], tuple(data.aux_tasks))
+  if not rows:  # else every class would be reported missing, hiding the cause
+    raise ManifestError(f'{csv_path}: the manifest has a header and no rows, {csv_path}, add '
+                        'one row per recording')
   _duplicates(rows, opts, csv_path)
   categories = {name: sorted({row[name].strip() for _, row in rows})
                 for name in data.aux_tasks if aux_columns[name] == 'categorical'}

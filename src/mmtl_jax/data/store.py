@@ -59,6 +59,7 @@ from mmtl_jax import records
 from mmtl_jax.data import corpus as corpus_lib
 from mmtl_jax.data import features as features_lib
 from mmtl_jax.data import synthetic
+from mmtl_jax.run import errors
 from mmtl_jax.run import progress
 from mmtl_jax.run import tmp_dirs
 from mmtl_jax.run import workers as workers_lib
@@ -73,9 +74,23 @@ FORMAT = 2
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
-class StoreDamagedError(RuntimeError):
+class StoreDamagedError(errors.ExpectedError, RuntimeError):
   """A store directory whose files are missing, truncated, or differ from their content
-  hash; the message names the file and says how to recover (delete the directory)."""
+  hash; the message names the file and says how to recover (delete the directory). Expected:
+  the entry points print it as one line."""
+
+
+class OldStoreError(StoreDamagedError, ValueError):
+  """A store written before segment lengths were recorded (no length.npy)."""
+
+
+class StoreInputError(errors.InputError):
+  """A corpus selection the store cannot be built from (empty, a class or speaker emptied by
+  skipped files, aux bins beyond the model's outputs); nothing was stored. A ValueError too."""
+
+
+class NothingReadableError(errors.ExpectedError, RuntimeError):
+  """Not one utterance of the corpus could be read (a RuntimeError, as before)."""
 
 
 def _recover(directory: str) -> str:
@@ -229,8 +244,9 @@ def _read_all(utterances: Sequence[records.Utterance], fcfg: dict, workers: int,
     else:
       kept.append((u,) + tuple(segments))
   if not kept:
-    raise RuntimeError(f'no utterance could be read ({len(skipped)} skipped, e.g. '
-                       f'{skipped[:3]})')
+    raise NothingReadableError(f'no utterance could be read ({len(skipped)} skipped: '
+                               f'{_files(skipped)}), config.data, check the audio paths and '
+                               'the features settings')
   return kept, skipped
 
 
@@ -282,8 +298,8 @@ def check_stored(data: ml_collections.ConfigDict, utterances: Sequence[records.U
           f', after {len(lost)} file(s) were skipped: {_files(lost)}' if lost else
           ': no utterance of the corpus has it (check data.classes)'))
   if problems:
-    raise ValueError('feature store: ' + '; '.join(problems) + '. Repair or replace those '
-                     'files, or remove their rows; nothing was stored.')
+    raise StoreInputError('feature store: ' + '; '.join(problems) + '. Repair or replace '
+                          'those files, or remove their rows; nothing was stored.')
 
 
 def check_aux_bins(config: ml_collections.ConfigDict,
@@ -301,9 +317,10 @@ def check_aux_bins(config: ml_collections.ConfigDict,
   for j, name in enumerate(data.aux_tasks):
     values = int(aux[:, j].max()) + 1
     if values > int(num):
-      raise ValueError(f'{source}: aux task {name!r} has {values} values (bins 0..{values - 1}) '
-                       f'but model.num_outputs={num}, the outputs its head shares with the '
-                       'classes: merge values of the column or raise model.num_outputs')
+      raise StoreInputError(f'{source}: aux task {name!r} has {values} values (bins '
+                            f'0..{values - 1}) but model.num_outputs={num}, the outputs its '
+                            'head shares with the classes: merge values of the column or raise '
+                            'model.num_outputs')
 
 
 def _utterance_row(u: records.Utterance, n_segments: int) -> dict:
@@ -514,14 +531,14 @@ def load_store(directory: str, cache_hit: bool = True, verify: bool = True) -> F
       one it has just written.
 
   Raises:
-    ValueError: a store written before segment lengths were recorded (features.VERSION 1);
+    OldStoreError (a ValueError): a store written before segment lengths were recorded;
       `build_feature_store` never opens one, since its cache key differs.
     StoreDamagedError: a file missing, unreadable, truncated or (verify) differing from its
       content hash; the message names it and says to delete the directory.
   """
   if not os.path.exists(os.path.join(directory, 'length.npy')):
-    raise ValueError(f'{directory} was written by an older version (no length.npy); build '
-                     'the store again (build_feature_store computes it anew)')
+    raise OldStoreError(f'{directory} was written by an older version (no length.npy); '
+                        f'{_recover(directory)}')
   manifest_path = os.path.join(directory, 'manifest.json')
   manifest = _read_json(manifest_path, directory)
   table = _read_json(os.path.join(directory, 'utterances.json'), directory)
@@ -598,8 +615,8 @@ def build_feature_store(config: ml_collections.ConfigDict, workdir: str,
   if utterances is None:
     utterances, problems = corpus_lib.read_corpus(config, workdir)
   if not utterances:
-    raise ValueError('the corpus selection is empty: check config.data (classes, selection, '
-                     'sessions, label_map)')
+    raise StoreInputError('the corpus selection is empty, config.data, check its classes, '
+                          'selection, sessions and label_map')
   if check_corpus is not None:
     check_corpus(utterances)
   check_aux_bins(config, utterances)

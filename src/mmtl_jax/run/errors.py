@@ -31,6 +31,7 @@ import os
 import re
 import sys
 import traceback
+import unicodedata
 from typing import Any, Callable, NoReturn, Optional
 
 VERBOSE_ENV = 'MMTL_JAX_VERBOSE'
@@ -41,6 +42,29 @@ class ExpectedError(Exception):
   which file or field, what to do (a subclass whose message has several lines defines
   `line()`). Library errors of this kind also derive from it."""
   exit_code = 1
+
+
+class InputError(ExpectedError, ValueError):
+  """A user's file or setting that cannot be used (a malformed manifest, an impossible config
+  value), refused where it is found. A ValueError too, for callers that catch those."""
+
+
+INTERRUPTED_LINE = 'interrupted: rerun the same command to resume'
+INTERRUPTED_EXIT = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
+
+
+def printable(text: str) -> str:
+  """`text` with every control and format character (escape sequences, carriage returns,
+  bidirectional overrides) written as its Python escape (ESC -> '\\x1b'): names read from
+  files (a manifest's speakers, a bundle.json) cannot move the cursor, recolour or rewrite
+  what the terminal shows. Printable text, non-ASCII letters included, is unchanged."""
+  out = []
+  for char in str(text):
+    if unicodedata.category(char) in ('Cc', 'Cf', 'Zl', 'Zp'):
+      out.append(repr(char)[1:-1])
+    else:
+      out.append(char)
+  return ''.join(out)
 
 
 # Refusals of the file system, wherever they surface (orbax and numpy wrap them): what to do.
@@ -92,6 +116,16 @@ def _config_file_line(error: BaseException) -> Optional[str]:
   return None
 
 
+def _config_parse_error(text: str) -> str:
+  """A flag error's text as one line; for ml_collections' "Error whilst parsing config file"
+  (get_config raised: an unknown variant, a bad argument) the flag and the exception's own
+  last line, not the traceback ml_collections pastes into the message."""
+  if 'Error whilst parsing config file' not in text or 'Traceback' not in text:
+    return one_line(text)
+  lines = [l.strip() for l in text.splitlines() if l.strip()]
+  return f'{lines[0].split(": Error whilst", 1)[0]}: {lines[-1]}'
+
+
 def _chain(error: BaseException):
   seen = set()
   while error is not None and id(error) not in seen:
@@ -122,7 +156,7 @@ def expected_line(error: BaseException) -> Optional[str]:
   if isinstance(error, app.UsageError):
     return f'{one_line(error)}, the command line, see --helpshort'
   if isinstance(error, flags.Error):
-    return f'{one_line(error)}, the command line, see --helpshort'
+    return f'{_config_parse_error(str(error))}, the command line, see --helpshort'
   if isinstance(error, OSError) and error.errno in _DIRECT:
     return _os_line(error, _DIRECT[error.errno])
   from mmtl_jax import registry  # pylint: disable=g-import-not-at-top
@@ -180,9 +214,10 @@ def verbose() -> bool:
 
 
 def fail(line: str, exit_code: int = 1) -> NoReturn:
-  """Prints 'error: <line>' (one line) to stderr and exits with `exit_code`."""
+  """Prints 'error: <line>' (one line, control characters escaped) to stderr and exits with
+  `exit_code`."""
   sys.stderr.flush()
-  print(f'error: {one_line(line)}', file=sys.stderr, flush=True)
+  print(f'error: {printable(one_line(line))}', file=sys.stderr, flush=True)
   sys.exit(exit_code)
 
 
@@ -203,6 +238,12 @@ def boundary(fn: Callable[..., Any]) -> Callable[..., Any]:
   def wrapped(*args, **kwargs):
     try:
       return fn(*args, **kwargs)
+    except KeyboardInterrupt:  # Ctrl-C: one line, not the traceback of wherever it landed
+      if verbose():
+        traceback.print_exc()
+      sys.stderr.flush()
+      print(INTERRUPTED_LINE, file=sys.stderr, flush=True)
+      sys.exit(INTERRUPTED_EXIT)
     except Exception as e:  # pylint: disable=broad-except  (re-raised unless expected)
       _fail_if_expected(e, getattr(e, 'exit_code', 1) or 1)
       raise
@@ -359,6 +400,35 @@ def unknown_fields(name: str, default: str, argv: list) -> list:
   return lines
 
 
+def _get_field(config: Any, path: str) -> Any:
+  node = config
+  for part in path.split('.'):
+    node = node[part]
+  return node
+
+
+def repeated_tuple_fields(name: str, default: str, argv: list) -> list:
+  """One line per tuple field given more than once (`--name.folds.which='(7,)'
+  --name.folds.which='(0,)'`): ml_collections joins the values into (7, 0), while a scalar
+  given twice takes the last; either reading would surprise someone, so it is refused."""
+  overrides = _overrides(name, argv)
+  repeated = sorted({f for f in overrides if overrides.count(f) > 1})
+  config = _load_config(name, _config_file_arg(name, default, argv)) if repeated else None
+  if config is None:
+    return []
+  lines = []
+  for field in repeated:
+    try:
+      value = _get_field(config, field)
+    except (KeyError, AttributeError, TypeError):
+      continue
+    if isinstance(value, (tuple, list)):
+      lines.append(f'--{name}.{field} given {overrides.count(field)} times (a tuple field: '
+                   'the values would be joined, not replaced), the command line, give it '
+                   f"once with every value, e.g. --{name}.{field}='(0, 1)'")
+  return lines
+
+
 def define_config_file(name: str, default: str, help_string: str,
                        quick: Optional[Callable[[Any], Any]] = None, **kwargs) -> Any:
   """ml_collections' `config_flags.DEFINE_config_file`, but an override that names no field
@@ -370,7 +440,8 @@ def define_config_file(name: str, default: str, help_string: str,
   """
   from absl import flags  # pylint: disable=g-import-not-at-top
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-  lines = unknown_fields(name, default, sys.argv[1:])
+  lines = (unknown_fields(name, default, sys.argv[1:])
+           + repeated_tuple_fields(name, default, sys.argv[1:]))
   if lines:
     fail(lines[0])
   if 'print_config' not in flags.FLAGS:
