@@ -37,6 +37,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import jax
 import jax.numpy as jnp
 
+from mmtl_jax.meta._checks import count_problem
 from mmtl_jax.registry import Registry
 
 Params = Dict[str, Any]
@@ -109,8 +110,9 @@ class Exact(Estimator):
   first_order_until: int = 0
 
   def __post_init__(self):
-    if int(self.first_order_until) < 0:
-      raise ValueError(f'Exact: first_order_until must be >= 0, got {self.first_order_until}')
+    problem = count_problem('first_order_until', self.first_order_until, 0)
+    if problem:
+      raise ValueError(f'Exact: {problem}')
 
   def direction(self, params: Params, task: Any) -> Direction:
     return _exact(params, task.adapt, task.outer)
@@ -203,8 +205,9 @@ class MultiStep(Estimator):
   def __post_init__(self):
     if not isinstance(self.base, Estimator):
       raise ValueError(f'MultiStep: base must be an Estimator, got {self.base!r}')
-    if int(self.anneal) < 1:
-      raise ValueError(f'MultiStep: anneal must be >= 1, got {self.anneal}')
+    problem = count_problem('anneal', self.anneal, 1)
+    if problem:
+      raise ValueError(f'MultiStep: {problem}')
 
   def direction(self, params: Params, task: Any) -> Direction:
     return self.base.direction(params, task)

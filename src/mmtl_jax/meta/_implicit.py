@@ -37,6 +37,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from mmtl_jax.meta import _checks
 from mmtl_jax.meta._adaptation import (adapt_stages, after_losses, call_loss, get_group,
                                        put_group, stage_key)
 from mmtl_jax.meta._estimators import MODES, Direction, Estimator
@@ -134,9 +135,9 @@ class Implicit(Estimator):
   problem, first order) and the conjugate-gradient solve. One stage only, no learned rates,
   not under `MultiStep`.
 
-  lam: the proximal strength lambda (> 0).
-  cg_steps: conjugate-gradient iterations (>= 1).
-  damping, lam_damping: the damped system (1 + damping) I + H / (lam + lam_damping) (0, 0:
+  lam: the proximal strength lambda (finite, > 0).
+  cg_steps: conjugate-gradient iterations (an int >= 1).
+  damping, lam_damping: (finite, >= 0) the damped system (1 + damping) I + H / (lam + lam_damping) (0, 0:
     the exact implicit gradient; the iMAML authors' code: 1, 10).
   pull_back: the inner problem as the authors' code solves it: the stage on its own loss,
     then one SGD step (the stage's lr) on lam/2 ||phi - params||^2.
@@ -150,14 +151,14 @@ class Implicit(Estimator):
   pull_back: bool = False
 
   def __post_init__(self):
-    problems = []
-    if not self.lam > 0:
-      problems.append(f'lam must be > 0, got {self.lam}')
-    if int(self.cg_steps) < 1:
-      problems.append(f'cg_steps must be >= 1, got {self.cg_steps}')
-    if not (self.damping >= 0 and self.lam_damping >= 0):
-      problems.append(f'damping and lam_damping must be >= 0, got {self.damping} and '
-                      f'{self.lam_damping}')
+    problems = _checks.problems(
+        _checks.number_problem('lam', self.lam, positive=True),
+        _checks.count_problem('cg_steps', self.cg_steps, 1),
+        *(_checks.number_problem(name, getattr(self, name), positive=False,
+                                 hint=' (damping and lam_damping must be >= 0)')
+          for name in ('damping', 'lam_damping')))
+    if not isinstance(self.pull_back, bool):
+      problems.append(f'pull_back must be a bool, got {self.pull_back!r}')
     if problems:
       raise ValueError('Implicit: ' + '; '.join(problems))
 

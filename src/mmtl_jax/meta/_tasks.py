@@ -49,6 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, PartitionSpec as P
 
+from mmtl_jax.meta._checks import task_count
 from mmtl_jax.meta._placement import default_mesh, mesh_axis
 
 PyTree = Any
@@ -65,11 +66,13 @@ def resolve_strategy(strategy: str) -> str:
 
 
 def num_tasks(task_batch: PyTree) -> int:
-  """Size of the leading task axis, checked to agree across all leaves."""
-  sizes = {leaf.shape[0] for leaf in jax.tree.leaves(task_batch)}
-  if len(sizes) != 1:
-    raise ValueError(f'task_batch leaves must share one leading task axis, got sizes {sizes}')
-  return sizes.pop()
+  """Size of the leading task axis, checked to agree across all leaves (shapes only).
+
+  Raises:
+    MetaInputError (a ValueError): no leaves, a scalar leaf (no task axis), leaves
+      disagreeing on the task count, or 0 tasks.
+  """
+  return task_count(task_batch)
 
 
 def padded_num_tasks(n: int, mesh: Mesh) -> int:

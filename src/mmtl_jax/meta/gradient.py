@@ -20,6 +20,7 @@ import jax.numpy as jnp
 
 from mmtl_jax.meta import _tasks
 from mmtl_jax.meta._adaptation import adapt_stages, after_losses, call_loss, get_group, put_group
+from mmtl_jax.meta._checks import check_params
 from mmtl_jax.meta._estimators import Estimator, multi_step_weights
 from mmtl_jax.meta.spec import RNG_OUTER, MetaSpec, Params, PyTree
 
@@ -169,14 +170,29 @@ def meta_gradient(spec: MetaSpec, params: Params, task_batch: PyTree, rng: jax.A
     mesh: for strategy 'sharded' (default: all devices, axis 'tasks').
 
   Returns:
-    `MetaGradient(grads, metrics, state)`.
+    `MetaGradient(grads, metrics, state)`. A non-finite loss in any task (e.g. a NaN in its
+    batch) makes grads non-finite: checking them is the caller's (`meta.all_finite(grads)`);
+    `make_step` does it for its step.
+
+  Raises:
+    MetaInputError (a ValueError), at trace time, before any computation: params not a dict
+      of groups, a stage's group missing from params, a task batch without a shared leading
+      task axis or with 0 tasks.
   """
+  check_inputs(spec, params, task_batch)
   if spec.needs_step and step is None:
     raise ValueError('this MetaSpec (multi-step loss / first_order_until) needs the outer '
                      'step')
   run = lambda estimator, weights: _over_tasks(spec, estimator, (params, rng, state, weights),
                                                task_batch, mesh)
   return MetaGradient(*spec.estimator.schedule(spec, step, run))
+
+
+def check_inputs(spec: MetaSpec, params: Params, task_batch: PyTree) -> None:
+  """MetaInputError unless params is a dict holding every group the spec's stages name and
+  task_batch's leaves share a leading task axis of >= 1 tasks (shapes only: trace time)."""
+  check_params(params, spec.stages)
+  _tasks.num_tasks(task_batch)
 
 
 def _task_objective(spec: MetaSpec, estimator: Estimator, params: Params, batch: PyTree,
@@ -199,7 +215,8 @@ def meta_objective(spec: MetaSpec, params: Params, task_batch: PyTree, rng: jax.
   """The scalar whose gradient `Exact()` computes: mean (or sum) over tasks of the outer loss
   (multi-step weighted under `MultiStep`) after the full, differentiable adaptation; for
   `Implicit`, after the proximal adaptation. Tasks mapped sequentially; for finite-difference
-  checks."""
+  checks. Inputs are checked as `meta_gradient` checks them (MetaInputError)."""
+  check_inputs(spec, params, task_batch)
 
   def run(estimator, weights):
     def one(args):
@@ -214,5 +231,5 @@ def meta_objective(spec: MetaSpec, params: Params, task_batch: PyTree, rng: jax.
   return spec.estimator.schedule(spec, step, run)
 
 
-__all__ = ['MetaGradient', 'Task', 'meta_gradient', 'meta_objective', 'multi_step_weights',
-           'task_direction']
+__all__ = ['MetaGradient', 'Task', 'check_inputs', 'meta_gradient', 'meta_objective',
+           'multi_step_weights', 'task_direction']

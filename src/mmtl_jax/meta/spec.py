@@ -24,6 +24,7 @@ from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 import optax
 
+from mmtl_jax.meta import _checks
 from mmtl_jax.meta._estimators import MODES, Estimator, Exact
 
 PyTree = Any
@@ -46,8 +47,9 @@ class Stage:
     group: the params group name it adapts, or a tuple of names adapted together (then the
       adapted sub-tree, and learned rates, are the dict {name: params[name]}).
     loss: see the module docstring; gets the full params dict.
-    steps: inner steps (>= 1; lax.scan over steps, straight-line code for one step).
-    lr: plain SGD rate, p <- p - lr * g. Give exactly one of lr / optimizer / learned_lr,
+    steps: inner steps, an int >= 1 (lax.scan over steps, straight-line code for one step).
+    lr: plain SGD rate, p <- p - lr * g: a finite number > 0 (a negative rate, gradient
+      ascent, is refused). Give exactly one of lr / optimizer / learned_lr,
       or optimizer together with learned_lr (which then scales the optimiser's update).
     optimizer: any optax GradientTransformation (e.g. optax.sgd(0.1, momentum=0.9),
       optax.adam(1e-2, eps_root=1e-8)); its state is created per task and is differentiable.
@@ -74,19 +76,23 @@ class Stage:
   unroll: bool = False
 
   def __post_init__(self):
-    if int(self.steps) < 1:
-      raise ValueError(f'Stage steps must be >= 1, got {self.steps}')
+    problems = _checks.problems(
+        _checks.count_problem('steps', self.steps, 1),
+        None if self.lr is None else _checks.number_problem(
+            'lr', self.lr, positive=True, hint=' (a negative rate would ascend the loss)'))
     group = self.group if isinstance(self.group, tuple) else (self.group,)
     if not group or not all(isinstance(g, str) and g for g in group):
-      raise ValueError(f'Stage group must be a name or a tuple of names, got {self.group!r}')
+      problems.append(f'group must be a name or a tuple of names, got {self.group!r}')
     if self.lr is not None and (self.optimizer is not None or self.learned_lr):
-      raise ValueError('Stage: give lr alone, or optimizer and/or learned_lr (not with lr)')
+      problems.append('give lr alone, or optimizer and/or learned_lr (not with lr)')
     if self.lr is None and self.optimizer is None and not self.learned_lr:
-      raise ValueError('Stage needs an inner rule: lr, optimizer or learned_lr')
+      problems.append('needs an inner rule: lr, optimizer or learned_lr')
     if self.per_step_lr and not self.learned_lr:
-      raise ValueError('Stage per_step_lr needs learned_lr')
-    if self.learned_lr in self.groups:
-      raise ValueError(f'learned_lr group {self.learned_lr!r} is also adapted by the stage')
+      problems.append('per_step_lr needs learned_lr')
+    if self.learned_lr and self.learned_lr in group:
+      problems.append(f'learned_lr group {self.learned_lr!r} is also adapted by the stage')
+    if problems:
+      raise ValueError('Stage: ' + '; '.join(problems))
 
   @property
   def groups(self) -> Tuple[str, ...]:
@@ -163,8 +169,9 @@ def _problems(spec: MetaSpec) -> list:
   if spec.task_reduce not in TASK_REDUCES:
     out.append(f'task_reduce: {spec.task_reduce!r} not in {TASK_REDUCES}')
   for name in ('task_chunk', 'task_groups'):
-    if getattr(spec, name) < 0:
-      out.append(f'{name}: must be >= 0, got {getattr(spec, name)}')
+    problem = _checks.count_problem(name, getattr(spec, name), 0)
+    if problem:
+      out.append(problem.replace(f'{name} ', f'{name}: ', 1))
   return out
 
 
