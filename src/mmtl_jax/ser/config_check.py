@@ -8,6 +8,7 @@ Names are checked against the registries at call time, so entries that user code
 (older and partial configs), so the checker itself never fails on a missing field.
 """
 
+import math
 import numbers
 from typing import Any, List, Sequence
 
@@ -98,7 +99,7 @@ def config_problems(config: Any) -> List[str]:
     if not _is_int(index) or index < 0:
       out.append(f'folds.which: entries must be fold indices >= 0 (got {index!r})')
   return (out + _output_problems(config) + _corpus_problems(config)
-          + _closed_set_problems(config))
+          + _closed_set_problems(config) + _segment_problems(config))
 
 
 def _get(config: Any, field: str) -> Any:
@@ -156,10 +157,12 @@ def _count(field: str, value: Any, minimum: int) -> List[str]:
 
 
 def _positive(field: str, value: Any) -> List[str]:
+  """A finite number > 0 (a rate of inf trains to nan parameters; nan fails `> 0`)."""
   if value is _MISSING:
     return []
-  if not isinstance(value, numbers.Real) or isinstance(value, bool) or not value > 0:
-    return [f'{field}: must be a number > 0 (got {value!r})']  # `not >` also catches nan
+  if (not isinstance(value, numbers.Real) or isinstance(value, bool) or not value > 0
+      or not math.isfinite(value)):
+    return [f'{field}: must be a finite number > 0 (got {value!r})']
   return []
 
 
@@ -240,6 +243,49 @@ def _manifest_problems(config: Any, aux_tasks: tuple, num_outputs: Any) -> List[
                    f'(got {spec!r})')
     else:
       out += _edges(f'data.manifest.aux_columns.{task}', spec, num_outputs)
+  return out
+
+
+def _numbers(config: Any, fields: Sequence[str]) -> Any:
+  """The values of `fields` when every one is a finite number > 0 (else None: the checks
+  above report them)."""
+  values = [_get(config, f) for f in fields]
+  if all(isinstance(v, numbers.Real) and not isinstance(v, bool) and v > 0
+         and math.isfinite(v) for v in values):
+    return values
+  return None
+
+
+def _segment_problems(config: Any) -> List[str]:
+  """Feature settings under which no segment can be valid, refused before extraction (else
+  every file is 'unreadable', or every segment is shorter than the model can pool and the
+  run trains to a chance table): a window longer than n_fft, a hop or segment of no sample,
+  and segments whose most frames, min(n_frames, 1 + segment samples // hop), are fewer than
+  the 2 ** len(model.conv_features) that the model's 2x2 pools need."""
+  values = _numbers(config, ('features.sample_rate', 'features.hop_ms', 'features.win_ms',
+                             'features.n_fft', 'features.max_segment_s', 'features.n_frames'))
+  if values is None:
+    return []
+  rate, hop_ms, win_ms, n_fft, max_segment_s, n_frames = values
+  hop, win = int(round(hop_ms * rate / 1000)), int(round(win_ms * rate / 1000))
+  samples = int(round(max_segment_s * rate))
+  out = []
+  if win > n_fft:
+    out.append(f'features.win_ms: the window of {win} samples ({win_ms} ms) exceeds '
+               f'features.n_fft={n_fft}; lower win_ms or raise n_fft (got {win_ms!r})')
+  if hop < 1 or samples < 1:
+    field, value = ('features.hop_ms', hop_ms) if hop < 1 else ('features.max_segment_s',
+                                                                 max_segment_s)
+    return out + [f'{field}: less than one sample at features.sample_rate={rate} '
+                  f'(got {value!r})']
+  frames = min(int(n_frames), 1 + samples // hop)
+  pools = _items(_get(config, 'model.conv_features'))
+  need = 2 ** len(pools) if all(_is_int(f) for f in pools) else 1
+  if frames < need:
+    out.append(f'features: a segment has at most {frames} frame(s) (n_frames={n_frames}, '
+               f'max_segment_s={max_segment_s}, hop_ms={hop_ms}), fewer than the {need} that '
+               f'the model\'s {len(pools)} pooling blocks need; lower features.hop_ms or raise '
+               f'features.max_segment_s and features.n_frames (got hop_ms={hop_ms!r})')
   return out
 
 
