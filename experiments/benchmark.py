@@ -77,6 +77,8 @@ def analyse_main():
 
 def main(argv):
   del argv
+  # Before anything is measured (the matmul peak alone takes a while): a typo is one line.
+  benchmark.check_choices(_MODES.value, _STRATEGIES.value, _SHAPE.value, _ITERS.value)
   if _ANALYSE.value:
     analyse_main()
     return

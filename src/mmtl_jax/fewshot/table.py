@@ -96,6 +96,47 @@ def stored(held: runner.Runner, config: Any, kind: str) -> Optional[List[Dict[st
   return experiment.table_order(records) if kind == 'test' else records
 
 
+# What the merge and its table read of every record: name -> the type it must have.
+_RECORD_FIELDS = {'method': str, 'way': int, 'shot': int, 'seed': int, 'accuracy': float,
+                  'ci95': float, 's_per_iter': float, 'peak_mem_mb': float}
+
+
+def _record_problem(record: Any) -> str:
+  """What makes `record` unusable for the merge ('' if nothing)."""
+  if not isinstance(record, dict):
+    return f'a record is {type(record).__name__}, not an object'
+  for name, kind in _RECORD_FIELDS.items():
+    value = record.get(name)
+    numeric = kind is not str and isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is str and not isinstance(value, str) or kind is not str and not (
+        numeric and (kind is float or float(value).is_integer())):
+      return f'record {record.get("method")!r} has {name}={value!r}, not a {kind.__name__}'
+  return ''
+
+
+def _merge_input(path: str) -> list:
+  """The records of one --merge file, each with what the merge reads.
+
+  Raises:
+    errors.ExpectedError (one line): unreadable, not JSON, no 'records' list, or a record
+    without a field the merge reads (method, way, shot, seed, accuracy, ci95, s_per_iter,
+    peak_mem_mb), naming the file.
+  """
+  try:
+    with open(path, encoding='utf-8') as f:
+      content = json.load(f)
+  except (OSError, ValueError) as e:
+    raise errors.ExpectedError(f'not a fewshot JSON ({type(e).__name__}: {e}), {path}, give '
+                               'the fewshot.json of a run in --merge') from None
+  records = content.get('records') if isinstance(content, dict) else None
+  problem = ('no list of records' if not isinstance(records, list) else
+             next((p for p in map(_record_problem, records) if p), ''))
+  if problem:
+    raise errors.ExpectedError(f'not a fewshot JSON ({problem}), {path}, give the '
+                               'fewshot.json of a run in --merge')
+  return records
+
+
 def merge(paths: Sequence[str], json_path: str = '', md_path: str = '') -> str:
   """One table from several runs' JSON files (returned, and written to json_path / md_path
   where given). A later file wins: for each (method, way, shot), records whose settings
@@ -103,15 +144,9 @@ def merge(paths: Sequence[str], json_path: str = '', md_path: str = '') -> str:
   seed.
 
   Raises:
-    errors.ExpectedError: a file that is not a fewshot JSON.
+    errors.ExpectedError: a file that is not a fewshot JSON (`_merge_input`).
   """
-  records = []
-  for path in paths:
-    try:
-      with open(path, encoding='utf-8') as f:
-        records.append(json.load(f)['records'])
-    except (OSError, ValueError, KeyError) as e:
-      raise errors.ExpectedError(f'--merge {path}: not a fewshot JSON ({e})') from e
+  records = [_merge_input(path) for path in paths]
   kept, dropped = experiment.merge_records(records)
   for r in dropped:
     print(f"dropped: {r['method']} {r['way']}-way {r['shot']}-shot seed {r['seed']} "

@@ -84,6 +84,21 @@ def point_name(point: Mapping[str, Any]) -> str:
   return ''.join(c if c.isalnum() or c in '._=-' else '-' for c in name)
 
 
+NAME_MAX = 255  # bytes of one file name on ext4, xfs, btrfs, APFS, NTFS (characters)
+
+
+def check_point_names(points: Sequence[Mapping[str, Any]]) -> None:
+  """GridError, before any training, for a point whose directory name (`point_name`) is
+  longer than a file name can be: it would fail with ENAMETOOLONG only when that point
+  starts, after the points before it have trained."""
+  for point in points:
+    name = point_name(point)
+    if len(name.encode('utf-8')) > NAME_MAX:
+      raise GridError(f'grid point name of {len(name.encode("utf-8"))} bytes, over the '
+                      f'{NAME_MAX} a file name may have ({name[:60]}...), --grid, give '
+                      'shorter values (e.g. fewer tuple entries) or split the sweep')
+
+
 def with_overrides(config: ml_collections.ConfigDict, point: Mapping[str, Any]
                    ) -> ml_collections.ConfigDict:
   """A copy of `config` with each dotted field of `point` set (the field must exist).
@@ -171,10 +186,11 @@ def run_sweep(config: ml_collections.ConfigDict, grid: Mapping[str, Sequence[Any
   Returns the sweep.json content: {'grid', 'points': [{'name', 'overrides', 'dev'}],
   'chosen': {system: {'point', 'overrides', 'dev_UA', 'dev_UA_std', 'n'}}}.
 
-  Raises (before any training): ConfigError (every point's problems), GridError /
-  GridFieldError, WorkdirLockedError (another sweep holds `sweep_dir`).
+  Raises (before any training): ConfigError (every point's problems), GridError (also a
+  point name over NAME_MAX bytes) / GridFieldError, WorkdirLockedError (another sweep holds `sweep_dir`).
   """
   points = grid_points(grid)
+  check_point_names(points)
   config = shared_corpus(config, sweep_dir)
   configs = [with_overrides(config, p) for p in points]
   for point, cfg in zip(points, configs):  # every point's config checked before any training
@@ -261,7 +277,8 @@ def markdown(content: Mapping[str, Any]) -> str:
 
 
 __all__ = [
-    'choose', 'dev_figures', 'grid_points', 'GridError', 'GridFieldError', 'markdown',
+    'check_point_names', 'choose', 'dev_figures', 'grid_points', 'GridError', 'GridFieldError',
+    'markdown', 'NAME_MAX',
     'parse_grid', 'parse_value', 'point_name', 'point_progress', 'run_sweep', 'share_dirs',
     'shared_corpus', 'TrainFn', 'with_overrides', 'write',
 ]

@@ -38,6 +38,8 @@ import tempfile
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
+from mmtl_jax.run import errors
+
 SHAPES = {
     # tasks x segments x frames x bins; 'bench' is the shape of REFERENCE_CPU_S, 'paper' the
     # paper's full size.
@@ -328,6 +330,36 @@ def run_isolated(job: Job, timeout_s: float, env: Optional[Dict[str, str]] = Non
   return {'error': f'exit {out.returncode}: ' + ' | '.join(tail)}
 
 
+class BenchmarkArgumentError(errors.ExpectedError, ValueError):
+  """A --modes / --strategies / --shape / --iters value the benchmark does not know."""
+
+
+def check_choices(modes: Sequence[str], strategies: Sequence[str], shape: str,
+                  iters: int = 5) -> None:
+  """Refuses, before anything is measured, names outside MODES, STRATEGIES (+ 'auto') and
+  SHAPES, and fewer than 5 timed iterations.
+
+  Raises:
+    BenchmarkArgumentError (a ValueError): one line naming the value, the flag and the
+    choices.
+  """
+  if shape not in SHAPES:
+    raise BenchmarkArgumentError(f'shape {shape!r} is not one of {sorted(SHAPES)}, --shape, '
+                                 'give one of them')
+  if iters < 5:
+    raise BenchmarkArgumentError(f'iters must be >= 5 (median of at least 5), got {iters}, '
+                                 '--iters, give 5 or more')
+  for mode in modes:
+    if mode not in MODES:
+      raise BenchmarkArgumentError(f'mode {mode!r} is not one of {MODES}, --modes, give '
+                                   'some of them, comma-separated')
+  for strategy in strategies:
+    if strategy not in STRATEGIES + ('auto',):
+      raise BenchmarkArgumentError(f'strategy {strategy!r} is not one of '
+                                   f'{STRATEGIES + ("auto",)}, --strategies, give some of '
+                                   'them, comma-separated')
+
+
 def run(config: Any, modes: Sequence[str], strategies: Sequence[str], shape: str,
         iters: int = 5, timeout_s: float = 600, cache_root: Optional[str] = None,
         progress: Any = print, peak_gflops: Optional[float] = None,
@@ -346,16 +378,7 @@ def run(config: Any, modes: Sequence[str], strategies: Sequence[str], shape: str
     peak_gflops: the machine's matmul peak (`matmul_peak_gflops()`), for 'peak_fraction'.
     cached: also measure the compile from the warm cache (a second subprocess per job).
   """
-  if shape not in SHAPES:
-    raise ValueError(f'shape {shape!r} not in {sorted(SHAPES)}')
-  if iters < 5:
-    raise ValueError(f'iters must be >= 5 (median of at least 5), got {iters}')
-  for mode in modes:
-    if mode not in MODES:
-      raise ValueError(f'mode {mode!r} not in {MODES}')
-  for strategy in strategies:
-    if strategy not in STRATEGIES + ('auto',):
-      raise ValueError(f'strategy {strategy!r} not in {STRATEGIES + ("auto",)}')
+  check_choices(modes, strategies, shape, iters)
   cache_root = cache_root or tempfile.mkdtemp(prefix='mmtl_bench_cache_')
   config_json = config.to_json_best_effort()
   records = []
@@ -457,7 +480,7 @@ if __name__ == '__main__':
 
 
 __all__ = [
-    'add_peak_fraction', 'conv_rates', 'format_row', 'format_table', 'Job', 'matmul_peak_gflops',
+    'add_peak_fraction', 'BenchmarkArgumentError', 'check_choices', 'conv_rates', 'format_row', 'format_table', 'Job', 'matmul_peak_gflops',
     'measure', 'measure_matmul_peak', 'MODES', 'PEAK_SIZES', 'run', 'run_isolated', 'SHAPES',
     'STRATEGIES', 'summary', 'TARGETS',
 ]
