@@ -227,7 +227,7 @@ def test_step_applies_adam_by_name_and_is_traced_once(problem):
   assert step._cache_size() == 1  # pylint: disable=protected-access
   assert int(opt_state.step) == 3 and opt_state.model is None
   assert set(metrics) == {'inner_loss_before', 'inner_loss_after', 'transfer_loss_before',
-                          'outer_loss', 'grad_norm'}
+                          'outer_loss', 'grad_norm', 'nonfinite'}
   assert all(np.isfinite(v) for v in jax.tree.leaves(metrics))
   _assert_trees_close(p['phi'], params['phi'], rtol=0, atol=0)
 
