@@ -12,7 +12,12 @@ its limits. It needs no download.
 Prints one line per file (emotion and posteriors), or a JSON list with --json. A clip that is
 digital silence, too short for one segment or non-finite (samples near 1e20 overflow) gets no
 label but a warning ('emotion': null, 'posteriors': null and 'warning' in JSON); see
-mmtl_jax.ser.predict. First comes a header (on stderr with --json): which bundle was used and
+mmtl_jax.ser.predict. Three flags follow a file's line, its label kept (JSON fields in
+brackets): '!! NOT SPEECH? (why)' for noise, a pure tone, a steady or DC level or
+near-silence ('not_speech', '' for speech; mmtl_jax.ser.domain has the checks, calibrated so
+that no EmoDB clip fires); '!! LOW CONFIDENCE' when the largest posterior is below 0.5
+('low_confidence'); '(in the model's training data)' for a file whose sha256 the bundle lists
+('in_training_data'; null for a bundle that lists none). First comes a header (on stderr with --json): which bundle was used and
 why, what the model was trained on (corpus, classes, fold, protocol, dev UA), and a warning
 when that was synthetic audio. Long files run --batch_segments segments at a time. A file
 that is missing ('file not found') or cannot be read gets an error line; the others are still
@@ -46,16 +51,30 @@ _BATCH = flags.DEFINE_integer('batch_segments', 64, 'Segments per model call (bo
                               'memory of a long file).', lower_bound=1)
 
 
+def _flags(r: dict) -> str:
+  """The marked flags of a result: '  !! NOT SPEECH? (...)', '  !! LOW CONFIDENCE (...)',
+  '  (in the model's training data)'; '' when none is raised."""
+  out = ''
+  if r.get('not_speech'):
+    out += f"  !! NOT SPEECH? ({r['not_speech']})"
+  if r.get('low_confidence'):
+    top = max(r['posteriors'].values())
+    out += f'  !! LOW CONFIDENCE (max posterior {top:.3f} < {predict.LOW_CONFIDENCE})'
+  if r.get('in_training_data'):
+    out += "  (in the model's training data)"
+  return out
+
+
 def _print_text(predictor: predict.Predictor, results: list) -> None:
   print('\n'.join(predictor.header()))
   for r in results:
     if 'error' in r:
       print(f"{r['path']}: ERROR {r['error']}", file=sys.stderr)
     elif r.get('warning'):
-      print(f"{r['path']}: no label  (WARNING {r['warning']})")
+      print(f"{r['path']}: no label  (WARNING {r['warning']}){_flags(r)}")
     else:
       post = ' '.join(f'{c}={p:.3f}' for c, p in r['posteriors'].items())
-      print(f"{r['path']}: {r['emotion']}  ({post})")
+      print(f"{r['path']}: {r['emotion']}  ({post}){_flags(r)}")
 
 
 def main(argv):

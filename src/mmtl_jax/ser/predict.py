@@ -26,6 +26,16 @@ Long files run in batches of at most `batch_segments` segments (features and mod
 memory a file needs is bounded by the batch, not its length (the waveform is read whole).
 A missing file is an error 'file not found'; a bundle that cannot be loaded, or whose
 parameters do not fit its model, raises `BundleError` with a one-line message.
+
+Every result also carries three flags; a flagged clip keeps its label and posteriors:
+  'not_speech'        why the clip does not look like speech ('' when it does): noise, a pure
+                      tone, a steady level, a DC level, near-silence (ser/domain.py: the
+                      checks and their thresholds, set so that no EmoDB clip fires);
+  'low_confidence'    the largest posterior is below LOW_CONFIDENCE (0.5: the model itself
+                      gives its label less than even odds; None without posteriors);
+  'in_training_data'  the file's sha256 is one of the bundle's `training_files_sha256` (info
+                      of bundle.json; its accuracy on such a file says nothing about new
+                      speech); None when the bundle lists no training files.
 """
 
 import glob
@@ -33,6 +43,7 @@ import json
 import math
 import os
 import re
+import textwrap
 from typing import Any, Dict, List, Optional, Sequence
 
 import jax
@@ -43,10 +54,13 @@ import numpy as np
 from mmtl_jax import pretrained as pretrained_lib
 from mmtl_jax.run import checkpoint as ckpt_lib
 from mmtl_jax.run import errors
+from mmtl_jax.ser import domain
 from mmtl_jax.ser import systems as systems_lib
 from mmtl_jax.data import features as features_lib
 
 SILENCE_PEAK = 1e-4  # peak |amplitude| (full scale 1.0) below which a clip is digital silence
+LOW_CONFIDENCE = 0.5  # max posterior below which a label is flagged: less than even odds
+HEADER_WIDTH = 100  # header lines are wrapped to this many characters (a path may exceed it)
 
 
 class BundleError(errors.ExpectedError, RuntimeError):
@@ -135,8 +149,8 @@ def clip_warning(wave: np.ndarray, lengths: np.ndarray,
   return ''
 
 
-SYNTHETIC_WARNING = ('WARNING: this model was trained on synthetic audio (the demo corpus), '
-                     'not speech: its labels mean nothing for real speech')
+SYNTHETIC_WARNING = ('WARNING: trained on synthetic audio (the demo corpus), not speech: its '
+                     'labels mean nothing')  # one header line: at most HEADER_WIDTH - 2
 
 
 def corpus_description(config: ml_collections.ConfigDict) -> str:
@@ -187,6 +201,20 @@ def describe(bundle: str, config: ml_collections.ConfigDict, classes: Sequence[s
               dev_UA=dev_ua if dev_ua is not None else 'unknown', synthetic=synthetic)
 
 
+def wrap_items(items: Sequence[str], width: int, sep: str = '; ') -> List[str]:
+  """Comment lines ('# ' first, '#   ' on continuations) holding `items` joined by `sep` in
+  order; an item moves to a new line rather than being split, unless alone it is longer than
+  the line, then it is wrapped at spaces (a word longer than the line stays whole)."""
+  lines: List[str] = []
+  for item in items:
+    if lines and len(lines[-1]) + len(sep) + len(item) <= width:
+      lines[-1] += sep + item
+    else:
+      lines += textwrap.wrap(item, width, initial_indent='# ', subsequent_indent='#   ',
+                             break_long_words=False, break_on_hyphens=False) or ['#']
+  return lines
+
+
 class Predictor:
   """Loads a bundle once; `predict_files` scores any number of wav files.
 
@@ -229,6 +257,8 @@ class Predictor:
           system.predict_logits(p, x, lengths)[..., :c], axis=-1))
       self._check_shapes()
       self.description = describe(self.bundle, self.config, self.classes, self.model)
+      self.training_hashes = frozenset(self.description.pop('training_files_sha256', None)
+                                       or ())
     except Exception as e:  # pylint: disable=broad-except
       raise BundleError(f'damaged inference bundle {self.bundle}: {one_line(e)}') from e
 
@@ -247,21 +277,24 @@ class Predictor:
 
   def header(self) -> List[str]:
     """Comment lines saying which bundle this is and what its model is (and, for a model
-    trained on synthetic audio, a warning line)."""
+    trained on synthetic audio, a warning line), each at most HEADER_WIDTH characters unless
+    one word (a long path) is longer. The line after the bundle's starts with the fold, then
+    the dev UA and the protocol it was selected under; line [-1] is the synthetic warning when there is one."""
     d = self.description
-    lines = [f'# model {self.model} from {self.bundle} ({self.choice})',
-             f"# trained on: {d['corpus']}; classes: {d['classes']}; fold: {d['fold']}; "
-             f"protocol: {d['protocol']}; dev UA: {d['dev_UA']}"]
+    lines = wrap_items([f'model {self.model} from {self.bundle}', f'({self.choice})'],
+                       HEADER_WIDTH, sep=' ')
+    groups = [[f"fold: {d['fold']}", f"dev UA: {d['dev_UA']}", f"protocol: {d['protocol']}"],
+              [f"trained on: {d['corpus']}", f"classes: {d['classes']}"]]
     if d.get('loso'):
-      lines.append(f"# leave-one-speaker-out study of this recipe: {d['loso']}")
+      groups.append([f"leave-one-speaker-out study of this recipe: {d['loso']}"])
     if d['synthetic']:
-      lines.append(f'# {SYNTHETIC_WARNING}')
-    return lines
+      groups.append([SYNTHETIC_WARNING])
+    return lines + [line for g in groups for line in wrap_items(g, HEADER_WIDTH)]
 
   def predict_file(self, path: str) -> Dict[str, Any]:
-    """{'path', 'emotion', 'posteriors': {class: p}, 'segments', 'seconds'}, plus 'warning'
-    (and 'emotion' and 'posteriors' None) for a clip that gets no label (see the module
-    docstring).
+    """{'path', 'emotion', 'posteriors': {class: p}, 'segments', 'seconds', 'not_speech',
+    'low_confidence', 'in_training_data'}, plus 'warning' (and 'emotion' and 'posteriors'
+    None) for a clip that gets no label (see the module docstring).
 
     Raises:
       FileNotFoundError: 'file not found'; any decoding error of the file.
@@ -271,8 +304,9 @@ class Predictor:
     wave = features_lib.load_audio(path, self.config.features.sample_rate)
     seconds = len(wave) / float(self.config.features.sample_rate)
     if wave.size == 0:
-      return {'path': path, 'emotion': None, 'posteriors': None, 'segments': 0,
-              'seconds': 0.0, 'warning': 'empty audio (0 samples); no label'}
+      return self._flagged(path, wave, {
+          'path': path, 'emotion': None, 'posteriors': None, 'segments': 0, 'seconds': 0.0,
+          'warning': 'empty audio (0 samples); no label'})
     probs, lengths, finite = self._segment_posteriors(wave)
     result = {'path': path, 'emotion': self.classes[int(np.argmax(probs))],
               'posteriors': {c: float(p) for c, p in zip(self.classes, probs)},
@@ -285,6 +319,17 @@ class Predictor:
       warning = 'the model gave non-finite posteriors (NaN or infinite); no label'
     if warning:  # no label, and no posteriors: strict JSON, and no number to misread
       result.update(emotion=None, posteriors=None, warning=warning)
+    return self._flagged(path, wave, result)
+
+  def _flagged(self, path: str, wave: np.ndarray, result: Dict[str, Any]) -> Dict[str, Any]:
+    """`result` with 'not_speech', 'low_confidence' and 'in_training_data' (module
+    docstring); the label and posteriors stay as they are."""
+    result['not_speech'] = domain.not_speech(wave, int(self.config.features.sample_rate))
+    post = result.get('posteriors')
+    result['low_confidence'] = (None if post is None
+                                else bool(max(post.values()) < LOW_CONFIDENCE))
+    result['in_training_data'] = (domain.file_sha256(path) in self.training_hashes
+                                  if self.training_hashes else None)
     return result
 
   def _segment_posteriors(self, wave: np.ndarray) -> tuple:
@@ -322,4 +367,4 @@ class Predictor:
 
 __all__ = ['BundleError', 'Predictor', 'SILENCE_PEAK', 'SYNTHETIC_WARNING', 'choose_bundle',
            'clip_warning', 'corpus_description', 'describe', 'find_bundle', 'min_frames',
-           'one_line']
+           'one_line', 'LOW_CONFIDENCE', 'HEADER_WIDTH', 'wrap_items']
