@@ -14,8 +14,9 @@ Four steps, all driven by `make_pretrained` (experiments/make_pretrained.py):
      with every speaker a task.
   4. The bundle (`write_pretrained`): storage 'npz' (one params.npz, no orbax needed to read
      it), bundle.json's info saying what the model is (corpus, classes, fold, protocol, the
-     study's figures, the command, the mmtl_jax version and git commit), and MODEL_CARD.md
-     with those figures filled in.
+     study's figures, the command, the mmtl_jax version and git commit, and
+     'training_files_sha256': the sha256 of every training wav, so that predict can say when
+     it is given one of them), and MODEL_CARD.md with those figures filled in.
 
 The 95% interval of the study's mean UA is a percentile bootstrap over the test speakers
 (the folds), each speaker's UA averaged over the seeds first: speakers are the independent
@@ -42,6 +43,7 @@ from mmtl_jax.run import process
 from mmtl_jax.run import progress
 from mmtl_jax.run import provenance as provenance_lib
 from mmtl_jax.run import stats
+from mmtl_jax.ser import domain
 from mmtl_jax.ser import fold as fold_lib
 from mmtl_jax.ser import systems as systems_lib
 from mmtl_jax.ser import train as train_lib
@@ -204,10 +206,19 @@ def _pct(x: Optional[float]) -> str:
   return 'n/a' if x is None else f'{100 * x:.1f}%'
 
 
+def training_hashes(store: Any) -> List[str]:
+  """Sorted unique sha256 (hex) of the wav files of the store's utterances: the files the
+  model was trained on (predict flags them). A file gone since the store was built is left
+  out: it can no longer be given to predict as it was."""
+  paths = {u['path'] for u in store.utterances}
+  return sorted({domain.file_sha256(p) for p in paths if os.path.isfile(p)})
+
+
 def bundle_info(summary: Mapping[str, Any], about: Mapping[str, Any], store: Any,
                 provenance: Mapping[str, Any]) -> Dict[str, Any]:
   """bundle.json's 'info' of a pretrained bundle: what predict's header says (corpus, fold,
-  protocol, dev UA, the study), and how it was made (command, versions, git commit)."""
+  protocol, dev UA, the study), how it was made (command, versions, git commit), and the
+  sha256 of its training files (`training_hashes`)."""
   lo, hi = summary['ci95_UA']
   speakers = sorted(store.speakers)
   return dict(
@@ -224,7 +235,8 @@ def bundle_info(summary: Mapping[str, Any], about: Mapping[str, Any], store: Any
            'protocol; chance 25%',
       study=dict(summary), command=list(provenance.get('command', ())),
       git_commit=provenance.get('git_commit'), git_dirty=provenance.get('git_dirty'),
-      mmtl_jax=(provenance.get('packages') or {}).get('mmtl_jax'), provenance=dict(provenance))
+      mmtl_jax=(provenance.get('packages') or {}).get('mmtl_jax'), provenance=dict(provenance),
+      training_files_sha256=training_hashes(store))
 
 
 def write_pretrained(out: str, params: Any, config: ml_collections.ConfigDict, store: Any,
