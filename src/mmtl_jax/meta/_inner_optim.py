@@ -5,8 +5,9 @@ One inner step of a stage maps (group params p, gradient g, optimiser state) to 
   optimizer (optax):      p' = p + u,  (u, state') = optimizer.update(g, state, p)
   learned_lr (+/- optax): p' = p + r * u,  u = optimizer's update or -g; r the learned rates
 Everything is differentiable (exact mode differentiates through the optimiser's state too;
-prefer `optax.adam(..., eps_root=1e-8)` there: sqrt has an infinite derivative at 0). The
-optimiser state is created per task inside the per-task function.
+use `meta.inner_adam` there rather than optax.adam, whose derivative is NaN where a gradient
+entry is exactly 0: meta/_inner_adam.py). The optimiser state is created per task inside
+the per-task function.
 
 First order (`first_order=True`): the update u (and the state it came from) is held
 constant, so d p'/d p = I; learned rates r are NOT stopped, so d p'/d r = u and Meta-SGD /

@@ -52,7 +52,8 @@ class Stage:
       ascent, is refused). Give exactly one of lr / optimizer / learned_lr,
       or optimizer together with learned_lr (which then scales the optimiser's update).
     optimizer: any optax GradientTransformation (e.g. optax.sgd(0.1, momentum=0.9),
-      optax.adam(1e-2, eps_root=1e-8)); its state is created per task and is differentiable.
+      `meta.inner_adam(1e-2)`: optax.adam's exact meta-gradient is NaN at zero gradient
+      entries); its state is created per task and is differentiable.
     learned_lr: name of the params group holding learned rates (Meta-SGD / MAML++ LSLR:
       `meta_sgd_rates`, `lslr_rates`); that group is meta-trained by the outer optimiser.
     per_step_lr: learned rates have a leading [steps] axis (MAML++ per-step rates).
