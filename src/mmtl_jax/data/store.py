@@ -660,7 +660,8 @@ def format_summary(store: FeatureStore) -> str:
       'files are listed; nothing is wrong]' if d else '') for s, d in zip(skipped, deliberate)]
   lines += [f'left out: {p["path"]}: {p["reason"]}' for p in store.manifest.get('problems', [])]
   lines.append(f'cache: {"hit" if store.cache_hit else "built"} {store.directory}')
-  return '\n'.join(lines)
+  # Speaker names and paths come from the corpus' files: no escape sequence reaches a terminal.
+  return '\n'.join(errors.printable(line) for line in lines)
 
 
 __all__ = [

@@ -11,10 +11,13 @@ Batches and dropout derive from (seed, step, task) only, so a killed and resumed
 with the same results as an uninterrupted one.
 """
 
+import contextlib
 import dataclasses
 import json
 import logging
 import os
+import signal
+import threading
 from typing import Any, Callable, Dict, Optional, Tuple
 
 import jax
@@ -39,6 +42,47 @@ PyTree = Any
 
 class NonFiniteLossError(errors.ExpectedError, FloatingPointError):
   """Raised when a training loss becomes NaN or Inf; the last good checkpoint is kept."""
+
+
+class PreemptedError(errors.ExpectedError):
+  """SIGTERM (a cluster's preemption notice: SLURM, Kubernetes) stopped the run at a step
+  boundary, after a checkpoint of that step; the rerun resumes from it. Exit status 143
+  (128 + SIGTERM), so a scheduler sees the run did not finish."""
+  exit_code = 128 + int(signal.SIGTERM)
+
+
+# Set by SIGTERM inside `sigterm_stops`; read at every step boundary (`stop_requested`).
+_STOP = threading.Event()
+
+
+@contextlib.contextmanager
+def sigterm_stops():
+  """While inside, SIGTERM only asks the training to stop: `train_steps` then writes a
+  checkpoint of the step it has just done and raises PreemptedError (ser/train.py also stops
+  between fold-runs). A second SIGTERM (or any outside the main thread's default action, where
+  the application installed its own handler) is left alone / ends the process as usual."""
+  if (threading.current_thread() is not threading.main_thread()
+      or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL):
+    yield
+    return
+
+  def handler(signum, frame):
+    del signum, frame
+    _STOP.set()
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process
+
+  _STOP.clear()
+  signal.signal(signal.SIGTERM, handler)
+  try:
+    yield
+  finally:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _STOP.clear()
+
+
+def stop_requested() -> bool:
+  """Whether SIGTERM arrived inside `sigterm_stops` (the run should stop now)."""
+  return _STOP.is_set()
 
 
 def fold_name(fold: Any) -> str:
@@ -249,16 +293,26 @@ def save_state(state: TrainState, checkpointer: ckpt_lib.Checkpointer,
 
 
 def train_steps(state: TrainState, run: FoldRun) -> TrainState:
-  """Steps state.step + 1 .. run.steps, with dev selection and checkpoints when due."""
+  """Steps state.step + 1 .. run.steps, with dev selection and checkpoints when due.
+
+  Raises:
+    PreemptedError: SIGTERM arrived (inside `sigterm_stops`); the step just done is
+      checkpointed first (the caller's `checkpointer.close()` waits for it), so the rerun
+      resumes there with the same batches and keys, and ends bit-identical.
+  """
   for _ in range(state.step + 1, run.steps + 1):  # each iteration advances state.step by one
     state = train_one_step(state, run)
-    if _due(state.step, run.eval_every, run.steps) or _due(state.step, run.checkpoint_every,
-                                                            run.steps):
+    saving = _due(state.step, run.checkpoint_every, run.steps) or stop_requested()
+    if _due(state.step, run.eval_every, run.steps) or saving:
       check_finite_params(state, run)
     if _due(state.step, run.eval_every, run.steps):
       state = select_on_dev(state, run)
-    if _due(state.step, run.checkpoint_every, run.steps):
+    if saving:
       save_state(state, run.checkpointer, run.fingerprint)
+    if stop_requested():
+      raise PreemptedError(
+          f'stopped by SIGTERM after step {state.step} of {run.steps} ({run.name}), '
+          f'checkpoint in {run.checkpointer.directory}, rerun the same command to resume')
   return state
 
 
@@ -359,6 +413,7 @@ def train_fold(system: systems_lib.System, evaluator: eval_lib.Evaluator, step_f
 
 __all__ = [
     'check_finite_params', 'create_state', 'finish_fold', 'fold_name', 'FoldRun', 'log',
-    'log_run_config', 'NonFiniteLossError', 'PyTree', 'restore_state', 'save_state',
-    'select_on_dev', 'train_fold', 'train_one_step', 'train_steps', 'TrainState',
+    'log_run_config', 'NonFiniteLossError', 'PreemptedError', 'PyTree', 'restore_state',
+    'save_state', 'select_on_dev', 'sigterm_stops', 'stop_requested', 'train_fold',
+    'train_one_step', 'train_steps', 'TrainState',
 ]

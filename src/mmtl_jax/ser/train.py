@@ -37,6 +37,9 @@ the fold-run i/n, step, loss, steps/s and the ETAs of the fold-run and of the ru
 the terminal gets the summary table and the paths of results.md / results.json / the plots;
 results.md keeps the per-fold tables.
 
+Preemption: SIGTERM (what SLURM and Kubernetes send before killing) stops the run at the
+next step boundary, after a checkpoint of that step, with one line and exit status 143.
+
 Resuming: start the same command again. Finished folds are read back; an unfinished fold
 restores its latest checkpoint. Batches and dropout derive from (seed, step, task) only, so
 a killed and resumed run ends with the same results as an uninterrupted one.
@@ -83,6 +86,7 @@ StaleRunError = fingerprint_lib.StaleRunError
 WorkdirLockedError = lock_lib.WorkdirLockedError
 CheckpointMismatchError = ckpt_lib.CheckpointMismatchError
 NonFiniteLossError = fold_lib.NonFiniteLossError
+PreemptedError = fold_lib.PreemptedError
 TRAIN_LOG = tables.TRAIN_LOG
 
 
@@ -111,10 +115,12 @@ def _fold_result(system, evaluator, step_fn, store, fold, config, fold_dir, posi
 
 
 def _fold_line(result: Dict[str, Any]) -> str:
-  """The fold's speakers and its test UA and WA under each protocol, on one line."""
+  """The fold's speakers (control characters escaped: they come from the corpus' files) and
+  its test UA and WA under each protocol, on one line."""
   scores = ', '.join(f"{p} UA {r['UA']:.3f} WA {r['WA']:.3f}"
                      for p, r in result['records'].items())
-  return f"test {result['test_speaker']}, dev {result['dev_speaker']}: {scores}"
+  return errors.printable(f"test {result['test_speaker']}, dev {result['dev_speaker']}: "
+                          f'{scores}')
 
 
 def _fold_records(model_name: str, seed: int, result: Dict[str, Any]) -> List[Dict[str, Any]]:
@@ -142,11 +148,15 @@ def _train_model(model_name: str, config: ml_collections.ConfigDict, store: Any,
   records: List[Dict[str, Any]] = []
   for seed_config, i, fold, fold_dir in _fold_dirs(config, model_name, folds, seeds, workdir):
     seed = int(seed_config.seed)
-    unit = f'{model_name} {fold_lib.fold_name(fold)}' + (f' seed {seed}' if len(seeds) > 1 else '')
+    unit = errors.printable(f'{model_name} {fold_lib.fold_name(fold)}'  # names from files
+                            + (f' seed {seed}' if len(seeds) > 1 else ''))
     result = _fold_result(system, evaluator, step_fn, store, fold, seed_config, fold_dir,
                           f'{model_name} seed {seed} fold {i + 1}/{len(folds)}', mesh,
                           _expected(seed_config, model_name, store), reporter, unit)
     records.extend(_fold_records(model_name, seed, result))
+    if fold_lib.stop_requested():  # SIGTERM while the fold-run finished: stop before the next
+      raise fold_lib.PreemptedError(f'stopped by SIGTERM after fold-run {unit} finished, '
+                                    f'{workdir}, rerun the same command to resume')
   return records
 
 
@@ -253,21 +263,56 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     workdir_lock.release()
 
 
-def finished_results(config: ml_collections.ConfigDict, workdir: str,
-                     error: OSError) -> Dict[str, Any]:
+def _finished(config: ml_collections.ConfigDict, workdir: str) -> Optional[Dict[str, Any]]:
   """<workdir>/results.json when it holds a finished run of `config` (fields that change no
-  result, fingerprint.IGNORED, may differ); else `error` (the workdir cannot be written)."""
+  result, fingerprint.IGNORED, may differ; results.json is written after every fold-run has
+  finished), else None."""
   path = os.path.join(workdir, results_lib.RESULTS_JSON)
   if not os.path.isfile(path):
-    raise error
+    return None
   content = results_lib.load_results(workdir)
   ignored = lambda flat: {k: v for k, v in flat.items() if k not in fingerprint_lib.IGNORED}
   stored = ignored(fingerprint_lib.flatten(content.get('config') or {}))
   if stored != ignored(fingerprint_lib.flatten(files.to_jsonable(config))):
+    return None
+  return content
+
+
+def finished_results(config: ml_collections.ConfigDict, workdir: str,
+                     error: OSError) -> Dict[str, Any]:
+  """<workdir>/results.json when it holds a finished run of `config` (see `_finished`); else
+  `error` (the workdir cannot be written)."""
+  content = _finished(config, workdir)
+  if content is None:
     raise error
   print(f'{workdir} cannot be written ({error.strerror}); its finished results.json is read '
         'back without the lock', flush=True)
   return content
+
+
+def _build_store(config: ml_collections.ConfigDict, workdir: str) -> Any:
+  """The run's feature store; the folds are built from the corpus' speakers before any
+  feature is extracted, so a bad folds.which (or scheme) costs nothing.
+
+  Returns:
+    the store, or a finished run's results.json content (a dict) when the store is damaged
+    but every fold-run has finished: reading back results needs no store.
+
+  Raises:
+    store_lib.StoreDamagedError: a damaged store of a run that has not finished (one line
+      naming the file and saying to delete the store directory).
+  """
+  try:
+    return store_lib.build_feature_store(
+        config, workdir, check_corpus=lambda utts: folds_lib.make_folds(
+            [u.speaker for u in utts], config))
+  except store_lib.StoreDamagedError as e:
+    content = _finished(config, workdir)
+    if content is None:
+      raise
+    progress.line(f'the feature store cannot be used ({errors.one_line(e)}); the finished '
+                  'results.json of this config is read back without it')
+    return content
 
 
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, t0: float
@@ -295,11 +340,9 @@ def _reporter(config: ml_collections.ConfigDict, folds: List[Any], seeds: Tuple[
 def _run(config: ml_collections.ConfigDict, workdir: str, t0: float) -> Dict[str, Any]:
   """Features, folds, every model's fold-runs, then the tables."""
   process.enable_compilation_cache(config)
-  # The folds are built from the corpus' speakers before any feature is extracted, so a bad
-  # folds.which (or scheme) costs nothing; the store keeps every one of those speakers.
-  store = store_lib.build_feature_store(
-      config, workdir, check_corpus=lambda utts: folds_lib.make_folds([u.speaker for u in utts],
-                                                                      config))
+  store = _build_store(config, workdir)
+  if isinstance(store, dict):  # a finished run read back past a damaged store
+    return store
   progress.line(store_lib.format_summary(store))
   folds = folds_lib.make_folds(store, config)
   # Built once: every system and fold shares the mesh (and so their compilations).
@@ -309,7 +352,8 @@ def _run(config: ml_collections.ConfigDict, workdir: str, t0: float) -> Dict[str
   if process.is_primary():  # after the stale-fold check: a refused config is not recorded
     files.atomic_write_text(os.path.join(workdir, CONFIG_JSON), errors.config_json(config))
   fold_records: List[Dict[str, Any]] = []
-  with _reporter(config, folds, seeds, workdir) as reporter:
+  # SIGTERM (a cluster's preemption) stops at the next step boundary, after a checkpoint.
+  with _reporter(config, folds, seeds, workdir) as reporter, fold_lib.sigterm_stops():
     for model_name in config.train.models:
       fold_records.extend(_train_model(model_name, config, store, folds, seeds, workdir, mesh,
                                        reporter))
@@ -318,5 +362,6 @@ def _run(config: ml_collections.ConfigDict, workdir: str, t0: float) -> Dict[str
 
 __all__ = [
     'check_fold_dirs', 'check_paths', 'CheckpointMismatchError', 'CONFIG_JSON', 'finished_results',
-    'NonFiniteLossError', 'StaleRunError', 'train_and_evaluate', 'TRAIN_LOG', 'WorkdirLockedError',
+    'NonFiniteLossError', 'PreemptedError', 'StaleRunError', 'train_and_evaluate', 'TRAIN_LOG',
+    'WorkdirLockedError',
 ]
