@@ -6,7 +6,8 @@
   python experiments/train.py --config.meta.mode=exact --config.train.steps=300
   python experiments/train.py --distributed --config.meta.strategy=sharded   # on every host
 
-Start the same command again to resume an interrupted run.
+Start the same command again to resume an interrupted run. SIGTERM (a cluster's preemption
+notice) stops training at the next step with a checkpoint of it, one line and exit status 143.
 
 --distributed calls jax.distributed.initialize() first; without --coordinator_address,
 --num_processes and --process_id it detects them from the cluster environment (SLURM, Cloud

@@ -19,7 +19,10 @@ file system, a missing file, a bad flag, an unknown config field) prints one lin
 
 and exits non-zero (`ExpectedError.exit_code`, default 1). `--verbose` or the environment
 variable MMTL_JAX_VERBOSE=1 prints the traceback before that line. Any other exception is a
-bug and keeps its traceback.
+bug and keeps its traceback. Ctrl-C prints `interrupted: rerun the same command to resume` and
+exits 130. Control characters in the line (names read from files) are escaped (`printable`).
+A user's bad file or setting raises `InputError` (or a subclass) where it is found; a tuple
+config field given twice on the command line is refused (`repeated_tuple_fields`).
 """
 
 from __future__ import annotations
