@@ -58,4 +58,4 @@ def read_corpus(config: ml_collections.ConfigDict, workdir: Optional[str] = None
   return utterances, problems
 
 
-__all__ = ['CORPORA', 'CorpusReader', 'read_corpus']
+__all__ = ['CORPORA', 'CorpusError', 'CorpusReader', 'read_corpus']

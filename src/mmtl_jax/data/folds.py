@@ -145,4 +145,4 @@ def speaker_class_weights(store: Any, speakers: Sequence[str], config: ml_collec
   return {s: weights(store.rows(s)) for s in speakers}
 
 
-__all__ = ['class_weights', 'Fold', 'make_folds', 'speaker_class_weights']
+__all__ = ['class_weights', 'Fold', 'FoldsError', 'make_folds', 'speaker_class_weights']

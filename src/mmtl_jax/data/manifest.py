@@ -265,4 +265,4 @@ def read_manifest(data: ml_collections.ConfigDict) -> tuple[list[Utterance], lis
   return utterances, _dropped_labels(dropped, classes, csv_path) + few
 
 
-__all__ = ['read', 'read_manifest']
+__all__ = ['ManifestError', 'read', 'read_manifest']

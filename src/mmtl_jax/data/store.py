@@ -666,5 +666,6 @@ def format_summary(store: FeatureStore) -> str:
 
 __all__ = [
     'build_feature_store', 'check_aux_bins', 'check_stored', 'config_hash', 'content_hashes',
-    'FeatureStore', 'FORMAT', 'format_summary', 'load_store', 'StoreDamagedError', 'verify_store',
+    'FeatureStore', 'FORMAT', 'format_summary', 'load_store', 'NothingReadableError',
+    'OldStoreError', 'StoreDamagedError', 'StoreInputError', 'verify_store',
 ]

@@ -459,6 +459,7 @@ def define_config_file(name: str, default: str, help_string: str,
 
 __all__ = [
     'apply_preset', 'BACKEND_LOGGER', 'boundary', 'config_json', 'define_config_file',
-    'expected_line', 'ExpectedError', 'fail', 'one_line', 'QuietBackendProbe',
-    'QuietEnvironmentErrors', 'run', 'unknown_fields', 'verbose', 'VERBOSE_ENV',
+    'expected_line', 'ExpectedError', 'fail', 'InputError', 'INTERRUPTED_EXIT',
+    'INTERRUPTED_LINE', 'one_line', 'printable', 'QuietBackendProbe', 'QuietEnvironmentErrors',
+    'repeated_tuple_fields', 'run', 'unknown_fields', 'verbose', 'VERBOSE_ENV',
 ]
