@@ -121,7 +121,9 @@ def make_step(spec: MetaSpec, optimizer: optax.GradientTransformation,
       one); the step counter still advances; metrics['nonfinite'] = 1.0 says so.
     'raise': called eagerly (not under jit), raises `NonFiniteMetaGradient`; under jit a
       traced value cannot raise, so it skips as 'skip' does and the caller raises on the
-      host with `raise_if_nonfinite(metrics)` (or uses jax.experimental.checkify).
+      host with `raise_if_nonfinite(metrics)` (to find the operation that made the NaN,
+      run the step under jax.experimental.checkify with its nan checks, or
+      jax.config.update('jax_debug_nans', True)).
     'ignore': no check and no 'nonfinite' metric (NaN params follow a NaN gradient).
   Raises ValueError for another on_nonfinite; the step raises `MetaInputError` for bad
   inputs (`meta_gradient`).
