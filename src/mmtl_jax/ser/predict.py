@@ -201,14 +201,14 @@ def describe(bundle: str, config: ml_collections.ConfigDict, classes: Sequence[s
               dev_UA=dev_ua if dev_ua is not None else 'unknown', synthetic=synthetic)
 
 
-def wrap_items(items: Sequence[str], width: int, sep: str = '; ') -> List[str]:
-  """Comment lines ('# ' first, '#   ' on continuations) holding `items` joined by `sep` in
+def wrap_items(items: Sequence[str], width: int) -> List[str]:
+  """Comment lines ('# ' first, '#   ' on continuations) holding `items` joined by '; ' in
   order; an item moves to a new line rather than being split, unless alone it is longer than
   the line, then it is wrapped at spaces (a word longer than the line stays whole)."""
   lines: List[str] = []
   for item in items:
-    if lines and len(lines[-1]) + len(sep) + len(item) <= width:
-      lines[-1] += sep + item
+    if lines and len(lines[-1]) + 2 + len(item) <= width:
+      lines[-1] += '; ' + item
     else:
       lines += textwrap.wrap(item, width, initial_indent='# ', subsequent_indent='#   ',
                              break_long_words=False, break_on_hyphens=False) or ['#']
@@ -278,18 +278,19 @@ class Predictor:
   def header(self) -> List[str]:
     """Comment lines saying which bundle this is and what its model is (and, for a model
     trained on synthetic audio, a warning line), each at most HEADER_WIDTH characters unless
-    one word (a long path) is longer. The line after the bundle's starts with the fold, then
-    the dev UA and the protocol it was selected under; line [-1] is the synthetic warning when there is one."""
+    it holds a longer word: line [0] names the bundle (its path whole, however long); [1] starts with
+    the fold, then the dev UA and the protocol; then why this bundle was chosen, the corpus
+    and classes, the LOSO study if any; line [-1] is the synthetic warning if there is one."""
     d = self.description
-    lines = wrap_items([f'model {self.model} from {self.bundle}', f'({self.choice})'],
-                       HEADER_WIDTH, sep=' ')
     groups = [[f"fold: {d['fold']}", f"dev UA: {d['dev_UA']}", f"protocol: {d['protocol']}"],
+              [f'chosen: {self.choice}'],
               [f"trained on: {d['corpus']}", f"classes: {d['classes']}"]]
     if d.get('loso'):
       groups.append([f"leave-one-speaker-out study of this recipe: {d['loso']}"])
     if d['synthetic']:
       groups.append([SYNTHETIC_WARNING])
-    return lines + [line for g in groups for line in wrap_items(g, HEADER_WIDTH)]
+    return ([f'# model {self.model} from {self.bundle}']  # one line: the path is not cut
+            + [line for g in groups for line in wrap_items(g, HEADER_WIDTH)])
 
   def predict_file(self, path: str) -> Dict[str, Any]:
     """{'path', 'emotion', 'posteriors': {class: p}, 'segments', 'seconds', 'not_speech',
