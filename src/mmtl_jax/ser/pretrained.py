@@ -316,7 +316,10 @@ def model_card(info: Mapping[str, Any], config: ml_collections.ConfigDict, param
       'accuracy on spontaneous speech, other languages, other microphones or noisy channels '
       '(not measured).',
       f'- Every labelled clip gets one of the {len(config.classes)} classes, even when it '
-      'expresses none of them.',
+      'expresses none of them. Predict marks clips that do not look like speech (noise, a '
+      'pure tone, a steady or DC level, near-silence: `mmtl_jax.ser.domain`, calibrated so '
+      'that no EmoDB clip is flagged), labels whose largest posterior is below 0.5, and files '
+      'this model was trained on (`training_files_sha256` in `bundle.json`).',
       f"- The study's interval is over {s['folds']} speakers: it says how much the UA varies "
       'with the speaker, not how the model does on speakers unlike these.', '',
       '## Reproduce', '',
