@@ -480,7 +480,8 @@ if __name__ == '__main__':
 
 
 __all__ = [
-    'add_peak_fraction', 'BenchmarkArgumentError', 'check_choices', 'conv_rates', 'format_row', 'format_table', 'Job', 'matmul_peak_gflops',
+    'add_peak_fraction', 'BenchmarkArgumentError', 'check_choices', 'conv_rates', 'format_row',
+    'format_table', 'Job', 'matmul_peak_gflops',
     'measure', 'measure_matmul_peak', 'MODES', 'PEAK_SIZES', 'run', 'run_isolated', 'SHAPES',
     'STRATEGIES', 'summary', 'TARGETS',
 ]
