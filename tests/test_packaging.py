@@ -187,7 +187,7 @@ def test_core_installs_into_a_fresh_venv_and_its_tests_pass(tmp_path):
     pytest.skip('the package index is not reachable: ' + install.stderr.strip()[-300:])
   assert install.returncode == 0, install.stderr[-3000:]
   absent = subprocess.run([py, '-c', 'import importlib.util as u; print([m for m in '
-                           '("librosa", "ml_collections", "absl", "soundfile", "matplotlib") '
+                           '("librosa", "ml_collections", "soundfile", "matplotlib", "tqdm") '
                            'if u.find_spec(m)])'], capture_output=True, text=True, timeout=120)
   assert absent.stdout.strip() == '[]', absent.stdout + absent.stderr
   env = dict(os.environ, JAX_PLATFORMS='cpu')
