@@ -76,3 +76,6 @@ class Conv4(nn.Module):
     else:
       y = y.reshape(y.shape[0], -1)
     return nn.Dense(self.way, dtype=self.dtype, name='head')(y).astype(jnp.float32)
+
+
+__all__ = ['BLOCKS', 'Conv4', 'DOWNSAMPLE']
