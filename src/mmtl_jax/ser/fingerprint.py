@@ -109,6 +109,27 @@ def write(fold_dir: str, expected: Mapping[str, Any]) -> None:
   files.atomic_write_json(os.path.join(fold_dir, FILENAME), dict(expected))
 
 
+# What a fold directory holds as directories (ser/fold.py writes them).
+FOLD_SUBDIRS = ('checkpoints', 'logs', 'bundle')
+
+
+def refuse_links(workdir: str, fold_dir: str) -> None:
+  """Raises files.PathError naming the first entry from below `workdir` down to `fold_dir`
+  (the model, seed and fold directories), or of fold_dir's FOLD_SUBDIRS, that is a symbolic
+  link: the run renames, writes and deletes in them (a restart moves folds aside), which must
+  happen inside the real workdir, never in where a link points. The workdir itself may be a
+  link: it is the user's choice of place."""
+  entries, current = [], workdir
+  for part in os.path.relpath(fold_dir, workdir).split(os.sep):
+    current = os.path.join(current, part)
+    entries.append(current)
+  entries += [os.path.join(fold_dir, name) for name in FOLD_SUBDIRS]
+  for entry in entries:
+    if os.path.islink(entry):
+      raise files.PathError(f'{entry} is a symbolic link (to {os.readlink(entry)}): the '
+                            "workdir's entries must be real directories; remove the link")
+
+
 def move_aside(fold_dir: str) -> str:
   """Renames `fold_dir` to the first free `<fold_dir>.stale-<n>`; returns the new path."""
   n = 1
@@ -136,6 +157,6 @@ def mismatch_message(stale: Mapping[str, list[str]], workdir: str) -> str:
 
 __all__ = [
     'check_checkpoint', 'CHECKPOINT_KEY', 'differences', 'FILENAME', 'fingerprint', 'flatten',
-    'IGNORED', 'mismatch_message', 'move_aside', 'RECOVER', 'RESULT_KEY', 'stale_fields',
-    'StaleRunError', 'write',
+    'FOLD_SUBDIRS', 'IGNORED', 'mismatch_message', 'move_aside', 'RECOVER', 'refuse_links',
+    'RESULT_KEY', 'stale_fields', 'StaleRunError', 'write',
 ]

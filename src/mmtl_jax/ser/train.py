@@ -187,6 +187,8 @@ def check_fold_dirs(config: ml_collections.ConfigDict, store: Any, folds: List[A
   (`.<name>.mmtl_jax-tmp-<hex>`: run/files.py `temp_name`) in the workdir and its fold directories go first.
 
   Raises:
+    files.PathError: a model, seed or fold directory (or a fold's checkpoints, logs, bundle)
+      is a symbolic link (`fingerprint.refuse_links`); nothing was removed or moved.
     StaleRunError: listing every stale fold's differing fields, unless
       config.train.on_changed_config == 'restart' (stale folds are then moved aside).
   """
@@ -195,6 +197,7 @@ def check_fold_dirs(config: ml_collections.ConfigDict, store: Any, folds: List[A
     files.remove_killed_writes(workdir)
   for model_name in config.train.models:
     for seed_config, _, _, fold_dir in _fold_dirs(config, model_name, folds, seeds, workdir):
+      fingerprint_lib.refuse_links(workdir, fold_dir)  # before anything is removed or moved
       if process.is_primary():
         files.remove_killed_writes(fold_dir)
       expected[fold_dir] = _expected(seed_config, model_name, store)
