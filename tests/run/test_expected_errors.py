@@ -45,17 +45,7 @@ ALLOWED = {
 }
 # Refusals of user input still bare, in files outside this change (issue 28 left open):
 # each should become an ExpectedError where it is raised; remove the entry when it does.
-PENDING = {
-    ('data/iemocap.py', 'resolve_root', 'ValueError'),
-    ('data/iemocap.py', 'resolve_root', 'FileNotFoundError'),
-    ('data/iemocap.py', 'parse_summary_line', 'ValueError'),
-    ('data/iemocap.py', 'speaker_of', 'ValueError'),
-    ('data/iemocap.py', '_selected', 'ValueError'),
-    ('data/iemocap.py', '_aux_positions', 'ValueError'),
-    ('data/iemocap.py', '_session_files', 'FileNotFoundError'),
-    ('data/synthetic.py', 'ensure_corpus', 'ValueError'),
-    ('data/synthetic.py', 'read', 'ValueError'),
-}
+PENDING: set = set()
 
 
 def bare_raises(path):

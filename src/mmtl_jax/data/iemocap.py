@@ -26,6 +26,7 @@ from typing import Optional
 import ml_collections
 
 from mmtl_jax.records import Problem, Utterance, bin_index
+from mmtl_jax.run import errors
 
 RELEASE_DIR = 'IEMOCAP_full_release'
 VAD_NAMES = ('valence', 'activation', 'dominance')
@@ -38,16 +39,27 @@ _SUMMARY = re.compile(rf'^\[\s*({_NUMBER})\s*-\s*({_NUMBER})\s*\]\s+(\S+)\s+(\S+
 _UTT_ID = re.compile(r'^(Ses\d+)[A-Za-z]?_.+_([FM])[^_]*$')
 
 
+class IemocapError(errors.InputError):
+  """A release (or config.data for it) that cannot be read: a malformed summary line, an
+  utterance id or V/A/D value out of the layout's rules (naming file and line), an unknown
+  selection or aux task. A ValueError too, as before."""
+
+
+class IemocapMissingError(IemocapError, FileNotFoundError):
+  """The release root or a selected session's EmoEvaluation directory does not exist (a
+  FileNotFoundError too, as before)."""
+
+
 def resolve_root(root: str) -> str:
   """The IEMOCAP_full_release directory from `root` (that directory or its parent)."""
   if not root:
-    raise ValueError('config.data.root is empty: set it to the IEMOCAP_full_release directory '
+    raise IemocapError('config.data.root is empty: set it to the IEMOCAP_full_release directory '
                      f'(expected layout: {LAYOUT})')
   root = os.path.abspath(os.path.expanduser(root))
   if os.path.isdir(os.path.join(root, RELEASE_DIR)):
     root = os.path.join(root, RELEASE_DIR)
   if not os.path.isdir(root):
-    raise FileNotFoundError(f'IEMOCAP root {root} does not exist (expected layout: {LAYOUT})')
+    raise IemocapMissingError(f'IEMOCAP root {root} does not exist (expected layout: {LAYOUT})')
   return root
 
 
@@ -55,11 +67,11 @@ def parse_summary_line(line: str, where: str) -> tuple[str, str, tuple[float, fl
   """(utt_id, category, (valence, activation, dominance)) of one summary line.
 
   Raises:
-    ValueError naming `where` ('file:line') if the line is malformed.
+    IemocapError naming `where` ('file:line') if the line is malformed.
   """
   m = _SUMMARY.match(line.rstrip('\r\n'))
   if not m:
-    raise ValueError(f'{where}: malformed EmoEvaluation summary line {line.strip()!r}; expected '
+    raise IemocapError(f'{where}: malformed EmoEvaluation summary line {line.strip()!r}; expected '
                      "'[start - end]<TAB>utt_id<TAB>category<TAB>[v, a, d]'")
   utt_id, category = m.group(3), m.group(4)
   vad = (float(m.group(5)), float(m.group(6)), float(m.group(7)))
@@ -70,7 +82,7 @@ def speaker_of(utt_id: str, where: str) -> str:
   """'Ses01F_impro01_M003' -> 'Ses01M': session prefix + gender letter of the last field."""
   m = _UTT_ID.match(utt_id)
   if not m:
-    raise ValueError(f'{where}: utterance id {utt_id!r} is not <SesNN..>_<dialog>_<F|M><nnn>')
+    raise IemocapError(f'{where}: utterance id {utt_id!r} is not <SesNN..>_<dialog>_<F|M><nnn>')
   return m.group(1) + m.group(2)
 
 
@@ -104,7 +116,7 @@ def _selected(dialog: str, selection: str) -> bool:
     return 'script' in dialog
   if selection == 'all':
     return True
-  raise ValueError(f"config.data.iemocap.selection {selection!r}: 'improvised' | 'scripted' | "
+  raise IemocapError(f"config.data.iemocap.selection {selection!r}: 'improvised' | 'scripted' | "
                    "'all'")
 
 
@@ -118,18 +130,35 @@ def read(data: ml_collections.ConfigDict, workdir: Optional[str] = None
 def _aux_positions(aux_tasks) -> list[int]:
   for name in aux_tasks:
     if name not in VAD_NAMES:
-      raise ValueError(f'IEMOCAP aux task {name!r} is not one of {VAD_NAMES}')
+      raise IemocapError(f'IEMOCAP aux task {name!r} is not one of {VAD_NAMES}')
   return [VAD_NAMES.index(name) for name in aux_tasks]
 
 
 def _session_files(root: str, session: int, problems: list[Problem]) -> list[str]:
   eval_dir = os.path.join(root, f'Session{session}', 'dialog', 'EmoEvaluation')
   if not os.path.isdir(eval_dir):
-    raise FileNotFoundError(f'{eval_dir} does not exist (expected layout: {LAYOUT})')
+    raise IemocapMissingError(f'{eval_dir} does not exist (expected layout: {LAYOUT})')
   files = sorted(glob.glob(os.path.join(eval_dir, '*.txt')))
   if not files:
     problems.append({'path': eval_dir, 'reason': 'no EmoEvaluation *.txt files'})
   return files
+
+
+def _bins(vad: tuple[float, float, float], edges: tuple[float, ...], aux_pos: list[int],
+          where: str) -> tuple[int, ...]:
+  """The bins of the aux values; every value is checked, also those of no aux task.
+
+  Raises:
+    IemocapError: a value outside [edges[0], edges[-1]) (records.bin_index's plain
+      ValueError, raised again as the file's refusal, naming file and line).
+  """
+  try:
+    bins = tuple(bin_index(vad[i], edges, where) for i in aux_pos)
+    for value in vad:
+      bin_index(value, edges, where)
+    return bins
+  except ValueError as e:
+    raise IemocapError(str(e)) from e
 
 
 def read_iemocap(data: ml_collections.ConfigDict,
@@ -143,8 +172,8 @@ def read_iemocap(data: ml_collections.ConfigDict,
 
   Returns:
     (utterances, problems). V/A/D values are binned with data.iemocap.vad_edges; a value
-    outside [edges[0], edges[-1]) or a malformed summary line raises ValueError naming file
-    and line.
+    outside [edges[0], edges[-1]) or a malformed summary line raises IemocapError (a
+    ValueError) naming file and line.
   """
   root = resolve_root(root or data.root)
   opts = data.iemocap
@@ -160,9 +189,7 @@ def read_iemocap(data: ml_collections.ConfigDict,
       for number, utt_id, category, vad in read_emo_evaluation(path):
         where = f'{path}:{number}'
         # Validate every line, also of classes not kept: bad input should not hide.
-        bins = tuple(bin_index(vad[i], edges, where) for i in aux_pos)
-        for value in vad:
-          bin_index(value, edges, where)
+        bins = _bins(vad, edges, aux_pos, where)
         speaker = speaker_of(utt_id, where)
         label = 'hap' if (opts.merge_exc and category == 'exc') else category
         if label not in classes:
@@ -176,6 +203,6 @@ def read_iemocap(data: ml_collections.ConfigDict,
 
 
 __all__ = [
-    'LAYOUT', 'parse_summary_line', 'read', 'read_emo_evaluation', 'read_iemocap', 'RELEASE_DIR',
+    'IemocapError', 'IemocapMissingError', 'LAYOUT', 'parse_summary_line', 'read', 'read_emo_evaluation', 'read_iemocap', 'RELEASE_DIR',
     'resolve_root', 'speaker_of', 'VAD_NAMES',
 ]

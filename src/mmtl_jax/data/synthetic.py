@@ -35,6 +35,7 @@ from mmtl_jax.data import iemocap
 from mmtl_jax.data import synthetic_speech as speech
 from mmtl_jax.data.iemocap import RELEASE_DIR
 from mmtl_jax.records import Problem, Utterance
+from mmtl_jax.run import errors
 from mmtl_jax.run import progress
 
 MARKER = 'SYNTHETIC.json'  # written inside IEMOCAP_full_release; marks a complete corpus
@@ -220,6 +221,11 @@ def write_corpus(root: str, seed: int = 0, sessions: int = 5,
   return {'root': final, 'utterances': total, 'unreadable': unreadable}
 
 
+class SyntheticCorpusError(errors.InputError):
+  """A synthetic corpus that cannot be used: another seed or version already in the
+  directory, or no place to write it (neither data.root nor a workdir). A ValueError too."""
+
+
 def ensure_corpus(root: str, seed: int = 0) -> str:
   """The release dir of the synthetic corpus under `root`, written first if absent.
 
@@ -235,7 +241,7 @@ def ensure_corpus(root: str, seed: int = 0) -> str:
       params = json.load(f)
     if params.get('seed') == seed and params.get('version') == VERSION:
       return final
-    raise ValueError(f'{final} holds a synthetic corpus of seed {params.get("seed")} '
+    raise SyntheticCorpusError(f'{final} holds a synthetic corpus of seed {params.get("seed")} '
                      f'(version {params.get("version")}), not seed {seed} (version {VERSION}); '
                      'use another directory or delete it')
   return write_corpus(root, seed=seed)['root']
@@ -271,7 +277,7 @@ def read(data: ml_collections.ConfigDict, workdir: Optional[str] = None
   """
   root = data.root or (os.path.join(workdir, 'synthetic_corpus') if workdir else '')
   if not root:
-    raise ValueError("data.kind='synthetic' needs config.data.root or a workdir "
+    raise SyntheticCorpusError("data.kind='synthetic' needs config.data.root or a workdir "
                      '(the corpus is then written to <workdir>/synthetic_corpus)')
   if not os.path.isdir(os.path.join(os.path.abspath(root), RELEASE_DIR)):  # a silent minute
     progress.line(f'writing the synthetic corpus (seed {int(data.synthetic.seed)}) to '
@@ -282,5 +288,6 @@ def read(data: ml_collections.ConfigDict, workdir: Optional[str] = None
 
 __all__ = [
     'CATEGORY_NAMES', 'ensure_corpus', 'IMPRO_COUNTS', 'IMPRO_DIALOGS', 'MARKER', 'read',
-    'SCRIPT_COUNTS', 'unreadable_on_purpose', 'VAD_MEAN', 'VAD_SD', 'VERSION', 'write_corpus',
+    'SCRIPT_COUNTS', 'SyntheticCorpusError', 'unreadable_on_purpose', 'VAD_MEAN', 'VAD_SD',
+    'VERSION', 'write_corpus',
 ]
