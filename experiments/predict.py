@@ -66,15 +66,17 @@ def _flags(r: dict) -> str:
 
 
 def _print_text(predictor: predict.Predictor, results: list) -> None:
-  print('\n'.join(predictor.header()))
+  """The header, then one line per file; paths and class names (from the command line and
+  the bundle's config) are printed with control characters escaped."""
+  print('\n'.join(predictor.header()))  # escaped by header()
   for r in results:
     if 'error' in r:
-      print(f"{r['path']}: ERROR {r['error']}", file=sys.stderr)
+      print(errors.printable(f"{r['path']}: ERROR {r['error']}"), file=sys.stderr)
     elif r.get('warning'):
-      print(f"{r['path']}: no label  (WARNING {r['warning']}){_flags(r)}")
+      print(errors.printable(f"{r['path']}: no label  (WARNING {r['warning']}){_flags(r)}"))
     else:
       post = ' '.join(f'{c}={p:.3f}' for c, p in r['posteriors'].items())
-      print(f"{r['path']}: {r['emotion']}  ({post}){_flags(r)}")
+      print(errors.printable(f"{r['path']}: {r['emotion']}  ({post}){_flags(r)}"))
 
 
 def main(argv):

@@ -55,6 +55,7 @@ from typing import Any, Callable, Iterable, Iterator, Optional, TextIO
 
 import tqdm
 
+from mmtl_jax.run import errors
 from mmtl_jax.run import files
 
 DEFAULT_EVERY_S = 30.0
@@ -180,12 +181,15 @@ class Progress:
   # ---- the units ---------------------------------------------------------------------------
 
   def start(self, name: str, total: int, done: int = 0) -> None:
-    """Unit `name` starts with `total` steps, `done` of them already done (a resumed one)."""
+    """Unit `name` starts with `total` steps, `done` of them already done (a resumed one);
+    control characters in `name` are shown escaped (`errors.printable`)."""
     with _LOCK:
       self.index += 1
       self.worked += 1
       now = self._clock()
-      self._unit = _Unit(str(name), int(total), now, int(done))
+      # Unit names hold names from files (a fold is named after its speakers): escaped, so
+      # that no control character reaches the terminal or the bars.
+      self._unit = _Unit(errors.printable(str(name)), int(total), now, int(done))
       if not self.enabled:
         return
       if self.tty and not self._announce:
@@ -233,7 +237,8 @@ class Progress:
       return seconds
 
   def read_back(self, name: str, note: str = '') -> None:
-    """Unit `name` was done before (its result read back): counted, never timed."""
+    """Unit `name` was done before (its result read back): counted, never timed; its line
+    (name and `note`) has control characters escaped."""
     with _LOCK:
       self.index += 1
       self.read_back_count += 1
@@ -241,7 +246,8 @@ class Progress:
         return
       if self.tty and self._overall is None and self.units > 1:
         self._open_overall()
-      self._write(f'{self._prefix(str(name))} read back' + (f': {note}' if note else ''))
+      self._write(errors.printable(f'{self._prefix(str(name))} read back'
+                                   + (f': {note}' if note else '')))
       self._advance_overall()
 
   def track(self, iterable: Iterable[Any], name: str, total: int) -> Iterator[Any]:

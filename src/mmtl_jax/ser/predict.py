@@ -280,7 +280,10 @@ class Predictor:
     trained on synthetic audio, a warning line), each at most HEADER_WIDTH characters unless
     it holds a longer word: line [0] names the bundle (its path whole, however long); [1] starts with
     the fold, then the dev UA and the protocol; then why this bundle was chosen, the corpus
-    and classes, the LOSO study if any; line [-1] is the synthetic warning if there is one."""
+    and classes, the LOSO study if any; line [-1] is the synthetic warning if there is one.
+    Names read from bundle.json / config.json (corpus, classes, fold, speakers) and the path
+    are shown with control characters escaped (`errors.printable`), before wrapping: no
+    escape sequence or newline of a file reaches the terminal."""
     d = self.description
     groups = [[f"fold: {d['fold']}", f"dev UA: {d['dev_UA']}", f"protocol: {d['protocol']}"],
               [f'chosen: {self.choice}'],
@@ -289,7 +292,8 @@ class Predictor:
       groups.append([f"leave-one-speaker-out study of this recipe: {d['loso']}"])
     if d['synthetic']:
       groups.append([SYNTHETIC_WARNING])
-    return ([f'# model {self.model} from {self.bundle}']  # one line: the path is not cut
+    groups = [[errors.printable(item) for item in g] for g in groups]
+    return ([errors.printable(f'# model {self.model} from {self.bundle}')]  # the path uncut
             + [line for g in groups for line in wrap_items(g, HEADER_WIDTH)])
 
   def predict_file(self, path: str) -> Dict[str, Any]:

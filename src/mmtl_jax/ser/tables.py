@@ -10,6 +10,7 @@ import jax
 from jax.experimental import multihost_utils
 import ml_collections
 
+from mmtl_jax.run import errors
 from mmtl_jax.run import files
 from mmtl_jax.run import process
 from mmtl_jax.run import progress
@@ -42,7 +43,9 @@ def text_table(markdown: List[str]) -> List[str]:
 def terminal_summary(workdir: str, paths: Dict[str, str], runs: List[Dict[str, Any]],
                      reporter: progress.Progress, seconds: float) -> str:
   """What the terminal shows at the end: the summary table in the paper's layout (Tables 2
-  and 3), where the rest is (results.md: the per-fold tables), and what this run trained."""
+  and 3), where the rest is (results.md: the per-fold tables), and what this run trained.
+  Each line has its control characters escaped (`errors.printable`): system names come from
+  the config, paths from the command line."""
   plots = sorted(p for k, p in paths.items() if k.endswith('.png'))
   lines = ['', 'Results (%): pooled over the test utterances of all folds; mean ± std over '
            'folds × seeds', '']
@@ -61,7 +64,7 @@ def terminal_summary(workdir: str, paths: Dict[str, str], runs: List[Dict[str, A
     lines.append(f'trained {reporter.worked} fold-run(s)' + (
         f', read back {reporter.read_back_count}' if reporter.read_back_count else '')
                  + f'; total {seconds:.1f} s')
-  return '\n'.join(lines)
+  return '\n'.join(errors.printable(line) for line in lines)
 
 
 def write_tables(workdir: str, config: ml_collections.ConfigDict, classes: List[str],
