@@ -79,3 +79,16 @@ def test_predict_cli_prints_names_and_paths_escaped(evil_bundle, tmp_path):
   assert f'{ESCAPED}=' in out.stdout  # the class name in the posteriors
   assert 'a\\x1b[2Jb.wav: ' in out.stdout and 'gone\\rx.wav: ERROR' in out.stderr
   assert 'forged line' not in out.stdout.replace(ESCAPED, '')
+
+
+def test_terminal_summary_escapes_names_and_paths(tmp_path):
+  from mmtl_jax.ser import tables  # pylint: disable=g-import-not-at-top
+  run = {'model': EVIL, 'protocol': 'strict', 'pooled': {'UA': 0.5, 'WA': 0.5},
+         'mean': {'UA': 0.5, 'WA': 0.5}, 'std': {'UA': 0.0, 'WA': 0.0}, 'n_folds': 1,
+         'seeds': [0]}
+  reporter = progress.Progress('fold-run', 1, stream=io.StringIO(), tty=False)
+  workdir = str(tmp_path / 'w\x1b[2J')
+  text = tables.terminal_summary(workdir, {'markdown': workdir + '/results.md',
+                                           'json': workdir + '/results.json'},
+                                 [run], reporter, 1.0)
+  assert '\x1b' not in text and 'w\\x1b[2J' in text, text
