@@ -49,6 +49,35 @@ def test_test_characters_and_their_rotations_never_appear_in_training_or_validat
   assert seen_test <= forbidden and seen_test  # the check can see test images when they come
 
 
+def test_the_shipped_alphabets_split_keeps_test_characters_out_of_training_and_validation():
+  # The toy check above at the shipped scale (configs/fewshot.py's data: 1,000 characters,
+  # 20 drawings, 28 x 28, split 70/10/20); rendering takes about 2 s on 2 cores.
+  data = fewshot_config.get_config().data
+  alphabet, splits = experiment.build_alphabet(data)
+  chars = {k: glyphs.split_class(v)[0] for k, v in splits.items()}
+  assert [len(splits[k]) for k in ('train', 'val', 'test')] == [2800, 400, 800]
+  for name, cls in splits.items():  # all four rotations of each of its characters
+    assert len(cls) == 4 * len(np.unique(chars[name])), name
+  assert not set(chars['test'].tolist()) & set(chars['train'].tolist() + chars['val'].tolist())
+  assert not set(chars['train'].tolist()) & set(chars['val'].tolist())
+  samples = alphabet.shape[1]
+  pixels = lambda cls: glyphs.class_images(
+      alphabet, cls, np.tile(np.arange(samples), (len(cls), 1))).reshape(
+          -1, data.size, data.size)
+  forbidden = _hashes(pixels(splits['test']).astype(np.float32) / 255.0)
+  assert len(forbidden) == 800 * samples  # every test image is distinct, so the check can see
+  assert not _hashes(pixels(np.concatenate([splits['train'], splits['val']])).astype(
+      np.float32) / 255.0) & forbidden  # no training or validation image is a test image
+  for split in ('train', 'val', 'test'):
+    for step in range(5):
+      batch = episodes.sample_tasks(alphabet, splits[split], episodes.episode_rng(0, split, step),
+                                    tasks=2, way=20, shot=1, query=5)
+      drawn = _hashes(np.concatenate([batch['support_x'], batch['query_x']], 1).reshape(
+          -1, data.size, data.size))
+      # test episodes show the check can see a test image when one comes
+      assert (drawn <= forbidden) if split == 'test' else not drawn & forbidden, (split, step)
+
+
 def test_validation_and_test_episodes_come_from_their_own_split():
   alphabet = glyphs.render_alphabet(40, samples=6, size=12, seed=7)
   splits = episodes.split_classes(40, (0.6, 0.2, 0.2))
