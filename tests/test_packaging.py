@@ -10,6 +10,7 @@ own tests there.
 import os
 import pathlib
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -180,7 +181,11 @@ def test_core_installs_into_a_fresh_venv_and_its_tests_pass(tmp_path):
   venv = tmp_path / 'venv'
   subprocess.run([sys.executable, '-m', 'venv', str(venv)], check=True, timeout=300)
   py = str(venv / 'bin' / 'python')
-  install = subprocess.run([py, '-m', 'pip', 'install', '-q', f'{ROOT}[test]'],
+  # A copy of the sources: a non-editable install builds in the tree it is given (build/).
+  source = tmp_path / 'source'
+  shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
+      '.git', 'build', 'dist', '*.egg-info', 'runs', '__pycache__', '.pytest_cache'))
+  install = subprocess.run([py, '-m', 'pip', 'install', '-q', f'{source}[test]'],
                            capture_output=True, text=True, timeout=1200)
   if install.returncode and re.search(r'(?i)connection|network|resolve|temporary failure',
                                       install.stderr) and 'No matching' not in install.stderr:
