@@ -46,7 +46,8 @@ flags.DEFINE_string('json', '', 'write {"records": [...]} here, rewritten after 
                     '<workdir>/fewshot.json')
 flags.DEFINE_string('md', '', 'write the markdown table here (default: <workdir>/fewshot.md '
                     'when --workdir is set)')
-flags.DEFINE_list('methods', [], 'methods to run (default: config.methods, all six)')
+flags.DEFINE_list('methods', [], 'methods to run (default: config.methods, all eight: the six '
+                  'meta-learners and the two baselines)')
 flags.DEFINE_list('ways', [], 'ways, paired with --shots (default: config.ways)')
 flags.DEFINE_list('shots', [], 'shots, paired with --ways (default: config.shots)')
 flags.DEFINE_integer('seed', None, 'first training seed (init, episodes); the alphabet keeps '
