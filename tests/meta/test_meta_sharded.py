@@ -37,15 +37,11 @@ def test_placement_on_a_one_device_mesh_keeps_values():
 
 # 5 tasks on 3 fake CPU devices (padded to 6): every built-in estimator, a custom one and
 # `sum_over_tasks`, sharded against vmap; the real task count travels as an argument (the
-# library has no thread-local). Also: run.process's placement equals meta's.
+# library has no thread-local).
 _PADDED_SCRIPT = textwrap.dedent('''
     import dataclasses, json
     import jax, jax.numpy as jnp, numpy as np
     from mmtl_jax import meta
-    try:  # the placement of the SER runs (run/ needs the 'ser' extra)
-      from mmtl_jax.run import process
-    except ImportError:
-      process = None
     assert jax.device_count() == 3
     jax.config.update('jax_enable_x64', True)
 
@@ -77,14 +73,6 @@ _PADDED_SCRIPT = textwrap.dedent('''
         out[f'{name}/{reduce}'] = got
     fn = lambda b, i: jnp.sum(b['x']) * (i + 1)
     out['sum'] = [float(meta.sum_over_tasks(fn, batch, s, mesh=mesh)) for s in ('vmap', 'sharded')]
-    if process is not None:
-      place_state, place_batch = process.placement(mesh)
-      out['placement'] = [
-          place_state(params)['net']['w'].sharding
-          == meta.replicate(params, mesh)['net']['w'].sharding,
-          place_batch(batch)['x'].sharding == meta.shard_task_batch(batch, mesh)['x'].sharding,
-          place_batch({'x': batch['x'][:3]})['x'].sharding
-          == meta.shard_task_batch({'x': batch['x'][:3]}, mesh)['x'].sharding]
     print(json.dumps(out))
 ''')
 
@@ -97,8 +85,6 @@ def test_every_estimator_is_sharded_over_a_task_count_the_devices_do_not_divide(
                         text=True, timeout=600, check=False)
   assert done.returncode == 0, done.stderr[-3000:]
   out = json.loads(done.stdout.strip().splitlines()[-1])
-  placement = out.pop('placement', None)  # absent in a core-only install (no run/)
-  assert placement in (None, [True, True, True]), placement
   total = out.pop('sum')
   np.testing.assert_allclose(total[1], total[0], rtol=1e-12)
   for name, got in out.items():

@@ -33,6 +33,7 @@ from mmtl_jax.run import process
 from mmtl_jax.run import progress
 from mmtl_jax.ser import evaluate as eval_lib
 from mmtl_jax.ser import fingerprint as fingerprint_lib
+from mmtl_jax.ser import placement as placement_lib
 from mmtl_jax.ser import systems as systems_lib
 
 log = logging.getLogger(__name__)
@@ -197,7 +198,7 @@ class FoldRun:
       opt_state, metrics); it donates params and opt_state.
     sampler: the fold's TaskSampler; `sampler.batch(step)` depends on (seed, step) only.
     key: jax.random.key(config.seed); step s trains with fold_in(key, s).
-    place_batch: puts a task batch where the step wants it (see `run.process.placement`).
+    place_batch: puts a task batch where the step wants it (see `ser.placement.placement`).
     evaluator: the system's Evaluator; dev_speaker: the fold's model-selection speaker.
     protocols: config.eval.protocols; seed: config.seed.
     steps, log_every, eval_every, checkpoint_every: the schedule from config.train.
@@ -376,7 +377,7 @@ def train_fold(system: systems_lib.System, evaluator: eval_lib.Evaluator, step_f
     store: the FeatureStore; fold: a `folds.Fold`; config: the full config.
     fold_dir: <workdir>/<model>/<fold>.
     position: the fold in error messages, e.g. 'mmtl seed 0 fold 2/5'.
-    mesh: `process.task_mesh(config)`: params and optimiser state go replicated on it and
+    mesh: `placement.task_mesh(config)`: params and optimiser state go replicated on it and
       each task batch sharded on its task axis; None (default) leaves them where they are.
     fingerprint: the fold's fingerprint, stored in each checkpoint and compared on restore.
     reporter: the run's progress (its current unit is this fold), updated every step.
@@ -386,7 +387,7 @@ def train_fold(system: systems_lib.System, evaluator: eval_lib.Evaluator, step_f
   """
   seed = int(config.seed)
   sampler = sampler_lib.TaskSampler(store, fold.train_speakers, config, seed)
-  place_state, place_batch = process.placement(mesh)
+  place_state, place_batch = placement_lib.placement(mesh)
   state = create_state(system, store, config, place_state)
   checkpointer = ckpt_lib.Checkpointer(os.path.join(fold_dir, 'checkpoints'), max_to_keep=2,
                                        save_interval_steps=1)

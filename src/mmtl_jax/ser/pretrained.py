@@ -45,6 +45,7 @@ from mmtl_jax.run import provenance as provenance_lib
 from mmtl_jax.run import stats
 from mmtl_jax.ser import domain
 from mmtl_jax.ser import fold as fold_lib
+from mmtl_jax.ser import placement as placement_lib
 from mmtl_jax.ser import systems as systems_lib
 from mmtl_jax.ser import train as train_lib
 
@@ -167,7 +168,7 @@ def fit_all_speakers(config: ml_collections.ConfigDict, workdir: str, features_d
   for old in ('checkpoints', 'logs'):  # a fit is never resumed: an earlier one's files go
     shutil.rmtree(os.path.join(workdir, old), ignore_errors=True)
   system = systems_lib.make_system(MODEL, config)
-  place_state, place_batch = process.placement(None)
+  place_state, place_batch = placement_lib.placement(None)
   state = fold_lib.create_state(system, store, config, place_state)
   checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'), max_to_keep=1,
                                        save_interval_steps=1)

@@ -77,6 +77,7 @@ from mmtl_jax.ser import config_check
 from mmtl_jax.ser import evaluate as eval_lib
 from mmtl_jax.ser import fingerprint as fingerprint_lib
 from mmtl_jax.ser import fold as fold_lib
+from mmtl_jax.ser import placement as placement_lib
 from mmtl_jax.ser import results as results_lib
 from mmtl_jax.ser import systems as systems_lib
 from mmtl_jax.ser import tables
@@ -349,7 +350,7 @@ def _run(config: ml_collections.ConfigDict, workdir: str, t0: float) -> Dict[str
   progress.line(store_lib.format_summary(store))
   folds = folds_lib.make_folds(store, config)
   # Built once: every system and fold shares the mesh (and so their compilations).
-  mesh = process.task_mesh(config)
+  mesh = placement_lib.task_mesh(config)
   seeds = tuple(int(x) for x in config.train.get('seeds', ())) or (int(config.seed),)
   check_fold_dirs(config, store, folds, seeds, workdir)
   if process.is_primary():  # after the stale-fold check: a refused config is not recorded
