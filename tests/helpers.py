@@ -117,3 +117,16 @@ def assert_trees_close(actual, desired, *, rtol, atol, err_msg='', leaf_scaled_a
   if problems:
     raise AssertionError(f'{head}{len(problems)} of {len(got)} leaves differ:\n  '
                          + '\n  '.join(problems))
+
+
+def assert_one_error_line(error, *fragments):
+  """The entry points' line for `error` (run/errors.py `expected_line`): the error must be an
+  expected one (else a traceback would print), the line one line holding every fragment.
+  Returns the line."""
+  from mmtl_jax.run import errors  # pylint: disable=g-import-not-at-top
+  line = errors.expected_line(error)
+  assert line is not None, f'{type(error).__name__} would print a traceback: {error}'
+  assert '\n' not in line
+  for fragment in fragments:
+    assert fragment in line, line
+  return line

@@ -6,9 +6,9 @@ import os
 
 import pytest
 
+from helpers import assert_one_error_line
 from mmtl_jax.configs import base
 from mmtl_jax.data import iemocap, synthetic
-from mmtl_jax.run import errors
 
 
 def _block(utt_id, cat, vad):
@@ -35,16 +35,6 @@ def _data(root, **overrides):
   return c
 
 
-def one_line(error, *fragments):
-  """The boundary's line for `error`: it must be expected, and one line."""
-  line = errors.expected_line(error)
-  assert line is not None, f'{type(error).__name__} would print a traceback: {error}'
-  assert '\n' not in line
-  for fragment in fragments:
-    assert fragment in line, line
-  return line
-
-
 GOOD = _block('Ses01F_impro01_F000', 'neu', (2, 2, 2))
 
 
@@ -61,34 +51,34 @@ GOOD = _block('Ses01F_impro01_F000', 'neu', (2, 2, 2))
     ('unknown aux task', [GOOD], {'aux_tasks': ('arousal',)}, ("aux task 'arousal'",)),
     ('missing session', [GOOD], {'sessions': (1, 2)}, ('Session2', 'does not exist')),
 ])
-def test_iemocap_refusals_are_one_line(tmp_path, name, blocks, overrides, fragments):
+def test_iemocap_refusals_are_assert_one_error_line(tmp_path, name, blocks, overrides, fragments):
   del name  # the id only
   path = _release(tmp_path, blocks)
   with pytest.raises(iemocap.IemocapError) as e:  # before: a bare ValueError / FileNotFoundError
     iemocap.read_iemocap(_data(tmp_path, **overrides))
-  line = one_line(e.value, *fragments)
+  line = assert_one_error_line(e.value, *fragments)
   if fragments[0].startswith(':'):  # a line of the file: named with its path
     assert line.startswith(path + fragments[0]), line
 
 
-def test_missing_or_empty_root_is_one_line(tmp_path):
+def test_missing_or_empty_root_is_assert_one_error_line(tmp_path):
   with pytest.raises(FileNotFoundError) as e:  # still a FileNotFoundError for its callers
     iemocap.read_iemocap(_data(tmp_path / 'nowhere'))
-  one_line(e.value, 'does not exist', 'IEMOCAP_full_release/SessionN')
+  assert_one_error_line(e.value, 'does not exist', 'IEMOCAP_full_release/SessionN')
   with pytest.raises(ValueError) as e:
     iemocap.read_iemocap(_data(''))
-  one_line(e.value, 'config.data.root is empty')
+  assert_one_error_line(e.value, 'config.data.root is empty')
 
 
-def test_synthetic_corpus_refusals_are_one_line(tmp_path):
+def test_synthetic_corpus_refusals_are_assert_one_error_line(tmp_path):
   release = tmp_path / 'c' / 'IEMOCAP_full_release'
   release.mkdir(parents=True)
   (release / synthetic.MARKER).write_text(json.dumps({'seed': 3, 'version': synthetic.VERSION}))
   with pytest.raises(synthetic.SyntheticCorpusError) as e:
     synthetic.ensure_corpus(str(tmp_path / 'c'), seed=0)
-  one_line(e.value, 'holds a synthetic corpus of seed 3')
+  assert_one_error_line(e.value, 'holds a synthetic corpus of seed 3')
   data = _data('')
   data.kind = 'synthetic'
   with pytest.raises(synthetic.SyntheticCorpusError) as e:
     synthetic.read(data, workdir=None)
-  one_line(e.value, "data.kind='synthetic' needs config.data.root or a workdir")
+  assert_one_error_line(e.value, "data.kind='synthetic' needs config.data.root or a workdir")
