@@ -8,16 +8,12 @@ import os
 import subprocess
 import sys
 
-import jax
-import ml_collections
 import numpy as np
 import pytest
 import soundfile as sf
 
-from mmtl_jax.data import features
-from mmtl_jax.run import checkpoint as ckpt_lib
 from mmtl_jax.run import progress
-from mmtl_jax.ser import predict, systems
+from mmtl_jax.ser import predict
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 EVIL = 'x\x1b[2J\nforged line'
@@ -25,17 +21,13 @@ ESCAPED = 'x\\x1b[2J\\nforged line'
 
 
 @pytest.fixture(scope='module')
-def evil_bundle(tmp_path_factory, tiny_config):
+def evil_bundle(tmp_path_factory, tiny_config, tiny_bundle):
   """An untrained tiny MMTL bundle whose bundle.json info and config.json classes hold an
   escape sequence (clear screen) and a newline."""
   config = tiny_config('unused')
-  params = systems.make_system('mmtl', config).init(
-      jax.random.key(0), (1, config.features.n_frames, features.n_bins(config.features)))
-  bundle_config = ml_collections.ConfigDict(config.to_dict())
-  bundle_config.bundle_model = 'mmtl'
-  bundle_config.classes = (EVIL,) + tuple(config.data.classes)[1:]
-  return ckpt_lib.save_inference_bundle(
-      str(tmp_path_factory.mktemp('b') / 'bundle'), params, bundle_config,
+  return tiny_bundle(
+      tmp_path_factory.mktemp('b') / 'bundle', config,
+      classes=(EVIL,) + tuple(config.data.classes)[1:],
       info={'corpus': EVIL, 'fold': EVIL, 'test_speaker': EVIL, 'dev_speaker': 'Ses01M',
             'protocol': EVIL, 'dev_UA': 0.5})
 

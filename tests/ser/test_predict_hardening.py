@@ -6,30 +6,19 @@ import json
 import os
 import shutil
 
-import jax
-import ml_collections
 import numpy as np
 import pytest
 import soundfile as sf
 
-from mmtl_jax.data import features
-from mmtl_jax.run import checkpoint as ckpt_lib
-from mmtl_jax.ser import predict, systems
+from mmtl_jax.ser import predict
 
 RATE = 16000
 
 
 @pytest.fixture(scope='module')
-def bundle(tmp_path_factory, tiny_config):
+def bundle(tmp_path_factory, tiny_config, tiny_bundle):
   """An (untrained) MMTL bundle of the tiny config."""
-  config = tiny_config('unused')
-  params = systems.make_system('mmtl', config).init(
-      jax.random.key(0), (1, config.features.n_frames, features.n_bins(config.features)))
-  bundle_config = ml_collections.ConfigDict(config.to_dict())
-  bundle_config.bundle_model = 'mmtl'
-  bundle_config.classes = tuple(config.data.classes)
-  return ckpt_lib.save_inference_bundle(str(tmp_path_factory.mktemp('b') / 'bundle'), params,
-                                        bundle_config)
+  return tiny_bundle(tmp_path_factory.mktemp('b') / 'bundle', tiny_config('unused'))
 
 
 def _wav(path, wave):
