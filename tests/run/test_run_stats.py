@@ -41,3 +41,11 @@ def test_bootstrap_and_wilcoxon_keep_the_old_values():
   assert stats.wilcoxon_p(diffs) == 0.171875
   assert stats.t_interval([1.0]) is None
   assert stats.t_interval([1.0, 3.0]) == pytest.approx(12.706204736 * np.sqrt(2) / np.sqrt(2))
+
+
+def test_seed_t_test_agrees_with_the_seed_interval():
+  # p < 0.05 exactly when 0 lies outside the 95% t-interval: the two say the same thing.
+  for values in ([2.0, 3.0, 2.5], [1.0, -0.5, 2.0], [0.1, 0.2, 0.15, 0.12], [5.0, -4.0, 1.0]):
+    p, half = stats.t_test_p(values), stats.t_interval(values)
+    assert (p < 0.05) == (abs(sum(values) / len(values)) > half), (values, p, half)
+  assert stats.t_test_p([1.0]) is None and stats.t_test_p([2.0, 2.0, 2.0]) is None

@@ -24,8 +24,6 @@ the episodes as the sample and ignore the variation between training seeds.
 import math
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from scipy import stats as scipy_stats
-
 from mmtl_jax.run import stats
 
 # (way, shot) -> (exact MAML, first-order MAML) accuracy, %, with the table each comes from.
@@ -124,15 +122,6 @@ def baseline_summary(records: Sequence[Dict[str, Any]]) -> str:
           'ahead on the mean at most, not a win by the seed rule).')
 
 
-def _seed_p(p: Dict[str, Any]) -> Optional[float]:
-  """Two-sided one-sample t-test of the per-seed differences against 0 (the test whose 95%
-  interval is the seed interval); None below 2 seeds or when they do not vary."""
-  diffs = [v['diff'] for v in p['per_seed'].values()]
-  if len(diffs) < 2 or len(set(diffs)) < 2:
-    return None
-  return float(scipy_stats.ttest_1samp(diffs, 0.0).pvalue)
-
-
 def paired_lines(records: Sequence[Dict[str, Any]]) -> List[str]:
   """Paired comparisons (same test episodes and seeds) of PAIRS, per setting: the t-test over
   seeds (the unit that decides) beside the Wilcoxon test over episodes (seed variance
@@ -151,7 +140,7 @@ def paired_lines(records: Sequence[Dict[str, Any]]) -> List[str]:
       out.append(f"- {way}-way {shot}-shot: {a} - {b} = {p['diff']:+.1f} points "
                  f"({_pm(p['seed_ci95'])} over {p['seeds']} seeds; per seed {per}; "
                  f"{a} ahead in {p['wins']}/{p['seeds']}; p over seeds (t-test, n = "
-                 f"{p['seeds']}) {fmt(_seed_p(p))}; p over episodes (Wilcoxon, n = "
+                 f"{p['seeds']}) {fmt(p['seed_p'])}; p over episodes (Wilcoxon, n = "
                  f"{episodes}, seed variance ignored) {fmt(p['wilcoxon_p'])})")
   return out
 

@@ -73,6 +73,15 @@ def wilcoxon_p(diffs: np.ndarray) -> float | None:
                                     alternative='two-sided').pvalue)
 
 
+def t_test_p(values: Sequence[float]) -> Optional[float]:
+  """Two-sided one-sample t-test p of mean(values) != 0 (the test whose 95% interval is
+  `t_interval`); None below 2 values or when they do not vary."""
+  values = np.asarray(values, np.float64)
+  if values.size < 2 or np.all(values == values[0]):
+    return None
+  return float(scipy_stats.ttest_1samp(values, 0.0).pvalue)
+
+
 # ---- cross-validation runs, paired over (fold, seed) ---------------------------------------
 
 def paired_scores(run_a: Mapping[str, Any], run_b: Mapping[str, Any], metric: str = 'UA'
@@ -174,8 +183,10 @@ def paired(records: Sequence[Dict[str, Any]], a: str, b: str, way: int, shot: in
 
   Returns None when they share no seed, else {'a', 'b', 'way', 'shot', 'seeds', 'per_seed'
   {seed: {'diff' (points), 'episode_ci95'}}, 'diff' (mean over seeds), 'seed_ci95'
-  (t-interval over seeds, None below 2), 'wins' (seeds where a > b), 'wilcoxon_p' (two-sided
-  signed-rank test over episodes of the seed-averaged differences; None if all are 0)}.
+  (t-interval over seeds, None below 2), 'seed_p' (t-test over seeds, the unit the interval
+  is over; None below 2 seeds or when they agree), 'wins' (seeds where a > b), 'wilcoxon_p'
+  (two-sided signed-rank test over episodes of the seed-averaged differences, seed variance
+  ignored; None if all are 0)}.
 
   Raises:
     ValueError: the two records of a seed were scored on different episodes.
@@ -198,11 +209,11 @@ def paired(records: Sequence[Dict[str, Any]], a: str, b: str, way: int, shot: in
   diffs = [v['diff'] for v in per_seed.values()]
   return {'a': a, 'b': b, 'way': way, 'shot': shot, 'seeds': len(seeds), 'per_seed': per_seed,
           'diff': float(np.mean(diffs)), 'seed_ci95': t_interval(diffs),
-          'wins': int(sum(x > 0 for x in diffs)),
+          'seed_p': t_test_p(diffs), 'wins': int(sum(x > 0 for x in diffs)),
           'wilcoxon_p': wilcoxon_p(np.mean(per_episode, axis=0))}
 
 
 __all__ = [
     'aggregate', 'bootstrap_interval', 'BOOTSTRAP_SAMPLES', 'compare', 'compare_with', 'Key',
-    'MIN_PAIRS', 'paired', 'paired_scores', 't_interval', 'wilcoxon_p',
+    'MIN_PAIRS', 'paired', 'paired_scores', 't_interval', 't_test_p', 'wilcoxon_p',
 ]
